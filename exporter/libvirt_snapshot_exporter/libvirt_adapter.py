@@ -1,0 +1,428 @@
+"""The only module that talks to libvirt.
+
+It keeps a read-only connection alive (keepalive, reconnect with backoff, event callbacks
+registered again after every reconnect), turns events into observations, and offers polls that
+never wait for a domain job: bulk stats with NOWAIT, state(), controlInfo(), snapshot listings.
+Every call runs under a deadline, so a domain whose lock is held (an offline qemu-img snapshot)
+cannot stall the others.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from .observations import (
+    BlockJobEvent,
+    DomainPoll,
+    JobCompletedEvent,
+    JobProgress,
+    LifecycleEvent,
+    Observation,
+    SnapshotRecord,
+)
+
+log = logging.getLogger(__name__)
+
+# libvirt prints every error to stderr by default; we log them ourselves.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+NOWAIT_STATS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+)
+
+
+class LibvirtUnavailable(Exception):
+    """libvirtd cannot be reached, or a call did not answer before its deadline."""
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    target: str
+    source: str
+    format: str
+    cache: str
+
+
+@dataclass(frozen=True)
+class Versions:
+    library: str
+    daemon: str
+    hypervisor: str
+
+
+def _version_string(number: int) -> str:
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def parse_snapshot_xml(xml: str, current: bool) -> SnapshotRecord:
+    """A SnapshotRecord from snapshot XML (see libvirt's formatsnapshot)."""
+    root = ET.fromstring(xml)
+    memory = root.find("memory")
+    memory_mode = memory.get("snapshot") if memory is not None else None
+    state = root.findtext("state", "")
+    disk_modes = {d.get("snapshot") for d in root.findall("disks/disk")}
+    external = memory_mode == "external" or "external" in disk_modes
+    if memory_mode is None:  # old libvirt: memory follows the state
+        has_memory = state in ("running", "paused")
+    else:
+        has_memory = memory_mode != "no"
+    return SnapshotRecord(
+        name=root.findtext("name", ""),
+        parent=root.findtext("parent/name"),
+        creation_time=float(root.findtext("creationTime", "0")),
+        state=state,
+        memory=has_memory,
+        kind="external" if external else "internal",
+        current=current,
+        memory_file=memory.get("file") if memory is not None else None,
+    )
+
+
+def parse_domain_disks(xml: str) -> list[DiskInfo]:
+    """Disks of a domain XML with their source, image format and cache mode."""
+    disks = []
+    for disk in ET.fromstring(xml).findall("devices/disk"):
+        if disk.get("device", "disk") not in ("disk", "lun"):
+            continue
+        source = disk.find("source")
+        driver = disk.find("driver")
+        path = ""
+        if source is not None:
+            path = source.get("file") or source.get("dev") or source.get("name") or ""
+        disks.append(
+            DiskInfo(
+                target=disk.find("target").get("dev", "") if disk.find("target") is not None else "",
+                source=path,
+                format=driver.get("type", "") if driver is not None else "",
+                cache=(driver.get("cache") if driver is not None else None) or "default",
+            )
+        )
+    return disks
+
+
+_event_loop_started = threading.Lock()
+_event_loop_running = False
+
+
+def _start_event_loop() -> None:
+    """libvirt's default event loop on a daemon thread; must exist before any connection."""
+    global _event_loop_running
+    with _event_loop_started:
+        if _event_loop_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_running = True
+
+
+class _Deadlines:
+    """Runs calls on worker threads and stops waiting after a deadline.
+
+    A call that overruns keeps its key busy until it really returns, so a stuck domain costs one
+    worker, never more. libvirtd serves at most five calls at once per client connection.
+    """
+
+    def __init__(self, workers: int = 4) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="libvirt-call")
+        self._pending: dict[str, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()
+
+    def call(self, key: str, timeout: float, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is not None and not pending.done():
+                raise LibvirtUnavailable(f"{key}: an earlier call has not returned yet")
+            future = self._pool.submit(fn)
+            self._pending[key] = future
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise LibvirtUnavailable(f"{key}: no answer within {timeout:g} s") from None
+
+
+class LibvirtAdapter:
+    """A read-only libvirt connection that reports events and answers non-blocking polls."""
+
+    def __init__(
+        self,
+        uri: str,
+        on_observation: Callable[[Observation], None],
+        call_timeout: float = 10.0,
+        pid_directory: str = "/run/libvirt/qemu",
+    ) -> None:
+        self.uri = uri
+        self._emit = on_observation
+        self._timeout = call_timeout
+        self._pid_dir = Path(pid_directory)
+        self._conn: libvirt.virConnect | None = None
+        self._side_conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+        self._deadlines = _Deadlines()
+        self._backoff = 0.0
+        self._next_attempt = 0.0
+        self._snapshot_cache: dict[tuple[str, str], SnapshotRecord] = {}
+        self.reconnects = 0
+        self.last_error = ""
+        self.events_received: dict[str, int] = {"lifecycle": 0, "job_completed": 0, "block_job": 0}
+        _start_event_loop()
+
+    # --- connection -------------------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        conn = self._conn
+        return conn is not None and self._alive(conn)
+
+    @staticmethod
+    def _alive(conn: libvirt.virConnect) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def ensure_connected(self) -> bool:
+        """Connect or reconnect (with backoff up to 30 s); True when a live connection exists."""
+        with self._lock:
+            if self._conn is not None and self._alive(self._conn):
+                return True
+            self._drop_locked()
+            now = time.monotonic()
+            if now < self._next_attempt:
+                return False
+            try:
+                conn = self._deadlines.call("connect", self._timeout, self._open)
+            except (libvirt.libvirtError, LibvirtUnavailable) as exc:
+                self.last_error = str(exc).strip()
+                self._backoff = min(30.0, max(0.5, self._backoff * 2))
+                self._next_attempt = now + self._backoff
+                log.warning("cannot connect to %s: %s (retry in %.1f s)", self.uri, self.last_error,
+                            self._backoff)
+                return False
+            self._conn = conn
+            self._backoff = 0.0
+            self.reconnects += 1
+            self.last_error = ""
+            log.info("connected to %s", self.uri)
+            return True
+
+    def _open(self) -> libvirt.virConnect:
+        conn = libvirt.openReadOnly(self.uri)
+        try:
+            conn.setKeepAlive(5, 3)
+            conn.registerCloseCallback(self._on_close, None)
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_job_completed, None
+            )
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, self._on_block_job, None
+            )
+        except libvirt.libvirtError:
+            conn.close()
+            raise
+        return conn
+
+    def _drop_locked(self) -> None:
+        for conn in (self._conn, self._side_conn):
+            if conn is not None:
+                try:
+                    conn.close()
+                except libvirt.libvirtError:
+                    pass
+        self._conn = self._side_conn = None
+
+    def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: Any) -> None:
+        log.warning("connection to %s closed (reason %d)", self.uri, reason)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_locked()
+
+    def _call(self, key: str, fn: Callable[[libvirt.virConnect], Any]) -> Any:
+        conn = self._conn
+        if conn is None:
+            raise LibvirtUnavailable("not connected")
+        try:
+            return self._deadlines.call(key, self._timeout, lambda: fn(conn))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (
+                libvirt.VIR_ERR_NO_DOMAIN,
+                libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT,
+                libvirt.VIR_ERR_OPERATION_INVALID,
+            ):
+                raise
+            if not self._alive(conn):
+                raise LibvirtUnavailable(str(exc).strip()) from exc
+            raise
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _on_lifecycle(self, _c: Any, dom: libvirt.virDomain, event: int, detail: int, _o: Any) -> None:
+        self.events_received["lifecycle"] += 1
+        self._emit(LifecycleEvent(time.time(), dom.name(), event, detail))
+
+    def _on_job_completed(self, _c: Any, dom: libvirt.virDomain, params: dict, _o: Any) -> None:
+        self.events_received["job_completed"] += 1
+        self._emit(JobCompletedEvent(time.time(), dom.name(), dict(params)))
+
+    def _on_block_job(
+        self, _c: Any, dom: libvirt.virDomain, disk: str, job_type: int, status: int, _o: Any
+    ) -> None:
+        self.events_received["block_job"] += 1
+        self._emit(BlockJobEvent(time.time(), dom.name(), disk, job_type, status))
+
+    # --- polls ------------------------------------------------------------------------------
+
+    def versions(self) -> Versions:
+        def read(conn: libvirt.virConnect) -> Versions:
+            return Versions(
+                library=_version_string(libvirt.getVersion()),
+                daemon=_version_string(conn.getLibVersion()),
+                hypervisor=_version_string(conn.getVersion()),
+            )
+
+        return self._call("versions", read)
+
+    def bulk_stats(self) -> dict[str, dict[str, Any]]:
+        """One getAllDomainStats call with NOWAIT: a busy domain just lacks what needs QEMU."""
+
+        def read(conn: libvirt.virConnect) -> dict[str, dict[str, Any]]:
+            stats = conn.getAllDomainStats(
+                NOWAIT_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+            )
+            return {dom.name(): {"uuid": dom.UUIDString(), **values} for dom, values in stats}
+
+        return self._call("bulk_stats", read)
+
+    def domain_names(self) -> list[str]:
+        return self._call("list", lambda conn: [d.name() for d in conn.listAllDomains()])
+
+    def poll_domain(self, name: str) -> DomainPoll:
+        """state, controlInfo and the snapshot list of one domain: none of it waits for a job."""
+
+        def read(conn: libvirt.virConnect) -> DomainPoll:
+            dom = conn.lookupByName(name)
+            state, reason = dom.state()
+            control = [0, 0, 0]
+            if state != libvirt.VIR_DOMAIN_SHUTOFF:
+                try:
+                    control = dom.controlInfo()
+                except libvirt.libvirtError as exc:  # stopped between the two calls
+                    if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                        raise
+            now = time.time()  # after the calls: a call may wait for the domain lock
+            snapshots = self._snapshots(dom, name)
+            return DomainPoll(
+                time=now,
+                domain=name,
+                uuid=dom.UUIDString(),
+                state=state,
+                reason=reason,
+                control_state=control[0],
+                control_time_ms=control[2],
+                snapshots=snapshots,
+                pid=self.qemu_pid(name) if state != libvirt.VIR_DOMAIN_SHUTOFF else None,
+            )
+
+        return self._call(f"poll:{name}", read)
+
+    def _snapshots(self, dom: libvirt.virDomain, name: str) -> tuple[SnapshotRecord, ...]:
+        # Not VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL: libvirt 9.0 fails that listing while a
+        # create is in flight ("name in virGetDomainSnapshot must not be NULL").
+        listed = dom.listAllSnapshots()
+        try:
+            current = dom.snapshotCurrent().getName()
+        except libvirt.libvirtError:
+            # None, or a create is setting it up: libvirt then answers with a nameless
+            # snapshot; ask each snapshot instead.
+            current = next((s.getName() for s in listed if _is_current(s)), None)
+        records = []
+        seen = set()
+        for snap in listed:
+            snap_name = snap.getName()
+            key = (name, snap_name)
+            seen.add(key)
+            cached = self._snapshot_cache.get(key)
+            if cached is None:
+                try:
+                    cached = parse_snapshot_xml(snap.getXMLDesc(0), current=False)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                        continue  # deleted between the listing and now
+                    raise
+                self._snapshot_cache[key] = cached
+            records.append(_with_current(cached, snap_name == current))
+        for key in [k for k in self._snapshot_cache if k[0] == name and k not in seen]:
+            del self._snapshot_cache[key]
+        return tuple(records)
+
+    def forget_domain(self, name: str) -> None:
+        for key in [k for k in self._snapshot_cache if k[0] == name]:
+            del self._snapshot_cache[key]
+
+    def domain_disks(self, name: str) -> list[DiskInfo]:
+        """Disks from the domain XML. From libvirt 11.0 this waits for a running snapshot:
+        call it only for idle domains."""
+        return self._call(
+            f"xml:{name}", lambda conn: parse_domain_disks(conn.lookupByName(name).XMLDesc(0))
+        )
+
+    def qemu_pid(self, name: str) -> int | None:
+        try:
+            return int((self._pid_dir / f"{name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def job_progress(self, name: str) -> JobProgress | None:
+        """Memory copied so far by an external snapshot. libvirt answers a job query only in that
+        phase, so it is asked on a side connection under a short deadline."""
+
+        def read() -> JobProgress | None:
+            if self._side_conn is None or not self._alive(self._side_conn):
+                self._side_conn = libvirt.openReadOnly(self.uri)
+            stats = self._side_conn.lookupByName(name).jobStats()
+            if stats.get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
+                return None
+            return JobProgress(
+                time.time(), name, int(stats.get("memory_processed", 0)),
+                int(stats.get("memory_remaining", 0)),
+            )
+
+        try:
+            return self._deadlines.call(f"job:{name}", 0.5, read)
+        except (LibvirtUnavailable, libvirt.libvirtError):
+            return None
+
+
+def _is_current(snap: libvirt.virDomainSnapshot) -> bool:
+    try:
+        return bool(snap.isCurrent())
+    except libvirt.libvirtError:
+        return False
+
+
+def _with_current(record: SnapshotRecord, current: bool) -> SnapshotRecord:
+    if record.current == current:
+        return record
+    return SnapshotRecord(**{**record.__dict__, "current": current})

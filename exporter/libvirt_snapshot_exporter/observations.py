@@ -1,0 +1,116 @@
+"""Plain records of what the adapters saw, each stamped with the wall-clock time it was seen.
+
+They are the only thing that crosses from the I/O side (libvirt, /proc) to the pure tracker, so
+they can be recorded to JSON lines and replayed in unit tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# libvirt's numeric codes, repeated here so the tracker need not import libvirt.
+STATE_RUNNING, STATE_PAUSED, STATE_SHUTOFF, STATE_CRASHED = 1, 3, 5, 6
+CONTROL_OK, CONTROL_JOB, CONTROL_OCCUPIED, CONTROL_ERROR = 0, 1, 2, 3
+EVENT_DEFINED, EVENT_UNDEFINED, EVENT_STARTED = 0, 1, 2
+EVENT_SUSPENDED, EVENT_RESUMED, EVENT_STOPPED = 3, 4, 5
+DETAIL_SUSPENDED_PAUSED, DETAIL_SUSPENDED_FROM_SNAPSHOT = 0, 5
+DETAIL_RESUMED_UNPAUSED, DETAIL_RESUMED_FROM_SNAPSHOT = 0, 2
+DETAIL_STARTED_FROM_SNAPSHOT, DETAIL_STOPPED_FROM_SNAPSHOT = 3, 6
+DETAIL_DEFINED_FROM_SNAPSHOT = 3
+JOB_OPERATION_SNAPSHOT, JOB_OPERATION_SNAPSHOT_REVERT = 6, 7
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One snapshot as libvirt lists it; parsed once from its XML and cached by the adapter."""
+
+    name: str
+    parent: str | None
+    creation_time: float
+    state: str  # running/paused/shutoff = taken with memory or offline; disk-snapshot = disk only
+    memory: bool
+    kind: str  # internal | external
+    current: bool
+    memory_file: str | None = None  # external memory snapshots only
+
+
+@dataclass(frozen=True)
+class DomainPoll:
+    """Everything cheap (never blocking during a snapshot) about one domain at one moment."""
+
+    time: float
+    domain: str
+    uuid: str
+    state: int
+    reason: int
+    control_state: int
+    control_time_ms: int  # milliseconds spent in control_state so far
+    snapshots: tuple[SnapshotRecord, ...]
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class DomainGone:
+    """A domain the previous poll saw is no longer defined."""
+
+    time: float
+    domain: str
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    time: float
+    domain: str
+    event: int
+    detail: int
+
+
+@dataclass(frozen=True)
+class JobCompletedEvent:
+    """VIR_DOMAIN_EVENT_ID_JOB_COMPLETED; params carry operation, time_elapsed (ms), downtime..."""
+
+    time: float
+    domain: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BlockJobEvent:
+    time: float
+    domain: str
+    disk: str
+    job_type: int
+    status: int
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """External snapshot memory phase, as libvirt's job stats report it on a side connection."""
+
+    time: float
+    domain: str
+    processed_bytes: int
+    remaining_bytes: int
+
+
+Observation = DomainPoll | DomainGone | LifecycleEvent | JobCompletedEvent | BlockJobEvent | JobProgress
+
+_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (DomainPoll, DomainGone, LifecycleEvent, JobCompletedEvent, BlockJobEvent, JobProgress)
+}
+
+
+def to_record(obs: Observation) -> dict[str, Any]:
+    """A JSON-ready dict of an observation, tagged with its type."""
+    return {"type": type(obs).__name__, **asdict(obs)}
+
+
+def from_record(record: dict[str, Any]) -> Observation:
+    """Rebuild an observation written by to_record (used to replay recorded sequences)."""
+    fields = dict(record)
+    cls = _TYPES[fields.pop("type")]
+    if cls is DomainPoll:
+        fields["snapshots"] = tuple(SnapshotRecord(**s) for s in fields["snapshots"])
+    return cls(**fields)

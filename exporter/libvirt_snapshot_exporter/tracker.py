@@ -1,0 +1,465 @@
+"""The snapshot operation tracker: a pure state machine.
+
+Observations go in (events and polls, each stamped with its wall-clock time), operations come
+out. No I/O and no clock of its own, so it is tested by replaying sequences recorded from a
+real libvirtd (tests/unit/sequences, written by scripts/record-sequences.py).
+
+Signals and what they mean (measured on libvirt 9.0 / QEMU 7.2, see README "Precision"):
+- a new snapshot in the list that is not current: a create in flight; it becomes current when the
+  create succeeds and vanishes when it fails;
+- controlInfo() in JOB state: an async job, with its exact start (now - stateTime);
+- SUSPENDED/RESUMED lifecycle events bracket the guest pause of a create;
+- *_FROM_SNAPSHOT lifecycle events mark a revert; DEFINED/FROM_SNAPSHOT is its last event;
+- JOB_COMPLETED (operation 6) carries libvirt's own elapsed time for an external memory snapshot;
+- a snapshot that vanishes is a delete (block-job events accompany an external one).
+When a start or end was not seen directly it is bracketed by polls and the bracket is recorded
+as the uncertainty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .observations import (
+    CONTROL_JOB,
+    DETAIL_DEFINED_FROM_SNAPSHOT,
+    DETAIL_RESUMED_FROM_SNAPSHOT,
+    DETAIL_STARTED_FROM_SNAPSHOT,
+    DETAIL_STOPPED_FROM_SNAPSHOT,
+    DETAIL_SUSPENDED_FROM_SNAPSHOT,
+    EVENT_DEFINED,
+    EVENT_RESUMED,
+    EVENT_STARTED,
+    EVENT_STOPPED,
+    EVENT_SUSPENDED,
+    JOB_OPERATION_SNAPSHOT,
+    STATE_PAUSED,
+    STATE_RUNNING,
+    STATE_SHUTOFF,
+    BlockJobEvent,
+    DomainGone,
+    DomainPoll,
+    JobCompletedEvent,
+    JobProgress,
+    LifecycleEvent,
+    Observation,
+    SnapshotRecord,
+)
+
+PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
+REVERT_EVENTS = {
+    (EVENT_SUSPENDED, DETAIL_SUSPENDED_FROM_SNAPSHOT),
+    (EVENT_STOPPED, DETAIL_STOPPED_FROM_SNAPSHOT),
+    (EVENT_STARTED, DETAIL_STARTED_FROM_SNAPSHOT),
+    (EVENT_RESUMED, DETAIL_RESUMED_FROM_SNAPSHOT),
+}
+
+
+@dataclass
+class Operation:
+    """One snapshot operation, in flight (end is None) or finished."""
+
+    domain: str
+    operation: str  # create | delete | revert
+    start: float
+    start_source: str  # control | event | job_completed | poll | creation_time
+    start_uncertainty: float
+    snapshot: str = ""
+    kind: str = "internal"
+    memory: bool = False
+    depth: int = 0
+    end: float | None = None
+    end_source: str = ""
+    end_uncertainty: float = 0.0
+    outcome: str = ""  # success | failure, once finished
+    error: str = ""
+    paused_seconds: float = 0.0
+    job: dict[str, Any] = field(default_factory=dict)
+    memory_processed_bytes: int | None = None
+    memory_remaining_bytes: int | None = None
+    # internal bookkeeping while in flight
+    paused_since: float | None = None
+    resumed_at: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else max(0.0, self.end - self.start)
+
+    @property
+    def key(self) -> str:
+        return f"{self.domain}/{self.operation}/{self.start:.3f}"
+
+
+@dataclass
+class _Domain:
+    """What the tracker remembers about one domain between observations."""
+
+    snapshots: dict[str, SnapshotRecord] = field(default_factory=dict)
+    current: str | None = None  # last non-empty current snapshot
+    last_poll: float | None = None
+    active: Operation | None = None
+    paused_since: float | None = None
+    suspend_at: float | None = None  # a SUSPENDED event no operation has claimed yet
+    pause_before_active: float = 0.0
+    resume_at: float | None = None
+    job_start: float | None = None  # exact start of an async job seen in controlInfo()
+    block_job_start: float | None = None
+    block_job_end: float | None = None
+    revert_event: float | None = None
+    revert_defined_at: float | None = None
+    state: int = 0
+
+
+def depth_of(snapshots: dict[str, SnapshotRecord], name: str | None) -> int:
+    """Depth of a snapshot in its tree, the root being 1 (the study's "level"); 0 for none."""
+    depth, seen = 0, set()
+    while name is not None and name in snapshots and name not in seen:
+        seen.add(name)
+        depth += 1
+        name = snapshots[name].parent
+    return depth
+
+
+class Tracker:
+    """Turns observations into operations. observe() returns the operations it finished."""
+
+    def __init__(self) -> None:
+        self._domains: dict[str, _Domain] = {}
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def in_flight(self) -> list[Operation]:
+        return [d.active for d in self._domains.values() if d.active is not None]
+
+    def is_busy(self, domain: str) -> bool:
+        """True while something suggests an operation may be running: poll this domain fast."""
+        d = self._domains.get(domain)
+        if d is None:
+            return False
+        return bool(
+            d.active or d.job_start or d.suspend_at or d.revert_event or d.block_job_start
+        )
+
+    def snapshots(self, domain: str) -> dict[str, SnapshotRecord]:
+        d = self._domains.get(domain)
+        return dict(d.snapshots) if d else {}
+
+    def current(self, domain: str) -> str | None:
+        d = self._domains.get(domain)
+        if d is None:
+            return None
+        return next((s.name for s in d.snapshots.values() if s.current), None)
+
+    def domains(self) -> list[str]:
+        return list(self._domains)
+
+    # --- input ------------------------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> list[Operation]:
+        if isinstance(obs, DomainPoll):
+            return self._poll(obs)
+        if isinstance(obs, DomainGone):
+            return self._gone(obs)
+        d = self._domains.setdefault(obs.domain, _Domain())
+        if isinstance(obs, LifecycleEvent):
+            return self._lifecycle(d, obs)
+        if isinstance(obs, JobCompletedEvent):
+            self._job_completed(d, obs)
+        elif isinstance(obs, BlockJobEvent):
+            if d.block_job_start is None:
+                d.block_job_start = obs.time
+            d.block_job_end = obs.time
+        elif isinstance(obs, JobProgress) and d.active is not None:
+            d.active.memory_processed_bytes = obs.processed_bytes
+            d.active.memory_remaining_bytes = obs.remaining_bytes
+        return []
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _lifecycle(self, d: _Domain, ev: LifecycleEvent) -> list[Operation]:
+        pair = (ev.event, ev.detail)
+        op = d.active
+        if pair in REVERT_EVENTS:
+            if op is None or op.operation != "revert":
+                finished = self._finish(d, ev.time, "event", 0.0, "success") if op else []
+                d.active = Operation(ev.domain, "revert", ev.time, "event", 0.0)
+                d.revert_event = ev.time
+                return finished
+            return []
+        if pair == (EVENT_DEFINED, DETAIL_DEFINED_FROM_SNAPSHOT):
+            # The last event of every revert, also of an offline one that had no other event.
+            if op is not None and op.operation == "revert":
+                op.end, op.end_source = ev.time, "event"
+            else:
+                d.revert_defined_at = ev.time
+            return []
+        if ev.event == EVENT_SUSPENDED:
+            d.paused_since = ev.time
+            if op is not None:
+                op.paused_since = ev.time
+            else:
+                d.suspend_at = ev.time
+        elif ev.event == EVENT_RESUMED:
+            if op is not None and op.paused_since is not None:
+                op.paused_seconds += ev.time - op.paused_since
+                op.paused_since = None
+                op.resumed_at = ev.time
+            elif d.paused_since is not None and d.suspend_at is not None:
+                d.pause_before_active = ev.time - d.paused_since
+                d.resume_at = ev.time
+            d.paused_since = None
+        elif ev.event == EVENT_STOPPED and op is not None and op.operation == "create":
+            return self._finish(d, ev.time, "event", 0.0, "failure", "domain stopped")
+        return []
+
+    def _job_completed(self, d: _Domain, ev: JobCompletedEvent) -> None:
+        if ev.params.get("operation") != JOB_OPERATION_SNAPSHOT:
+            return  # save, dump, migration...
+        elapsed = ev.params.get("time_elapsed")
+        op = d.active
+        if op is not None and op.operation == "create":
+            op.job = dict(ev.params)
+            if elapsed is not None and op.start_source not in ("control",):
+                op.start, op.start_source, op.start_uncertainty = (
+                    ev.time - elapsed / 1000.0, "job_completed", 0.0
+                )
+
+    # --- polls ------------------------------------------------------------------------------
+
+    def _gone(self, obs: DomainGone) -> list[Operation]:
+        d = self._domains.pop(obs.domain, None)
+        if d is None or d.active is None:
+            return []
+        return self._finish(d, obs.time, "poll", self._bracket(d, obs.time), "failure",
+                            "domain undefined")
+
+    def _poll(self, p: DomainPoll) -> list[Operation]:
+        first = p.domain not in self._domains
+        d = self._domains.setdefault(p.domain, _Domain())
+        before = d.snapshots
+        now = {s.name: s for s in p.snapshots}
+        current = next((s.name for s in p.snapshots if s.current), None)
+        finished: list[Operation] = []
+        if p.control_state == CONTROL_JOB and p.control_time_ms > 0:
+            job_start = p.time - p.control_time_ms / 1000.0
+            if d.job_start is None or abs(job_start - d.job_start) > 0.05:
+                d.job_start = job_start if d.job_start is None else min(d.job_start, job_start)
+        if first:
+            finished += self._adopt(d, p, now, current)
+        else:
+            finished += self._advance(d, p, before, now, current)
+        d.snapshots = now
+        if current is not None:
+            d.current = current
+        d.state = p.state
+        d.last_poll = p.time
+        if d.active is None and p.control_state != CONTROL_JOB:
+            d.job_start = None
+        return finished
+
+    def _adopt(self, d: _Domain, p: DomainPoll, now: dict, current: str | None) -> list[Operation]:
+        """First sight of a domain (exporter start, reconnect): pick up an operation in flight."""
+        busy = p.control_state == CONTROL_JOB or (
+            p.state == STATE_PAUSED and p.reason in (PAUSED_SAVE, PAUSED_SNAPSHOT)
+        )
+        candidates = [s for s in now.values() if not s.current]
+        if busy and candidates:
+            newest = max(candidates, key=lambda s: s.creation_time)
+            if d.job_start is not None:
+                start, source, unc = d.job_start, "control", 0.0
+            else:
+                start, source, unc = newest.creation_time + 0.5, "creation_time", 0.5
+            d.active = self._new_op(p.domain, "create", newest, now, start, source, unc)
+        elif busy and p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP:
+            d.active = Operation(p.domain, "revert", d.job_start or p.time, "control", 0.0)
+        return []
+
+    def _advance(
+        self, d: _Domain, p: DomainPoll, before: dict, now: dict, current: str | None
+    ) -> list[Operation]:
+        finished: list[Operation] = []
+        new = [s for name, s in now.items() if name not in before]
+        gone = [s for name, s in before.items() if name not in now]
+        op = d.active
+
+        if op is not None and op.operation == "create":
+            snap = now.get(op.snapshot)
+            if snap is None:
+                reason = "snapshot vanished before it became current"
+                if p.state == STATE_SHUTOFF and d.state != STATE_SHUTOFF:
+                    reason = "domain stopped during the snapshot"
+                finished += self._finish_polled(d, p, "failure", reason)
+                gone = [s for s in gone if s.name != op.snapshot]
+            elif snap.current or self._idle_without_becoming_current(p, snap, now):
+                finished += self._finish_polled(d, p, "success")
+                op = None
+            elif p.state == STATE_SHUTOFF and d.state not in (0, STATE_SHUTOFF):
+                finished += self._finish_polled(d, p, "failure", "domain stopped")
+            op = d.active
+        elif op is not None and op.operation == "revert":
+            if d.job_start is not None and d.job_start < op.start:
+                op.start, op.start_source, op.start_uncertainty = d.job_start, "control", 0.0
+            reverting = p.control_state == CONTROL_JOB or (
+                p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP
+            )
+            if op.end is not None or not reverting:
+                op.snapshot = current or ""
+                op.depth = depth_of(now, current)
+                target = now.get(current or "")
+                if target is not None:
+                    op.kind, op.memory = target.kind, target.memory
+                finished += self._finish_polled(d, p, "success")
+            op = d.active
+        elif op is not None and op.operation == "delete":
+            if gone:
+                victim = gone.pop(0)
+                self._describe(op, victim, before)
+                finished += self._finish_polled(d, p, "success")
+                finished += self._deleted_between_polls(d, p, gone, before)
+                gone = []
+            elif p.control_state != CONTROL_JOB:
+                d.active = None  # a job that deleted nothing: not a snapshot operation
+            op = d.active
+
+        if op is None:
+            # The poll that finished an operation also shows its effect on current: no revert.
+            switched = not finished and current is not None and d.current not in (None, current)
+            finished += self._detect(d, p, before, now, new, gone, current, switched)
+        return finished
+
+    def _detect(
+        self, d: _Domain, p: DomainPoll, before: dict, now: dict, new: list, gone: list,
+        current: str | None, switched: bool,
+    ) -> list[Operation]:
+        """No operation in flight: find one that started, or one that ran between two polls."""
+        finished: list[Operation] = []
+        creates = [s for s in new if not self._redefined(d, s)]
+        for snap in sorted(creates, key=lambda s: s.creation_time):
+            done = snap.current or any(s.parent == snap.name for s in now.values())
+            start, source, unc = self._create_start(d, p, snap)
+            op = self._new_op(p.domain, "create", snap, now, start, source, unc)
+            if d.resume_at is not None and d.resume_at >= start:
+                op.paused_seconds, op.resumed_at = d.pause_before_active, d.resume_at
+            d.suspend_at = d.resume_at = None
+            d.active = op
+            if done:
+                finished += self._finish_polled(d, p, "success")
+            else:
+                if d.paused_since is not None:
+                    op.paused_since = d.paused_since
+                return finished
+        if gone:
+            finished += self._deleted_between_polls(d, p, gone, before)
+        elif (switched and not creates) or d.revert_defined_at is not None:
+            op = Operation(p.domain, "revert", *self._unseen_start(d, p))
+            op.snapshot = current or ""
+            target = now.get(op.snapshot)
+            if target is not None:
+                op.kind, op.memory = target.kind, target.memory
+            op.depth = depth_of(now, current)
+            d.active = op
+            if d.revert_defined_at is not None:
+                op.end, op.end_source = d.revert_defined_at, "event"
+            finished += self._finish_polled(d, p, "success")
+        elif d.job_start is not None and p.state == STATE_RUNNING and now:
+            # An async job on a running domain that created nothing and is no revert: the
+            # only snapshot operation left is a delete. It is confirmed when a snapshot goes.
+            d.active = Operation(p.domain, "delete", d.job_start, "control", 0.0)
+        d.revert_defined_at = None
+        if not d.active:
+            d.suspend_at = None if d.paused_since is None else d.suspend_at
+        return finished
+
+    def _deleted_between_polls(
+        self, d: _Domain, p: DomainPoll, gone: list, before: dict
+    ) -> list[Operation]:
+        finished = []
+        for snap in gone:
+            start, source, unc = self._unseen_start(d, p)
+            op = Operation(p.domain, "delete", start, source, unc)
+            self._describe(op, snap, before)
+            d.active = op
+            if d.block_job_end is not None and d.block_job_end >= start:
+                op.end, op.end_source = d.block_job_end, "event"
+            finished += self._finish_polled(d, p, "success")
+        return finished
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _describe(op: Operation, snap: SnapshotRecord, tree: dict) -> None:
+        op.snapshot, op.kind, op.memory = snap.name, snap.kind, snap.memory
+        op.depth = depth_of(tree, snap.name)
+
+    def _new_op(self, domain: str, kind: str, snap: SnapshotRecord, tree: dict, start: float,
+                source: str, unc: float) -> Operation:
+        op = Operation(domain, kind, start, source, unc)
+        self._describe(op, snap, tree)
+        return op
+
+    def _redefined(self, d: _Domain, snap: SnapshotRecord) -> bool:
+        """A snapshot stamped well before our previous poll was imported, not created now."""
+        return d.last_poll is not None and snap.creation_time < d.last_poll - 2.0
+
+    @staticmethod
+    def _idle_without_becoming_current(p: DomainPoll, snap: SnapshotRecord, now: dict) -> bool:
+        """A create whose snapshot has a child already finished, whatever current says."""
+        return any(s.parent == snap.name for s in now.values())
+
+    def _create_start(self, d: _Domain, p: DomainPoll, snap: SnapshotRecord):
+        if d.job_start is not None and d.job_start >= snap.creation_time - 1.0:
+            return d.job_start, "control", 0.0
+        if d.suspend_at is not None and d.suspend_at >= snap.creation_time - 0.01:
+            return d.suspend_at, "event", 0.0
+        # creationTime is whole seconds, stamped as the create call began: intersect
+        # [creationTime, creationTime + 1) with the time since the previous poll.
+        lo = max(snap.creation_time, d.last_poll if d.last_poll is not None else -1e18)
+        hi = min(snap.creation_time + 1.0, p.time)
+        if lo > hi:
+            lo = hi = min(snap.creation_time + 0.5, p.time)
+        return (lo + hi) / 2, "creation_time", (hi - lo) / 2
+
+    def _unseen_start(self, d: _Domain, p: DomainPoll):
+        """Start of an operation first noticed after it ended."""
+        if d.job_start is not None:
+            return d.job_start, "control", 0.0
+        if d.block_job_start is not None:
+            return d.block_job_start, "event", 0.0
+        last = d.last_poll if d.last_poll is not None else p.time
+        return last, "poll", p.time - last
+
+    @staticmethod
+    def _bracket(d: _Domain, t: float) -> float:
+        return t - d.last_poll if d.last_poll is not None else 0.0
+
+    def _finish_polled(
+        self, d: _Domain, p: DomainPoll, outcome: str, error: str = ""
+    ) -> list[Operation]:
+        op = d.active
+        assert op is not None
+        if op.end is not None:  # an event already gave the end
+            return self._finish(d, op.end, op.end_source, 0.0, outcome, error)
+        if op.resumed_at is not None and op.resumed_at >= op.start:
+            return self._finish(d, op.resumed_at, "event", 0.0, outcome, error)
+        last = d.last_poll if d.last_poll is not None and d.last_poll >= op.start else op.start
+        # Ended after the last poll that saw it running and before this one.
+        return self._finish(d, (last + p.time) / 2, "poll", (p.time - last) / 2, outcome, error)
+
+    def _finish(
+        self, d: _Domain, end: float, source: str, uncertainty: float, outcome: str,
+        error: str = "",
+    ) -> list[Operation]:
+        op = d.active
+        assert op is not None
+        if op.paused_since is not None:
+            op.paused_seconds += max(0.0, end - op.paused_since)
+        done = replace(
+            op, end=max(end, op.start), end_source=source, end_uncertainty=uncertainty,
+            outcome=outcome, error=error, paused_since=None,
+        )
+        d.active = None
+        d.job_start = d.block_job_start = d.block_job_end = None
+        d.suspend_at = d.resume_at = d.revert_event = None
+        d.pause_before_active = 0.0
+        return [done]

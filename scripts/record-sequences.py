@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Record what the exporter's libvirt adapter observes during real snapshot operations.
+
+Each scenario drives a real libvirtd (TCG guests from tests/testbed.py) with libvirt-python,
+while the adapter polls the guest every 0.1 s and reports events. The observations, plus one
+`ClientCall` line per operation with the client's own wall-clock start and end, are written as
+JSON lines to tests/unit/sequences/<scenario>.jsonl. The tracker's unit tests replay them.
+
+Run as root on a machine where libvirtd runs (scripts/libvirtd-up.sh):
+    .venv/bin/python scripts/record-sequences.py [SCENARIO ...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import libvirt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "exporter"))
+
+import testbed  # noqa: E402
+
+from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter  # noqa: E402
+from libvirt_snapshot_exporter.observations import to_record  # noqa: E402
+
+OUT = ROOT / "tests" / "unit" / "sequences"
+
+
+class Recorder:
+    """Polls one domain fast and collects observations and client-side call times."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self.lines: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.adapter = LibvirtAdapter(testbed.URI, self._add)
+        assert self.adapter.ensure_connected()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _add(self, obs) -> None:
+        if getattr(obs, "domain", None) == self.domain:
+            with self._lock:
+                self.lines.append(to_record(obs))
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self._add(self.adapter.poll_domain(self.domain))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(1.0)
+        self._stop.set()
+        self._thread.join()
+        self.adapter.close()
+
+    def call(self, operation: str, fn: Callable[[], object]) -> bool:
+        start = time.time()
+        ok, error = True, ""
+        try:
+            fn()
+        except libvirt.libvirtError as exc:
+            ok, error = False, str(exc)
+        end = time.time()
+        with self._lock:
+            self.lines.append(
+                {"type": "ClientCall", "domain": self.domain, "operation": operation,
+                 "start": start, "end": end, "ok": ok, "error": error}
+            )
+        time.sleep(0.5)
+        return ok
+
+    def save(self, scenario: str) -> None:
+        self.lines.sort(key=lambda line: line.get("time", line.get("start", 0)))
+        path = OUT / f"{scenario}.jsonl"
+        path.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in self.lines))
+        print(f"{scenario}: {len(self.lines)} lines -> {path.relative_to(ROOT)}")
+
+
+def internal_xml(name: str) -> str:
+    return f"<domainsnapshot><name>{name}</name></domainsnapshot>"
+
+
+def external_xml(name: str, guest: testbed.Guest, memory: bool) -> str:
+    overlay = guest.disk.with_name(f"{guest.name}.{name}.qcow2")
+    guest.extra_files.append(overlay)
+    mem = "<memory snapshot='no'/>"
+    if memory:
+        mem_file = guest.disk.with_name(f"{guest.name}.{name}.mem")
+        guest.extra_files.append(mem_file)
+        mem = f"<memory snapshot='external' file='{mem_file}'/>"
+    return (
+        f"<domainsnapshot><name>{name}</name>{mem}<disks><disk name='vda' snapshot='external'>"
+        f"<source file='{overlay}'/></disk></disks></domainsnapshot>"
+    )
+
+
+def scenario_internal_chain(conn: libvirt.virConnect) -> None:
+    """Three internal creates on a running guest, revert to level 1, delete all three."""
+    guest = testbed.create_guest(conn, "rec", memory_mib=512, fill_mib=256)
+    try:
+        guest.wait_ready()
+        dom = guest.domain(conn)
+        with Recorder(guest.name) as rec:
+            for level in (1, 2, 3):
+                rec.call("create", lambda n=f"s{level}": dom.snapshotCreateXML(internal_xml(n)))
+            rec.call("revert", lambda: dom.revertToSnapshot(dom.snapshotLookupByName("s1")))
+            for level in (3, 2, 1):
+                rec.call("delete", lambda n=f"s{level}": dom.snapshotLookupByName(n).delete())
+        rec.save("internal_chain_running")
+    finally:
+        testbed.destroy_guest(conn, guest)
+
+
+def scenario_offline(conn: libvirt.virConnect) -> None:
+    """Internal create, revert and delete on a shut-off guest (qemu-img under the domain lock)."""
+    guest = testbed.create_guest(conn, "rec", memory_mib=256, start=False)
+    try:
+        dom = guest.domain(conn)
+        with Recorder(guest.name) as rec:
+            rec.call("create", lambda: dom.snapshotCreateXML(internal_xml("off1")))
+            rec.call("create", lambda: dom.snapshotCreateXML(internal_xml("off2")))
+            rec.call("revert", lambda: dom.revertToSnapshot(dom.snapshotLookupByName("off1")))
+            rec.call("delete", lambda: dom.snapshotLookupByName("off2").delete())
+            rec.call("delete", lambda: dom.snapshotLookupByName("off1").delete())
+        rec.save("internal_offline")
+    finally:
+        testbed.destroy_guest(conn, guest)
+
+
+def scenario_external(conn: libvirt.virConnect) -> None:
+    """External creates: with memory (not live, then live) and disk-only; then external delete."""
+    guest = testbed.create_guest(conn, "rec", memory_mib=512, fill_mib=256)
+    try:
+        guest.wait_ready()
+        dom = guest.domain(conn)
+        with Recorder(guest.name) as rec:
+            rec.call("create", lambda: dom.snapshotCreateXML(external_xml("em", guest, True)))
+            rec.call("create", lambda: dom.snapshotCreateXML(
+                external_xml("eml", guest, True), libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE))
+            rec.call("create", lambda: dom.snapshotCreateXML(
+                external_xml("ed", guest, False), libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY))
+            rec.call("delete", lambda: dom.snapshotLookupByName("ed").delete())
+            rec.call("delete", lambda: dom.snapshotLookupByName("eml").delete())
+        rec.save("external_running")
+    finally:
+        testbed.destroy_guest(conn, guest)
+
+
+def scenario_failure_disk_full(conn: libvirt.virConnect) -> None:
+    """The qcow2 lives on a 200 MiB tmpfs; saving 512 MiB of random RAM fails mid-write."""
+    mount = Path(tempfile.mkdtemp(prefix="lse-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount)], check=True)
+    guest = testbed.create_guest(conn, "rec", memory_mib=768, fill_mib=512, disk_dir=mount)
+    try:
+        guest.wait_ready()
+        dom = guest.domain(conn)
+        with Recorder(guest.name) as rec:
+            rec.call("create", lambda: dom.snapshotCreateXML(internal_xml("full")))
+        rec.save("failure_disk_full")
+    finally:
+        testbed.destroy_guest(conn, guest)
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
+def scenario_killed_mid_create(conn: libvirt.virConnect) -> None:
+    """The guest's QEMU is killed (SIGKILL) while an internal snapshot of it is being written.
+    (`virsh destroy` would wait for the snapshot to finish first.)"""
+    guest = testbed.create_guest(conn, "rec", memory_mib=1024, fill_mib=900)
+    try:
+        guest.wait_ready(timeout=240)
+        dom = guest.domain(conn)
+        with Recorder(guest.name) as rec:
+            pid = int(Path(f"/run/libvirt/qemu/{guest.name}.pid").read_text())
+            killer = threading.Timer(1.5, lambda: os.kill(pid, signal.SIGKILL))
+            killer.start()
+            rec.call("create", lambda: dom.snapshotCreateXML(internal_xml("doomed")))
+            killer.join()
+        rec.save("killed_mid_create")
+    finally:
+        testbed.destroy_guest(conn, guest)
+
+
+SCENARIOS = {
+    "internal_chain_running": scenario_internal_chain,
+    "internal_offline": scenario_offline,
+    "external_running": scenario_external,
+    "failure_disk_full": scenario_failure_disk_full,
+    "killed_mid_create": scenario_killed_mid_create,
+}
+
+
+def main() -> None:
+    testbed.libvirtd_up()
+    OUT.mkdir(parents=True, exist_ok=True)
+    conn = libvirt.open(testbed.URI)
+    for name in sys.argv[1:] or list(SCENARIOS):
+        SCENARIOS[name](conn)
+
+
+if __name__ == "__main__":
+    main()
