@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "exporter"))
 
 import testbed  # noqa: E402
-
 from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter  # noqa: E402
 from libvirt_snapshot_exporter.observations import to_record  # noqa: E402
 

@@ -91,7 +91,8 @@ def kernel_and_initrd() -> tuple[Path, Path]:
             ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files,
             check=True, capture_output=True,
         ).stdout
-        subprocess.run(["gzip", "-1"], input=cpio, check=True, stdout=open(tmp + "/i.gz", "wb"))
+        with open(tmp + "/i.gz", "wb") as packed:
+            subprocess.run(["gzip", "-1"], input=cpio, check=True, stdout=packed)
         shutil.copy(glob.glob(str(work / "pkg/boot/vmlinuz-*"))[0], kernel.with_suffix(".tmp"))
         shutil.copy(tmp + "/i.gz", initrd.with_suffix(".tmp"))
         kernel.with_suffix(".tmp").rename(kernel)

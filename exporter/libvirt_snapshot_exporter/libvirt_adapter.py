@@ -10,6 +10,7 @@ cannot stall the others.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -76,10 +77,8 @@ def parse_snapshot_xml(xml: str, current: bool) -> SnapshotRecord:
     state = root.findtext("state", "")
     disk_modes = {d.get("snapshot") for d in root.findall("disks/disk")}
     external = memory_mode == "external" or "external" in disk_modes
-    if memory_mode is None:  # old libvirt: memory follows the state
-        has_memory = state in ("running", "paused")
-    else:
-        has_memory = memory_mode != "no"
+    # Without a <memory> element (old libvirt) memory follows the state.
+    has_memory = state in ("running", "paused") if memory_mode is None else memory_mode != "no"
     return SnapshotRecord(
         name=root.findtext("name", ""),
         parent=root.findtext("parent/name"),
@@ -246,10 +245,8 @@ class LibvirtAdapter:
     def _drop_locked(self) -> None:
         for conn in (self._conn, self._side_conn):
             if conn is not None:
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     conn.close()
-                except libvirt.libvirtError:
-                    pass
         self._conn = self._side_conn = None
 
     def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: Any) -> None:

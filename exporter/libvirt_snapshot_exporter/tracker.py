@@ -18,6 +18,7 @@ as the uncertainty.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,6 +57,9 @@ REVERT_EVENTS = {
 }
 
 
+_ids = itertools.count(1)
+
+
 @dataclass
 class Operation:
     """One snapshot operation, in flight (end is None) or finished."""
@@ -81,6 +85,7 @@ class Operation:
     # internal bookkeeping while in flight
     paused_since: float | None = None
     resumed_at: float | None = None
+    id: int = field(default_factory=lambda: next(_ids))
 
     @property
     def duration(self) -> float | None:
@@ -88,7 +93,8 @@ class Operation:
 
     @property
     def key(self) -> str:
-        return f"{self.domain}/{self.operation}/{self.start:.3f}"
+        """Stable while the operation runs, though its start may still be refined."""
+        return f"{self.domain}/{self.id}"
 
 
 @dataclass
@@ -153,6 +159,13 @@ class Tracker:
 
     def domains(self) -> list[str]:
         return list(self._domains)
+
+    def resync(self) -> None:
+        """After a reconnect events may have been missed: forget what each idle domain looked
+        like, so its next poll is taken as a first sight rather than diffed against old state.
+        Domains with an operation in flight keep theirs, so the operation can finish."""
+        for name in [n for n, d in self._domains.items() if d.active is None]:
+            del self._domains[name]
 
     # --- input ------------------------------------------------------------------------------
 

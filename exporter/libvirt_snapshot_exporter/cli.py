@@ -1,0 +1,102 @@
+"""Command line: `libvirt-snapshot-exporter [flags]`, node_exporter style.
+
+Startup errors (bad flag, bad config file, address that cannot be bound) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import NoReturn
+
+from prometheus_client import CollectorRegistry
+
+from . import __version__
+from .config import OPTIONS, Config, ConfigError, build, dest
+
+PROG = "libvirt-snapshot-exporter"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Prometheus exporter timing libvirt snapshot operations "
+                "beside the host's page cache and writeback.")
+    p.add_argument("--config.file", dest="config_file", metavar="PATH",
+                   help="YAML file whose keys are these flags' names without dashes")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, then exit (0: valid, 2: invalid)")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    for option in OPTIONS:
+        kind = option.type if option.type is not str else str
+        p.add_argument(f"--{option.key}", dest=dest(option.key), type=kind, default=None,
+                       metavar=option.type.__name__.upper(),
+                       help=f"{option.help} (default: {option.default!r})")
+    return p
+
+
+def load(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    args = parser().parse_args(argv)
+    try:
+        return build(vars(args), args.config_file), args
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, args = load(argv)
+    if args.check_config:
+        print(f"{PROG}: configuration is valid")
+        return
+    logging.basicConfig(
+        level=config["log.level"].upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Imported here so that --help and --check-config work without touching libvirt.
+    from .collector import SnapshotCollector
+    from .daemon import Collector
+    from .oplog import OperationsLog
+    from .state import StateStore, View
+    from .web import App, serve
+
+    host, port = config.listen
+    oplog = OperationsLog(config["state.directory"], config["operations.log-size"])
+    store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {}, 0, {},
+                            True, 0))
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(store))
+    app = App(store, oplog, registry, config["web.telemetry-path"])
+    try:
+        server = serve(app, host, port)
+    except OSError as exc:
+        fail(f"web.listen-address: cannot listen on {config['web.listen-address']}: "
+             f"{exc.strerror or exc}")
+    collector = Collector(config, store, oplog)
+    collector.start()
+
+    stopping = threading.Event()
+
+    def shutdown(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            logging.getLogger(PROG).info("signal %d: shutting down", signum)
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    logging.getLogger(PROG).info("listening on %s:%d%s, libvirt %s", host, port,
+                                 config["web.telemetry-path"], config["libvirt.uri"])
+    server.serve_forever()
+    server.server_close()
+    collector.stop()

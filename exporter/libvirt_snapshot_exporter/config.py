@@ -1,0 +1,136 @@
+"""Configuration: every command-line flag is also a key of the optional YAML file.
+
+File keys are the flag names without the leading dashes (`web.listen-address: ":9966"`).
+A flag given on the command line wins over the file, the file over the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A bad configuration; its message is one line naming the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    positive: bool = False
+
+
+OPTIONS = (
+    Option("web.listen-address", str, ":9966", "address to listen on, [host]:port"),
+    Option("web.telemetry-path", str, "/metrics", "path under which metrics are served"),
+    Option("libvirt.uri", str, "qemu:///system", "libvirt connection URI (opened read-only)"),
+    Option("libvirt.timeout", float, 10.0, "deadline in seconds of every libvirt call",
+           positive=True),
+    Option("libvirt.pid-directory", str, "/run/libvirt/qemu",
+           "where libvirt writes each QEMU's <domain>.pid"),
+    Option("path.procfs", str, "/proc", "procfs of the host (/host/proc in a container)"),
+    Option("state.directory", str, "/var/lib/libvirt-snapshot-exporter",
+           "where the operations log is kept; empty: keep it in memory only"),
+    Option("operations.log-size", int, 1000, "operations kept in the log", positive=True),
+    Option("collector.poll-interval", float, 1.0,
+           "seconds between polls of idle domains (state, controlInfo, snapshot list)",
+           positive=True),
+    Option("collector.busy-interval", float, 0.25,
+           "seconds between polls of domains with an operation in flight", positive=True),
+    Option("collector.stats-interval", float, 5.0,
+           "seconds between guest statistics and QEMU process reads of idle domains",
+           positive=True),
+    Option("node.hostname", str, "", "host name in libvirt_node_info (default: this host's)"),
+    Option("log.level", str, "info", "log level", choices=("debug", "info", "warning", "error")),
+)
+BY_KEY = {o.key: o for o in OPTIONS}
+
+
+def dest(key: str) -> str:
+    """The attribute name argparse gives a flag."""
+    return key.replace(".", "_").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Config:
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return parse_listen_address(self.values["web.listen-address"])
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"web.listen-address: {text!r} is not [host]:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _check(option: Option, value: Any, where: str) -> Any:
+    if option.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, option.type) or isinstance(value, bool):
+        raise ConfigError(
+            f"{where}{option.key}: expected {option.type.__name__}, got {type(value).__name__}"
+            f" {value!r}"
+        )
+    if option.choices and value not in option.choices:
+        raise ConfigError(f"{where}{option.key}: {value!r} is not one of {', '.join(option.choices)}")
+    if option.positive and value <= 0:
+        raise ConfigError(f"{where}{option.key}: must be greater than 0, got {value!r}")
+    return value
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """The YAML config file as validated key/values."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}: not valid YAML{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys, got {type(data).__name__}")
+    values = {}
+    for key, value in data.items():
+        option = BY_KEY.get(key)
+        if option is None:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        values[key] = _check(option, value, f"config file {path}: ")
+    return values
+
+
+def build(cli_values: dict[str, Any], config_file: str | None) -> Config:
+    """Defaults, overridden by the file, overridden by flags given on the command line."""
+    values = {o.key: o.default for o in OPTIONS}
+    if config_file:
+        values.update(load_file(config_file))
+    for option in OPTIONS:
+        given = cli_values.get(dest(option.key))
+        if given is not None:
+            values[option.key] = _check(option, given, "flag --")
+    if not str(values["web.telemetry-path"]).startswith("/"):
+        raise ConfigError("web.telemetry-path: must start with '/'")
+    if values["collector.busy-interval"] > values["collector.poll-interval"]:
+        raise ConfigError("collector.busy-interval: must not exceed collector.poll-interval")
+    config = Config(values)
+    config.listen  # noqa: B018 - validates the address
+    return config

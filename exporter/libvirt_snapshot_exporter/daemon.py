@@ -1,0 +1,403 @@
+"""The collection loop: polls libvirt, the host and QEMU processes, feeds the tracker, publishes.
+
+One thread does all collection; events from libvirt's event thread wake it at once. Domains
+with an operation in flight (or a sign of one) are polled every busy-interval, the others every
+poll-interval; guest statistics and process figures of idle domains every stats-interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+from .context import ContextKeeper
+from .host import HostReader, HostSample
+from .libvirt_adapter import DiskInfo, LibvirtAdapter, LibvirtUnavailable, Versions
+from .observations import DomainGone, DomainPoll, Observation
+from .oplog import OperationsLog
+from .qemu_process import ProcessReader, ProcessSample
+from .state import CollectorStatus, DomainView, InFlight, StateStore, View
+from .tracker import Operation, Tracker
+
+log = logging.getLogger(__name__)
+
+DISK_REFRESH_SECONDS = 60.0
+
+
+@dataclass
+class _DomainCache:
+    uuid: str = ""
+    poll: DomainPoll | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    cpu_sample: tuple[float, float] | None = None  # (wall time, cpu seconds)
+    cpu_ratio: float | None = None
+    disks: tuple[DiskInfo, ...] = ()
+    disks_read_at: float = 0.0
+    process: ProcessSample | None = None
+    image_size: int | None = None
+    filesystems: dict[str, int] = field(default_factory=dict)
+    next_poll: float = 0.0
+
+
+class Collector:
+    """Owns the adapters, the tracker and the operations log; publishes views to the store."""
+
+    def __init__(self, config: Config, store: StateStore, oplog: OperationsLog) -> None:
+        self.config = config
+        self.store = store
+        self.oplog = oplog
+        self._events: queue.Queue[Observation] = queue.Queue()
+        self.adapter = LibvirtAdapter(
+            config["libvirt.uri"], self._events.put, config["libvirt.timeout"],
+            config["libvirt.pid-directory"],
+        )
+        self.host = HostReader(config["path.procfs"])
+        self.processes = ProcessReader(config["path.procfs"])
+        self.tracker = Tracker()
+        self.contexts = ContextKeeper()
+        self.hostname = self.host.hostname(config["node.hostname"])
+        self.kernel = self.host.kernel()
+        self._domains: dict[str, _DomainCache] = {}
+        self._status: dict[str, CollectorStatus] = {}
+        self._versions: Versions | None = None
+        self._host_sample: HostSample | None = None
+        self._was_up = False
+        self._next_stats = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._events.put(DomainGone(0.0, ""))  # wake the loop
+        self._thread.join(timeout=5)
+        self.oplog.flush()
+        self.adapter.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.cycle()
+            except Exception:  # never let the loop die: log and go on
+                log.exception("collection cycle failed")
+            self._wait()
+
+    def _wait(self) -> None:
+        """Sleep until the next domain is due, or until an event arrives."""
+        due = min((c.next_poll for c in self._domains.values()), default=0.0)
+        timeout = max(0.02, min(due, self._next_stats) - time.time())
+        timeout = min(timeout, self.config["collector.poll-interval"])
+        with contextlib.suppress(queue.Empty):
+            obs = self._events.get(timeout=timeout)
+            self._events.put(obs)
+
+    # --- one cycle --------------------------------------------------------------------------
+
+    def cycle(self) -> None:
+        woken = self._drain_events()
+        if not self.adapter.ensure_connected():
+            if self._was_up:
+                log.warning("libvirt at %s unreachable: %s", self.adapter.uri,
+                            self.adapter.last_error)
+            self._was_up = False
+            self._mark("domains", False, 0.0)
+            self._sample_host()
+            self._publish()
+            return
+        if not self._was_up:
+            self._on_connect()
+        now = time.time()
+        self._poll_domains(now, woken)
+        self._drain_events()
+        self._sample_host()
+        if now >= self._next_stats:
+            self._collect_stats(now)
+            self._next_stats = now + self.config["collector.stats-interval"]
+        else:
+            self._sample_busy_processes(now)
+        self._job_progress()
+        self._publish()
+
+    def _on_connect(self) -> None:
+        self._was_up = True
+        self.tracker.resync()
+        try:
+            self._versions = self.adapter.versions()
+        except Exception as exc:  # noqa: BLE001 - any libvirt failure: retry next connect
+            log.warning("cannot read versions: %s", exc)
+        for cache in self._domains.values():
+            cache.next_poll = 0.0
+        self._next_stats = 0.0
+
+    def _drain_events(self) -> set[str]:
+        """Feed queued events to the tracker; the domains they name are polled at once."""
+        woken = set()
+        while True:
+            try:
+                obs = self._events.get_nowait()
+            except queue.Empty:
+                return woken
+            if isinstance(obs, DomainGone) and not obs.domain:
+                continue  # the stop() wake-up
+            woken.add(obs.domain)
+            self._observe(obs)
+
+    def _observe(self, obs: Observation) -> None:
+        before = {op.key for op in self.tracker.in_flight()}
+        finished = self.tracker.observe(obs)
+        for op in self.tracker.in_flight():
+            if op.key not in before:
+                self._begin(op)
+        for op in finished:
+            if op.key not in before:
+                self._begin(op)
+            self._record(op)
+
+    def _poll_domains(self, now: float, woken: set[str]) -> None:
+        start = time.time()
+        try:
+            names = self.adapter.domain_names()
+        except (LibvirtUnavailable, Exception) as exc:  # noqa: BLE001
+            log.warning("cannot list domains: %s", exc)
+            self._mark("domains", False, time.time() - start)
+            return
+        for gone in [n for n in self._domains if n not in names]:
+            self._observe(DomainGone(now, gone))
+            self._forget(gone)
+        ok = True
+        for name in names:
+            cache = self._domains.setdefault(name, _DomainCache())
+            if name not in woken and now < cache.next_poll:
+                continue
+            try:
+                poll = self.adapter.poll_domain(name)
+            except LibvirtUnavailable as exc:
+                log.debug("poll of %s: %s", name, exc)
+                cache.next_poll = now + self.config["collector.busy-interval"]
+                continue
+            except Exception as exc:  # noqa: BLE001 - the domain vanished mid-poll, say
+                log.debug("poll of %s failed: %s", name, exc)
+                ok = False
+                continue
+            cache.poll, cache.uuid = poll, poll.uuid
+            self._observe(poll)
+            busy = self.tracker.is_busy(name)
+            interval = "collector.busy-interval" if busy else "collector.poll-interval"
+            cache.next_poll = now + self.config[interval]
+            if busy and cache.process is None:
+                self._read_process(name, cache, now)
+        self._mark("domains", ok, time.time() - start)
+
+    def _forget(self, name: str) -> None:
+        self._domains.pop(name, None)
+        self.adapter.forget_domain(name)
+        self.contexts.forget_domain(name)
+        self.store.operations.forget_domain(name)
+
+    # --- guests, processes, host ------------------------------------------------------------
+
+    def _collect_stats(self, now: float) -> None:
+        start = time.time()
+        try:
+            stats = self.adapter.bulk_stats()
+            ok = True
+        except Exception as exc:  # noqa: BLE001
+            log.warning("guest statistics failed: %s", exc)
+            stats, ok = {}, False
+        for name, values in stats.items():
+            cache = self._domains.get(name)
+            if cache is None:
+                continue
+            cache.stats = values
+            self._cpu_ratio(cache, now, values)
+        self._mark("guests", ok, time.time() - start)
+        start = time.time()
+        for name, cache in self._domains.items():
+            self._read_process(name, cache, now)
+            self._refresh_disks(name, cache, now)
+            self._image_usage(cache)
+        self._mark("qemu_process", True, time.time() - start)
+
+    def _cpu_ratio(self, cache: _DomainCache, now: float, values: dict[str, Any]) -> None:
+        if "cpu.time" not in values:
+            return
+        seconds = values["cpu.time"] / 1e9
+        if cache.cpu_sample is not None and now > cache.cpu_sample[0]:
+            vcpus = max(1, int(values.get("vcpu.current", 1)))
+            cache.cpu_ratio = max(0.0, (seconds - cache.cpu_sample[1])
+                                  / (now - cache.cpu_sample[0]) / vcpus)
+        cache.cpu_sample = (now, seconds)
+
+    def _read_process(self, name: str, cache: _DomainCache, now: float) -> None:
+        pid = cache.poll.pid if cache.poll is not None else None
+        cache.process = self.processes.read(pid) if pid else None
+        if cache.process is not None:
+            self.contexts.add_process(name, now, cache.process)
+
+    def _sample_busy_processes(self, now: float) -> None:
+        for name, cache in self._domains.items():
+            if self.tracker.is_busy(name):
+                self._read_process(name, cache, now)
+
+    def _refresh_disks(self, name: str, cache: _DomainCache, now: float) -> None:
+        """Disk XML only while the domain is idle: from libvirt 11.0 it waits for a snapshot."""
+        if self.tracker.is_busy(name) or now - cache.disks_read_at < DISK_REFRESH_SECONDS:
+            return
+        try:
+            cache.disks = tuple(self.adapter.domain_disks(name))
+            cache.disks_read_at = now
+        except Exception as exc:  # noqa: BLE001
+            log.debug("disks of %s: %s", name, exc)
+
+    def _image_usage(self, cache: _DomainCache) -> None:
+        paths = [d.source for d in cache.disks if d.source.startswith("/")]
+        if cache.poll is not None:
+            paths += [s.memory_file for s in cache.poll.snapshots if s.memory_file]
+        size, free = 0, {}
+        for path in paths:
+            try:
+                size += os.stat(path).st_blocks * 512
+            except OSError:
+                continue
+            mount = _mountpoint(os.path.dirname(path))
+            if mount not in free:
+                with contextlib.suppress(OSError):
+                    fs = os.statvfs(mount)
+                    free[mount] = fs.f_bavail * fs.f_frsize
+        cache.image_size = size if paths else None
+        cache.filesystems = free
+
+    def _sample_host(self) -> None:
+        start = time.time()
+        try:
+            self._host_sample = self.host.read()
+            self.contexts.add_host(self._host_sample)
+            self._mark("host", True, time.time() - start)
+        except OSError as exc:
+            log.warning("host figures: %s", exc)
+            self._mark("host", False, time.time() - start)
+
+    def _job_progress(self) -> None:
+        for op in self.tracker.in_flight():
+            if op.operation == "create" and op.kind == "external" and op.memory:
+                progress = self.adapter.job_progress(op.domain)
+                if progress is not None:
+                    self.tracker.observe(progress)
+
+    # --- operations -------------------------------------------------------------------------
+
+    def _begin(self, op: Operation) -> None:
+        cache = self._domains.get(op.domain, _DomainCache())
+        used, total = self._guest_memory(cache)
+        self.contexts.begin(op.key, op.domain, op.start, used, total, cache.cpu_ratio)
+
+    def _guest_memory(self, cache: _DomainCache) -> tuple[int | None, int | None]:
+        s = cache.stats
+        total = s.get("balloon.current", 0) * 1024 or None
+        if "balloon.available" in s and "balloon.unused" in s:
+            return (s["balloon.available"] - s["balloon.unused"]) * 1024, total
+        if cache.process is not None:
+            return cache.process.rss_bytes, total
+        return None, total
+
+    def _record(self, op: Operation) -> None:
+        ctx = self.contexts.finish(op.key).public()
+        duration = op.duration or 0.0
+        written = ctx.get("qemu_written_bytes")
+        cache = self._domains.get(op.domain)
+        entry = {
+            "domain": op.domain,
+            "snapshot": op.snapshot,
+            "operation": op.operation,
+            "kind": op.kind,
+            "memory": op.memory,
+            "depth": op.depth,
+            "start": round(op.start, 3),
+            "end": round(op.end or op.start, 3),
+            "duration_seconds": round(duration, 3),
+            "paused_seconds": round(op.paused_seconds, 3),
+            "outcome": op.outcome,
+            "error": op.error,
+            "start_source": op.start_source,
+            "end_source": op.end_source,
+            "uncertainty_seconds": round(op.start_uncertainty + op.end_uncertainty, 3),
+            "qemu_version": self._versions.hypervisor if self._versions else "",
+            "disk_cache": sorted({d.cache for d in cache.disks}) if cache else [],
+            "job_time_elapsed_ms": op.job.get("time_elapsed"),
+            "job_downtime_ms": op.job.get("downtime"),
+            **ctx,
+            "qemu_write_rate_bytes_per_second": (
+                round(written / duration) if written is not None and duration > 0 else None
+            ),
+        }
+        log.info("%s %s of %s/%s: %.3f s (%s, start by %s, end by %s)", op.outcome,
+                 op.operation, op.domain, op.snapshot, duration, op.kind, op.start_source,
+                 op.end_source)
+        self.oplog.add(entry)
+        self.store.operations.record(entry)
+
+    # --- publishing -------------------------------------------------------------------------
+
+    def _mark(self, name: str, success: bool, duration: float) -> None:
+        previous = self._status.get(name)
+        last = time.time() if success else (previous.last_success if previous else None)
+        self._status[name] = CollectorStatus(success, duration, last)
+
+    def in_flight(self) -> list[InFlight]:
+        items = []
+        for op in self.tracker.in_flight():
+            ctx = self.contexts.current(op.key)
+            estimate = None
+            if (
+                ctx is not None and op.operation == "create" and op.kind == "internal"
+                and op.memory and ctx.qemu_written_bytes is not None
+                and ctx.guest_memory_used_bytes
+            ):
+                estimate = min(1.0, ctx.qemu_written_bytes / ctx.guest_memory_used_bytes)
+            items.append(InFlight(op, ctx.public() if ctx else {}, estimate))
+        return items
+
+    def _publish(self) -> None:
+        up = self._was_up and self.adapter.up
+        domains = {}
+        if up:
+            for name, c in self._domains.items():
+                if c.poll is None:
+                    continue
+                domains[name] = DomainView(
+                    name=name, uuid=c.uuid, state=c.poll.state, reason=c.poll.reason,
+                    stats=c.stats, disks=c.disks, process=c.process,
+                    snapshots=c.poll.snapshots, image_size_bytes=c.image_size,
+                    filesystems=c.filesystems,
+                )
+        self.store.publish(
+            View(
+                up=up, uri=self.adapter.uri, hostname=self.hostname, kernel=self.kernel,
+                versions=self._versions, host=self._host_sample, domains=domains,
+                in_flight=tuple(self.in_flight()), collectors=dict(self._status),
+                reconnects=self.adapter.reconnects, events=dict(self.adapter.events_received),
+                oplog_write_ok=self.oplog.last_write_ok,
+                oplog_write_errors=self.oplog.write_errors,
+            )
+        )
+
+
+def _mountpoint(path: str) -> str:
+    path = os.path.realpath(path)
+    while not os.path.ismount(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path

@@ -1,0 +1,72 @@
+"""Figures of a domain's QEMU process: resident memory and the bytes it read and wrote.
+
+/proc/PID/io needs root or CAP_SYS_PTRACE. Without it, the VM's own cgroup io.stat (libvirt puts
+each VM in machine.slice) is used; a QEMU sharing libvirtd's cgroup gets no I/O figure at all,
+rather than a host-wide one passed off as the VM's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    pid: int
+    rss_bytes: int
+    read_bytes: int | None
+    write_bytes: int | None
+    io_source: str  # proc_io | cgroup | none
+
+
+def parse_io_stat(text: str) -> tuple[int, int]:
+    """Sum rbytes and wbytes over the devices of a cgroup v2 io.stat."""
+    read = write = 0
+    for line in text.splitlines():
+        for item in line.split()[1:]:
+            key, _, value = item.partition("=")
+            if key == "rbytes":
+                read += int(value)
+            elif key == "wbytes":
+                write += int(value)
+    return read, write
+
+
+class ProcessReader:
+    def __init__(self, procfs: str = "/proc", cgroupfs: str = "/sys/fs/cgroup") -> None:
+        self.procfs = Path(procfs)
+        self.cgroupfs = Path(cgroupfs)
+
+    def read(self, pid: int) -> ProcessSample | None:
+        """None when the process is gone (the domain stopped or a revert restarted QEMU)."""
+        try:
+            proc = psutil.Process(pid)
+            rss = proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        try:
+            io = proc.io_counters()
+            return ProcessSample(pid, rss, io.read_bytes, io.write_bytes, "proc_io")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, AttributeError):
+            pass
+        cgroup = self._vm_cgroup(pid)
+        if cgroup is not None:
+            try:
+                read, write = parse_io_stat((cgroup / "io.stat").read_text())
+                return ProcessSample(pid, rss, read, write, "cgroup")
+            except OSError:
+                pass
+        return ProcessSample(pid, rss, None, None, "none")
+
+    def _vm_cgroup(self, pid: int) -> Path | None:
+        try:
+            lines = (self.procfs / str(pid) / "cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            if line.startswith("0::") and "machine" in line:
+                return self.cgroupfs / line[3:].lstrip("/")
+        return None
