@@ -49,6 +49,7 @@ from .observations import (
 )
 
 PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
+REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
 REVERT_EVENTS = {
     (EVENT_SUSPENDED, DETAIL_SUSPENDED_FROM_SNAPSHOT),
     (EVENT_STOPPED, DETAIL_STOPPED_FROM_SNAPSHOT),
@@ -85,6 +86,7 @@ class Operation:
     # internal bookkeeping while in flight
     paused_since: float | None = None
     resumed_at: float | None = None
+    idle_since: float | None = None
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
@@ -115,6 +117,7 @@ class _Domain:
     revert_event: float | None = None
     revert_defined_at: float | None = None
     state: int = 0
+    failed: set[str] = field(default_factory=set)  # snapshots of failed creates, still listed
 
 
 def depth_of(snapshots: dict[str, SnapshotRecord], name: str | None) -> int:
@@ -208,9 +211,10 @@ class Tracker:
                 d.revert_defined_at = ev.time
             return []
         if ev.event == EVENT_SUSPENDED:
-            d.paused_since = ev.time
+            # A second SUSPENDED (an API error while paused) does not restart the pause.
+            d.paused_since = d.paused_since or ev.time
             if op is not None:
-                op.paused_since = ev.time
+                op.paused_since = op.paused_since or ev.time
             else:
                 d.suspend_at = ev.time
         elif ev.event == EVENT_RESUMED:
@@ -262,7 +266,8 @@ class Tracker:
             finished += self._adopt(d, p, now, current)
         else:
             finished += self._advance(d, p, before, now, current)
-        d.snapshots = now
+        d.failed &= set(now)
+        d.snapshots = {k: v for k, v in now.items() if k not in d.failed}
         if current is not None:
             d.current = current
         d.state = p.state
@@ -316,7 +321,17 @@ class Tracker:
             reverting = p.control_state == CONTROL_JOB or (
                 p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP
             )
-            if op.end is not None or not reverting:
+            if not reverting and op.idle_since is None:
+                op.idle_since = p.time
+            elif reverting:
+                op.idle_since = None
+            # libvirt sends the revert's last events (STARTED, RESUMED, DEFINED/FROM_SNAPSHOT)
+            # after its job ends: wait for DEFINED, or give up on it after REVERT_SETTLE.
+            settled = op.idle_since is not None and p.time - op.idle_since >= REVERT_SETTLE
+            if op.end is not None or settled:
+                if op.end is None:
+                    op.end, op.end_source = op.idle_since, "poll"
+                    op.end_uncertainty = op.idle_since - (d.last_poll or op.idle_since)
                 op.snapshot = current or ""
                 op.depth = depth_of(now, current)
                 target = now.get(current or "")
@@ -347,7 +362,7 @@ class Tracker:
     ) -> list[Operation]:
         """No operation in flight: find one that started, or one that ran between two polls."""
         finished: list[Operation] = []
-        creates = [s for s in new if not self._redefined(d, s)]
+        creates = [s for s in new if not self._redefined(d, s) and s.name not in d.failed]
         for snap in sorted(creates, key=lambda s: s.creation_time):
             done = snap.current or any(s.parent == snap.name for s in now.values())
             start, source, unc = self._create_start(d, p, snap)
@@ -452,7 +467,7 @@ class Tracker:
         op = d.active
         assert op is not None
         if op.end is not None:  # an event already gave the end
-            return self._finish(d, op.end, op.end_source, 0.0, outcome, error)
+            return self._finish(d, op.end, op.end_source, op.end_uncertainty, outcome, error)
         if op.resumed_at is not None and op.resumed_at >= op.start:
             return self._finish(d, op.resumed_at, "event", 0.0, outcome, error)
         last = d.last_poll if d.last_poll is not None and d.last_poll >= op.start else op.start
@@ -471,6 +486,11 @@ class Tracker:
             op, end=max(end, op.start), end_source=source, end_uncertainty=uncertainty,
             outcome=outcome, error=error, paused_since=None,
         )
+        if op.operation == "create" and outcome == "failure":
+            # Its snapshot is being removed: its disappearance is no delete, and a sighting
+            # of it before it goes is no new create.
+            d.snapshots.pop(op.snapshot, None)
+            d.failed.add(op.snapshot)
         d.active = None
         d.job_start = d.block_job_start = d.block_job_end = None
         d.suspend_at = d.resume_at = d.revert_event = None

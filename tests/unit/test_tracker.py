@@ -1,0 +1,142 @@
+"""The tracker replayed on observation sequences recorded from a real libvirtd 9.0 / QEMU 7.2.
+
+Each sequence (tests/unit/sequences, written by scripts/record-sequences.py) holds what the
+exporter's adapter saw, polling every 0.1 s, plus the client's own wall-clock time of each call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from libvirt_snapshot_exporter.observations import (
+    DomainGone,
+    DomainPoll,
+    LifecycleEvent,
+    SnapshotRecord,
+    from_record,
+)
+from libvirt_snapshot_exporter.tracker import Operation, Tracker, depth_of
+
+SEQUENCES = Path(__file__).parent / "sequences"
+
+
+def replay(name: str) -> tuple[list[dict], list[Operation], Tracker]:
+    calls, ops, tracker = [], [], Tracker()
+    for line in (SEQUENCES / f"{name}.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["type"] == "ClientCall":
+            calls.append(record)
+        else:
+            ops += tracker.observe(from_record(record))
+    return calls, ops, tracker
+
+
+def assert_matches_client(calls: list[dict], ops: list[Operation], tolerance: float = 0.5) -> None:
+    """One operation per client call, of the same type and outcome, timed within tolerance
+    (or within the bracket the tracker itself reports when it saw neither start nor end)."""
+    assert [o.operation for o in ops] == [c["operation"] for c in calls]
+    for call, op in zip(calls, ops, strict=True):
+        assert op.outcome == ("success" if call["ok"] else "failure"), (call, op)
+        wall = call["end"] - call["start"]
+        slack = tolerance + op.start_uncertainty + op.end_uncertainty
+        assert abs(op.duration - wall) <= slack, (call, op)
+
+
+def test_internal_chain_on_running_domain() -> None:
+    calls, ops, tracker = replay("internal_chain_running")
+    assert_matches_client(calls, ops)
+    creates = [o for o in ops if o.operation == "create"]
+    assert [o.depth for o in creates] == [1, 2, 3]
+    assert all(o.kind == "internal" and o.memory for o in creates)
+    for op, call in zip(creates, calls, strict=False):
+        # start from controlInfo(), end from the RESUMED event: both exact
+        assert (op.start_source, op.end_source) == ("control", "event")
+        assert abs(op.duration - (call["end"] - call["start"])) < 0.05
+        # an internal create pauses the guest for its whole duration
+        assert op.paused_seconds == pytest.approx(op.duration, abs=0.05)
+    revert = next(o for o in ops if o.operation == "revert")
+    assert (revert.snapshot, revert.depth) == ("s1", 1)
+    assert [o.snapshot for o in ops if o.operation == "delete"] == ["s3", "s2", "s1"]
+    assert tracker.in_flight() == []
+
+
+def test_offline_operations_are_counted_once() -> None:
+    calls, ops, tracker = replay("internal_offline")
+    assert_matches_client(calls, ops)
+    assert [o.snapshot for o in ops] == ["off1", "off2", "off1", "off2", "off1"]
+    assert all(not o.memory for o in ops)
+    assert tracker.in_flight() == []
+
+
+def test_external_snapshots_with_and_without_memory() -> None:
+    calls, ops, _ = replay("external_running")
+    assert_matches_client(calls, ops)
+    em, eml, disk_only = (o for o in ops if o.operation == "create")
+    assert (em.kind, em.memory, eml.kind, eml.memory) == ("external", True, "external", True)
+    assert (disk_only.kind, disk_only.memory) == ("external", False)
+    # --live: the guest runs while memory is copied and pauses only at the end
+    assert eml.paused_seconds < eml.duration / 3
+    assert em.paused_seconds == pytest.approx(em.duration, abs=0.05)
+    # libvirt's own figure (JOB_COMPLETED) fixes the start of the live snapshot
+    assert eml.start_source == "job_completed"
+    assert eml.job["time_elapsed"] / 1000 == pytest.approx(eml.duration, abs=0.5)
+    deletes = [o for o in ops if o.operation == "delete"]
+    assert [(o.snapshot, o.start_source) for o in deletes] == [("ed", "event"), ("eml", "event")]
+
+
+def test_snapshot_failing_while_writing_is_a_failure() -> None:
+    calls, ops, tracker = replay("failure_disk_full")
+    assert_matches_client(calls, ops)
+    assert ops[0].outcome == "failure" and "vanished" in ops[0].error
+    assert tracker.in_flight() == []
+
+
+def test_qemu_killed_mid_create_is_one_failure_and_no_delete() -> None:
+    calls, ops, tracker = replay("killed_mid_create")
+    assert_matches_client(calls, ops)
+    assert [(o.operation, o.outcome) for o in ops] == [("create", "failure")]
+    assert tracker.in_flight() == []
+
+
+def _snap(name: str, parent: str | None, current: bool, t: float = 100.0) -> SnapshotRecord:
+    return SnapshotRecord(name, parent, t, "running", True, "internal", current)
+
+
+def _poll(t: float, snaps: tuple, control: int = 0, ms: int = 0, state: int = 1,
+          reason: int = 5) -> DomainPoll:
+    return DomainPoll(t, "vm", "uuid", state, reason, control, ms, snaps)
+
+
+def test_exporter_started_mid_create_adopts_it_with_the_exact_start() -> None:
+    tracker = Tracker()
+    base = (_snap("a", None, True, 50.0),)
+    assert tracker.observe(_poll(200.0, base + (_snap("b", "a", False, 197.0),), 1, 3000, 3, 3)) == []
+    (op,) = tracker.in_flight()
+    assert (op.operation, op.snapshot, op.start, op.start_source) == ("create", "b", 197.0, "control")
+    (done,) = tracker.observe(_poll(205.0, (_snap("a", None, False, 50.0), _snap("b", "a", True, 197.0))))
+    assert done.outcome == "success" and done.depth == 2
+
+
+def test_domain_undefined_mid_operation_leaves_nothing_in_flight() -> None:
+    tracker = Tracker()
+    tracker.observe(_poll(10.0, ()))
+    tracker.observe(LifecycleEvent(10.5, "vm", 3, 0))
+    tracker.observe(_poll(10.6, (_snap("x", None, False, 10.0),), 1, 100, 3, 3))
+    assert len(tracker.in_flight()) == 1
+    (op,) = tracker.observe(DomainGone(11.0, "vm"))
+    assert op.outcome == "failure" and tracker.in_flight() == []
+
+
+def test_redefined_snapshot_is_inventory_not_a_create() -> None:
+    tracker = Tracker()
+    tracker.observe(_poll(1000.0, ()))
+    assert tracker.observe(_poll(1001.0, (_snap("old", None, False, 10.0),))) == []
+    assert tracker.in_flight() == []
+
+
+def test_depth_counts_from_the_root() -> None:
+    tree = {"a": _snap("a", None, False), "b": _snap("b", "a", False), "c": _snap("c", "b", True)}
+    assert [depth_of(tree, n) for n in ("a", "b", "c", None)] == [1, 2, 3, 0]
