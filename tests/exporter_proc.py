@@ -1,0 +1,95 @@
+"""The exporter run as a real process on a free loopback port, and its /metrics read back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ExporterProcess:
+    def __init__(self, *flags: str, state_dir: str | None = None, uri: str = "qemu:///system"):
+        self.port = free_port()
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="lse-state-")
+        self.log_path = Path(tempfile.mkstemp(prefix="lse-exporter-", suffix=".log")[1])
+        self.flags = [
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--state.directory={self.state_dir}",
+            f"--libvirt.uri={uri}",
+            *flags,
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ExporterProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "libvirt_snapshot_exporter", *self.flags],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.wait_for(lambda: self.value("libvirt_up") == 1.0, 30, "libvirt_up 1")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=20)
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, timeout: float = 5.0) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return response.read().decode()
+
+    def samples(self) -> list[Sample]:
+        text = self.get("/metrics")
+        return [
+            (s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The value of the one sample with this name and (a subset of) these labels."""
+        try:
+            found = [v for n, lab, v in self.samples()
+                     if n == name and all(lab.get(k) == w for k, w in labels.items())]
+        except OSError:
+            return None
+        return found[0] if found else None
+
+    def wait_for(self, check: Callable[[], object], timeout: float, what: str,
+                 interval: float = 0.2) -> object:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = check()
+            if result:
+                return result
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"exporter exited ({self.proc.returncode}): {self.log()}")
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.log()[-3000:]}")

@@ -1,0 +1,188 @@
+"""The exporter against a real libvirtd with real QEMU guests (issue: exporter foundation)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import libvirt
+import pytest
+
+import testbed
+from conftest import create_snapshot, delete_all_snapshots
+from exporter_proc import ExporterProcess, free_port
+
+pytestmark = pytest.mark.libvirt
+
+
+def dommemstat(name: str) -> dict[str, int]:
+    out = subprocess.run(["virsh", "-c", testbed.URI, "dommemstat", name], check=True,
+                         capture_output=True, text=True).stdout
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)", out, re.M)}
+
+
+def test_guest_memory_matches_dommemstat(exporter, filler):
+    def figures():
+        return {
+            "actual": exporter.value("libvirt_domain_memory_balloon_current_bytes",
+                                     domain=filler.name),
+            "available": exporter.value("libvirt_domain_memory_available_bytes",
+                                        domain=filler.name),
+            "unused": exporter.value("libvirt_domain_memory_unused_bytes", domain=filler.name),
+            "usable": exporter.value("libvirt_domain_memory_usable_bytes", domain=filler.name),
+            "rss": exporter.value("libvirt_domain_qemu_resident_memory_bytes", domain=filler.name),
+        }
+
+    exporter.wait_for(lambda: all(v is not None for v in figures().values()), 30,
+                      "guest memory series")
+
+    def mismatches() -> list[str]:
+        # The guest refreshes its figures every second and the exporter reads them every
+        # stats-interval (5 s): compare until both have settled on the same reading.
+        virsh, got = dommemstat(filler.name), figures()
+        bad = [k for k in ("actual", "available") if got[k] != virsh[k] * 1024]
+        bad += [k for k in ("unused", "usable", "rss")
+                if got[k] != pytest.approx(virsh[k] * 1024, rel=0.01)]
+        return bad
+
+    for _ in range(15):
+        if not mismatches():
+            break
+        time.sleep(2)
+    assert mismatches() == []
+    virsh = dommemstat(filler.name)
+    used = exporter.value("libvirt_domain_memory_used_bytes", domain=filler.name,
+                          source="balloon")
+    assert used == pytest.approx((virsh["available"] - virsh["unused"]) * 1024, rel=0.02)
+    assert used > 640 * 2**20  # the random data the guest holds
+
+
+def test_guest_without_balloon_stats_falls_back_to_qemu_rss(exporter, bare):
+    # SeaBIOS loads no balloon driver: no guest figures, so the used figure comes from QEMU.
+    used = exporter.wait_for(
+        lambda: exporter.value("libvirt_domain_memory_used_bytes", domain=bare.name,
+                               source="qemu_rss"), 30, "qemu_rss fallback")
+    assert used > 0
+    assert exporter.value("libvirt_domain_memory_unused_bytes", domain=bare.name) is None
+
+
+def test_host_metrics_match_node_exporter(exporter):
+    port = free_port()
+    node = subprocess.Popen(
+        [shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter",
+         f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
+         "--collector.meminfo", "--collector.vmstat", "--collector.pressure",
+         "--collector.vmstat.fields=^(pgpgout|nr_dirtied|nr_written)$"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        node_proc = ExporterProcess()
+        node_proc.port = port
+        node_proc.wait_for(lambda: node_proc.value("node_memory_MemTotal_bytes"), 15,
+                           "node_exporter")
+        time.sleep(1.5)  # our host figures are refreshed every poll interval
+        ours = {n: v for n, lab, v in exporter.samples() if not lab}
+        theirs = {n: v for n, lab, v in node_proc.samples() if not lab}
+    finally:
+        node.terminate()
+        node.wait()
+    pairs = {
+        "total": "MemTotal", "free": "MemFree", "available": "MemAvailable",
+        "buffers": "Buffers", "cached": "Cached", "shmem": "Shmem",
+        "active_file": "Active_file", "inactive_file": "Inactive_file",
+    }
+    for ours_key, node_key in pairs.items():
+        a, b = ours[f"libvirt_node_memory_{ours_key}_bytes"], theirs[f"node_memory_{node_key}_bytes"]
+        assert a == pytest.approx(b, rel=0.01, abs=8 * 2**20), ours_key
+    for ours_key, node_key in (("dirty", "Dirty"), ("writeback", "Writeback")):
+        a, b = ours[f"libvirt_node_memory_{ours_key}_bytes"], theirs[f"node_memory_{node_key}_bytes"]
+        assert abs(a - b) <= 16 * 2**20, ours_key  # these move within milliseconds
+    assert ours["libvirt_node_memory_pageout_bytes_total"] >= theirs["node_vmstat_pgpgout"] * 1024 * 0.99
+    for ours_key, node_key in (("memory_waiting", "memory_waiting"),
+                               ("memory_stalled", "memory_stalled"),
+                               ("io_waiting", "io_waiting"), ("io_stalled", "io_stalled")):
+        name = f"node_pressure_{node_key}_seconds_total"
+        if name in theirs:
+            assert ours[f"libvirt_node_pressure_{ours_key}_seconds_total"] == pytest.approx(
+                theirs[name], abs=2.0)
+
+
+def test_promtool_accepts_the_output(exporter, filler, conn):
+    # With operations recorded, so histograms and last-operation gauges are present too.
+    create_snapshot(conn, filler, "lint")
+    try:
+        exporter.wait_for(lambda: exporter.value("libvirt_snapshot_last_operation_success",
+                                                 domain=filler.name, operation="create"),
+                          30, "a recorded create")
+        text = exporter.get("/metrics")
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                              text=True)
+        assert lint.returncode == 0 and lint.stdout == "" and lint.stderr == "", lint
+    finally:
+        delete_all_snapshots(conn, filler)
+
+
+def test_scrape_answers_at_once_during_a_snapshot(exporter, filler, conn):
+    durations, in_progress = [], []
+    done = threading.Event()
+
+    def scrape_loop():
+        while not done.is_set():
+            start = time.perf_counter()
+            text = exporter.get("/metrics", timeout=10)
+            durations.append(time.perf_counter() - start)
+            if re.search(r'^libvirt_snapshot_operation_in_progress\{.*' + filler.name, text, re.M):
+                in_progress.append(True)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=scrape_loop)
+    thread.start()
+    try:
+        wall = create_snapshot(conn, filler, "busy")
+    finally:
+        done.set()
+        thread.join()
+        delete_all_snapshots(conn, filler)
+    assert wall > 1.0, f"the snapshot took only {wall:.2f} s: not a busy domain"
+    assert in_progress, "no scrape showed the snapshot in progress"
+    assert max(durations) < 1.0, f"slowest scrape {max(durations):.3f} s during a {wall:.1f} s snapshot"
+
+
+def test_libvirtd_restart(exporter, bare, conn):
+    events_before = exporter.value("libvirt_snapshot_exporter_events_total", type="lifecycle")
+    subprocess.run(["pkill", "-x", "libvirtd"], check=True)
+    try:
+        exporter.wait_for(lambda: exporter.value("libvirt_up") == 0.0, 30, "libvirt_up 0")
+        assert exporter.value("libvirt_node_memory_total_bytes") > 0  # still serving
+    finally:
+        subprocess.run(["libvirtd", "-d"], check=True)
+    exporter.wait_for(lambda: exporter.value("libvirt_up") == 1.0, 60, "libvirt_up back to 1")
+    fresh = libvirt.open(testbed.URI)
+    dom = fresh.lookupByName(bare.name)
+    dom.suspend()
+    dom.resume()
+    exporter.wait_for(
+        lambda: exporter.value("libvirt_snapshot_exporter_events_total", type="lifecycle")
+        >= (events_before or 0) + 2, 15, "lifecycle events after the reconnect")
+    fresh.close()
+
+
+def test_undefined_domain_loses_its_series(exporter, conn):
+    guest = testbed.create_guest(conn, "gone", memory_mib=64, start=False)
+    try:
+        exporter.wait_for(lambda: exporter.value("libvirt_domain_info", domain=guest.name),
+                          15, "the new domain")
+    finally:
+        testbed.destroy_guest(conn, guest)
+    exporter.wait_for(
+        lambda: not any(lab.get("domain") == guest.name for _, lab, _ in exporter.samples()),
+        15, "its series gone")
+
+
+def test_sigterm_flushes_and_exits_zero(conn):
+    proc = ExporterProcess().start()
+    assert proc.stop(signal.SIGTERM) == 0
