@@ -25,8 +25,9 @@ def free_port() -> int:
 
 
 class ExporterProcess:
-    def __init__(self, *flags: str, state_dir: str | None = None, uri: str = "qemu:///system"):
-        self.port = free_port()
+    def __init__(self, *flags: str, state_dir: str | None = None, uri: str = "qemu:///system",
+                 port: int | None = None):
+        self.port = port or free_port()
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="lse-state-")
         self.log_path = Path(tempfile.mkstemp(prefix="lse-exporter-", suffix=".log")[1])
         self.flags = [

@@ -29,10 +29,12 @@ from .test_dashboard import QUERIES, _promql
 HYPERVISOR = "hv-e2e"
 GIB = 1024**3
 J = 'job="libvirt-snapshot-exporter"'
+START = time.time()
 
 
 def _exposition() -> str:
     now = time.time()
+    k = int(now - START)  # counters grow: one batch of 4 operations a second
     d = 'domain="vm1"'
     op = 'domain="vm1",operation="create"'
     hist = 'domain="vm1",operation="create",kind="internal",memory="true",outcome="success"'
@@ -53,7 +55,7 @@ def _exposition() -> str:
         "# TYPE libvirt_node_vm_dirty_background_bytes gauge",
         "libvirt_node_vm_dirty_background_bytes 0",
         "# TYPE libvirt_node_memory_written_bytes_total counter",
-        "libvirt_node_memory_written_bytes_total 1e9",
+        f"libvirt_node_memory_written_bytes_total {1e6 * k}",
         "# TYPE libvirt_node_memory_dirtied_bytes_total counter",
         "libvirt_node_memory_dirtied_bytes_total 2e9",
         "# TYPE libvirt_node_memory_pageout_bytes_total counter",
@@ -72,7 +74,7 @@ def _exposition() -> str:
         "# TYPE libvirt_domain_memory_balloon_maximum_bytes gauge",
         f"libvirt_domain_memory_balloon_maximum_bytes{{{d}}} {8 * GIB}",
         "# TYPE libvirt_domain_qemu_write_bytes_total counter",
-        f"libvirt_domain_qemu_write_bytes_total{{{d}}} 5e9",
+        f"libvirt_domain_qemu_write_bytes_total{{{d}}} {5e6 * k}",
         "# TYPE libvirt_domain_block_write_bytes_total counter",
         f'libvirt_domain_block_write_bytes_total{{{d},target="vda"}} 7e9',
         "# TYPE libvirt_domain_image_size_bytes gauge",
@@ -94,10 +96,10 @@ def _exposition() -> str:
         f"libvirt_snapshot_operation_progress_estimate_ratio{{{op}}} 0.4",
         "# TYPE libvirt_snapshot_operation_duration_seconds histogram",
         f'libvirt_snapshot_operation_duration_seconds_bucket{{{hist},le="30.0"}} 0',
-        f'libvirt_snapshot_operation_duration_seconds_bucket{{{hist},le="60.0"}} 3',
-        f'libvirt_snapshot_operation_duration_seconds_bucket{{{hist},le="+Inf"}} 4',
-        f"libvirt_snapshot_operation_duration_seconds_sum{{{hist}}} 400",
-        f"libvirt_snapshot_operation_duration_seconds_count{{{hist}}} 4",
+        f'libvirt_snapshot_operation_duration_seconds_bucket{{{hist},le="60.0"}} {3 * k}',
+        f'libvirt_snapshot_operation_duration_seconds_bucket{{{hist},le="+Inf"}} {4 * k}',
+        f"libvirt_snapshot_operation_duration_seconds_sum{{{hist}}} {400 * k}",
+        f"libvirt_snapshot_operation_duration_seconds_count{{{hist}}} {4 * k}",
         "# TYPE libvirt_snapshot_exporter_collection_age_seconds gauge",
         'libvirt_snapshot_exporter_collection_age_seconds{collector="host"} 0.5',
     ]
@@ -277,5 +279,7 @@ def test_every_dashboard_query_runs(stack):
         assert answer["status"] == "success", (where, answer)
         if not answer["data"]["result"]:
             empty.append(where)
-    # Nothing has just finished, and no alert has fired yet (every alert has a for:).
-    assert set(empty) <= {"annotation 'Snapshot operations finished'", "panel 28 'Firing alerts' A"}, empty
+    # Every query returns data, except: no operation may have finished in the last minute,
+    # and no alert fires yet (each has a for:).
+    may_be_empty = ("'Snapshot operations finished'", "'Firing alerts'")
+    assert [w for w in empty if not any(m in w for m in may_be_empty)] == []

@@ -80,8 +80,7 @@ def test_host_metrics_match_node_exporter(exporter):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        node_proc = ExporterProcess()
-        node_proc.port = port
+        node_proc = ExporterProcess(port=port)
         node_proc.wait_for(lambda: node_proc.value("node_memory_MemTotal_bytes"), 15,
                            "node_exporter")
         time.sleep(1.5)  # our host figures are refreshed every poll interval

@@ -1,0 +1,47 @@
+# libvirt-snapshot-exporter: run `make demo` or `make test` as root on a Debian machine.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
+	libvirt-dev libvirt-clients pkg-config gcc python3-dev python3-venv busybox-static cpio \
+	prometheus prometheus-node-exporter prometheus-alertmanager prometheus-libvirt-exporter \
+	victoria-metrics curl
+
+.PHONY: deps venv test lint unit demo bench-scrape clean
+
+deps:  ## Debian packages: libvirt, QEMU, Prometheus tools (installs only what is missing)
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check exporter tests scripts benchmarks
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+test: deps venv  ## the whole suite, real libvirtd and QEMU guests included
+	bash scripts/libvirtd-up.sh
+	$(VENV)/bin/ruff check exporter tests scripts benchmarks
+	$(VENV)/bin/pytest -v -rfEs tests
+
+demo: deps venv  ## a demo guest, snapshots now and then, the exporter on localhost:9966
+	bash scripts/libvirtd-up.sh
+	$(PY) scripts/demo.py
+
+bench-scrape: deps venv  ## scrape latency during a real snapshot, against Debian's exporter
+	bash scripts/libvirtd-up.sh
+	$(PY) benchmarks/scrape_latency.py
+
+clean:
+	rm -rf $(VENV) *.egg-info exporter/*.egg-info .pytest_cache .ruff_cache
