@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
-
 import libvirt
 import pytest
-
 import testbed
 from exporter_proc import ExporterProcess
 
@@ -67,21 +63,3 @@ def exporter(libvirtd):
     proc = ExporterProcess().start()
     yield proc
     proc.stop()
-
-
-def create_snapshot(conn, guest, name: str, xml: str | None = None, flags: int = 0) -> float:
-    """Take a snapshot through libvirt-python; returns the client's wall-clock seconds."""
-    dom = conn.lookupByName(guest.name)
-    start = time.time()
-    dom.snapshotCreateXML(xml or f"<domainsnapshot><name>{name}</name></domainsnapshot>", flags)
-    return time.time() - start
-
-
-def delete_all_snapshots(conn, guest) -> None:
-    """Leaves first, so each delete is a plain internal one."""
-    with contextlib.suppress(libvirt.libvirtError):
-        dom = conn.lookupByName(guest.name)
-        while dom.snapshotNum():
-            leaves = dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_LEAVES)
-            for snap in leaves:
-                snap.delete()

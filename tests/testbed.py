@@ -214,3 +214,21 @@ def libvirtd_up() -> None:
     """Start libvirtd the way CI and `make demo` do, if it is not answering."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "libvirtd-up.sh"
     _run(["bash", str(script)])
+
+
+def create_snapshot(conn, guest, name: str, xml: str | None = None, flags: int = 0) -> float:
+    """Take a snapshot through libvirt-python; returns the client's wall-clock seconds."""
+    dom = conn.lookupByName(guest.name)
+    start = time.time()
+    dom.snapshotCreateXML(xml or f"<domainsnapshot><name>{name}</name></domainsnapshot>", flags)
+    return time.time() - start
+
+
+def delete_all_snapshots(conn, guest) -> None:
+    """Leaves first, so each delete is a plain internal one."""
+    with contextlib.suppress(libvirt.libvirtError):
+        dom = conn.lookupByName(guest.name)
+        while dom.snapshotNum():
+            leaves = dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_LEAVES)
+            for snap in leaves:
+                snap.delete()

@@ -11,9 +11,7 @@ import time
 
 import libvirt
 import pytest
-
 import testbed
-from conftest import create_snapshot, delete_all_snapshots
 from exporter_proc import ExporterProcess, free_port
 
 pytestmark = pytest.mark.libvirt
@@ -112,7 +110,7 @@ def test_host_metrics_match_node_exporter(exporter):
 
 def test_promtool_accepts_the_output(exporter, filler, conn):
     # With operations recorded, so histograms and last-operation gauges are present too.
-    create_snapshot(conn, filler, "lint")
+    testbed.create_snapshot(conn, filler, "lint")
     try:
         exporter.wait_for(lambda: exporter.value("libvirt_snapshot_last_operation_success",
                                                  domain=filler.name, operation="create"),
@@ -122,7 +120,7 @@ def test_promtool_accepts_the_output(exporter, filler, conn):
                               text=True)
         assert lint.returncode == 0 and lint.stdout == "" and lint.stderr == "", lint
     finally:
-        delete_all_snapshots(conn, filler)
+        testbed.delete_all_snapshots(conn, filler)
 
 
 def test_scrape_answers_at_once_during_a_snapshot(exporter, filler, conn):
@@ -141,11 +139,11 @@ def test_scrape_answers_at_once_during_a_snapshot(exporter, filler, conn):
     thread = threading.Thread(target=scrape_loop)
     thread.start()
     try:
-        wall = create_snapshot(conn, filler, "busy")
+        wall = testbed.create_snapshot(conn, filler, "busy")
     finally:
         done.set()
         thread.join()
-        delete_all_snapshots(conn, filler)
+        testbed.delete_all_snapshots(conn, filler)
     assert wall > 1.0, f"the snapshot took only {wall:.2f} s: not a busy domain"
     assert in_progress, "no scrape showed the snapshot in progress"
     assert max(durations) < 1.0, f"slowest scrape {max(durations):.3f} s during a {wall:.1f} s snapshot"

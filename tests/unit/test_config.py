@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from libvirt_snapshot_exporter.config import ConfigError, build
 
 

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from libvirt_snapshot_exporter.observations import (
     DomainGone,
     DomainPoll,

@@ -1,0 +1,280 @@
+"""Snapshot operations driven for real on a real libvirtd and asserted through the exporter."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+import testbed
+from exporter_proc import ExporterProcess
+
+pytestmark = pytest.mark.libvirt
+
+TOLERANCE = 0.5  # seconds between the exporter's duration and the client's wall time
+
+
+def operations(exporter: ExporterProcess, domain: str, since: float = 0.0) -> list[dict]:
+    data = json.loads(exporter.get("/api/operations"))
+    found = [o for o in data["operations"] if o["domain"] == domain and o["end"] >= since]
+    return sorted(found, key=lambda o: o["start"])
+
+
+def wait_operations(exporter, domain, count, since=0.0, timeout=20.0) -> list[dict]:
+    return exporter.wait_for(
+        lambda: len(ops := operations(exporter, domain, since)) >= count and ops, timeout,
+        f"{count} operations of {domain}")
+
+
+def in_flight(exporter: ExporterProcess, domain: str) -> list[dict]:
+    data = json.loads(exporter.get("/api/operations"))
+    return [o for o in data["in_flight"] if o["domain"] == domain]
+
+
+class Timed:
+    """A libvirt call run on a thread, with the client's own wall-clock start and end."""
+
+    def __init__(self, fn) -> None:
+        self.error: Exception | None = None
+        self.start = self.end = 0.0
+
+        def run() -> None:
+            self.start = time.time()
+            try:
+                fn()
+            except libvirt.libvirtError as exc:
+                self.error = exc
+            self.end = time.time()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self) -> Timed:
+        self.thread.join()
+        return self
+
+    @property
+    def wall(self) -> float:
+        return self.end - self.start
+
+
+def test_three_level_chain_revert_and_delete(exporter, filler, conn):
+    dom = conn.lookupByName(filler.name)
+    since = time.time()
+    walls = [testbed.create_snapshot(conn, filler, f"level{n}") for n in (1, 2, 3)]
+    ops = wait_operations(exporter, filler.name, 3, since)
+    assert [(o["operation"], o["snapshot"], o["depth"]) for o in ops] == [
+        ("create", "level1", 1), ("create", "level2", 2), ("create", "level3", 3)]
+    for op, wall in zip(ops, walls, strict=True):
+        assert op["outcome"] == "success" and op["kind"] == "internal" and op["memory"]
+        assert abs(op["duration_seconds"] - wall) <= TOLERANCE, (op, wall)
+        assert op["paused_seconds"] == pytest.approx(op["duration_seconds"], abs=0.1)
+        assert op["guest_memory_used_bytes"] > 256 * 2**20  # read up to stats-interval before
+        assert op["qemu_written_bytes"] > 300 * 2**20  # the RAM it saved
+    assert exporter.value("libvirt_snapshot_current_depth", domain=filler.name) == 3
+    assert exporter.value("libvirt_snapshots", domain=filler.name) == 3
+    assert exporter.value("libvirt_snapshot_operation_duration_seconds_count", domain=filler.name,
+                          operation="create", kind="internal", memory="true",
+                          outcome="success") >= 3
+
+    revert = Timed(lambda: dom.revertToSnapshot(dom.snapshotLookupByName("level1"))).join()
+    assert revert.error is None
+    (rev,) = wait_operations(exporter, filler.name, 1, revert.end - 0.1)
+    assert (rev["operation"], rev["snapshot"], rev["depth"]) == ("revert", "level1", 1)
+    assert abs(rev["duration_seconds"] - revert.wall) <= TOLERANCE, (rev, revert.wall)
+    exporter.wait_for(lambda: exporter.value("libvirt_snapshot_current_depth",
+                                             domain=filler.name) == 1, 10, "depth 1 after revert")
+
+    since = time.time()
+    for name in ("level3", "level2", "level1"):
+        dom.snapshotLookupByName(name).delete()
+        time.sleep(1.5)
+    deletes = wait_operations(exporter, filler.name, 3, since)
+    assert [(o["operation"], o["snapshot"]) for o in deletes] == [
+        ("delete", "level3"), ("delete", "level2"), ("delete", "level1")]
+    assert all(o["duration_seconds"] <= 1.5 for o in deletes)
+    assert exporter.value("libvirt_snapshots", domain=filler.name) == 0
+
+
+def test_operation_shows_in_progress_within_a_second(exporter, filler, conn):
+    call = Timed(lambda: testbed.create_snapshot(conn, filler, "watch"))
+    try:
+        seen = exporter.wait_for(
+            lambda: exporter.value("libvirt_snapshot_operation_in_progress",
+                                   domain=filler.name, operation="create") and time.time(),
+            10, "in_progress", interval=0.05)
+        elapsed = exporter.value("libvirt_snapshot_operation_elapsed_seconds",
+                                 domain=filler.name, operation="create")
+        call.join()
+        assert seen - call.start <= 1.2, f"seen in progress {seen - call.start:.2f} s after start"
+        assert elapsed is None or elapsed >= 0
+        exporter.wait_for(lambda: exporter.value("libvirt_snapshot_operation_in_progress",
+                                                 domain=filler.name) is None, 10,
+                          "in_progress series gone after the create")
+    finally:
+        call.join()
+        testbed.delete_all_snapshots(conn, filler)
+
+
+def test_snapshot_failing_while_writing_is_counted_as_failure(exporter, conn):
+    mount = Path(tempfile.mkdtemp(prefix="lse-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
+    guest = testbed.create_guest(conn, "full", memory_mib=512, fill_mib=256, disk_dir=mount,
+                                 disk_size="1G")
+    try:
+        guest.wait_ready()
+        since = time.time()
+        with pytest.raises(libvirt.libvirtError):
+            testbed.create_snapshot(conn, guest, "nospace")
+        (op,) = wait_operations(exporter, guest.name, 1, since)
+        assert (op["operation"], op["outcome"], op["snapshot"]) == ("create", "failure", "nospace")
+        assert exporter.value("libvirt_snapshot_last_operation_success", domain=guest.name,
+                              operation="create") == 0
+        assert exporter.value("libvirt_snapshot_operation_duration_seconds_count",
+                              domain=guest.name, outcome="failure") == 1
+        assert exporter.value("libvirt_snapshots", domain=guest.name) == 0
+        assert in_flight(exporter, guest.name) == []
+    finally:
+        testbed.destroy_guest(conn, guest)
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
+@pytest.mark.parametrize("how", ["virsh destroy", "QEMU killed"])
+def test_domain_destroyed_mid_snapshot_leaves_nothing_in_flight(exporter, conn, how):
+    guest = testbed.create_guest(conn, "doomed", memory_mib=768, fill_mib=512)
+    try:
+        guest.wait_ready()
+        dom = conn.lookupByName(guest.name)
+        pid = int(Path(f"/run/libvirt/qemu/{guest.name}.pid").read_text())
+        call = Timed(lambda: dom.snapshotCreateXML(
+            "<domainsnapshot><name>doomed</name></domainsnapshot>"))
+        exporter.wait_for(lambda: in_flight(exporter, guest.name), 10, "create in flight",
+                          interval=0.05)
+        if how == "virsh destroy":
+            subprocess.run(["virsh", "-c", testbed.URI, "destroy", guest.name], check=True,
+                           capture_output=True)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        call.join()
+        (op,) = wait_operations(exporter, guest.name, 1, call.start)
+        # virsh destroy waits for the snapshot to finish; a killed QEMU fails it.
+        assert op["outcome"] == ("success" if call.error is None else "failure"), (op, call.error)
+        if how == "QEMU killed":
+            assert op["outcome"] == "failure"
+        exporter.wait_for(lambda: exporter.value("libvirt_snapshot_operation_in_progress",
+                                                 domain=guest.name) is None, 10,
+                          "no in-progress series")
+        assert in_flight(exporter, guest.name) == []
+    finally:
+        testbed.destroy_guest(conn, guest)
+
+
+def test_exporter_restarted_mid_operation_picks_it_up_and_keeps_the_log(libvirtd, filler):
+    conn = libvirtd.get()
+    exporter = ExporterProcess().start()
+    state_dir = exporter.state_dir
+    try:
+        testbed.create_snapshot(conn, filler, "before")
+        (before,) = wait_operations(exporter, filler.name, 1)
+        call = Timed(lambda: testbed.create_snapshot(conn, filler, "across"))
+        exporter.wait_for(lambda: in_flight(exporter, filler.name), 10, "create in flight",
+                          interval=0.05)
+        exporter.stop(signal.SIGKILL)
+        exporter = ExporterProcess(state_dir=state_dir).start()
+        call.join()
+        assert call.error is None
+        ops = wait_operations(exporter, filler.name, 2)
+        assert ops[0]["snapshot"] == "before" and ops[0]["start"] == before["start"]
+        across = ops[1]
+        assert (across["snapshot"], across["outcome"], across["depth"]) == ("across", "success", 2)
+        assert abs(across["duration_seconds"] - call.wall) <= TOLERANCE, (across, call.wall)
+    finally:
+        exporter.stop()
+        testbed.delete_all_snapshots(conn, filler)
+
+
+def test_create_timed_after_libvirtd_restart(exporter, libvirtd, filler):
+    subprocess.run(["pkill", "-x", "libvirtd"], check=True)
+    exporter.wait_for(lambda: exporter.value("libvirt_up") == 0.0, 30, "libvirt_up 0")
+    subprocess.run(["libvirtd", "-d"], check=True)
+    exporter.wait_for(lambda: exporter.value("libvirt_up") == 1.0, 60, "libvirt_up 1")
+    conn = libvirtd.get()
+    try:
+        since = time.time()
+        wall = testbed.create_snapshot(conn, filler, "after-restart")
+        (op,) = wait_operations(exporter, filler.name, 1, since)
+        assert abs(op["duration_seconds"] - wall) <= TOLERANCE, (op, wall)
+        assert op["start_source"] in ("control", "event")
+    finally:
+        testbed.delete_all_snapshots(conn, filler)
+
+
+def external_xml(guest: testbed.Guest, name: str, memory: bool) -> str:
+    overlay = guest.disk.with_name(f"{guest.name}.{name}.qcow2")
+    guest.extra_files.append(overlay)
+    mem = "<memory snapshot='no'/>"
+    if memory:
+        mem_file = guest.disk.with_name(f"{guest.name}.{name}.mem")
+        guest.extra_files.append(mem_file)
+        mem = f"<memory snapshot='external' file='{mem_file}'/>"
+    return (f"<domainsnapshot><name>{name}</name>{mem}<disks><disk name='vda' "
+            f"snapshot='external'><source file='{overlay}'/></disk></disks></domainsnapshot>")
+
+
+def test_external_live_snapshot_pauses_briefly(exporter, conn):
+    guest = testbed.create_guest(conn, "ext", memory_mib=768, fill_mib=512)
+    try:
+        guest.wait_ready()
+        since = time.time()
+        wall = testbed.create_snapshot(conn, guest, "live", external_xml(guest, "live", True),
+                                       libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE)
+        testbed.create_snapshot(conn, guest, "disk", external_xml(guest, "disk", False),
+                                libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY)
+        live, disk = wait_operations(exporter, guest.name, 2, since)
+        assert (live["kind"], live["memory"], disk["kind"], disk["memory"]) == (
+            "external", True, "external", False)
+        assert abs(live["duration_seconds"] - wall) <= TOLERANCE, (live, wall)
+        # libvirt's own figures (JOB_COMPLETED): the memory copy took most of the time,
+        # and the guest stood still for a small part of it
+        assert live["job_time_elapsed_ms"] is not None
+        assert live["job_time_elapsed_ms"] / 1000 <= live["duration_seconds"] + 0.05
+        assert live["job_time_elapsed_ms"] / 1000 >= live["duration_seconds"] / 2
+        assert live["paused_seconds"] < live["duration_seconds"] / 3
+        assert live["paused_seconds"] >= live["job_downtime_ms"] / 1000
+        assert exporter.value("libvirt_snapshot_operation_guest_paused_seconds_sum",
+                              domain=guest.name, kind="external", memory="true") == pytest.approx(
+            live["paused_seconds"], abs=0.002)
+    finally:
+        testbed.destroy_guest(conn, guest)
+
+
+def test_offline_operations_are_each_counted_once(exporter, conn):
+    guest = testbed.create_guest(conn, "offline", memory_mib=128, start=False)
+    try:
+        dom = conn.lookupByName(guest.name)
+        exporter.wait_for(lambda: exporter.value("libvirt_domain_info", domain=guest.name),
+                          15, "the domain")
+        since = time.time()
+        for step in (
+            lambda: testbed.create_snapshot(conn, guest, "off1"),
+            lambda: testbed.create_snapshot(conn, guest, "off2"),
+            lambda: dom.revertToSnapshot(dom.snapshotLookupByName("off1")),
+            lambda: dom.snapshotLookupByName("off2").delete(),
+        ):
+            step()
+            time.sleep(1.5)
+        ops = wait_operations(exporter, guest.name, 4, since)
+        assert [(o["operation"], o["snapshot"]) for o in ops] == [
+            ("create", "off1"), ("create", "off2"), ("revert", "off1"), ("delete", "off2")]
+        assert all(not o["memory"] for o in ops)
+        assert exporter.value("libvirt_snapshots", domain=guest.name) == 1
+    finally:
+        testbed.destroy_guest(conn, guest)
