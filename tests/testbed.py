@@ -15,6 +15,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -208,6 +209,29 @@ def remove_leftovers(conn: libvirt.virConnect) -> None:
         for path in IMAGE_DIR.glob(f"{NAME_PREFIX}*"):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+LIBVIRTD_PIDFILE = Path(os.environ.get("LSE_LIBVIRTD_PIDFILE", "/run/libvirtd.pid"))
+# How to start the libvirtd under test again (a chroot's daemon needs `chroot DIR libvirtd -d`).
+LIBVIRTD_START = os.environ.get("LSE_LIBVIRTD_START", "libvirtd -d").split()
+
+
+def stop_libvirtd() -> None:
+    """Kill the libvirtd under test (only that one: another libvirt may run beside it)."""
+    pid = int(LIBVIRTD_PIDFILE.read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def start_libvirtd() -> None:
+    subprocess.run(LIBVIRTD_START, check=True)
 
 
 def libvirtd_up() -> None:

@@ -55,6 +55,11 @@ def load(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        sys.exit(bench_main(argv[1:]))
     config, args = load(argv)
     if args.check_config:
         print(f"{PROG}: configuration is valid")

@@ -151,12 +151,12 @@ def test_scrape_answers_at_once_during_a_snapshot(exporter, filler, conn):
 
 def test_libvirtd_restart(exporter, bare, conn):
     events_before = exporter.value("libvirt_snapshot_exporter_events_total", type="lifecycle")
-    subprocess.run(["pkill", "-x", "libvirtd"], check=True)
+    testbed.stop_libvirtd()
     try:
         exporter.wait_for(lambda: exporter.value("libvirt_up") == 0.0, 30, "libvirt_up 0")
         assert exporter.value("libvirt_node_memory_total_bytes") > 0  # still serving
     finally:
-        subprocess.run(["libvirtd", "-d"], check=True)
+        testbed.start_libvirtd()
     exporter.wait_for(lambda: exporter.value("libvirt_up") == 1.0, 60, "libvirt_up back to 1")
     fresh = libvirt.open(testbed.URI)
     dom = fresh.lookupByName(bare.name)

@@ -202,9 +202,9 @@ def test_exporter_restarted_mid_operation_picks_it_up_and_keeps_the_log(libvirtd
 
 
 def test_create_timed_after_libvirtd_restart(exporter, libvirtd, filler):
-    subprocess.run(["pkill", "-x", "libvirtd"], check=True)
+    testbed.stop_libvirtd()
     exporter.wait_for(lambda: exporter.value("libvirt_up") == 0.0, 30, "libvirt_up 0")
-    subprocess.run(["libvirtd", "-d"], check=True)
+    testbed.start_libvirtd()
     exporter.wait_for(lambda: exporter.value("libvirt_up") == 1.0, 60, "libvirt_up 1")
     conn = libvirtd.get()
     try:
