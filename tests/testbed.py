@@ -169,7 +169,9 @@ def create_guest(
 ) -> Guest:
     """Define (and by default start) a guest; fill_mib > 0 boots the filler kernel."""
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
-    name = f"{NAME_PREFIX}{label}-{uuid.uuid4().hex[:6]}"
+    # The creating process' pid is in the name: leftovers of dead runs can be told apart from
+    # the guests of test runs going on beside this one.
+    name = f"{NAME_PREFIX}{label}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     disk = (disk_dir or IMAGE_DIR) / f"{name}.qcow2"
     _run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), disk_size])
     guest = Guest(name, memory_mib, fill_mib, disk, IMAGE_DIR / f"{name}.console.log")
@@ -200,15 +202,29 @@ def destroy_guest(conn: libvirt.virConnect, guest: Guest) -> None:
             path.unlink()
 
 
+def _orphaned(name: str) -> bool:
+    """A test guest whose creating process is gone (names: lse-<label>-<pid>-<random>)."""
+    parts = name.split("-")
+    if not name.startswith(NAME_PREFIX) or len(parts) < 4 or not parts[-2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def remove_leftovers(conn: libvirt.virConnect) -> None:
-    """Remove test guests a killed earlier run left behind (only names with our prefix)."""
+    """Remove test guests, and their files, that killed earlier runs left behind; guests of
+    test runs still going on beside this one are left alone."""
     for dom in conn.listAllDomains():
-        if dom.name().startswith(NAME_PREFIX):
+        if _orphaned(dom.name()):
             destroy_guest(conn, Guest(dom.name(), 0, 0, IMAGE_DIR / "-", IMAGE_DIR / "-"))
     if IMAGE_DIR.exists():
         for path in IMAGE_DIR.glob(f"{NAME_PREFIX}*"):
-            with contextlib.suppress(OSError):
-                path.unlink()
+            if _orphaned(path.name.split(".")[0]):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 LIBVIRTD_PIDFILE = Path(os.environ.get("LSE_LIBVIRTD_PIDFILE", "/run/libvirtd.pid"))
@@ -234,10 +250,22 @@ def start_libvirtd() -> None:
     subprocess.run(LIBVIRTD_START, check=True)
 
 
+# How to make sure the libvirtd under test answers. The default may configure and start the
+# host's; another libvirt (scripts/libvirt11-chroot.sh) brings its own, leaving the host's alone.
+LIBVIRTD_UP = os.environ.get("LSE_LIBVIRTD_UP", "").split()
+# Where the libvirtd under test writes <domain>.pid for each QEMU (a chroot's is under it).
+PID_DIRECTORY = Path(os.environ.get("LSE_PID_DIRECTORY", "/run/libvirt/qemu"))
+
+
 def libvirtd_up() -> None:
     """Start libvirtd the way CI and `make demo` do, if it is not answering."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "libvirtd-up.sh"
-    _run(["bash", str(script)])
+    _run(LIBVIRTD_UP or ["bash", str(script)])
+
+
+def qemu_pid(guest: Guest) -> int:
+    """The pid of the guest's QEMU, from the pid file its libvirtd wrote."""
+    return int((PID_DIRECTORY / f"{guest.name}.pid").read_text().strip())
 
 
 def create_snapshot(conn, guest, name: str, xml: str | None = None, flags: int = 0) -> float:
