@@ -7,7 +7,7 @@ DEBIAN_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-
 	prometheus prometheus-node-exporter prometheus-alertmanager prometheus-libvirt-exporter \
 	victoria-metrics curl
 
-.PHONY: deps venv test lint unit demo bench-scrape clean
+.PHONY: deps venv test lint unit demo bench clean
 
 deps:  ## Debian packages: libvirt, QEMU, Prometheus tools (installs only what is missing)
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -39,9 +39,14 @@ demo: deps venv  ## a demo guest, snapshots now and then, the exporter on localh
 	bash scripts/libvirtd-up.sh
 	$(PY) scripts/demo.py
 
-bench-scrape: deps venv  ## scrape latency during a real snapshot, against Debian's exporter
+bench: deps venv  ## scrape latency and timing error during real snapshots, against Debian's exporter
 	bash scripts/libvirtd-up.sh
-	$(PY) benchmarks/scrape_latency.py
+	$(PY) benchmarks/snapshot_latency.py
 
 clean:
 	rm -rf $(VENV) *.egg-info exporter/*.egg-info .pytest_cache .ruff_cache
+
+.PHONY: test-libvirt11
+test-libvirt11: deps venv  ## the integration tests against libvirt 11.3 / QEMU 10.0 (Debian trixie in a chroot)
+	bash scripts/libvirt11-chroot.sh up
+	eval "$$(bash scripts/libvirt11-chroot.sh env)" && $(VENV)/bin/pytest -v -rfEs tests/integration

@@ -1,11 +1,19 @@
-"""prometheus_client custom collector: renders the last published view, never calls libvirt."""
+"""Exposition of the last published view; a scrape never calls libvirt.
+
+Metric families are built with prometheus_client and formatted by its generate_latest. What
+belongs to one domain is formatted once and cached until that domain's data changes (the
+collection loop prepares it in the background), so a scrape of a thousand domains mostly
+concatenates text. Exporter, host and in-flight series are formatted on every scrape.
+"""
 
 from __future__ import annotations
 
 import platform
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+from prometheus_client import generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -14,7 +22,7 @@ from prometheus_client.core import (
 )
 
 from . import __version__
-from .state import DURATION_BUCKETS, DomainView, Histogram, StateStore, View
+from .state import DURATION_BUCKETS, DomainOperations, DomainView, Histogram, StateStore, View
 from .tracker import depth_of
 
 D = ["domain"]
@@ -77,20 +85,19 @@ def _bound(value: float) -> str:
 
 
 class SnapshotCollector:
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
+    """Builds the metric families: global ones, and those of one domain."""
 
-    def describe(self) -> Iterator[Metric]:
-        return iter(())  # unchecked collector: families vary with what was seen
-
-    def collect(self) -> Iterator[Metric]:
-        view = self.store.view
-        now = time.time()
+    def global_families(self, view: View, now: float) -> Iterator[Metric]:
         yield from self._self_metrics(view, now)
-        yield from self._domains(view)
         yield from self._node(view)
-        yield from self._operations(view, now)
-        yield from self._inventory(view)
+        yield from self._in_flight(view, now)
+
+    def domain_families(self, name: str, dom: DomainView) -> Iterator[Metric]:
+        yield from self._domains({name: dom})
+        yield from self._inventory({name: dom})
+
+    def operation_families(self, ops: DomainOperations) -> Iterator[Metric]:
+        yield from self._operations(ops)
 
     # --- exporter ---------------------------------------------------------------------------
 
@@ -160,7 +167,7 @@ class SnapshotCollector:
 
     # --- guests -----------------------------------------------------------------------------
 
-    def _domains(self, view: View) -> Iterator[Metric]:
+    def _domains(self, domains: dict[str, DomainView]) -> Iterator[Metric]:
         def gauge(name: str, doc: str, labels: list[str] = D) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"libvirt_domain_{name}", doc, labels=labels)
 
@@ -192,7 +199,7 @@ class SnapshotCollector:
         qwrite = counter("qemu_write_bytes", "Bytes the QEMU process wrote to storage.")
         iosrc = gauge("qemu_io_source_info", "Where the QEMU I/O figures come from.",
                       ["domain", "source"])
-        for name, dom in sorted(view.domains.items()):
+        for name, dom in sorted(domains.items()):
             s = dom.stats
             info.add_metric([name, dom.uuid], 1)
             state.add_metric([name], dom.state)
@@ -275,17 +282,7 @@ class SnapshotCollector:
 
     # --- operations -------------------------------------------------------------------------
 
-    def _operations(self, view: View, now: float) -> Iterator[Metric]:
-        durations, paused, last = self.store.operations.copy()
-        yield _histogram(
-            "libvirt_snapshot_operation_duration_seconds",
-            "Duration of each finished snapshot operation.", durations,
-        )
-        yield _histogram(
-            "libvirt_snapshot_operation_guest_paused_seconds",
-            "How long each snapshot operation kept the guest paused.", paused,
-        )
-
+    def _in_flight(self, view: View, now: float) -> Iterator[Metric]:
         def gauge(name: str, doc: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"libvirt_snapshot_{name}", doc, labels=DO)
 
@@ -311,6 +308,20 @@ class SnapshotCollector:
                 estimate.add_metric(labels, item.progress_estimate)
         yield from (running, started, elapsed, processed, remaining, estimate)
 
+
+    def _operations(self, ops: DomainOperations) -> Iterator[Metric]:
+        yield _histogram(
+            "libvirt_snapshot_operation_duration_seconds",
+            "Duration of each finished snapshot operation.", ops.durations,
+        )
+        yield _histogram(
+            "libvirt_snapshot_operation_guest_paused_seconds",
+            "How long each snapshot operation kept the guest paused.", ops.paused,
+        )
+
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"libvirt_snapshot_{name}", doc, labels=DO)
+
         last_duration = gauge("last_operation_duration_seconds",
                               "Duration of the domain's last finished operation of this type.")
         last_end = gauge("last_operation_end_timestamp_seconds", "When it ended.")
@@ -318,8 +329,8 @@ class SnapshotCollector:
         last_depth = gauge("last_operation_depth",
                            "Depth (level) of the snapshot it created, deleted or reverted to.")
         context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_CONTEXT}
-        for (domain, operation), entry in sorted(last.items()):
-            labels = [domain, operation]
+        for operation, entry in sorted(ops.last.items()):
+            labels = [entry["domain"], operation]
             last_duration.add_metric(labels, entry["duration_seconds"])
             last_end.add_metric(labels, entry["end"])
             last_success.add_metric(labels, 1 if entry["outcome"] == "success" else 0)
@@ -331,7 +342,7 @@ class SnapshotCollector:
 
     # --- inventory --------------------------------------------------------------------------
 
-    def _inventory(self, view: View) -> Iterator[Metric]:
+    def _inventory(self, domains: dict[str, DomainView]) -> Iterator[Metric]:
         count = GaugeMetricFamily("libvirt_snapshots", "Snapshots the domain has.", labels=D)
         depth = GaugeMetricFamily("libvirt_snapshot_current_depth",
                                   "Depth of the current snapshot (root = 1; 0 = none).", labels=D)
@@ -348,7 +359,7 @@ class SnapshotCollector:
             "Free bytes on each filesystem holding the domain's images or memory files.",
             labels=["domain", "mountpoint"],
         )
-        for name, dom in sorted(view.domains.items()):
+        for name, dom in sorted(domains.items()):
             tree = {s.name: s for s in dom.snapshots}
             current_name = next((s.name for s in dom.snapshots if s.current), None)
             count.add_metric([name], len(tree))
@@ -363,3 +374,80 @@ class SnapshotCollector:
             for mountpoint, free_bytes in sorted(dom.filesystems.items()):
                 free.add_metric([name, mountpoint], free_bytes)
         yield from (count, depth, max_depth, oldest, current, image, free)
+
+
+class _Families:
+    """What generate_latest needs: an object whose collect() yields families."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def _format(families: Iterable[Metric]) -> tuple[dict[str, str], dict[str, str]]:
+    """Exposition text split by family: ({family: HELP+TYPE lines}, {family: sample lines})."""
+    text = generate_latest(_Families(families)).decode()
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    family = ""
+    for line in text.splitlines(keepends=True):
+        if line.startswith("# HELP "):
+            family = line.split(" ", 3)[2]
+            headers[family] = [line]
+            samples[family] = []
+        elif line.startswith("# "):
+            headers[family].append(line)
+        else:
+            samples[family].append(line)
+    return ({k: "".join(v) for k, v in headers.items()},
+            {k: "".join(v) for k, v in samples.items()})
+
+
+class MetricsRenderer:
+    """Renders /metrics, caching each domain's text until its DomainView or its operations
+    change (the daemon publishes the same objects again when nothing changed)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.collector = SnapshotCollector()
+        self._lock = threading.Lock()
+        self._domains: dict[str, tuple[DomainView, dict[str, str]]] = {}
+        self._operations: dict[str, tuple[DomainOperations, dict[str, str]]] = {}
+        self._headers: dict[str, str] = {}
+
+    def prepare(self) -> None:
+        """Format what changed since the last call; the collection loop calls it after each
+        publish, so a scrape finds the text ready."""
+        view = self.store.view
+        operations = self.store.operations.domains()
+        with self._lock:
+            for name in [n for n in self._domains if n not in view.domains]:
+                del self._domains[name]
+            for name, dom in view.domains.items():
+                cached = self._domains.get(name)
+                if cached is None or cached[0] is not dom:
+                    headers, text = _format(self.collector.domain_families(name, dom))
+                    self._headers.update(headers)
+                    self._domains[name] = (dom, text)
+            for name in [n for n in self._operations if n not in operations]:
+                del self._operations[name]
+            for name, ops in operations.items():
+                cached = self._operations.get(name)
+                if cached is None or cached[0] is not ops:
+                    headers, text = _format(self.collector.operation_families(ops))
+                    self._headers.update(headers)
+                    self._operations[name] = (ops, text)
+
+    def render(self) -> bytes:
+        self.prepare()
+        headers, text = _format(self.collector.global_families(self.store.view, time.time()))
+        parts = [headers[f] + text[f] for f in headers]
+        with self._lock:
+            cached = [t for _, t in self._domains.values()]
+            cached += [t for _, t in self._operations.values()]
+            for family, header in self._headers.items():
+                parts.append(header)
+                parts.extend(chunk[family] for chunk in cached if family in chunk)
+        return "".join(parts).encode()

@@ -30,6 +30,8 @@ class Option:
 OPTIONS = (
     Option("web.listen-address", str, ":9966", "address to listen on, [host]:port"),
     Option("web.telemetry-path", str, "/metrics", "path under which metrics are served"),
+    Option("web.config.file", str, "",
+           "exporter-toolkit web config file (TLS, basic auth); empty: plain HTTP, no auth"),
     Option("libvirt.uri", str, "qemu:///system", "libvirt connection URI (opened read-only)"),
     Option("libvirt.timeout", float, 10.0, "deadline in seconds of every libvirt call",
            positive=True),
@@ -44,6 +46,9 @@ OPTIONS = (
            positive=True),
     Option("collector.busy-interval", float, 0.25,
            "seconds between polls of domains with an operation in flight", positive=True),
+    Option("collector.max-calls-per-second", float, 200.0,
+           "budget of idle-check libvirt calls per second: with many domains the idle check "
+           "interval grows past poll-interval to stay within it", positive=True),
     Option("collector.stats-interval", float, 5.0,
            "seconds between guest statistics and QEMU process reads of idle domains",
            positive=True),

@@ -13,6 +13,8 @@ import os
 import queue
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,14 @@ from .config import Config
 from .context import ContextKeeper
 from .host import HostReader, HostSample
 from .libvirt_adapter import DiskInfo, LibvirtAdapter, LibvirtUnavailable, Versions
-from .observations import DomainGone, DomainPoll, Observation
+from .observations import (
+    CONTROL_JOB,
+    STATE_SHUTOFF,
+    DomainGone,
+    DomainPoll,
+    DomainUnchanged,
+    Observation,
+)
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample
 from .state import CollectorStatus, DomainView, InFlight, StateStore, View
@@ -29,6 +38,7 @@ from .tracker import Operation, Tracker
 log = logging.getLogger(__name__)
 
 DISK_REFRESH_SECONDS = 60.0
+RESYNC_SECONDS = 60.0  # a full poll of every domain at least this often, whatever it looks like
 
 
 @dataclass
@@ -43,20 +53,32 @@ class _DomainCache:
     process: ProcessSample | None = None
     image_size: int | None = None
     filesystems: dict[str, int] = field(default_factory=dict)
-    next_poll: float = 0.0
+    state: tuple[int, int] = (0, 0)
+    version: int = 0  # bumped whenever something published about the domain changes
+    view: DomainView | None = None
+    view_version: int = -1
+    next_check: float = 0.0
+    next_resync: float = 0.0
+
+
+def _stagger(name: str) -> float:
+    """Spread the periodic full polls of many domains over the resync period."""
+    return zlib.crc32(name.encode()) % 1000 / 1000 * RESYNC_SECONDS
 
 
 class Collector:
     """Owns the adapters, the tracker and the operations log; publishes views to the store."""
 
-    def __init__(self, config: Config, store: StateStore, oplog: OperationsLog) -> None:
+    def __init__(self, config: Config, store: StateStore, oplog: OperationsLog,
+                 on_publish: Callable[[], None] = lambda: None, read_only: bool = True) -> None:
         self.config = config
         self.store = store
         self.oplog = oplog
+        self._on_publish = on_publish
         self._events: queue.Queue[Observation] = queue.Queue()
         self.adapter = LibvirtAdapter(
             config["libvirt.uri"], self._events.put, config["libvirt.timeout"],
-            config["libvirt.pid-directory"],
+            config["libvirt.pid-directory"], read_only,
         )
         self.host = HostReader(config["path.procfs"])
         self.processes = ProcessReader(config["path.procfs"])
@@ -70,6 +92,8 @@ class Collector:
         self._host_sample: HostSample | None = None
         self._was_up = False
         self._next_stats = 0.0
+        self._states: dict[str, tuple[int, int]] = {}
+        self._next_states = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
 
@@ -95,7 +119,7 @@ class Collector:
 
     def _wait(self) -> None:
         """Sleep until the next domain is due, or until an event arrives."""
-        due = min((c.next_poll for c in self._domains.values()), default=0.0)
+        due = min((c.next_check for c in self._domains.values()), default=0.0)
         timeout = max(0.02, min(due, self._next_stats) - time.time())
         timeout = min(timeout, self.config["collector.poll-interval"])
         with contextlib.suppress(queue.Empty):
@@ -137,8 +161,9 @@ class Collector:
         except Exception as exc:  # noqa: BLE001 - any libvirt failure: retry next connect
             log.warning("cannot read versions: %s", exc)
         for cache in self._domains.values():
-            cache.next_poll = 0.0
-        self._next_stats = 0.0
+            cache.next_check = 0.0
+            cache.poll = None
+        self._next_stats = self._next_states = 0.0
 
     def _drain_events(self) -> set[str]:
         """Feed queued events to the tracker; the domains they name are polled at once."""
@@ -165,39 +190,69 @@ class Collector:
             self._record(op)
 
     def _poll_domains(self, now: float, woken: set[str]) -> None:
+        """One NOWAIT state call for all domains; then, per domain, a full poll where
+        something may have changed, else the two-call idle check when it is due."""
         start = time.time()
-        try:
-            names = self.adapter.domain_names()
-        except (LibvirtUnavailable, Exception) as exc:  # noqa: BLE001
-            log.warning("cannot list domains: %s", exc)
-            self._mark("domains", False, time.time() - start)
-            return
-        for gone in [n for n in self._domains if n not in names]:
+        check_interval = max(self.config["collector.poll-interval"],
+                             2 * len(self._domains) / self.config["collector.max-calls-per-second"])
+        # Lifecycle events announce state changes, definitions and removals: without one, the
+        # list of all domains' states is refreshed at the idle check interval only.
+        if woken or now >= self._next_states:
+            try:
+                self._states = self.adapter.states()
+            except Exception as exc:  # noqa: BLE001 - unreachable, or a deadline passed
+                log.warning("cannot list domains: %s", exc)
+                self._mark("domains", False, time.time() - start)
+                return
+            self._next_states = now + check_interval
+        states = self._states
+        for gone in [n for n in self._domains if n not in states]:
             self._observe(DomainGone(now, gone))
             self._forget(gone)
         ok = True
-        for name in names:
-            cache = self._domains.setdefault(name, _DomainCache())
-            if name not in woken and now < cache.next_poll:
-                continue
+        for name, state in states.items():
+            cache = self._domains.setdefault(name, _DomainCache(next_resync=now + _stagger(name)))
+            busy = self.tracker.is_busy(name)
+            full = (cache.poll is None or name in woken or state != cache.state
+                    or now >= cache.next_resync or (busy and now >= cache.next_check))
             try:
-                poll = self.adapter.poll_domain(name)
+                if not full and now >= cache.next_check:
+                    full = self._changed(name, cache, state, now)
+                if full:
+                    self._full_poll(name, cache, now)
             except LibvirtUnavailable as exc:
                 log.debug("poll of %s: %s", name, exc)
-                cache.next_poll = now + self.config["collector.busy-interval"]
+                cache.next_check = now + self.config["collector.busy-interval"]
                 continue
             except Exception as exc:  # noqa: BLE001 - the domain vanished mid-poll, say
                 log.debug("poll of %s failed: %s", name, exc)
                 ok = False
                 continue
-            cache.poll, cache.uuid = poll, poll.uuid
-            self._observe(poll)
+            cache.state = state
             busy = self.tracker.is_busy(name)
-            interval = "collector.busy-interval" if busy else "collector.poll-interval"
-            cache.next_poll = now + self.config[interval]
-            if busy and cache.process is None:
-                self._read_process(name, cache, now)
+            if busy:
+                cache.next_check = now + self.config["collector.busy-interval"]
+            elif full or now >= cache.next_check:
+                cache.next_check = now + check_interval
         self._mark("domains", ok, time.time() - start)
+
+    def _changed(self, name: str, cache: _DomainCache, state: tuple[int, int],
+                 now: float) -> bool:
+        """The idle check: True when a job runs or the snapshot count moved."""
+        control, _ms, count = self.adapter.check_domain(name, state[0] != STATE_SHUTOFF)
+        if control == CONTROL_JOB or cache.poll is None or count != len(cache.poll.snapshots):
+            return True
+        self._observe(DomainUnchanged(now, name))
+        return False
+
+    def _full_poll(self, name: str, cache: _DomainCache, now: float) -> None:
+        poll = self.adapter.poll_domain(name)
+        cache.poll, cache.uuid = poll, poll.uuid
+        cache.version += 1
+        cache.next_resync = now + RESYNC_SECONDS
+        self._observe(poll)
+        if self.tracker.is_busy(name) and cache.process is None:
+            self._read_process(name, cache, now)
 
     def _forget(self, name: str) -> None:
         self._domains.pop(name, None)
@@ -219,7 +274,9 @@ class Collector:
             cache = self._domains.get(name)
             if cache is None:
                 continue
-            cache.stats = values
+            if values != cache.stats:
+                cache.stats = values
+                cache.version += 1
             self._cpu_ratio(cache, now, values)
         self._mark("guests", ok, time.time() - start)
         start = time.time()
@@ -241,7 +298,10 @@ class Collector:
 
     def _read_process(self, name: str, cache: _DomainCache, now: float) -> None:
         pid = cache.poll.pid if cache.poll is not None else None
-        cache.process = self.processes.read(pid) if pid else None
+        process = self.processes.read(pid) if pid else None
+        if process != cache.process:
+            cache.process = process
+            cache.version += 1
         if cache.process is not None:
             self.contexts.add_process(name, now, cache.process)
 
@@ -257,6 +317,7 @@ class Collector:
         try:
             cache.disks = tuple(self.adapter.domain_disks(name))
             cache.disks_read_at = now
+            cache.version += 1
         except Exception as exc:  # noqa: BLE001
             log.debug("disks of %s: %s", name, exc)
 
@@ -275,8 +336,10 @@ class Collector:
                 with contextlib.suppress(OSError):
                     fs = os.statvfs(mount)
                     free[mount] = fs.f_bavail * fs.f_frsize
-        cache.image_size = size if paths else None
-        cache.filesystems = free
+        if (cache.image_size, cache.filesystems) != (size if paths else None, free):
+            cache.image_size = size if paths else None
+            cache.filesystems = free
+            cache.version += 1
 
     def _sample_host(self) -> None:
         start = time.time()
@@ -375,12 +438,16 @@ class Collector:
             for name, c in self._domains.items():
                 if c.poll is None:
                     continue
-                domains[name] = DomainView(
-                    name=name, uuid=c.uuid, state=c.poll.state, reason=c.poll.reason,
-                    stats=c.stats, disks=c.disks, process=c.process,
-                    snapshots=c.poll.snapshots, image_size_bytes=c.image_size,
-                    filesystems=c.filesystems,
-                )
+                # The same object again when nothing changed: its rendered text stays cached.
+                if c.view is None or c.view_version != c.version:
+                    c.view = DomainView(
+                        name=name, uuid=c.uuid, state=c.poll.state, reason=c.poll.reason,
+                        stats=c.stats, disks=c.disks, process=c.process,
+                        snapshots=c.poll.snapshots, image_size_bytes=c.image_size,
+                        filesystems=c.filesystems,
+                    )
+                    c.view_version = c.version
+                domains[name] = c.view
         self.store.publish(
             View(
                 up=up, uri=self.adapter.uri, hostname=self.hostname, kernel=self.kernel,
@@ -391,6 +458,7 @@ class Collector:
                 oplog_write_errors=self.oplog.write_errors,
             )
         )
+        self._on_publish()
 
 
 def _mountpoint(path: str) -> str:

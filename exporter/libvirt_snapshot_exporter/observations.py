@@ -51,6 +51,14 @@ class DomainPoll:
 
 
 @dataclass(frozen=True)
+class DomainUnchanged:
+    """A cheap check found nothing new (no job, same snapshot count) at this time."""
+
+    time: float
+    domain: str
+
+
+@dataclass(frozen=True)
 class DomainGone:
     """A domain the previous poll saw is no longer defined."""
 
@@ -94,11 +102,15 @@ class JobProgress:
     remaining_bytes: int
 
 
-Observation = DomainPoll | DomainGone | LifecycleEvent | JobCompletedEvent | BlockJobEvent | JobProgress
+Observation = (
+    DomainPoll | DomainUnchanged | DomainGone | LifecycleEvent | JobCompletedEvent
+    | BlockJobEvent | JobProgress
+)
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (DomainPoll, DomainGone, LifecycleEvent, JobCompletedEvent, BlockJobEvent, JobProgress)
+    for cls in (DomainPoll, DomainUnchanged, DomainGone, LifecycleEvent, JobCompletedEvent,
+                BlockJobEvent, JobProgress)
 }
 
 

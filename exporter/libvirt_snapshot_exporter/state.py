@@ -80,13 +80,15 @@ class View:
 
 
 class OperationStats:
-    """Histograms and last-operation gauges, bounded to label sets that occurred."""
+    """Histograms and last-operation gauges per domain, bounded to label sets that occurred.
+
+    Each domain's figures carry a version that changes when an operation of it is recorded,
+    so its rendered exposition can be cached until then.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.durations: dict[tuple[str, ...], Histogram] = {}
-        self.paused: dict[tuple[str, ...], Histogram] = {}
-        self.last: dict[tuple[str, str], dict[str, Any]] = {}
+        self._domains: dict[str, DomainOperations] = {}
 
     def record(self, entry: dict[str, Any]) -> None:
         labels = (
@@ -94,23 +96,33 @@ class OperationStats:
             "true" if entry["memory"] else "false", entry["outcome"],
         )
         with self._lock:
-            self.durations.setdefault(labels, Histogram()).observe(entry["duration_seconds"])
-            self.paused.setdefault(labels, Histogram()).observe(entry["paused_seconds"])
-            self.last[(entry["domain"], entry["operation"])] = entry
+            old = self._domains.get(entry["domain"]) or DomainOperations(0, {}, {}, {})
+            durations = {k: Histogram(list(h.buckets), h.count, h.total)
+                         for k, h in old.durations.items()}
+            paused = {k: Histogram(list(h.buckets), h.count, h.total)
+                      for k, h in old.paused.items()}
+            durations.setdefault(labels, Histogram()).observe(entry["duration_seconds"])
+            paused.setdefault(labels, Histogram()).observe(entry["paused_seconds"])
+            last = {**old.last, entry["operation"]: entry}
+            self._domains[entry["domain"]] = DomainOperations(old.version + 1, durations,
+                                                              paused, last)
 
     def forget_domain(self, domain: str) -> None:
         with self._lock:
-            for table in (self.durations, self.paused, self.last):
-                for key in [k for k in table if k[0] == domain]:
-                    del table[key]
+            self._domains.pop(domain, None)
 
-    def copy(self) -> tuple[dict, dict, dict]:
+    def domains(self) -> dict[str, DomainOperations]:
+        """An immutable snapshot: each value is replaced, never changed, by record()."""
         with self._lock:
-            return (
-                {k: Histogram(list(h.buckets), h.count, h.total) for k, h in self.durations.items()},
-                {k: Histogram(list(h.buckets), h.count, h.total) for k, h in self.paused.items()},
-                dict(self.last),
-            )
+            return dict(self._domains)
+
+
+@dataclass(frozen=True)
+class DomainOperations:
+    version: int
+    durations: dict[tuple[str, ...], Histogram]  # (domain, operation, kind, memory, outcome)
+    paused: dict[tuple[str, ...], Histogram]
+    last: dict[str, dict[str, Any]]  # operation -> log entry
 
 
 class StateStore:

@@ -41,6 +41,7 @@ from .observations import (
     BlockJobEvent,
     DomainGone,
     DomainPoll,
+    DomainUnchanged,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
@@ -177,6 +178,11 @@ class Tracker:
             return self._poll(obs)
         if isinstance(obs, DomainGone):
             return self._gone(obs)
+        if isinstance(obs, DomainUnchanged):
+            d = self._domains.get(obs.domain)
+            if d is not None and d.active is None and d.last_poll is not None:
+                d.last_poll = max(d.last_poll, obs.time)  # nothing ran up to now
+            return []
         d = self._domains.setdefault(obs.domain, _Domain())
         if isinstance(obs, LifecycleEvent):
             return self._lifecycle(d, obs)

@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Scale benchmark: the exporter's cost with many domains, at its default intervals.
+
+Scenarios (each prints scrape latency p50/p99, collection cycle time, CPU as a share of one
+core at idle, RSS and number of series, against the targets):
+- testdriver: 1,000 domains holding 10 snapshots each, served by libvirt's test driver from a
+  generated node XML (test:///path/node.xml), exporter as a separate process;
+- history: the same 1,000 domains, in-process, with create and delete history in every domain's
+  histograms (driven through the exporter's own connection: a test driver lives inside the
+  process that opened it);
+- real: N guests without an OS under the real libvirtd, with Debian's
+  prometheus-libvirt-exporter measured in the same run for comparison.
+
+    .venv/bin/python benchmarks/scale.py [--domains 1000] [--real-guests 20] [--scenario all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "exporter"))
+
+TARGETS = {"scrape_p99_ms": 150.0, "rss_mb": 150.0, "cpu_share": 0.02,
+           "history_scrape_p99_ms": 250.0}
+
+
+def node_xml(domains: int, snapshots: int) -> str:
+    """A test-driver node: running domains, each with a chain of internal snapshots."""
+    parts = ["<node>"]
+    for d in range(domains):
+        name = f"scale-{d:04d}"
+        dom = (f"<domain type='test'><name>{name}</name><memory>1048576</memory>"
+               f"<os><type>hvm</type></os></domain>")
+        snaps = []
+        for s in range(snapshots):
+            parent = f"<parent><name>s{s - 1}</name></parent>" if s else ""
+            snaps.append(
+                f"<test:domainsnapshot><name>s{s}</name><state>running</state>{parent}"
+                f"<creationTime>{1700000000 + s * 3600}</creationTime>"
+                f"<memory snapshot='internal'/><active>{1 if s == snapshots - 1 else 0}</active>"
+                f"{dom}</test:domainsnapshot>")
+        parts.append(
+            f"<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
+            f"<name>{name}</name><memory>1048576</memory><vcpu>1</vcpu>"
+            f"<os><type>hvm</type></os>{''.join(snaps)}</domain>")
+    parts.append("</node>")
+    return "\n".join(parts)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def scrape_stats(url: str, count: int = 100, pause: float = 0.05) -> tuple[list[float], str]:
+    latencies, body = [], ""
+    for _ in range(count):
+        start = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body = response.read().decode()
+        latencies.append(time.perf_counter() - start)
+        time.sleep(pause)
+    return latencies, body
+
+
+def series_count(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def cpu_share(proc: psutil.Process, seconds: float) -> float:
+    before = proc.cpu_times()
+    time.sleep(seconds)
+    after = proc.cpu_times()
+    return (after.user + after.system - before.user - before.system) / seconds
+
+
+def report(title: str, latencies: list[float], cycle: float | None, cpu: float | None,
+           rss: float, series: int, p99_target: float) -> None:
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    print(f"\n== {title}")
+    print(f"  scrape latency  p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   (target p99 <= "
+          f"{p99_target:.0f} ms: {'met' if p99 <= p99_target else f'MISSED by {p99 - p99_target:.0f} ms'})")
+    if cycle is not None:
+        print(f"  collection cycle (domains collector): {cycle * 1000:.1f} ms")
+    if cpu is not None:
+        print(f"  CPU at idle: {cpu * 100:.2f} % of one core   (target <= 2 %: "
+              f"{'met' if cpu <= TARGETS['cpu_share'] else 'MISSED'})")
+    print(f"  RSS: {rss:.1f} MB   (target <= 150 MB: "
+          f"{'met' if rss <= TARGETS['rss_mb'] else f'MISSED by {rss - 150:.0f} MB'})")
+    print(f"  series: {series}")
+
+
+def metric(text: str, name: str, label: str = "") -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name) and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def run_testdriver(domains: int, snapshots: int, idle_seconds: float) -> None:
+    from exporter_proc import ExporterProcess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "node.xml"
+        path.write_text(node_xml(domains, snapshots))
+        exporter = ExporterProcess(uri=f"test://{path}")
+        start = time.time()
+        exporter.start()
+        proc = psutil.Process(exporter.proc.pid)
+        exporter.wait_for(lambda: (exporter.value("libvirt_snapshots", domain="scale-0999")
+                                   if domains >= 1000 else True), 120, "all domains seen")
+        print(f"\n(testdriver: all {domains} domains exported {time.time() - start:.1f} s "
+              f"after start)")
+        time.sleep(10)
+        cpu = cpu_share(proc, idle_seconds)
+        latencies, body = scrape_stats(exporter.url + "/metrics")
+        rss = proc.memory_info().rss / 1e6
+        cycle = metric(body, "libvirt_snapshot_exporter_collector_duration_seconds",
+                       'collector="domains"')
+        exporter.stop()
+    report(f"test driver: {domains} domains x {snapshots} snapshots, separate process",
+           latencies, cycle, cpu, rss, series_count(body), TARGETS["scrape_p99_ms"])
+
+
+def run_history(domains: int, snapshots: int) -> None:
+    """In-process: the exporter's own connection drives creates and deletes on every domain."""
+    from exporter_proc import free_port
+
+    from libvirt_snapshot_exporter import cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "node.xml"
+        path.write_text(node_xml(domains, snapshots))
+        port = free_port()
+        argv = [f"--libvirt.uri=test://{path}", f"--web.listen-address=127.0.0.1:{port}",
+                f"--state.directory={tmp}/state", "--log.level=warning"]
+        app = cli.build_app(argv, read_only=False)
+        threading.Thread(target=app.serve, daemon=True).start()
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if f'libvirt_snapshots{{domain="scale-{domains - 1:04d}"}}' in \
+                        urllib.request.urlopen(url, timeout=10).read().decode():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        conn = app.collector.adapter.connection
+        for round_ in range(2):
+            for d in range(domains):
+                dom = conn.lookupByName(f"scale-{d:04d}")
+                dom.snapshotCreateXML(f"<domainsnapshot><name>h{round_}</name></domainsnapshot>")
+            time.sleep(3)
+            for d in range(domains):
+                conn.lookupByName(f"scale-{d:04d}").snapshotLookupByName(f"h{round_}").delete()
+            time.sleep(3)
+        time.sleep(5)
+        latencies, body = scrape_stats(url)
+        counted = sum(1 for line in body.splitlines()
+                      if line.startswith("libvirt_snapshot_operation_duration_seconds_count"))
+        rss = psutil.Process().memory_info().rss / 1e6
+        print(f"\n(history: {counted} duration histograms after {2 * domains} creates and "
+              f"{2 * domains} deletes)")
+        report(f"test driver with history: {domains} domains, in-process", latencies, None,
+               None, rss, series_count(body), TARGETS["history_scrape_p99_ms"])
+        app.shutdown()
+
+
+def run_real(guests: int, idle_seconds: float) -> None:
+    import libvirt
+    import testbed
+    from exporter_proc import ExporterProcess, free_port
+
+    testbed.libvirtd_up()
+    conn = libvirt.open(testbed.URI)
+    created = []
+    debian = None
+    try:
+        for _ in range(guests):
+            created.append(testbed.create_guest(conn, "scale", memory_mib=64))
+        ours = ExporterProcess().start()
+        proc = psutil.Process(ours.proc.pid)
+        time.sleep(12)
+        cpu = cpu_share(proc, idle_seconds)
+        latencies, body = scrape_stats(ours.url + "/metrics")
+        rss = proc.memory_info().rss / 1e6
+        cycle = metric(body, "libvirt_snapshot_exporter_collector_duration_seconds",
+                       'collector="domains"')
+        ours.stop()
+        report(f"real libvirtd: {guests} guests without an OS", latencies, cycle, cpu, rss,
+               series_count(body), TARGETS["scrape_p99_ms"])
+        binary = shutil.which("prometheus-libvirt-exporter")
+        if binary:
+            port = free_port()
+            debian = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)
+            dproc = psutil.Process(debian.pid)
+            theirs, tbody = scrape_stats(f"http://127.0.0.1:{port}/metrics")
+            # their cost is paid per scrape: CPU over 100 scrapes, per scrape
+            before = dproc.cpu_times()
+            scrape_stats(f"http://127.0.0.1:{port}/metrics", 20, 0)
+            after = dproc.cpu_times()
+            per_scrape = (after.user + after.system - before.user - before.system) / 20
+            print(f"\n== Debian prometheus-libvirt-exporter 0.2, same {guests} guests")
+            print(f"  scrape latency  p50 {percentile(theirs, 50) * 1000:7.1f} ms   p99 "
+                  f"{percentile(theirs, 99) * 1000:7.1f} ms; CPU per scrape "
+                  f"{per_scrape * 1000:.1f} ms; RSS {dproc.memory_info().rss / 1e6:.1f} MB; "
+                  f"series {series_count(tbody)}")
+            ours_per_scrape = statistics.mean(latencies)
+            print(f"  ours per scrape (latency, includes rendering): "
+                  f"{ours_per_scrape * 1000:.1f} ms")
+    finally:
+        if debian:
+            debian.terminate()
+            debian.wait()
+        for guest in created:
+            testbed.destroy_guest(conn, guest)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domains", type=int, default=1000)
+    parser.add_argument("--snapshots", type=int, default=10)
+    parser.add_argument("--real-guests", type=int, default=20)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--scenario", choices=("all", "testdriver", "history", "real"),
+                        default="all")
+    args = parser.parse_args()
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}")
+    if args.scenario in ("all", "testdriver"):
+        run_testdriver(args.domains, args.snapshots, args.idle_seconds)
+    if args.scenario in ("all", "history"):
+        run_history(args.domains, args.snapshots)
+    if args.scenario in ("all", "real"):
+        run_real(args.real_guests, args.idle_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
