@@ -12,8 +12,6 @@ import sys
 import threading
 from typing import NoReturn
 
-from prometheus_client import CollectorRegistry
-
 from . import __version__
 from .config import OPTIONS, Config, ConfigError, build, dest
 
@@ -54,6 +52,60 @@ def load(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         fail(str(exc))
 
 
+class Exporter:
+    """The exporter assembled: collection loop, operations log, HTTP server (bound already)."""
+
+    def __init__(self, config: Config, web_config: object, read_only: bool = True) -> None:
+        from .collector import MetricsRenderer
+        from .daemon import Collector
+        from .oplog import OperationsLog
+        from .state import StateStore, View
+        from .web import App, serve
+
+        self.config = config
+        host, port = config.listen
+        oplog = OperationsLog(config["state.directory"], config["operations.log-size"])
+        store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {},
+                                0, {}, True, 0))
+        renderer = MetricsRenderer(store)
+        app = App(store, oplog, renderer.render, config["web.telemetry-path"])
+        try:
+            self.server = serve(app, host, port, web_config)
+        except OSError as exc:
+            fail(f"web.listen-address: cannot listen on {config['web.listen-address']}: "
+                 f"{exc.strerror or exc}")
+        self.collector = Collector(config, store, oplog, renderer.prepare, read_only)
+
+    def serve(self) -> None:
+        """Collect and serve until shutdown(); then stop collecting and flush the log."""
+        self.collector.start()
+        logging.getLogger(PROG).info(
+            "listening on %s:%d%s, libvirt %s", *self.config.listen,
+            self.config["web.telemetry-path"], self.config["libvirt.uri"])
+        self.server.serve_forever()
+        self.server.server_close()
+        self.collector.stop()
+
+    def shutdown(self) -> None:
+        threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+
+def build_app(argv: list[str], read_only: bool = True) -> Exporter:
+    """The exporter from command-line flags; read_only=False only for benchmarks that drive
+    libvirt's in-process test driver through the exporter's own connection."""
+    config, _ = load(argv)
+    return Exporter(config, _web_config(config), read_only)
+
+
+def _web_config(config: Config) -> object:
+    from .webconfig import load as load_web_config
+
+    try:
+        return load_web_config(config["web.config.file"])
+    except ConfigError as exc:
+        fail(str(exc))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
@@ -61,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(bench_main(argv[1:]))
     config, args = load(argv)
+    web_config = _web_config(config)
     if args.check_config:
         print(f"{PROG}: configuration is valid")
         return
@@ -68,40 +121,15 @@ def main(argv: list[str] | None = None) -> None:
         level=config["log.level"].upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Imported here so that --help and --check-config work without touching libvirt.
-    from .collector import SnapshotCollector
-    from .daemon import Collector
-    from .oplog import OperationsLog
-    from .state import StateStore, View
-    from .web import App, serve
-
-    host, port = config.listen
-    oplog = OperationsLog(config["state.directory"], config["operations.log-size"])
-    store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {}, 0, {},
-                            True, 0))
-    registry = CollectorRegistry()
-    registry.register(SnapshotCollector(store))
-    app = App(store, oplog, registry, config["web.telemetry-path"])
-    try:
-        server = serve(app, host, port)
-    except OSError as exc:
-        fail(f"web.listen-address: cannot listen on {config['web.listen-address']}: "
-             f"{exc.strerror or exc}")
-    collector = Collector(config, store, oplog)
-    collector.start()
-
+    exporter = Exporter(config, web_config)
     stopping = threading.Event()
 
     def shutdown(signum: int, _frame: object) -> None:
         if not stopping.is_set():
             stopping.set()
             logging.getLogger(PROG).info("signal %d: shutting down", signum)
-            threading.Thread(target=server.shutdown, daemon=True).start()
+            exporter.shutdown()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    logging.getLogger(PROG).info("listening on %s:%d%s, libvirt %s", host, port,
-                                 config["web.telemetry-path"], config["libvirt.uri"])
-    server.serve_forever()
-    server.server_close()
-    collector.stop()
+    exporter.serve()

@@ -1,23 +1,37 @@
-"""HTTP: /metrics (prometheus_client's WSGI app), the landing page, health, /api/operations."""
+"""HTTP: /metrics (text from collector.MetricsRenderer), the landing page, health, /api/operations.
+
+Served by wsgiref's threading server, hardened: optional TLS and basic auth from the web config
+file (webconfig.py), and bounds on what slow, silent or garbage-speaking clients can hold.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
+import socket
 import socketserver
+import ssl
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from . import __version__
 from .oplog import OperationsLog
 from .state import StateStore
+from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+
+HEAD_TIMEOUT = 5.0  # seconds a client has to send its request head, TLS handshake included
+IO_TIMEOUT = 30.0  # seconds any single read or write may stall
+MAX_CONNECTIONS = 128  # a scraper needs one at a time; each costs a thread while open
 
 StartResponse = Callable[..., Any]
 
@@ -52,17 +66,18 @@ def _fmt(key: str, value: Any) -> str:
 
 
 class App:
-    def __init__(self, store: StateStore, oplog: OperationsLog, registry: CollectorRegistry,
-                 telemetry_path: str) -> None:
+    def __init__(self, store: StateStore, oplog: OperationsLog,
+                 render_metrics: Callable[[], bytes], telemetry_path: str) -> None:
         self.store = store
         self.oplog = oplog
         self.telemetry_path = telemetry_path
-        self.metrics_app = make_wsgi_app(registry)
+        self.render_metrics = render_metrics
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == self.telemetry_path:
-            return self.metrics_app(environ, start_response)
+            return self._send(start_response, "200 OK", METRICS_CONTENT_TYPE,
+                              self.render_metrics())
         if path == "/-/healthy":
             return self._send(start_response, "200 OK", "text/plain", b"OK\n")
         if path == "/api/operations":
@@ -128,16 +143,154 @@ th{{background:#eee}}</style></head><body>
 """
 
 
-class _QuietHandler(WSGIRequestHandler):
+class Guard:
+    """Basic auth and the configured response headers in front of every path, as the
+    exporter-toolkit does (health and the landing page included)."""
+
+    def __init__(self, app: Callable, web: WebConfig) -> None:
+        self.app = app
+        self.auth = BasicAuth(web.users) if web.users else None
+        self.headers = list(web.headers.items())
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        def respond(status: str, headers: list, exc_info: Any = None) -> Any:
+            return start_response(status, headers + self.headers, exc_info)
+
+        if self.auth is None or self.auth.allows(environ.get("HTTP_AUTHORIZATION")):
+            return self.app(environ, respond)
+        body = b"Unauthorized\n"
+        respond("401 Unauthorized", [
+            ("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff"),
+            ("WWW-Authenticate", "Basic"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+class _Connection:
+    """One client connection; `sock` becomes the TLS socket once wrapped."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
+class Connections:
+    """Bounds what clients can hold: a request head (TLS handshake included) must arrive within
+    HEAD_TIMEOUT, and at MAX_CONNECTIONS the oldest connection still sending its head is dropped
+    for the new one, so slow or half-open clients cannot starve a scrape, nor grow threads and
+    file descriptors without bound. wsgiref serves one request per connection."""
+
+    def __init__(self, limit: int, head_timeout: float) -> None:
+        self.limit = limit
+        self.head_timeout = head_timeout
+        self._lock = threading.Lock()
+        self._open: set[_Connection] = set()
+        self._heading: dict[_Connection, float] = {}  # still sending the head; oldest first
+
+    def admit(self, conn: _Connection) -> bool:
+        with self._lock:
+            if len(self._open) >= self.limit:
+                if not self._heading:
+                    return False
+                self._drop_locked(next(iter(self._heading)))
+            self._open.add(conn)
+            self._heading[conn] = time.monotonic()
+            return True
+
+    def head_read(self, conn: _Connection) -> None:
+        with self._lock:
+            self._heading.pop(conn, None)
+
+    def closed(self, conn: _Connection) -> None:
+        with self._lock:
+            self._heading.pop(conn, None)
+            self._open.discard(conn)
+
+    def reap(self) -> None:
+        """Drop connections whose head is late."""
+        deadline = time.monotonic() - self.head_timeout
+        with self._lock:
+            for conn in [c for c, since in self._heading.items() if since < deadline]:
+                self._drop_locked(conn)
+
+    def _drop_locked(self, conn: _Connection) -> None:
+        """Its thread sees end of file and ends; the slot is free now."""
+        self._heading.pop(conn, None)
+        self._open.discard(conn)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(WSGIRequestHandler):
+    server_version = "libvirt-snapshot-exporter"  # no Python version for scanners
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.conn: _Connection = self.request
+        self.request = self.conn.sock
+        super().setup()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the headers too
+        self.server.connections.head_read(self.conn)
+        return parsed
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def _plain_http(sock: socket.socket) -> bool:
+    """A TLS record starts with 0x16; an HTTP request with a method's capital letter."""
+    first = sock.recv(1, socket.MSG_PEEK)
+    return first.isalpha() and first.isupper()
 
 
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        self.connections = Connections(MAX_CONNECTIONS, HEAD_TIMEOUT)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        conn = _Connection(request)
+        if not self.connections.admit(conn):
+            log.debug("%s: refused, %d connections busy", client_address, MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(conn, client_address)
+
+    def finish_request(self, conn: _Connection, client_address: Any) -> None:
+        conn.sock.settimeout(IO_TIMEOUT)
+        if self.tls is not None:
+            if _plain_http(conn.sock):  # answer as Go's net/http does
+                conn.sock.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n"
+                                  b"Client sent an HTTP request to an HTTPS server.\n")
+                return
+            conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
+                                             do_handshake_on_connect=False)
+            conn.sock.do_handshake()
+        self.RequestHandlerClass(conn, client_address, self)
+
+    def shutdown_request(self, request: _Connection | socket.socket) -> None:
+        if isinstance(request, _Connection):
+            self.connections.closed(request)
+            request = request.sock
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that vanish, time out or speak garbage are their problem: no traceback."""
+        log.debug("%s: %s", client_address, sys.exc_info()[1])
+
+    def service_actions(self) -> None:
+        self.connections.reap()
 
 
-def serve(app: App, host: str, port: int) -> ThreadingWSGIServer:
+def serve(app: Callable, host: str, port: int, web: WebConfig | None = None) -> ThreadingWSGIServer:
     """Bind now (so a bad address fails at startup); the caller runs serve_forever()."""
-    return make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    if web is not None and (web.users or web.headers):
+        app = Guard(app, web)
+    server = ThreadingWSGIServer((host, port), web.tls if web else None)
+    server.set_app(app)
+    return server
