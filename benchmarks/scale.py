@@ -162,15 +162,17 @@ def run_history(domains: int, snapshots: int) -> None:
                 pass
             time.sleep(0.5)
         conn = app.collector.adapter.connection
+        # The test driver sends no event for these: each change must stay visible for one
+        # idle check interval (2 calls x domains / max-calls-per-second) to be seen.
+        settle = 2 * (2 * domains / 200.0) + 3
         for round_ in range(2):
             for d in range(domains):
                 dom = conn.lookupByName(f"scale-{d:04d}")
                 dom.snapshotCreateXML(f"<domainsnapshot><name>h{round_}</name></domainsnapshot>")
-            time.sleep(3)
+            time.sleep(settle)
             for d in range(domains):
                 conn.lookupByName(f"scale-{d:04d}").snapshotLookupByName(f"h{round_}").delete()
-            time.sleep(3)
-        time.sleep(5)
+            time.sleep(settle)
         latencies, body = scrape_stats(url)
         counted = sum(1 for line in body.splitlines()
                       if line.startswith("libvirt_snapshot_operation_duration_seconds_count"))

@@ -151,6 +151,7 @@ class Collector:
         else:
             self._sample_busy_processes(now)
         self._job_progress()
+        self.oplog.flush()
         self._publish()
 
     def _on_connect(self) -> None:

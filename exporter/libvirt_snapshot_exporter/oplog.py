@@ -2,7 +2,8 @@
 
 The file is JSON lines, rewritten whole through a temporary file and a rename, so a crash leaves
 either the old or the new log, never half of one. A state directory that cannot be written is
-reported (log line and metric) and serving goes on with the history in memory.
+reported (log line and metric) and serving goes on with the history in memory; the write is
+tried again at the next flush.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class OperationsLog:
         self._lock = threading.Lock()
         self.write_errors = 0
         self.last_write_ok = True
+        self._dirty = False
         self._load()
 
     @property
@@ -50,9 +52,11 @@ class OperationsLog:
                 log.warning("operations log %s line %d is not JSON: skipped", self.path, number)
 
     def add(self, entry: dict[str, Any]) -> None:
+        """Kept in memory at once; on disk at the next flush (the collection loop flushes
+        once per cycle, so a burst of operations costs one write, not one each)."""
         with self._lock:
             self._entries.append(entry)
-            self._flush_locked()
+            self._dirty = True
 
     def entries(self) -> list[dict[str, Any]]:
         """Newest first."""
@@ -60,8 +64,10 @@ class OperationsLog:
             return list(reversed(self._entries))
 
     def flush(self) -> None:
+        """Write the log if anything was added since the last write."""
         with self._lock:
-            self._flush_locked()
+            if self._dirty:
+                self._flush_locked()
 
     def _flush_locked(self) -> None:
         if self.directory is None:
@@ -89,3 +95,4 @@ class OperationsLog:
         if not self.last_write_ok:
             log.info("operations log in %s writable again", self.directory)
         self.last_write_ok = True
+        self._dirty = False
