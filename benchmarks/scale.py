@@ -140,7 +140,6 @@ def run_testdriver(domains: int, snapshots: int, idle_seconds: float) -> None:
 def run_history(domains: int, snapshots: int) -> None:
     """In-process: the exporter's own connection drives creates and deletes on every domain."""
     from exporter_proc import free_port
-
     from libvirt_snapshot_exporter import cli
 
     with tempfile.TemporaryDirectory() as tmp:

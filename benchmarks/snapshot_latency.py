@@ -16,7 +16,6 @@ import argparse
 import json
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -28,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import libvirt  # noqa: E402
-
 import testbed  # noqa: E402
 from exporter_proc import ExporterProcess, free_port  # noqa: E402
 

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Soak: real snapshot operations driven for minutes on 4 guests at once, the exporter watching.
+
+Guests (testbed, small): two running (256 MiB, 64 MiB of random data) cycling internal create,
+create, revert, delete, delete; one running cycling external disk-only create and delete; one
+shut off cycling the same internal cycle offline (qemu-img). Each guest has its own thread and
+libvirt connection and waits --gap seconds between steps. Prints, per (operation, kind), the
+operations performed against those the exporter saw (in /api/operations and in the duration
+histogram's counts: all three must be equal), the exporter's RSS at start and end, the CPU
+seconds it used, and the latency of a scrape every second (p50/p99/max).
+
+Run as root with libvirtd up:  .venv/bin/python benchmarks/soak.py [--minutes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import libvirt  # noqa: E402
+import psutil  # noqa: E402
+import testbed  # noqa: E402
+from exporter_proc import ExporterProcess  # noqa: E402
+
+Step = tuple[str, str, Callable[[libvirt.virDomain], object]]  # operation, kind, call
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def internal_cycle(n: int) -> list[Step]:
+    first, second = f"i{n}a", f"i{n}b"
+    return [
+        ("create", "internal", lambda d: d.snapshotCreateXML(
+            f"<domainsnapshot><name>{first}</name></domainsnapshot>")),
+        ("create", "internal", lambda d: d.snapshotCreateXML(
+            f"<domainsnapshot><name>{second}</name></domainsnapshot>")),
+        ("revert", "internal", lambda d: d.revertToSnapshot(d.snapshotLookupByName(first))),
+        ("delete", "internal", lambda d: d.snapshotLookupByName(second).delete()),
+        ("delete", "internal", lambda d: d.snapshotLookupByName(first).delete()),
+    ]
+
+
+def external_cycle(guest: testbed.Guest, n: int) -> list[Step]:
+    name = f"e{n}"
+    overlay = guest.disk.with_name(f"{guest.name}.{name}.qcow2")
+    guest.extra_files.append(overlay)
+    xml = (f"<domainsnapshot><name>{name}</name><memory snapshot='no'/><disks><disk name='vda' "
+           f"snapshot='external'><source file='{overlay}'/></disk></disks></domainsnapshot>")
+    return [
+        ("create", "external", lambda d: d.snapshotCreateXML(
+            xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY)),
+        ("delete", "external", lambda d: d.snapshotLookupByName(name).delete()),
+    ]
+
+
+class Driver(threading.Thread):
+    """Runs one guest's cycles until the deadline; counts what libvirt accepted or refused."""
+
+    def __init__(self, guest: testbed.Guest, external: bool, deadline: float, gap: float):
+        super().__init__(daemon=True)
+        self.guest, self.external, self.deadline, self.gap = guest, external, deadline, gap
+        self.performed: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self.lost = False
+
+    def run(self) -> None:
+        conn = libvirt.open(testbed.URI)
+        dom = conn.lookupByName(self.guest.name)
+        n = 0
+        while time.monotonic() < self.deadline:
+            n += 1
+            steps = external_cycle(self.guest, n) if self.external else internal_cycle(n)
+            for operation, kind, call in steps:  # a cycle is finished even past the deadline
+                try:
+                    call(dom)
+                    outcome = "success"
+                except libvirt.libvirtError as exc:
+                    print(f"{self.guest.name}: {operation} {kind} failed: {exc}", flush=True)
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        self.lost = True  # removed by someone else: the figures are void
+                        return
+                    outcome = "failure"
+                self.performed[(operation, kind, outcome)] += 1
+                time.sleep(self.gap)
+        conn.close()
+
+
+class Scraper(threading.Thread):
+    def __init__(self, exporter: ExporterProcess, deadline: float) -> None:
+        super().__init__(daemon=True)
+        self.exporter, self.deadline = exporter, deadline
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    def run(self) -> None:
+        while time.monotonic() < self.deadline:
+            start = time.monotonic()
+            try:
+                self.exporter.get("/metrics", timeout=10)
+                self.latencies.append(time.monotonic() - start)
+            except OSError:
+                self.errors += 1
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - start)))
+
+
+def seen(exporter: ExporterProcess, domains: set[str], since: float) -> tuple[dict, dict]:
+    """Operations the exporter recorded, by (operation, kind, outcome): from its log and from
+    the histogram counts."""
+    data = json.loads(exporter.get("/api/operations", timeout=30))
+    logged = collections.Counter(
+        (o["operation"], o["kind"], o["outcome"]) for o in data["operations"]
+        if o["domain"] in domains and o["start"] >= since)
+    counted: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for name, labels, value in exporter.samples():
+        if name == "libvirt_snapshot_operation_duration_seconds_count" and \
+                labels["domain"] in domains:
+            counted[(labels["operation"], labels["kind"], labels["outcome"])] += int(value)
+    return logged, counted
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long to drive (10)")
+    parser.add_argument("--gap", type=float, default=1.5,
+                        help="seconds each guest waits between two operations (1.5)")
+    args = parser.parse_args()
+    if args.minutes <= 0 or args.gap < 0:
+        parser.error("--minutes must be > 0 and --gap >= 0")
+
+    testbed.libvirtd_up()
+    conn = libvirt.open(testbed.URI)
+    guests = [testbed.create_guest(conn, f"soak{i}", memory_mib=256, fill_mib=64)
+              for i in range(3)]
+    guests.append(testbed.create_guest(conn, "soakoff", memory_mib=128, start=False))
+    exporter = ExporterProcess("--operations.log-size=100000")
+    try:
+        for guest in guests:
+            guest.wait_ready(timeout=300)
+        exporter.start()
+        domains = {g.name for g in guests}
+        exporter.wait_for(lambda: all(exporter.value("libvirt_domain_info", domain=d)
+                                      for d in domains), 30, "the four domains")
+        process = psutil.Process(exporter.proc.pid)
+        rss_start, cpu_start = process.memory_info().rss, sum(process.cpu_times()[:2])
+        since = time.time()
+        deadline = time.monotonic() + args.minutes * 60
+        drivers = [Driver(g, external=(i == 2), deadline=deadline, gap=args.gap)
+                   for i, g in enumerate(guests)]
+        scraper = Scraper(exporter, deadline)
+        for thread in (*drivers, scraper):
+            thread.start()
+        for thread in (*drivers, scraper):
+            thread.join()
+        performed = sum((d.performed for d in drivers), collections.Counter())
+        total = sum(performed.values())
+        try:
+            exporter.wait_for(lambda: sum(seen(exporter, domains, since)[0].values()) >= total,
+                              60, f"{total} operations recorded", interval=1)
+        except AssertionError as exc:
+            print(f"not all operations recorded: {str(exc).splitlines()[0]}")
+        logged, counted = seen(exporter, domains, since)
+        in_flight = json.loads(exporter.get("/api/operations"))["in_flight"]
+        rss_end, cpu_end = process.memory_info().rss, sum(process.cpu_times()[:2])
+    finally:
+        exporter.stop()
+        for guest in guests:
+            testbed.destroy_guest(conn, guest)
+
+    print(f"\nsoak: {args.minutes:g} min, {len(guests)} guests, gap {args.gap:g} s, "
+          f"{total} operations performed")
+    print(f"{'operation':10} {'kind':9} {'outcome':8} {'performed':>9} {'api':>6} "
+          f"{'histogram':>9}  equal")
+    equal = True
+    for key in sorted(set(performed) | set(logged) | set(counted)):
+        row = (performed[key], logged[key], counted[key])
+        equal &= row[0] == row[1] == row[2]
+        print(f"{key[0]:10} {key[1]:9} {key[2]:8} {row[0]:9} {row[1]:6} {row[2]:9}  "
+              f"{'yes' if row[0] == row[1] == row[2] else 'NO'}")
+    print(f"in flight at the end: {len(in_flight)}")
+    lost = [d.guest.name for d in drivers if d.lost]
+    if lost:
+        print(f"VOID: guests removed by someone else during the run: {', '.join(lost)}")
+    print(f"exporter RSS: start {rss_start / 2**20:.1f} MiB, end {rss_end / 2**20:.1f} MiB")
+    print(f"exporter CPU: {cpu_end - cpu_start:.1f} s over {args.minutes * 60:.0f} s "
+          f"({(cpu_end - cpu_start) / (args.minutes * 60) * 100:.1f} % of one core)")
+    lat = scraper.latencies or [float("nan")]
+    print(f"scrape latency over {len(scraper.latencies)} scrapes ({scraper.errors} failed): "
+          f"p50 {percentile(lat, 50) * 1000:.1f} ms, p99 {percentile(lat, 99) * 1000:.1f} ms, "
+          f"max {max(lat) * 1000:.1f} ms")
+    return 0 if equal and not in_flight and not lost and total >= 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
