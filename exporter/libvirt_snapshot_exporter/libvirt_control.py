@@ -1,0 +1,207 @@
+"""Read-write libvirt calls of the `bench` command: the one module besides the adapter that
+imports libvirt.
+
+The exporter itself stays read-only; only bench, which an operator runs on purpose, creates and
+deletes snapshots. Everything here is a thin call with libvirt's errors turned into
+ControlError, so bench.py can decide what to tell the operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+
+from .libvirt_adapter import DiskInfo, parse_domain_disks
+
+# libvirt prints every error to stderr by default; bench reports them itself, on one line.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+KINDS = ("internal", "external", "disk-only")
+STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+}
+# libvirt 9.0 is the first that deletes external snapshots (block commit) itself.
+EXTERNAL_DELETE_VERSION = 9_000_000
+
+
+class ControlError(Exception):
+    """A libvirt call failed; the message is libvirt's own, on one line."""
+
+
+def _message(exc: libvirt.libvirtError) -> str:
+    return " ".join(str(exc).split())
+
+
+def version_string(number: int) -> str:
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+@dataclass(frozen=True)
+class GuestReading:
+    """Guest figures read between operations (memoryStats waits while a snapshot runs)."""
+
+    time: float
+    cpu_time_ns: int
+    vcpus: int
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    memory_source: str  # balloon | qemu_rss | none
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """What one create asks libvirt for, and the files it makes (for cleanup and for the
+    operator's instructions if bench is made to leave early)."""
+
+    name: str
+    xml: str
+    flags: int
+    memory_file: Path | None = None
+    overlays: tuple[Path, ...] = field(default_factory=tuple)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (*self.overlays, *([self.memory_file] if self.memory_file else []))
+
+
+def plan_snapshot(domain: str, name: str, kind: str, live: bool, disks: list[DiskInfo]) -> SnapshotPlan:
+    """Snapshot XML and flags for one level; external files go next to each disk image."""
+    if kind == "internal":
+        return SnapshotPlan(name, f"<domainsnapshot><name>{name}</name></domainsnapshot>", 0)
+    overlays = tuple(Path(d.source).with_name(f"{domain}.{name}.{d.target}.qcow2") for d in disks)
+    disks_xml = "".join(
+        f"<disk name='{d.target}' snapshot='external'><source file='{path}'/></disk>"
+        for d, path in zip(disks, overlays, strict=True)
+    )
+    flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+    memory_file = None
+    if kind == "disk-only":
+        flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        memory = "<memory snapshot='no'/>"
+    else:
+        memory_file = Path(disks[0].source).with_name(f"{domain}.{name}.mem")
+        memory = f"<memory snapshot='external' file='{memory_file}'/>"
+        if live:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
+    xml = f"<domainsnapshot><name>{name}</name>{memory}<disks>{disks_xml}</disks></domainsnapshot>"
+    return SnapshotPlan(name, xml, flags, memory_file, overlays)
+
+
+class Domain:
+    """One domain on a read-write connection."""
+
+    def __init__(self, dom: libvirt.virDomain) -> None:
+        self._dom = dom
+        self.name = dom.name()
+
+    def state(self) -> str:
+        try:
+            return STATES.get(self._dom.state()[0], "other")
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def exists(self) -> bool:
+        """False once someone else undefined the domain (or it was transient and stopped)."""
+        try:
+            self._dom.state()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise ControlError(_message(exc)) from exc
+        return True
+
+    def snapshot_names(self) -> list[str]:
+        try:
+            return sorted(s.getName() for s in self._dom.listAllSnapshots())
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def current_snapshot(self) -> str | None:
+        try:
+            if not self._dom.hasCurrentSnapshot():
+                return None
+            return self._dom.snapshotCurrent().getName()
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def disks(self, inactive: bool = False) -> list[DiskInfo]:
+        """Disks of the running (or, with inactive, the persistent) definition."""
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        try:
+            return parse_domain_disks(self._dom.XMLDesc(flags))
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def persistent(self) -> bool:
+        try:
+            return bool(self._dom.isPersistent())
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def create(self, plan: SnapshotPlan) -> None:
+        try:
+            self._dom.snapshotCreateXML(plan.xml, plan.flags)
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def delete(self, name: str) -> None:
+        try:
+            self._dom.snapshotLookupByName(name).delete(0)
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def guest(self, now: float) -> GuestReading | None:
+        """CPU time and memory used: from the balloon (available - unused) where the guest
+        reports it, else QEMU's RSS; None when shut off. Call only between operations:
+        memoryStats waits for one."""
+        try:
+            state, _max_kib, _kib, vcpus, cpu_ns = self._dom.info()
+            if state == libvirt.VIR_DOMAIN_SHUTOFF:
+                return None
+            stats = self._dom.memoryStats()
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+        total = stats.get("actual", 0) * 1024 or None
+        if "available" in stats and "unused" in stats:
+            return GuestReading(now, cpu_ns, vcpus, (stats["available"] - stats["unused"]) * 1024,
+                                total, "balloon")
+        if "rss" in stats:
+            return GuestReading(now, cpu_ns, vcpus, stats["rss"] * 1024, total, "qemu_rss")
+        return GuestReading(now, cpu_ns, vcpus, None, total, "none")
+
+
+@dataclass(frozen=True)
+class Versions:
+    qemu: str
+    libvirt: str
+    libvirt_number: int
+
+
+class Control:
+    """A read-write connection, opened for bench only."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        try:
+            self._conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise ControlError(f"cannot connect to {uri}: {_message(exc)}") from exc
+
+    def versions(self) -> Versions:
+        try:
+            number = self._conn.getLibVersion()
+            return Versions(version_string(self._conn.getVersion()), version_string(number), number)
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def domain(self, name: str) -> Domain:
+        try:
+            return Domain(self._conn.lookupByName(name))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise ControlError(f"no domain named {name!r} at {self.uri}") from exc
+            raise ControlError(_message(exc)) from exc

@@ -1,0 +1,351 @@
+"""`libvirt-snapshot-exporter bench` run as a real process against real TCG guests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pty
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+import testbed
+
+pytestmark = pytest.mark.libvirt
+
+PID_DIRECTORY = os.environ.get("LSE_PID_DIRECTORY", "/run/libvirt/qemu")
+TOLERANCE = 0.5  # seconds between bench's client-side duration and the exporter's
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "libvirt_snapshot_exporter", "bench", *args,
+            f"--libvirt.uri={testbed.URI}", f"--libvirt.pid-directory={PID_DIRECTORY}"]
+
+
+def run_bench(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """bench with no terminal: stdin from /dev/null, output captured."""
+    return subprocess.run(bench_command(*args), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def start_bench(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(bench_command(*args), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_on_terminal(*args: str, answer: bytes = b"") -> tuple[int, str, str]:
+    """bench with stdin and stdout on a pseudo-terminal; returns (exit code, terminal output,
+    stderr). `answer` is typed once the confirmation prompt is shown."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(bench_command(*args), stdin=slave, stdout=slave,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the other side closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    if answer:
+        os.write(master, answer)
+    _out, stderr = proc.communicate(timeout=300)
+    reader.join(10)
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace"), stderr
+
+
+def disk_sources(conn: libvirt.virConnect, name: str) -> tuple[list[str], list[str]]:
+    """Disk sources of the running and the persistent definition."""
+    dom = conn.lookupByName(name)
+    return tuple(
+        [d.get("file") for d in ET.fromstring(dom.XMLDesc(flags)).findall("devices/disk/source")]
+        for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE)
+    )
+
+
+def files_of(guest: testbed.Guest) -> set[Path]:
+    return set(guest.disk.parent.glob(f"{guest.name}*"))
+
+
+class AsFound:
+    """What the domain looks like before bench; check() asserts it looks the same after."""
+
+    def __init__(self, conn: libvirt.virConnect, guest: testbed.Guest) -> None:
+        self.conn, self.guest = conn, guest
+        self.snapshots = sorted(conn.lookupByName(guest.name).snapshotListNames())
+        self.sources = disk_sources(conn, guest.name)
+        self.files = files_of(guest)
+
+    def check(self) -> None:
+        dom = self.conn.lookupByName(self.guest.name)
+        assert sorted(dom.snapshotListNames()) == self.snapshots
+        assert disk_sources(self.conn, self.guest.name) == self.sources
+        assert files_of(self.guest) == self.files
+
+
+def one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("libvirt-snapshot-exporter bench: error: "), lines
+    assert expected in lines[0], lines
+
+
+def create_in_flight(conn: libvirt.virConnect, name: str, proc: subprocess.Popen,
+                     timeout: float = 120) -> str:
+    """Wait until bench has a create running (domain job + a bench snapshot not yet current)."""
+    dom = conn.lookupByName(name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if dom.controlInfo()[0] == libvirt.VIR_DOMAIN_CONTROL_JOB:
+            pending = [s.getName() for s in dom.listAllSnapshots()
+                       if s.getName().startswith("bench-") and not s.isCurrent()]
+            if pending:
+                return pending[0]
+        time.sleep(0.03)
+    raise AssertionError("no create in flight")
+
+
+def wait_idle(conn: libvirt.virConnect, name: str, timeout: float = 120) -> None:
+    dom = conn.lookupByName(name)
+    deadline = time.monotonic() + timeout
+    while dom.controlInfo()[0] != libvirt.VIR_DOMAIN_CONTROL_OK:
+        assert time.monotonic() < deadline, "domain still busy"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def small(libvirtd):
+    """A running guest with 256 MiB of random data in 512 MiB: snapshots take about a second."""
+    guest = testbed.create_guest(libvirtd.get(), "bench", memory_mib=512, fill_mib=256)
+    guest.wait_ready(timeout=300)
+    yield guest
+    testbed.destroy_guest(libvirtd.get(), guest)
+
+
+@pytest.fixture
+def big(libvirtd):
+    """768 MiB of random data: each create lasts long enough to be interrupted."""
+    guest = testbed.create_guest(libvirtd.get(), "bench-big", memory_mib=1024, fill_mib=768)
+    guest.wait_ready(timeout=300)
+    yield guest
+    testbed.destroy_guest(libvirtd.get(), guest)
+
+
+@pytest.fixture
+def shutoff(libvirtd):
+    guest = testbed.create_guest(libvirtd.get(), "bench-off", memory_mib=128, start=False)
+    yield guest
+    testbed.destroy_guest(libvirtd.get(), guest)
+
+
+def test_two_level_run_matches_the_exporter_and_leaves_nothing(exporter, small, conn, tmp_path):
+    import matplotlib  # noqa: F401 - the plot needs it: fail here, never skip
+
+    found = AsFound(conn, small)
+    out_csv, out_json, out_png = tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "r.png"
+    result = run_bench(small.name, "--levels", "2", "--repeat", "1", "--yes", "--output",
+                       str(out_csv), "--json", str(out_json), "--plot", str(out_png))
+    assert result.returncode == 0, result.stderr
+    found.check()
+
+    # the study's table, and no progress display: stdout is not a terminal
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split("|")[1:6] == [" run ", " guest memory used / total (GiB) ",
+                                        " guest CPU % ", " level 1 ", " level 2 "], lines[0]
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[0] == "1" and cells[6] == "internal" and cells[7] == "writeback", cells
+    assert re.fullmatch(r"0\.2\d / 0\.50", cells[1]), cells  # 256 MiB used of 512
+    assert all(re.fullmatch(r"\d+\.\d+ s", c) for c in cells[3:6]), cells
+    assert "\r" not in result.stdout and "\033" not in result.stdout
+
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [(r["operation"], r["level"]) for r in rows] == [
+        ("create", "1"), ("create", "2"), ("delete", "2"), ("delete", "1")]
+    assert all(r["outcome"] == "success" for r in rows)
+    for r in rows:
+        assert float(r["end"]) - float(r["start"]) == pytest.approx(
+            float(r["duration_seconds"]), abs=0.002)
+        assert int(r["host_memory_available_min_bytes"]) <= int(
+            r["host_memory_available_start_bytes"])
+        assert int(r["guest_memory_used_bytes"]) > 200 * 2**20
+        assert int(r["guest_memory_used_after_bytes"]) > 200 * 2**20
+        assert r["qemu_version"] and r["host_memory_total_bytes"]
+    for r in rows[:2]:  # an internal create writes the guest's RAM into the qcow2
+        assert int(r["qemu_written_bytes"]) > 200 * 2**20, r
+
+    # the exporter timed the same creates on its own
+    def exporter_creates() -> dict[str, float]:
+        data = json.loads(exporter.get("/api/operations"))
+        return {o["snapshot"]: o["duration_seconds"] for o in data["operations"]
+                if o["domain"] == small.name and o["operation"] == "create"}
+
+    seen = exporter.wait_for(lambda: len(ops := exporter_creates()) >= 2 and ops, 30,
+                             "the exporter's record of both creates")
+    for r in rows[:2]:
+        assert abs(seen[r["snapshot"]] - float(r["duration_seconds"])) <= TOLERANCE, (r, seen)
+
+    # raw samples at least twice a second, before, during and after every operation
+    data = json.loads(out_json.read_text())
+    host = [s["time"] for s in data["samples"]["host"]]
+    assert len(host) / (host[-1] - host[0]) >= 2
+    for r in rows:
+        start, end = float(r["start"]), float(r["end"])
+        assert any(start - 1 <= t < start for t in host) and any(end < t <= end + 1 for t in host)
+    assert {"available", "free", "cached", "dirty", "writeback"} <= set(data["samples"]["host"][0])
+    assert any(s["write_rate_bytes_per_second"] for s in data["samples"]["qemu"])
+    assert data["setting"]["domain"] == small.name and len(data["operations"]) == 4
+
+    png = out_png.read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+
+
+def test_ctrl_c_during_a_create_waits_then_cleans_up(big, conn):
+    found = AsFound(conn, big)
+    proc = start_bench(big.name, "--levels", "3", "--repeat", "1", "--yes")
+    snapshot = create_in_flight(conn, big.name, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode != 0, stderr
+    assert f"an internal snapshot create cannot be aborted: waiting for {snapshot}" in stderr
+    assert "the snapshots made were deleted, the domain is as found" in stderr
+    assert "Traceback" not in stderr
+    assert "| 1 " in stdout  # the table of what was timed
+    found.check()
+
+
+def test_second_ctrl_c_leaves_and_prints_the_commands_that_clean_up(big, conn):
+    found = AsFound(conn, big)
+    proc = start_bench(big.name, "--levels", "2", "--repeat", "1", "--yes")
+    snapshot = create_in_flight(conn, big.name, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "left without cleaning up" in stderr and "Traceback" not in stderr
+    assert f"snapshot {snapshot} (its create is still running: wait until it ends)" in stderr, (
+        stderr)
+    commands = [line.strip() for line in stderr.splitlines()
+                if line.startswith(("  virsh ", "  rm "))]
+    assert commands, stderr
+    assert f"virsh -c {testbed.URI} snapshot-delete {big.name} {snapshot}" in commands
+    wait_idle(conn, big.name)
+    for command in commands:
+        subprocess.run(shlex.split(command), check=True, capture_output=True)
+    found.check()
+
+
+def test_external_live_and_disk_only_runs_leave_the_domain_as_found(small, conn, tmp_path):
+    found = AsFound(conn, small)
+    result = run_bench(small.name, "--kind", "external", "--live", "--levels", "1", "--repeat",
+                       "1", "--yes", "--output", str(tmp_path / "live.csv"))
+    assert result.returncode == 0, result.stderr
+    assert "external --live" in result.stdout
+    rows = list(csv.DictReader((tmp_path / "live.csv").open()))
+    assert [(r["operation"], r["kind"], r["flags"], r["outcome"]) for r in rows] == [
+        ("create", "external", "--live", "success"), ("delete", "external", "--live", "success")]
+    found.check()  # overlay committed and removed, memory file removed, disk source as before
+
+    # on a terminal: a progress line rewritten in place, then the table
+    code, output, stderr = run_on_terminal(small.name, "--kind", "disk-only", "--levels", "2",
+                                           "--repeat", "1", "--yes")
+    assert code == 0, stderr
+    assert "\r\033[Krun 1/1 level 2/2  sampling  MemFree " in output, output
+    assert "\r\033[Krun 1/1 level 2/2 create bench-" in output, output
+    assert re.search(r"\| 1 +\| .* \| disk-only +\| writeback ", output), output
+    found.check()
+
+
+def test_failed_create_is_reported_and_cleaned_up(conn, tmp_path):
+    """The disk fills while the second level's memory is written: libvirt fails that create."""
+    mount = Path(tempfile.mkdtemp(prefix="lse-bench-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=250m", "tmpfs", str(mount)], check=True)
+    guest = testbed.create_guest(conn, "bench-full", memory_mib=384, fill_mib=128,
+                                 disk_dir=mount, disk_size="1G")
+    try:
+        guest.wait_ready(timeout=300)
+        found = AsFound(conn, guest)
+        result = run_bench(guest.name, "--levels", "3", "--repeat", "1", "--yes", "--output",
+                           str(tmp_path / "r.csv"))
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+        assert [(r["level"], r["operation"], r["outcome"]) for r in rows] == [
+            ("1", "create", "success"), ("2", "create", "failure")], rows
+        assert f"create of {rows[1]['snapshot']} failed: " in result.stderr
+        assert "Traceback" not in result.stderr
+        assert "| failed " in result.stdout
+        found.check()
+    finally:
+        testbed.destroy_guest(conn, guest)
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
+def test_refusals_name_the_problem_and_exit_2(shutoff, conn, tmp_path):
+    found = AsFound(conn, shutoff)
+    one_error_line(run_bench("lse-no-such-domain", "--yes"), "no domain named 'lse-no-such-domain'")
+    one_error_line(run_bench(shutoff.name, "--kind", "external", "--live", "--yes"),
+                   f"--live needs a running domain; '{shutoff.name}' is shut off")
+    one_error_line(run_bench(shutoff.name, "--kind", "external", "--yes"),
+                   "is shut off: it has no memory to save")
+    one_error_line(run_bench(shutoff.name, "--live", "--yes"), "--live needs --kind external")
+    one_error_line(run_bench(shutoff.name), "without confirmation: no terminal to ask on; "
+                   "pass --yes")
+    one_error_line(run_bench(shutoff.name, "--levels", "0"), "--levels: must be at least 1")
+    code, _out, stderr = run_on_terminal(shutoff.name, answer=b"n\n")
+    assert (code, "Continue? [y/N]" in stderr, "nothing done" in stderr) == (1, True, True), stderr
+    code, output, stderr = run_on_terminal(shutoff.name, "--levels", "1", "--repeat", "1",
+                                           answer=b"y\n")
+    assert code == 0 and "| 1 " in output, (output, stderr)
+    one_error_line(run_bench(shutoff.name, "--yes", "--output", "/nonexistent/r.csv"),
+                   "--output: directory /nonexistent does not exist")
+
+    # without matplotlib (shadowed by a package that cannot be imported) --plot is refused
+    shadow = tmp_path / "shadow" / "matplotlib"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    one_error_line(run_bench(shutoff.name, "--yes", "--plot", str(tmp_path / "p.png"), env=env),
+                   "--plot needs matplotlib")
+    found.check()
+
+    testbed.create_snapshot(conn, shutoff, "theirs")
+    one_error_line(run_bench(shutoff.name, "--yes"),
+                   f"'{shutoff.name}' already has 1 snapshot(s) (theirs); delete them or pass "
+                   "--allow-existing")
+    found = AsFound(conn, shutoff)
+    result = run_bench(shutoff.name, "--yes", "--allow-existing", "--levels", "2", "--repeat", "1")
+    assert result.returncode == 0, result.stderr
+    assert "internal (shut off)" in result.stdout
+    found.check()
+    dom = conn.lookupByName(shutoff.name)
+    assert dom.snapshotCurrent().getName() == "theirs"
+    dom.snapshotLookupByName("theirs").delete()
+
+    # a raw disk cannot hold internal snapshots
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).replace("type='qcow2'", "type='raw'")
+    conn.defineXML(xml)
+    one_error_line(run_bench(shutoff.name, "--yes"),
+                   f"internal snapshots need every disk in qcow2: vda is raw ({shutoff.disk})")
+    assert conn.lookupByName(shutoff.name).snapshotNum() == 0
