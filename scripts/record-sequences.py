@@ -8,6 +8,10 @@ JSON lines to tests/unit/sequences/<scenario>.jsonl. The tracker's unit tests re
 
 Run as root on a machine where libvirtd runs (scripts/libvirtd-up.sh):
     .venv/bin/python scripts/record-sequences.py [SCENARIO ...]
+Against another libvirt, set the tests' variables and a directory of its own, e.g. libvirt 11.3
+in a chroot (scripts/libvirt11-chroot.sh):
+    eval "$(bash scripts/libvirt11-chroot.sh env)"
+    LSE_SEQUENCES_DIR=tests/unit/sequences-libvirt11 .venv/bin/python scripts/record-sequences.py
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import testbed  # noqa: E402
 from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter  # noqa: E402
 from libvirt_snapshot_exporter.observations import to_record  # noqa: E402
 
-OUT = ROOT / "tests" / "unit" / "sequences"
+# Sequences of another libvirt version go to a directory of their own.
+OUT = Path(os.environ.get("LSE_SEQUENCES_DIR", ROOT / "tests" / "unit" / "sequences")).resolve()
 
 
 class Recorder:
@@ -45,7 +50,8 @@ class Recorder:
         self.lines: list[dict] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.adapter = LibvirtAdapter(testbed.URI, self._add)
+        self.adapter = LibvirtAdapter(testbed.URI, self._add,
+                                      pid_directory=str(testbed.PID_DIRECTORY))
         assert self.adapter.ensure_connected()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -91,7 +97,7 @@ class Recorder:
         self.lines.sort(key=lambda line: line.get("time", line.get("start", 0)))
         path = OUT / f"{scenario}.jsonl"
         path.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in self.lines))
-        print(f"{scenario}: {len(self.lines)} lines -> {path.relative_to(ROOT)}")
+        print(f"{scenario}: {len(self.lines)} lines -> {path}")
 
 
 def internal_xml(name: str) -> str:
@@ -189,8 +195,10 @@ def scenario_killed_mid_create(conn: libvirt.virConnect) -> None:
         guest.wait_ready(timeout=240)
         dom = guest.domain(conn)
         with Recorder(guest.name) as rec:
-            pid = int(Path(f"/run/libvirt/qemu/{guest.name}.pid").read_text())
-            killer = threading.Timer(1.5, lambda: os.kill(pid, signal.SIGKILL))
+            pid = testbed.qemu_pid(guest)
+            # Early enough to be mid-write on QEMU 10 too (about 1.3 s for this guest there,
+            # over 3 s on QEMU 7.2).
+            killer = threading.Timer(0.7, lambda: os.kill(pid, signal.SIGKILL))
             killer.start()
             rec.call("create", lambda: dom.snapshotCreateXML(internal_xml("doomed")))
             killer.join()

@@ -25,8 +25,11 @@ def free_port() -> int:
 
 
 class ExporterProcess:
-    def __init__(self, *flags: str, state_dir: str | None = None, uri: str = "qemu:///system",
+    def __init__(self, *flags: str, state_dir: str | None = None, uri: str | None = None,
                  port: int | None = None):
+        # The libvirtd under test (tests/testbed.py reads the same variables).
+        uri = uri or os.environ.get("LSE_TEST_URI", "qemu:///system")
+        pid_dir = os.environ.get("LSE_PID_DIRECTORY")
         self.port = port or free_port()
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="lse-state-")
         self.log_path = Path(tempfile.mkstemp(prefix="lse-exporter-", suffix=".log")[1])
@@ -34,6 +37,7 @@ class ExporterProcess:
             f"--web.listen-address=127.0.0.1:{self.port}",
             f"--state.directory={self.state_dir}",
             f"--libvirt.uri={uri}",
+            *([f"--libvirt.pid-directory={pid_dir}"] if pid_dir else []),
             *flags,
         ]
         self.proc: subprocess.Popen | None = None

@@ -153,7 +153,7 @@ def test_domain_destroyed_mid_snapshot_leaves_nothing_in_flight(exporter, conn, 
     try:
         guest.wait_ready()
         dom = conn.lookupByName(guest.name)
-        pid = int(Path(f"/run/libvirt/qemu/{guest.name}.pid").read_text())
+        pid = testbed.qemu_pid(guest)
         call = Timed(lambda: dom.snapshotCreateXML(
             "<domainsnapshot><name>doomed</name></domainsnapshot>"))
         exporter.wait_for(lambda: in_flight(exporter, guest.name), 10, "create in flight",
@@ -243,11 +243,15 @@ def test_external_live_snapshot_pauses_briefly(exporter, conn):
             "external", True, "external", False)
         assert abs(live["duration_seconds"] - wall) <= TOLERANCE, (live, wall)
         # libvirt's own figures (JOB_COMPLETED): the memory copy took most of the time,
-        # and the guest stood still for a small part of it
+        # and the guest ran while it was copied (time_elapsed less the downtime). Not "paused
+        # a small share of the whole": QEMU 10 copies this RAM in 0.4 s, about as long as
+        # libvirt's pause around the disk switch (libvirt 11.3; 1.5 s copy on QEMU 7.2).
         assert live["job_time_elapsed_ms"] is not None
         assert live["job_time_elapsed_ms"] / 1000 <= live["duration_seconds"] + 0.05
         assert live["job_time_elapsed_ms"] / 1000 >= live["duration_seconds"] / 2
-        assert live["paused_seconds"] < live["duration_seconds"] / 3
+        copying = (live["job_time_elapsed_ms"] - live["job_downtime_ms"]) / 1000
+        assert copying > 0.1
+        assert live["paused_seconds"] <= live["duration_seconds"] - copying + 0.1
         assert live["paused_seconds"] >= live["job_downtime_ms"] / 1000
         assert exporter.value("libvirt_snapshot_operation_guest_paused_seconds_sum",
                               domain=guest.name, kind="external", memory="true") == pytest.approx(
