@@ -10,22 +10,19 @@ answered at once even while a call that cannot be aborted (an internal create) i
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from . import bench_plot
+from .bench_checks import EXIT_USAGE, PROG, UsageError, check_arguments, confirm, parser, preflight
 from .bench_report import OperationRecord, Setting, table, write_csv, write_json
 from .bench_sampler import Sampler
 from .host import HostReader
 from .libvirt_control import (
-    EXTERNAL_DELETE_VERSION,
-    KINDS,
     Control,
     ControlError,
     Domain,
@@ -35,127 +32,14 @@ from .libvirt_control import (
     plan_snapshot,
 )
 
-PROG = "libvirt-snapshot-exporter bench"
 SETTLE_SECONDS = 1.0  # quiet time sampled before and after every operation
 SAMPLE_INTERVAL = 0.25
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-
-class UsageError(Exception):
-    """Bad arguments or a domain bench must not touch: one line, exit 2."""
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
 class Abandoned(BaseException):
     """A second Ctrl-C: leave now, without cleaning up (a BaseException, like
     KeyboardInterrupt, so that no cleanup-on-error handler catches it)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Time a chain of snapshots of DOMAIN, repeatedly, beside "
-                "the host's memory, page cache and writeback; then delete them.")
-    p.add_argument("domain", metavar="DOMAIN")
-    p.add_argument("--libvirt.uri", dest="uri", default="qemu:///system", metavar="URI",
-                   help="libvirt URI of this host's hypervisor (default: qemu:///system)")
-    p.add_argument("--libvirt.pid-directory", dest="pid_directory", default="/run/libvirt/qemu",
-                   metavar="DIR", help="where libvirt writes <domain>.pid for each QEMU "
-                   "(default: /run/libvirt/qemu)")
-    p.add_argument("--levels", type=_positive, default=3, help="snapshots per chain (default: 3)")
-    p.add_argument("--repeat", type=_positive, default=5, help="chains to time (default: 5)")
-    p.add_argument("--kind", choices=KINDS, default="internal",
-                   help="internal (memory and disks inside the qcow2), external (memory file and "
-                   "overlays next to each disk image) or disk-only (overlays only)")
-    p.add_argument("--live", action="store_true",
-                   help="with --kind external: copy memory while the guest runs")
-    p.add_argument("--output", type=Path, metavar="CSV", help="one row per operation")
-    p.add_argument("--json", type=Path, metavar="JSON", help="operations and every raw sample")
-    p.add_argument("--plot", type=Path, metavar="PNG", help="durations and host memory (matplotlib)")
-    p.add_argument("--yes", action="store_true", help="do not ask before snapshotting the domain")
-    p.add_argument("--allow-existing", action="store_true",
-                   help="run on a domain that already has snapshots (they are left alone)")
-    return p
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    if args.live and args.kind != "external":
-        raise UsageError("--live needs --kind external: libvirt copies memory live only to an "
-                         "external memory file")
-    if args.plot and not bench_plot.available():
-        raise UsageError("--plot needs matplotlib: pip install 'libvirt-snapshot-exporter[plot]'")
-    for option in ("output", "json", "plot"):
-        path = getattr(args, option)
-        if path is not None and not path.resolve().parent.is_dir():
-            raise UsageError(f"--{option}: directory {path.resolve().parent} does not exist")
-
-
-def preflight(domain: Domain, args: argparse.Namespace, versions: Versions) -> None:
-    """Refuse what cannot be done, or undone, before touching the domain."""
-    state = domain.state()
-    if state == "other":
-        raise UsageError(f"domain {domain.name!r} is neither running, paused nor shut off")
-    existing = domain.snapshot_names()
-    if existing and not args.allow_existing:
-        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
-        raise UsageError(f"domain {domain.name!r} already has {len(existing)} snapshot(s) "
-                         f"({shown}); delete them or pass --allow-existing")
-    disks = domain.disks()
-    if not disks:
-        raise UsageError(f"domain {domain.name!r} has no disk to snapshot")
-    if args.kind == "internal":
-        other = [d for d in disks if d.format != "qcow2"]
-        if other:
-            raise UsageError("internal snapshots need every disk in qcow2: " + ", ".join(
-                f"{d.target} is {d.format or 'of unknown format'} ({d.source})" for d in other))
-        return
-    if versions.libvirt_number < EXTERNAL_DELETE_VERSION:
-        raise UsageError(f"--kind {args.kind} needs libvirt >= 9.0 to delete external snapshots "
-                         f"again (this daemon is {versions.libvirt})")
-    for d in disks:
-        if not Path(d.source).is_file():
-            raise UsageError(f"--kind {args.kind} needs file-backed disks: {d.target} is "
-                             f"{d.source or 'without a source'}")
-        if not os.access(Path(d.source).parent, os.W_OK):
-            raise UsageError(f"--kind {args.kind}: cannot write overlays next to {d.source}")
-    if args.live and state != "running":
-        raise UsageError(f"--live needs a running domain; {domain.name!r} is "
-                         f"{'shut off' if state == 'shutoff' else state}")
-    if args.kind == "external" and state == "shutoff":
-        raise UsageError(f"domain {domain.name!r} is shut off: it has no memory to save; "
-                         "use --kind disk-only or internal")
-
-
-def confirm(domain: Domain, args: argparse.Namespace) -> bool:
-    """Ask on a terminal; without one, only --yes may go on."""
-    if args.yes:
-        return True
-    if not sys.stdin.isatty():
-        raise UsageError(f"refusing to snapshot {domain.name!r} without confirmation: no "
-                         "terminal to ask on; pass --yes")
-    state = domain.state()
-    pause = {
-        "internal": "the guest is paused during each create",
-        "external": "the guest is paused briefly" if args.live else
-        "the guest is paused while its memory is saved",
-        "disk-only": "the guest keeps running",
-    }[args.kind] if state == "running" else f"the domain is {state}"
-    print(f"{PROG}: {args.repeat} x {args.levels} {args.kind} snapshots of {domain.name!r} will be "
-          f"created and deleted ({pause}). Continue? [y/N] ", end="", file=sys.stderr, flush=True)
-    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 class Interrupts:
@@ -387,8 +271,10 @@ class Bench:
         elif not self.made:
             for plan in self._plans():
                 for path in plan.files:
-                    if path.exists():
-                        path.unlink()
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError as exc:
+                        problems.append(f"cannot remove {path}: {exc.strerror}")
         snapshots = self._existing()
         if snapshots != self.found_snapshots:
             problems.append(f"snapshots differ: found {self.found_snapshots}, now {snapshots}")
@@ -514,7 +400,11 @@ def _execute(bench: Bench, args: argparse.Namespace) -> int:
     bench.finish()
     if bench.records:
         print(table(bench.records, bench.setting))
-    _write_outputs(bench, args)
+    try:
+        _write_outputs(bench, args)
+    except OSError as exc:
+        _error(f"cannot write results: {exc}")
+        code = code or EXIT_FAILED
     if problems:
         _error("the domain is not as found: " + "; ".join(problems))
         print(bench.leftovers("cleanup is incomplete"), file=sys.stderr)

@@ -320,6 +320,10 @@ def test_refusals_name_the_problem_and_exit_2(shutoff, conn, tmp_path):
     assert code == 0 and "| 1 " in output, (output, stderr)
     one_error_line(run_bench(shutoff.name, "--yes", "--output", "/nonexistent/r.csv"),
                    "--output: directory /nonexistent does not exist")
+    one_error_line(subprocess.run(
+        [sys.executable, "-m", "libvirt_snapshot_exporter", "bench", shutoff.name, "--yes",
+         "--libvirt.uri=qemu+ssh://elsewhere/system"], capture_output=True, text=True),
+        "names another host (elsewhere)")
 
     # without matplotlib (shadowed by a package that cannot be imported) --plot is refused
     shadow = tmp_path / "shadow" / "matplotlib"
