@@ -2,9 +2,10 @@
 """`make demo`: a self-contained demo hypervisor on this machine.
 
 Boots a small TCG guest that fills part of its RAM with random data, runs the exporter on
-localhost, and takes an internal snapshot now and then (a chain three levels deep, then deletes
-it and starts again), printing each operation as the exporter saw it. Ctrl-C (or DEMO_SECONDS
-elapsing) stops it and removes the demo guest and its snapshots.
+localhost, runs a short `bench` (the study in small), then takes an internal snapshot now and
+then (a chain three levels deep, then deletes it and starts again), printing each operation as
+the exporter saw it. Ctrl-C (or DEMO_SECONDS elapsing) stops it and removes the demo guest and
+its snapshots.
 
 Environment: DEMO_SECONDS (run that long, then stop; default: until Ctrl-C),
 DEMO_PORT (default 9966), DEMO_INTERVAL (seconds between snapshot operations, default 15).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -24,7 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import libvirt  # noqa: E402
-
 import testbed  # noqa: E402
 from exporter_proc import ExporterProcess  # noqa: E402
 
@@ -50,7 +51,9 @@ def main() -> int:
     seen: set[tuple] = set()
     try:
         guest.wait_ready(timeout=300)
-        exporter = ExporterProcess(state_dir=str(ROOT / "state" / "demo"), port=port).start()
+        state = ROOT / "state" / "demo"
+        exporter = ExporterProcess(state_dir=str(state), port=port).start()
+        run_bench(guest.name, state)
         print(f"""
 demo guest {guest.name} is running; the exporter watches it:
   metrics:          {exporter.url}/metrics
@@ -92,6 +95,22 @@ a snapshot operation every {interval:.0f} s; {'Ctrl-C to stop' if not seconds el
         return 1
     print(f"{len(seen)} snapshot operations recorded, {len(creates)} successful creates")
     return 0
+
+
+def run_bench(domain: str, state: Path) -> None:
+    """The study in small: a 2-level chain created, timed with host context, and deleted."""
+    print("a short study first: libvirt-snapshot-exporter bench (2 levels, 1 run)", flush=True)
+    outputs = ["--output", str(state / "bench.csv"), "--json", str(state / "bench.json")]
+    try:
+        import matplotlib  # noqa: F401
+
+        outputs += ["--plot", str(state / "bench.png")]
+    except ImportError:
+        pass
+    subprocess.run([sys.executable, "-m", "libvirt_snapshot_exporter", "bench", domain,
+                    "--levels", "2", "--repeat", "1", "--yes", *outputs], check=True)
+    print(f"bench results: {state}/bench.csv, bench.json"
+          + (", bench.png" if "--plot" in outputs else ""), flush=True)
 
 
 def report(exporter: ExporterProcess, seen: set[tuple]) -> None:

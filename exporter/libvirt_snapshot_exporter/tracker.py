@@ -50,6 +50,7 @@ from .observations import (
 )
 
 PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
+DETAIL_SUSPENDED_API_ERROR = 6  # an API call failed while the guest was paused
 REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
 REVERT_EVENTS = {
     (EVENT_SUSPENDED, DETAIL_SUSPENDED_FROM_SNAPSHOT),
@@ -87,6 +88,7 @@ class Operation:
     # internal bookkeeping while in flight
     paused_since: float | None = None
     resumed_at: float | None = None
+    failed_at: float | None = None  # SUSPENDED/API_ERROR: the create call failed here
     idle_since: float | None = None
     id: int = field(default_factory=lambda: next(_ids))
 
@@ -113,6 +115,7 @@ class _Domain:
     pause_before_active: float = 0.0
     resume_at: float | None = None
     job_start: float | None = None  # exact start of an async job seen in controlInfo()
+    next_job_start: float | None = None  # a job begun after the active create's guest resumed
     block_job_start: float | None = None
     block_job_end: float | None = None
     revert_event: float | None = None
@@ -217,6 +220,8 @@ class Tracker:
                 d.revert_defined_at = ev.time
             return []
         if ev.event == EVENT_SUSPENDED:
+            if ev.detail == DETAIL_SUSPENDED_API_ERROR and op is not None and op.operation == "create":
+                op.failed_at = op.failed_at or ev.time
             # A second SUSPENDED (an API error while paused) does not restart the pause.
             d.paused_since = d.paused_since or ev.time
             if op is not None:
@@ -233,7 +238,8 @@ class Tracker:
                 d.resume_at = ev.time
             d.paused_since = None
         elif ev.event == EVENT_STOPPED and op is not None and op.operation == "create":
-            return self._finish(d, ev.time, "event", 0.0, "failure", "domain stopped")
+            return self._finish(d, op.failed_at or ev.time, "event", 0.0, "failure",
+                                "domain stopped")
         return []
 
     def _job_completed(self, d: _Domain, ev: JobCompletedEvent) -> None:
@@ -266,7 +272,13 @@ class Tracker:
         finished: list[Operation] = []
         if p.control_state == CONTROL_JOB and p.control_time_ms > 0:
             job_start = p.time - p.control_time_ms / 1000.0
-            if d.job_start is None or abs(job_start - d.job_start) > 0.05:
+            op = d.active
+            if (op is not None and op.operation == "create" and op.resumed_at is not None
+                    and job_start > op.resumed_at):
+                # Back-to-back creates: the next one's job, seen before this poll closes the
+                # previous create (its RESUMED came already).
+                d.next_job_start = job_start
+            elif d.job_start is None or abs(job_start - d.job_start) > 0.05:
                 d.job_start = job_start if d.job_start is None else min(d.job_start, job_start)
         if first:
             finished += self._adopt(d, p, now, current)
@@ -474,6 +486,8 @@ class Tracker:
         assert op is not None
         if op.end is not None:  # an event already gave the end
             return self._finish(d, op.end, op.end_source, op.end_uncertainty, outcome, error)
+        if outcome == "failure" and op.failed_at is not None:
+            return self._finish(d, op.failed_at, "event", 0.0, outcome, error)
         if op.resumed_at is not None and op.resumed_at >= op.start:
             return self._finish(d, op.resumed_at, "event", 0.0, outcome, error)
         last = d.last_poll if d.last_poll is not None and d.last_poll >= op.start else op.start
@@ -498,7 +512,8 @@ class Tracker:
             d.snapshots.pop(op.snapshot, None)
             d.failed.add(op.snapshot)
         d.active = None
-        d.job_start = d.block_job_start = d.block_job_end = None
+        d.job_start, d.next_job_start = d.next_job_start, None
+        d.block_job_start = d.block_job_end = None
         d.suspend_at = d.resume_at = d.revert_event = None
         d.pause_before_active = 0.0
         return [done]

@@ -139,3 +139,23 @@ def test_redefined_snapshot_is_inventory_not_a_create() -> None:
 def test_depth_counts_from_the_root() -> None:
     tree = {"a": _snap("a", None, False), "b": _snap("b", "a", False), "c": _snap("c", "b", True)}
     assert [depth_of(tree, n) for n in ("a", "b", "c", None)] == [1, 2, 3, 0]
+
+
+def test_back_to_back_creates_each_keep_their_own_start() -> None:
+    """The poll that closes create 1 already sees create 2's job: it must not be lost."""
+    tracker, ops = Tracker(), []
+    ops += tracker.observe(_poll(99.0, ()))
+    ops += tracker.observe(LifecycleEvent(100.005, "vm", 3, 0))
+    ops += tracker.observe(_poll(100.1, (_snap("s1", None, False, 100.0),), 1, 100, 3, 3))
+    ops += tracker.observe(LifecycleEvent(101.5, "vm", 4, 0))  # s1 done
+    ops += tracker.observe(LifecycleEvent(101.51, "vm", 3, 0))  # s2 pauses 10 ms later
+    ops += tracker.observe(_poll(101.6, (_snap("s1", None, True, 100.0),
+                                         _snap("s2", "s1", False, 101.0)), 1, 90, 3, 3))
+    ops += tracker.observe(LifecycleEvent(103.0, "vm", 4, 0))
+    ops += tracker.observe(_poll(103.1, (_snap("s1", None, False, 100.0),
+                                         _snap("s2", "s1", True, 101.0))))
+    assert [(o.snapshot, o.start_source, o.end_source) for o in ops] == [
+        ("s1", "control", "event"), ("s2", "control", "event")]
+    assert ops[0].start == pytest.approx(100.0) and ops[0].end == pytest.approx(101.5)
+    assert ops[1].start == pytest.approx(101.51) and ops[1].end == pytest.approx(103.0)
+    assert ops[1].paused_seconds == pytest.approx(ops[1].duration, abs=0.01)

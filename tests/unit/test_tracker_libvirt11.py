@@ -123,9 +123,6 @@ def test_qemu_killed_mid_create_is_one_failure_and_no_delete() -> None:
     assert tracker.in_flight() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "11.3 may send STOPPED/FAILED seconds after the create failed (2.0 s here); the failure "
-    "itself is the SUSPENDED/API_ERROR event, which the tracker does not use yet"))
 def test_qemu_killed_mid_create_ends_when_the_call_failed() -> None:
     seen = events("killed_mid_create")
     assert (EVENT_SUSPENDED, DETAIL_SUSPENDED_API_ERROR) in seen
