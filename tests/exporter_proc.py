@@ -52,7 +52,13 @@ class ExporterProcess:
             [sys.executable, "-m", "libvirt_snapshot_exporter", *self.flags],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.wait_for(lambda: self.value("libvirt_up") == 1.0, 30, "libvirt_up 1")
+        try:
+            self.wait_for(lambda: self.value("libvirt_up") == 1.0, 30, "libvirt_up 1")
+        except BaseException:
+            self.proc.kill()  # never leak an exporter that did not come up
+            self.proc.wait()
+            self.proc = None
+            raise
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
