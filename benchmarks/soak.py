@@ -31,7 +31,7 @@ import psutil  # noqa: E402
 import testbed  # noqa: E402
 from exporter_proc import ExporterProcess  # noqa: E402
 
-Step = tuple[str, str, Callable[[libvirt.virDomain], object]]  # operation, kind, call
+Step = tuple[str, str, str, Callable[[libvirt.virDomain], object]]  # op, kind, snapshot, call
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -42,13 +42,14 @@ def percentile(values: list[float], q: float) -> float:
 def internal_cycle(n: int) -> list[Step]:
     first, second = f"i{n}a", f"i{n}b"
     return [
-        ("create", "internal", lambda d: d.snapshotCreateXML(
+        ("create", "internal", first, lambda d: d.snapshotCreateXML(
             f"<domainsnapshot><name>{first}</name></domainsnapshot>")),
-        ("create", "internal", lambda d: d.snapshotCreateXML(
+        ("create", "internal", second, lambda d: d.snapshotCreateXML(
             f"<domainsnapshot><name>{second}</name></domainsnapshot>")),
-        ("revert", "internal", lambda d: d.revertToSnapshot(d.snapshotLookupByName(first))),
-        ("delete", "internal", lambda d: d.snapshotLookupByName(second).delete()),
-        ("delete", "internal", lambda d: d.snapshotLookupByName(first).delete()),
+        ("revert", "internal", first,
+         lambda d: d.revertToSnapshot(d.snapshotLookupByName(first))),
+        ("delete", "internal", second, lambda d: d.snapshotLookupByName(second).delete()),
+        ("delete", "internal", first, lambda d: d.snapshotLookupByName(first).delete()),
     ]
 
 
@@ -59,9 +60,9 @@ def external_cycle(guest: testbed.Guest, n: int) -> list[Step]:
     xml = (f"<domainsnapshot><name>{name}</name><memory snapshot='no'/><disks><disk name='vda' "
            f"snapshot='external'><source file='{overlay}'/></disk></disks></domainsnapshot>")
     return [
-        ("create", "external", lambda d: d.snapshotCreateXML(
+        ("create", "external", name, lambda d: d.snapshotCreateXML(
             xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY)),
-        ("delete", "external", lambda d: d.snapshotLookupByName(name).delete()),
+        ("delete", "external", name, lambda d: d.snapshotLookupByName(name).delete()),
     ]
 
 
@@ -72,6 +73,7 @@ class Driver(threading.Thread):
         super().__init__(daemon=True)
         self.guest, self.external, self.deadline, self.gap = guest, external, deadline, gap
         self.performed: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self.done: list[tuple[str, str, str, float, float]] = []  # op, snapshot, outcome, times
         self.lost = False
 
     def run(self) -> None:
@@ -81,7 +83,8 @@ class Driver(threading.Thread):
         while time.monotonic() < self.deadline:
             n += 1
             steps = external_cycle(self.guest, n) if self.external else internal_cycle(n)
-            for operation, kind, call in steps:  # a cycle is finished even past the deadline
+            for operation, kind, snapshot, call in steps:  # cycles end even past the deadline
+                start = time.time()
                 try:
                     call(dom)
                     outcome = "success"
@@ -92,6 +95,7 @@ class Driver(threading.Thread):
                         return
                     outcome = "failure"
                 self.performed[(operation, kind, outcome)] += 1
+                self.done.append((operation, snapshot, outcome, start, time.time()))
                 time.sleep(self.gap)
         conn.close()
 
@@ -114,19 +118,19 @@ class Scraper(threading.Thread):
             time.sleep(max(0.0, 1.0 - (time.monotonic() - start)))
 
 
-def seen(exporter: ExporterProcess, domains: set[str], since: float) -> tuple[dict, dict]:
+def seen(exporter: ExporterProcess, domains: set[str], since: float) -> tuple[dict, dict, dict]:
     """Operations the exporter recorded, by (operation, kind, outcome): from its log and from
-    the histogram counts."""
+    the histogram counts; and from its log by (domain, operation, snapshot)."""
     data = json.loads(exporter.get("/api/operations", timeout=30))
-    logged = collections.Counter(
-        (o["operation"], o["kind"], o["outcome"]) for o in data["operations"]
-        if o["domain"] in domains and o["start"] >= since)
+    ops = [o for o in data["operations"] if o["domain"] in domains and o["start"] >= since]
+    logged = collections.Counter((o["operation"], o["kind"], o["outcome"]) for o in ops)
+    named = collections.Counter((o["domain"], o["operation"], o["snapshot"]) for o in ops)
     counted: collections.Counter[tuple[str, str, str]] = collections.Counter()
     for name, labels, value in exporter.samples():
         if name == "libvirt_snapshot_operation_duration_seconds_count" and \
                 labels["domain"] in domains:
             counted[(labels["operation"], labels["kind"], labels["outcome"])] += int(value)
-    return logged, counted
+    return logged, counted, named
 
 
 def main() -> int:
@@ -169,7 +173,7 @@ def main() -> int:
                               60, f"{total} operations recorded", interval=1)
         except AssertionError as exc:
             print(f"not all operations recorded: {str(exc).splitlines()[0]}")
-        logged, counted = seen(exporter, domains, since)
+        logged, counted, named = seen(exporter, domains, since)
         in_flight = json.loads(exporter.get("/api/operations"))["in_flight"]
         rss_end, cpu_end = process.memory_info().rss, sum(process.cpu_times()[:2])
     finally:
@@ -188,6 +192,12 @@ def main() -> int:
         print(f"{key[0]:10} {key[1]:9} {key[2]:8} {row[0]:9} {row[1]:6} {row[2]:9}  "
               f"{'yes' if row[0] == row[1] == row[2] else 'NO'}")
     print(f"in flight at the end: {len(in_flight)}")
+    for driver in drivers:
+        missed = [d for d in driver.done
+                  if not named[(driver.guest.name, d[0], d[1])] and d[2] == "success"]
+        print(f"{driver.guest.name}: {len(driver.done)} performed, {len(missed)} not seen"
+              + "".join(f"\n  not seen: {op} {snap} at +{start - since:.1f} s, took "
+                        f"{end - start:.2f} s" for op, snap, _, start, end in missed[:5]))
     lost = [d.guest.name for d in drivers if d.lost]
     if lost:
         print(f"VOID: guests removed by someone else during the run: {', '.join(lost)}")
