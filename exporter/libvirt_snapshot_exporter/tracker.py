@@ -318,6 +318,15 @@ class Tracker:
         new = [s for name, s in now.items() if name not in before]
         gone = [s for name, s in before.items() if name not in now]
         op = d.active
+        # Current moved to a snapshot that existed before, none of them new or vanished: only a
+        # revert does that (a create makes its new snapshot current; deleting the current
+        # snapshot makes its parent current, but then one is gone).
+        moved = (
+            current is not None and d.current not in (None, current) and current in before
+            and not gone and not (op is not None and current == op.snapshot)
+            and not any(s.name == current for s in new)
+        )
+        revert_ended = False
 
         if op is not None and op.operation == "create":
             snap = now.get(op.snapshot)
@@ -327,9 +336,10 @@ class Tracker:
                     reason = "domain stopped during the snapshot"
                 finished += self._finish_polled(d, p, "failure", reason)
                 gone = [s for s in gone if s.name != op.snapshot]
-            elif snap.current or self._idle_without_becoming_current(p, snap, now):
+            elif (snap.current or self._idle_without_becoming_current(p, snap, now) or moved
+                  or d.revert_defined_at is not None):
+                # Current, or has a child already, or a revert came after it: it is done.
                 finished += self._finish_polled(d, p, "success")
-                op = None
             elif p.state == STATE_SHUTOFF and d.state not in (0, STATE_SHUTOFF):
                 finished += self._finish_polled(d, p, "failure", "domain stopped")
             op = d.active
@@ -356,6 +366,7 @@ class Tracker:
                 if target is not None:
                     op.kind, op.memory = target.kind, target.memory
                 finished += self._finish_polled(d, p, "success")
+                revert_ended = True
             op = d.active
         elif op is not None and op.operation == "delete":
             if gone:
@@ -369,9 +380,9 @@ class Tracker:
             op = d.active
 
         if op is None:
-            # The poll that finished an operation also shows its effect on current: no revert.
-            switched = not finished and current is not None and d.current not in (None, current)
-            finished += self._detect(d, p, before, now, new, gone, current, switched)
+            # A revert that just ended made the move itself: not a second one.
+            finished += self._detect(d, p, before, now, new, gone, current,
+                                     moved and not revert_ended)
         return finished
 
     def _detect(
@@ -382,7 +393,9 @@ class Tracker:
         finished: list[Operation] = []
         creates = [s for s in new if not self._redefined(d, s) and s.name not in d.failed]
         for snap in sorted(creates, key=lambda s: s.creation_time):
-            done = snap.current or any(s.parent == snap.name for s in now.values())
+            # Done when current, when it has a child, or when a revert moved current after it.
+            done = (snap.current or any(s.parent == snap.name for s in now.values()) or switched
+                    or d.revert_defined_at is not None)
             start, source, unc = self._create_start(d, p, snap)
             op = self._new_op(p.domain, "create", snap, now, start, source, unc)
             if d.resume_at is not None and d.resume_at >= start:
@@ -397,7 +410,7 @@ class Tracker:
                 return finished
         if gone:
             finished += self._deleted_between_polls(d, p, gone, before)
-        elif (switched and not creates) or d.revert_defined_at is not None:
+        elif switched or d.revert_defined_at is not None:
             op = Operation(p.domain, "revert", *self._unseen_start(d, p))
             op.snapshot = current or ""
             target = now.get(op.snapshot)

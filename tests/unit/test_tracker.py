@@ -159,3 +159,28 @@ def test_back_to_back_creates_each_keep_their_own_start() -> None:
     assert ops[0].start == pytest.approx(100.0) and ops[0].end == pytest.approx(101.5)
     assert ops[1].start == pytest.approx(101.51) and ops[1].end == pytest.approx(103.0)
     assert ops[1].paused_seconds == pytest.approx(ops[1].duration, abs=0.01)
+
+
+def test_create_then_revert_between_two_polls_are_both_counted() -> None:
+    """Offline: b created, then a revert to a (its DEFINED/FROM_SNAPSHOT event), one poll."""
+    tracker = Tracker()
+    tracker.observe(_poll(10.0, (_snap("a", None, True, 1.0),), state=5, reason=0))
+    tracker.observe(LifecycleEvent(10.8, "vm", 0, 3))
+    ops = tracker.observe(_poll(11.0, (_snap("a", None, True, 1.0), _snap("b", "a", False, 10.0)),
+                                state=5, reason=0))
+    assert [(o.operation, o.snapshot, o.outcome) for o in ops] == [
+        ("create", "b", "success"), ("revert", "a", "success")]
+    assert tracker.in_flight() == []
+
+
+def test_create_seen_in_flight_then_a_revert_elsewhere_ends_it() -> None:
+    tracker = Tracker()
+    base = (_snap("a", None, False, 1.0), _snap("c", "a", True, 2.0))
+    tracker.observe(_poll(10.0, base))
+    tracker.observe(_poll(10.5, base + (_snap("b", "c", False, 10.0),), 1, 200))
+    assert [o.snapshot for o in tracker.in_flight()] == ["b"]
+    ops = tracker.observe(_poll(12.0, (_snap("a", None, True, 1.0), _snap("c", "a", False, 2.0),
+                                       _snap("b", "c", False, 10.0))))
+    assert [(o.operation, o.snapshot, o.outcome) for o in ops] == [
+        ("create", "b", "success"), ("revert", "a", "success")]
+    assert tracker.in_flight() == []
