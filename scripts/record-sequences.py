@@ -63,7 +63,7 @@ class Recorder:
     def _poll(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(Exception):
-                self._add(self.adapter.poll_domain(self.domain))
+                self._add(self.adapter.poll_domain(self.domain).result(10))
             self._stop.wait(0.1)
 
     def __enter__(self) -> Recorder:

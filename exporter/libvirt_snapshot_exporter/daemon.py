@@ -7,6 +7,7 @@ poll-interval; guest statistics and process figures of idle domains every stats-
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 DISK_REFRESH_SECONDS = 60.0
 RESYNC_SECONDS = 60.0  # a full poll of every domain at least this often, whatever it looks like
+POLL_WAIT = 0.2  # seconds a cycle waits for per-domain polls before going on without them
 
 
 @dataclass
@@ -94,6 +96,9 @@ class Collector:
         self._next_stats = 0.0
         self._states: dict[str, tuple[int, int]] = {}
         self._next_states = 0.0
+        self._pending: dict[str, tuple[str, concurrent.futures.Future]] = {}
+        self._since: dict[str, float] = {}  # when a still-pending poll was first waited for
+        self._check_interval = config["collector.poll-interval"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
 
@@ -122,6 +127,8 @@ class Collector:
         due = min((c.next_check for c in self._domains.values()), default=0.0)
         timeout = max(0.02, min(due, self._next_stats) - time.time())
         timeout = min(timeout, self.config["collector.poll-interval"])
+        if self._pending:  # polls still out: come back for them soon
+            timeout = min(timeout, self.config["collector.busy-interval"])
         with contextlib.suppress(queue.Empty):
             obs = self._events.get(timeout=timeout)
             self._events.put(obs)
@@ -161,6 +168,7 @@ class Collector:
             self._versions = self.adapter.versions()
         except Exception as exc:  # noqa: BLE001 - any libvirt failure: retry next connect
             log.warning("cannot read versions: %s", exc)
+        self._pending.clear()  # calls on the old connection
         for cache in self._domains.values():
             cache.next_check = 0.0
             cache.poll = None
@@ -208,52 +216,81 @@ class Collector:
             self._next_states = now + check_interval
         states = self._states
         for gone in [n for n in self._domains if n not in states]:
+            self._pending.pop(gone, None)
             self._observe(DomainGone(now, gone))
             self._forget(gone)
-        ok = True
+        ok = self._collect_polls(now)
         for name, state in states.items():
             cache = self._domains.setdefault(name, _DomainCache(next_resync=now + _stagger(name)))
+            if name in self._pending:
+                continue
             busy = self.tracker.is_busy(name)
             full = (cache.poll is None or name in woken or state != cache.state
                     or now >= cache.next_resync or (busy and now >= cache.next_check))
-            try:
-                if not full and now >= cache.next_check:
-                    full = self._changed(name, cache, state, now)
-                if full:
-                    self._full_poll(name, cache, now)
-            except LibvirtUnavailable as exc:
-                log.debug("poll of %s: %s", name, exc)
-                cache.next_check = now + self.config["collector.busy-interval"]
-                continue
-            except Exception as exc:  # noqa: BLE001 - the domain vanished mid-poll, say
-                log.debug("poll of %s failed: %s", name, exc)
-                ok = False
-                continue
             cache.state = state
-            busy = self.tracker.is_busy(name)
-            if busy:
-                cache.next_check = now + self.config["collector.busy-interval"]
-            elif full or now >= cache.next_check:
-                cache.next_check = now + check_interval
+            try:
+                if full:
+                    self._pending[name] = ("poll", self.adapter.poll_domain(name))
+                elif now >= cache.next_check:
+                    active = state[0] != STATE_SHUTOFF
+                    self._pending[name] = ("check", self.adapter.check_domain(name, active))
+                    cache.next_check = now + check_interval
+            except LibvirtUnavailable as exc:  # an earlier call of this domain still runs
+                log.debug("poll of %s: %s", name, exc)
+        # Nearly every call answers within a millisecond: collect them in this cycle. A domain
+        # whose lock is held (a revert, an offline snapshot) answers later, without holding up
+        # the others.
+        concurrent.futures.wait([f for _, f in self._pending.values()], timeout=POLL_WAIT)
+        ok &= self._collect_polls(now)
+        if any(kind == "poll" and f.done() for kind, f in self._pending.values()):
+            concurrent.futures.wait([f for _, f in self._pending.values()], timeout=POLL_WAIT)
+            ok &= self._collect_polls(now)
+        self._check_interval = check_interval
         self._mark("domains", ok, time.time() - start)
 
-    def _changed(self, name: str, cache: _DomainCache, state: tuple[int, int],
-                 now: float) -> bool:
-        """The idle check: True when a job runs or the snapshot count moved."""
-        control, _ms, count = self.adapter.check_domain(name, state[0] != STATE_SHUTOFF)
-        if control == CONTROL_JOB or cache.poll is None or count != len(cache.poll.snapshots):
-            return True
-        self._observe(DomainUnchanged(now, name))
-        return False
-
-    def _full_poll(self, name: str, cache: _DomainCache, now: float) -> None:
-        poll = self.adapter.poll_domain(name)
-        cache.poll, cache.uuid = poll, poll.uuid
-        cache.version += 1
-        cache.next_resync = now + RESYNC_SECONDS
-        self._observe(poll)
-        if self.tracker.is_busy(name) and cache.process is None:
-            self._read_process(name, cache, now)
+    def _collect_polls(self, now: float) -> bool:
+        """Feed finished polls and checks to the tracker; a check that saw a change starts a
+        full poll. False when a call failed."""
+        ok = True
+        for name, (kind, future) in list(self._pending.items()):
+            if not future.done():
+                if now - self._since.setdefault(name, now) > self.config["libvirt.timeout"]:
+                    log.warning("libvirt has not answered a poll of %s for %.0f s", name,
+                                now - self._since[name])
+                    self._since[name] = now
+                continue
+            del self._pending[name]
+            self._since.pop(name, None)
+            cache = self._domains.get(name)
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - the domain vanished mid-poll, say
+                log.debug("%s of %s failed: %s", kind, name, exc)
+                ok = False
+                continue
+            if cache is None:
+                continue
+            if kind == "check":
+                control, _ms, count = result
+                if (control == CONTROL_JOB or cache.poll is None
+                        or count != len(cache.poll.snapshots)):
+                    try:
+                        self._pending[name] = ("poll", self.adapter.poll_domain(name))
+                    except LibvirtUnavailable:
+                        cache.next_check = 0.0
+                else:
+                    self._observe(DomainUnchanged(time.time(), name))
+                continue
+            cache.poll, cache.uuid = result, result.uuid
+            cache.version += 1
+            cache.next_resync = now + RESYNC_SECONDS
+            self._observe(result)
+            busy = self.tracker.is_busy(name)
+            interval = self.config["collector.busy-interval"] if busy else self._check_interval
+            cache.next_check = time.time() + interval
+            if busy and cache.process is None:
+                self._read_process(name, cache, now)
+        return ok
 
     def _forget(self, name: str) -> None:
         self._domains.pop(name, None)

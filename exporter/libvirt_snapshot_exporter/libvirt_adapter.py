@@ -145,13 +145,18 @@ class _Deadlines:
         self._pending: dict[str, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
 
-    def call(self, key: str, timeout: float, fn: Callable[[], Any]) -> Any:
+    def submit(self, key: str, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Start a call; refused while an earlier call with the same key has not returned."""
         with self._lock:
             pending = self._pending.get(key)
             if pending is not None and not pending.done():
                 raise LibvirtUnavailable(f"{key}: an earlier call has not returned yet")
             future = self._pool.submit(fn)
             self._pending[key] = future
+            return future
+
+    def call(self, key: str, timeout: float, fn: Callable[[], Any]) -> Any:
+        future = self.submit(key, fn)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -285,6 +290,12 @@ class LibvirtAdapter:
                 raise LibvirtUnavailable(str(exc).strip()) from exc
             raise
 
+    def _submit(self, key: str, fn: Callable[[libvirt.virConnect], Any]) -> concurrent.futures.Future:
+        conn = self._conn
+        if conn is None:
+            raise LibvirtUnavailable("not connected")
+        return self._deadlines.submit(key, lambda: fn(conn))
+
     # --- events -----------------------------------------------------------------------------
 
     def _on_lifecycle(self, _c: Any, dom: libvirt.virDomain, event: int, detail: int, _o: Any) -> None:
@@ -342,9 +353,10 @@ class LibvirtAdapter:
 
         return self._call("states", read)
 
-    def check_domain(self, name: str, active: bool) -> tuple[int, int, int]:
-        """The cheap idle check: (control state, its milliseconds, snapshot count), two calls.
-        A job shows in the control state; a finished create or delete in the count."""
+    def check_domain(self, name: str, active: bool) -> concurrent.futures.Future:
+        """The cheap idle check, started on a worker: its result is (control state, its
+        milliseconds, snapshot count), two calls. A job shows in the control state; a finished
+        create or delete in the count."""
 
         def read(_conn: libvirt.virConnect) -> tuple[int, int, int]:
             dom = self._handles[name]
@@ -359,10 +371,12 @@ class LibvirtAdapter:
                         raise
             return (*control, dom.snapshotNum())
 
-        return self._call(f"poll:{name}", read)
+        return self._submit(f"poll:{name}", read)
 
-    def poll_domain(self, name: str) -> DomainPoll:
-        """state, controlInfo and the snapshot list of one domain: none of it waits for a job."""
+    def poll_domain(self, name: str) -> concurrent.futures.Future:
+        """state, controlInfo and the snapshot list of one domain, started on a worker: none of
+        it waits for a job, but all of it waits while an offline snapshot or a revert holds the
+        domain's lock, so the caller collects the result when it is there."""
 
         def read(conn: libvirt.virConnect) -> DomainPoll:
             dom = self._handles.get(name) or conn.lookupByName(name)
@@ -389,7 +403,7 @@ class LibvirtAdapter:
                 pid=self.qemu_pid(name) if state != libvirt.VIR_DOMAIN_SHUTOFF else None,
             )
 
-        return self._call(f"poll:{name}", read)
+        return self._submit(f"poll:{name}", read)
 
     def _snapshots(self, dom: libvirt.virDomain, name: str) -> tuple[SnapshotRecord, ...]:
         # Not VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL: libvirt 9.0 fails that listing while a
