@@ -1,0 +1,82 @@
+"""The dashboard's queries as Grafana sends them: variables interpolated the way Grafana's
+Prometheus data source does it, range panels and annotations as range queries, instant targets
+as instant queries."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bundle.conftest import selectors
+from bundle.test_dashboard import DASHBOARD, _label_values_selector
+
+# Series that exist only while an operation runs, and rules built on them only.
+IN_FLIGHT = {
+    "libvirt_snapshot_operation_in_progress",
+    "libvirt_snapshot_operation_elapsed_seconds",
+    "libvirt_snapshot_operation_start_timestamp_seconds",
+    "libvirt_snapshot_operation_progress_estimate_ratio",
+}
+# `or vector(0)`, `or on () vector(0)`: a stat that shows 0 rather than nothing.
+FALLBACK = re.compile(r"\s+or(\s+on\s*\(\s*\))?\s+vector\(0\)$")
+TWIN = " without its fallback"
+PANEL_STEP = 1.0  # Grafana's $__interval over a short range: the data source's scrape interval
+
+
+@dataclass(frozen=True)
+class Query:
+    where: str
+    expr: str
+    instant: bool
+    step: float  # of a range query; an annotation's own step
+
+    @property
+    def in_flight(self) -> bool:
+        return any(name in IN_FLIGHT for name, _ in selectors(self.expr))
+
+    @property
+    def alerts(self) -> bool:
+        return any(name == "ALERTS" for name, _ in selectors(self.expr))
+
+
+def _seconds(duration: str) -> float:
+    value, unit = re.fullmatch(r"(\d+)([smh])", duration).groups()
+    return float(value) * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def queries() -> list[Query]:
+    """Every panel target and annotation; a query ending in a FALLBACK also without it (named
+    where + TWIN), so that its real part is checked."""
+    found = [Query(f"panel {p['id']} {p['title']!r} {t['refId']}", t["expr"],
+                   bool(t.get("instant")), PANEL_STEP)
+             for p in DASHBOARD["panels"] for t in p["targets"]]
+    found += [Query(f"annotation {a['name']!r}", a["expr"], False, _seconds(a["step"]))
+              for a in DASHBOARD["annotations"]["list"] if "expr" in a]
+    found += [Query(q.where + TWIN, FALLBACK.sub("", q.expr), q.instant, q.step)
+              for q in found if FALLBACK.search(q.expr)]
+    return found
+
+
+def variables() -> dict[str, str]:
+    """name: series selector of each label_values(selector, name) template variable."""
+    return {v["name"]: _label_values_selector(v["query"]["query"])
+            for v in DASHBOARD["templating"]["list"] if v["type"] == "query"}
+
+
+def _regex_escape(value: str) -> str:
+    """Grafana's prometheusSpecialRegexEscape for one value of a multi-value variable."""
+    value = value.replace("\\", "\\\\\\\\")
+    return re.sub(r"[$^*{}\[\]'+?.()|]", lambda m: "\\\\" + m.group(0), value)
+
+
+def interpolate(expr: str, values: dict[str, str | None], scrape_interval: float,
+                interval: float) -> str:
+    """Fill in $name (None: All, the variables' allValue .*) and $__rate_interval, which Grafana
+    computes as max($__interval + scrape interval, 4 x scrape interval)."""
+    rate = max(interval + scrape_interval, 4 * scrape_interval)
+    expr = expr.replace("$__rate_interval", f"{rate:g}s")
+    for name in sorted(values, key=len, reverse=True):
+        value = values[name]
+        expr = expr.replace(f"${name}", ".*" if value is None else _regex_escape(value))
+    assert "$" not in expr, expr
+    return expr
