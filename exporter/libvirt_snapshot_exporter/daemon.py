@@ -97,6 +97,9 @@ class Collector:
         self._states: dict[str, tuple[int, int]] = {}
         self._next_states = 0.0
         self._pending: dict[str, tuple[str, concurrent.futures.Future]] = {}
+        self._later_calls: dict[str, tuple[concurrent.futures.Future, Callable]] = {}
+        self._states_ok = False
+        self._stats_started = 0.0
         self._since: dict[str, float] = {}  # when a still-pending poll was first waited for
         self._check_interval = config["collector.poll-interval"]
         self._stop = threading.Event()
@@ -127,7 +130,7 @@ class Collector:
         due = min((c.next_check for c in self._domains.values()), default=0.0)
         timeout = max(0.02, min(due, self._next_stats) - time.time())
         timeout = min(timeout, self.config["collector.poll-interval"])
-        if self._pending:  # polls still out: come back for them soon
+        if self._pending or self._later_calls:  # calls still out: come back for them soon
             timeout = min(timeout, self.config["collector.busy-interval"])
         with contextlib.suppress(queue.Empty):
             obs = self._events.get(timeout=timeout)
@@ -157,6 +160,7 @@ class Collector:
             self._next_stats = now + self.config["collector.stats-interval"]
         else:
             self._sample_busy_processes(now)
+        self._finish_later(0.0)
         self._job_progress()
         self.oplog.flush()
         self._publish()
@@ -169,6 +173,8 @@ class Collector:
         except Exception as exc:  # noqa: BLE001 - any libvirt failure: retry next connect
             log.warning("cannot read versions: %s", exc)
         self._pending.clear()  # calls on the old connection
+        self._later_calls.clear()
+        self._states_ok = False
         for cache in self._domains.values():
             cache.next_check = 0.0
             cache.poll = None
@@ -207,13 +213,12 @@ class Collector:
         # Lifecycle events announce state changes, definitions and removals: without one, the
         # list of all domains' states is refreshed at the idle check interval only.
         if woken or now >= self._next_states:
-            try:
-                self._states = self.adapter.states()
-            except Exception as exc:  # noqa: BLE001 - unreachable, or a deadline passed
-                log.warning("cannot list domains: %s", exc)
-                self._mark("domains", False, time.time() - start)
-                return
+            self._later("states", self.adapter.states, self._got_states)
             self._next_states = now + check_interval
+        self._finish_later(POLL_WAIT)
+        if not self._states_ok:
+            self._mark("domains", False, time.time() - start)
+            return
         states = self._states
         for gone in [n for n in self._domains if n not in states]:
             self._pending.pop(gone, None)
@@ -247,6 +252,33 @@ class Collector:
             ok &= self._collect_polls(now)
         self._check_interval = check_interval
         self._mark("domains", ok, time.time() - start)
+
+    def _later(self, key: str, submit: Callable[[], concurrent.futures.Future],
+               handle: Callable[[concurrent.futures.Future], None]) -> None:
+        """Start a call on a worker unless one with this key is out; handle() gets it once it
+        has answered, in a later cycle if need be: no call holds up the collection loop."""
+        if key in self._later_calls:
+            return
+        try:
+            self._later_calls[key] = (submit(), handle)
+        except LibvirtUnavailable as exc:
+            log.debug("%s: %s", key, exc)
+
+    def _finish_later(self, timeout: float) -> None:
+        if self._later_calls:
+            concurrent.futures.wait([f for f, _ in self._later_calls.values()], timeout=timeout)
+        for key, (future, handle) in list(self._later_calls.items()):
+            if future.done():
+                del self._later_calls[key]
+                handle(future)
+
+    def _got_states(self, future: concurrent.futures.Future) -> None:
+        try:
+            self._states = future.result()
+            self._states_ok = True
+        except Exception as exc:  # noqa: BLE001 - unreachable, or the connection broke
+            log.warning("cannot list domains: %s", exc)
+            self._states_ok = False
 
     def _collect_polls(self, now: float) -> bool:
         """Feed finished polls and checks to the tracker; a check that saw a change starts a
@@ -301,10 +333,19 @@ class Collector:
     # --- guests, processes, host ------------------------------------------------------------
 
     def _collect_stats(self, now: float) -> None:
+        self._stats_started = time.time()
+        self._later("bulk_stats", self.adapter.bulk_stats, self._got_stats)
         start = time.time()
+        for name, cache in self._domains.items():
+            self._read_process(name, cache, now)
+            self._refresh_disks(name, cache, now)
+            self._image_usage(cache)
+        self._mark("qemu_process", True, time.time() - start)
+
+    def _got_stats(self, future: concurrent.futures.Future) -> None:
+        now = time.time()
         try:
-            stats = self.adapter.bulk_stats()
-            ok = True
+            stats, ok = future.result(), True
         except Exception as exc:  # noqa: BLE001
             log.warning("guest statistics failed: %s", exc)
             stats, ok = {}, False
@@ -316,13 +357,7 @@ class Collector:
                 cache.stats = values
                 cache.version += 1
             self._cpu_ratio(cache, now, values)
-        self._mark("guests", ok, time.time() - start)
-        start = time.time()
-        for name, cache in self._domains.items():
-            self._read_process(name, cache, now)
-            self._refresh_disks(name, cache, now)
-            self._image_usage(cache)
-        self._mark("qemu_process", True, time.time() - start)
+        self._mark("guests", ok, now - self._stats_started)
 
     def _cpu_ratio(self, cache: _DomainCache, now: float, values: dict[str, Any]) -> None:
         if "cpu.time" not in values:
@@ -352,12 +387,19 @@ class Collector:
         """Disk XML only while the domain is idle: from libvirt 11.0 it waits for a snapshot."""
         if self.tracker.is_busy(name) or now - cache.disks_read_at < DISK_REFRESH_SECONDS:
             return
-        try:
-            cache.disks = tuple(self.adapter.domain_disks(name))
+
+        def got(future: concurrent.futures.Future) -> None:
+            try:
+                disks = tuple(future.result())
+            except Exception as exc:  # noqa: BLE001
+                log.debug("disks of %s: %s", name, exc)
+                return
             cache.disks_read_at = now
-            cache.version += 1
-        except Exception as exc:  # noqa: BLE001
-            log.debug("disks of %s: %s", name, exc)
+            if disks != cache.disks:
+                cache.disks = disks
+                cache.version += 1
+
+        self._later(f"xml:{name}", lambda: self.adapter.domain_disks(name), got)
 
     def _image_usage(self, cache: _DomainCache) -> None:
         paths = [d.source for d in cache.disks if d.source.startswith("/")]

@@ -324,8 +324,9 @@ class LibvirtAdapter:
 
         return self._call("versions", read)
 
-    def bulk_stats(self) -> dict[str, dict[str, Any]]:
-        """One getAllDomainStats call with NOWAIT: a busy domain just lacks what needs QEMU."""
+    def bulk_stats(self) -> concurrent.futures.Future:
+        """One getAllDomainStats call with NOWAIT, started on a worker: a busy domain just lacks
+        what needs QEMU. Its result: {domain: {stat: value}}."""
 
         def read(conn: libvirt.virConnect) -> dict[str, dict[str, Any]]:
             stats = conn.getAllDomainStats(
@@ -333,10 +334,12 @@ class LibvirtAdapter:
             )
             return {dom.name(): {"uuid": dom.UUIDString(), **values} for dom, values in stats}
 
-        return self._call("bulk_stats", read)
+        return self._submit("bulk_stats", read)
 
-    def states(self) -> dict[str, tuple[int, int]]:
-        """State and reason of every domain in one NOWAIT call: also the list of domains."""
+    def states(self) -> concurrent.futures.Future:
+        """State and reason of every domain in one NOWAIT call, started on a worker: also the
+        list of domains. NOWAIT or not, it waits while a revert or an offline snapshot holds
+        a domain's lock. Its result: {domain: (state, reason)}."""
 
         def read(conn: libvirt.virConnect) -> dict[str, tuple[int, int]]:
             stats = conn.getAllDomainStats(
@@ -351,7 +354,7 @@ class LibvirtAdapter:
                 del self._handles[gone]
             return found
 
-        return self._call("states", read)
+        return self._submit("states", read)
 
     def check_domain(self, name: str, active: bool) -> concurrent.futures.Future:
         """The cheap idle check, started on a worker: its result is (control state, its
@@ -440,10 +443,10 @@ class LibvirtAdapter:
         for key in [k for k in self._snapshot_cache if k[0] == name]:
             del self._snapshot_cache[key]
 
-    def domain_disks(self, name: str) -> list[DiskInfo]:
-        """Disks from the domain XML. From libvirt 11.0 this waits for a running snapshot:
-        call it only for idle domains."""
-        return self._call(
+    def domain_disks(self, name: str) -> concurrent.futures.Future:
+        """Disks from the domain XML, started on a worker. From libvirt 11.0 this may wait for
+        a running snapshot: ask only for idle domains."""
+        return self._submit(
             f"xml:{name}", lambda conn: parse_domain_disks(conn.lookupByName(name).XMLDesc(0))
         )
 
