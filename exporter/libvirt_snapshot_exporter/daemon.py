@@ -212,6 +212,11 @@ class Collector:
                              2 * len(self._domains) / self.config["collector.max-calls-per-second"])
         # Lifecycle events announce state changes, definitions and removals: without one, the
         # list of all domains' states is refreshed at the idle check interval only.
+        # An event may announce a create that fails within 0.1 s: poll its domain first.
+        for name in woken:
+            if name in self._domains and name not in self._pending:
+                with contextlib.suppress(LibvirtUnavailable):
+                    self._pending[name] = ("poll", self.adapter.poll_domain(name))
         if woken or now >= self._next_states:
             self._later("states", self.adapter.states, self._got_states)
             self._next_states = now + check_interval
@@ -353,6 +358,11 @@ class Collector:
             cache = self._domains.get(name)
             if cache is None:
                 continue
+            if "balloon.available" in cache.stats and "balloon.available" not in values:
+                # A snapshot holds the domain: NOWAIT skipped the guest's figures. Keep the
+                # last ones rather than switch the used-memory source to QEMU's RSS and back.
+                values = {**{k: v for k, v in cache.stats.items() if k.startswith("balloon.")},
+                          **values}
             if values != cache.stats:
                 cache.stats = values
                 cache.version += 1

@@ -103,6 +103,11 @@ class OperationStats:
                       for k, h in old.paused.items()}
             durations.setdefault(labels, Histogram()).observe(entry["duration_seconds"])
             paused.setdefault(labels, Histogram()).observe(entry["paused_seconds"])
+            # The other outcome's series starts at 0 beside it, so that increase() sees the
+            # first failure (or success) as one, not as a series appearing.
+            twin = (*labels[:4], "failure" if labels[4] == "success" else "success")
+            durations.setdefault(twin, Histogram())
+            paused.setdefault(twin, Histogram())
             last = {**old.last, entry["operation"]: entry}
             self._domains[entry["domain"]] = DomainOperations(old.version + 1, durations,
                                                               paused, last)

@@ -101,7 +101,8 @@ def test_file_sd_finds_both_exporters_with_their_hypervisor_label(fleet):
 def test_every_series_carries_its_hypervisor_label(fleet, filler):
     prom, exporters = fleet.prometheus, fleet.exporters
     wait("a scrape of the snapshot's duration", lambda: len(_by_hypervisor(
-        prom, f'libvirt_snapshot_operation_duration_seconds_count{{{JOB}, domain="{filler.name}"}}'
+        prom, f'libvirt_snapshot_operation_duration_seconds_count{{{JOB}, domain="{filler.name}", '
+        'outcome="success", operation="create"}'
     )) == 2)
     # Scraped series and the rules recorded from them; alerts are left out, as absent() makes
     # LibvirtSnapshotExporterAbsent (for: 1 s here) fire before the first scrape, unlabelled.

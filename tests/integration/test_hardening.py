@@ -170,7 +170,7 @@ def test_state_directory_not_writable(libvirtd, bare, how):
             "libvirt_snapshot_exporter_state_write_success") == 0, 10, "state_write_success 0")
         assert exporter.value("libvirt_snapshot_exporter_state_write_errors_total") >= 1
         assert exporter.value("libvirt_snapshot_operation_duration_seconds_count",
-                              domain=bare.name, operation="create") == 1
+                              domain=bare.name, operation="create", outcome="success") == 1
         lines = [line for line in exporter.log().splitlines()
                  if "cannot write operations log" in line]
         assert len(lines) == 1 and str(state) in lines[0] and error in lines[0], lines

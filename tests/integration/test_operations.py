@@ -254,7 +254,8 @@ def test_external_live_snapshot_pauses_briefly(exporter, conn):
         assert live["paused_seconds"] <= live["duration_seconds"] - copying + 0.1
         assert live["paused_seconds"] >= live["job_downtime_ms"] / 1000
         assert exporter.value("libvirt_snapshot_operation_guest_paused_seconds_sum",
-                              domain=guest.name, kind="external", memory="true") == pytest.approx(
+                              domain=guest.name, kind="external", memory="true",
+                              outcome="success") == pytest.approx(
             live["paused_seconds"], abs=0.002)
     finally:
         testbed.destroy_guest(conn, guest)
