@@ -142,7 +142,8 @@ def test_snapshot_failing_while_writing_is_counted_as_failure(exporter, conn):
                               operation="create") == 0
         assert exporter.value("libvirt_snapshot_operation_duration_seconds_count",
                               domain=guest.name, outcome="failure") == 1
-        assert exporter.value("libvirt_snapshots", domain=guest.name) == 0
+        exporter.wait_for(lambda: exporter.value("libvirt_snapshots", domain=guest.name) == 0,
+                          5, "the failed snapshot gone")
         assert in_flight(exporter, guest.name) == []
     finally:
         testbed.destroy_guest(conn, guest)
@@ -283,6 +284,7 @@ def test_offline_operations_are_each_counted_once(exporter, conn):
         assert [(o["operation"], o["snapshot"]) for o in ops] == [
             ("create", "off1"), ("create", "off2"), ("revert", "off1"), ("delete", "off2")]
         assert all(not o["memory"] for o in ops)
-        assert exporter.value("libvirt_snapshots", domain=guest.name) == 1
+        exporter.wait_for(lambda: exporter.value("libvirt_snapshots", domain=guest.name) == 1,
+                          5, "one snapshot left")
     finally:
         testbed.destroy_guest(conn, guest)
