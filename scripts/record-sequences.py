@@ -104,20 +104,6 @@ def internal_xml(name: str) -> str:
     return f"<domainsnapshot><name>{name}</name></domainsnapshot>"
 
 
-def external_xml(name: str, guest: testbed.Guest, memory: bool) -> str:
-    overlay = guest.disk.with_name(f"{guest.name}.{name}.qcow2")
-    guest.extra_files.append(overlay)
-    mem = "<memory snapshot='no'/>"
-    if memory:
-        mem_file = guest.disk.with_name(f"{guest.name}.{name}.mem")
-        guest.extra_files.append(mem_file)
-        mem = f"<memory snapshot='external' file='{mem_file}'/>"
-    return (
-        f"<domainsnapshot><name>{name}</name>{mem}<disks><disk name='vda' snapshot='external'>"
-        f"<source file='{overlay}'/></disk></disks></domainsnapshot>"
-    )
-
-
 def scenario_internal_chain(conn: libvirt.virConnect) -> None:
     """Three internal creates on a running guest, revert to level 1, delete all three."""
     guest = testbed.create_guest(conn, "rec", memory_mib=512, fill_mib=256)
@@ -158,11 +144,12 @@ def scenario_external(conn: libvirt.virConnect) -> None:
         guest.wait_ready()
         dom = guest.domain(conn)
         with Recorder(guest.name) as rec:
-            rec.call("create", lambda: dom.snapshotCreateXML(external_xml("em", guest, True)))
+            xml = testbed.external_snapshot_xml
+            rec.call("create", lambda: dom.snapshotCreateXML(xml(guest, "em", True)))
             rec.call("create", lambda: dom.snapshotCreateXML(
-                external_xml("eml", guest, True), libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE))
+                xml(guest, "eml", True), libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE))
             rec.call("create", lambda: dom.snapshotCreateXML(
-                external_xml("ed", guest, False), libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY))
+                xml(guest, "ed", False), libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY))
             rec.call("delete", lambda: dom.snapshotLookupByName("ed").delete())
             rec.call("delete", lambda: dom.snapshotLookupByName("eml").delete())
         rec.save("external_running")

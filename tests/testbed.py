@@ -284,3 +284,17 @@ def delete_all_snapshots(conn, guest) -> None:
             leaves = dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_LEAVES)
             for snap in leaves:
                 snap.delete()
+
+
+def external_snapshot_xml(guest: Guest, name: str, memory: bool) -> str:
+    """Snapshot XML for an external snapshot of the guest's disk (and memory), its files next
+    to the disk image and registered with the guest so destroy_guest removes them."""
+    overlay = guest.disk.with_name(f"{guest.name}.{name}.qcow2")
+    guest.extra_files.append(overlay)
+    mem = "<memory snapshot='no'/>"
+    if memory:
+        mem_file = guest.disk.with_name(f"{guest.name}.{name}.mem")
+        guest.extra_files.append(mem_file)
+        mem = f"<memory snapshot='external' file='{mem_file}'/>"
+    return (f"<domainsnapshot><name>{name}</name>{mem}<disks><disk name='vda' "
+            f"snapshot='external'><source file='{overlay}'/></disk></disks></domainsnapshot>")

@@ -221,26 +221,15 @@ def test_create_timed_after_libvirtd_restart(exporter, libvirtd, filler):
         testbed.delete_all_snapshots(conn, filler)
 
 
-def external_xml(guest: testbed.Guest, name: str, memory: bool) -> str:
-    overlay = guest.disk.with_name(f"{guest.name}.{name}.qcow2")
-    guest.extra_files.append(overlay)
-    mem = "<memory snapshot='no'/>"
-    if memory:
-        mem_file = guest.disk.with_name(f"{guest.name}.{name}.mem")
-        guest.extra_files.append(mem_file)
-        mem = f"<memory snapshot='external' file='{mem_file}'/>"
-    return (f"<domainsnapshot><name>{name}</name>{mem}<disks><disk name='vda' "
-            f"snapshot='external'><source file='{overlay}'/></disk></disks></domainsnapshot>")
-
-
 def test_external_live_snapshot_pauses_briefly(exporter, conn):
     guest = testbed.create_guest(conn, "ext", memory_mib=768, fill_mib=512)
     try:
         guest.wait_ready()
         since = time.time()
-        wall = testbed.create_snapshot(conn, guest, "live", external_xml(guest, "live", True),
+        xml = testbed.external_snapshot_xml
+        wall = testbed.create_snapshot(conn, guest, "live", xml(guest, "live", True),
                                        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE)
-        testbed.create_snapshot(conn, guest, "disk", external_xml(guest, "disk", False),
+        testbed.create_snapshot(conn, guest, "disk", xml(guest, "disk", False),
                                 libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY)
         live, disk = wait_operations(exporter, guest.name, 2, since)
         assert (live["kind"], live["memory"], disk["kind"], disk["memory"]) == (

@@ -6,7 +6,6 @@ exporter's adapter saw, polling every 0.1 s, plus the client's own wall-clock ti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,33 +14,16 @@ from libvirt_snapshot_exporter.observations import (
     DomainPoll,
     LifecycleEvent,
     SnapshotRecord,
-    from_record,
 )
 from libvirt_snapshot_exporter.tracker import Operation, Tracker, depth_of
+from replay import assert_matches_client
+from replay import replay as replay_file
 
 SEQUENCES = Path(__file__).parent / "sequences"
 
 
 def replay(name: str) -> tuple[list[dict], list[Operation], Tracker]:
-    calls, ops, tracker = [], [], Tracker()
-    for line in (SEQUENCES / f"{name}.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["type"] == "ClientCall":
-            calls.append(record)
-        else:
-            ops += tracker.observe(from_record(record))
-    return calls, ops, tracker
-
-
-def assert_matches_client(calls: list[dict], ops: list[Operation], tolerance: float = 0.5) -> None:
-    """One operation per client call, of the same type and outcome, timed within tolerance
-    (or within the bracket the tracker itself reports when it saw neither start nor end)."""
-    assert [o.operation for o in ops] == [c["operation"] for c in calls]
-    for call, op in zip(calls, ops, strict=True):
-        assert op.outcome == ("success" if call["ok"] else "failure"), (call, op)
-        wall = call["end"] - call["start"]
-        slack = tolerance + op.start_uncertainty + op.end_uncertainty
-        assert abs(op.duration - wall) <= slack, (call, op)
+    return replay_file(SEQUENCES / f"{name}.jsonl")
 
 
 def test_internal_chain_on_running_domain() -> None:

@@ -7,45 +7,31 @@ tests/unit/sequences-libvirt11. Where 11.3 behaves differently the test says so.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from libvirt_snapshot_exporter.observations import (
     EVENT_STOPPED,
     EVENT_SUSPENDED,
-    from_record,
 )
 from libvirt_snapshot_exporter.tracker import Operation, Tracker
+from replay import assert_matches_client
+from replay import records as read_records
+from replay import replay as replay_file
 
 SEQUENCES = Path(__file__).parent / "sequences-libvirt11"
+
+
 EVENT_SHUTDOWN, DETAIL_SHUTDOWN_HOST = 6, 2
 DETAIL_SUSPENDED_API_ERROR = 6
 
 
-def records(name: str) -> list[dict]:
-    return [json.loads(line) for line in (SEQUENCES / f"{name}.jsonl").read_text().splitlines()]
-
-
 def replay(name: str) -> tuple[list[dict], list[Operation], Tracker]:
-    calls, ops, tracker = [], [], Tracker()
-    for record in records(name):
-        if record["type"] == "ClientCall":
-            calls.append(record)
-        else:
-            ops += tracker.observe(from_record(record))
-    return calls, ops, tracker
+    return replay_file(SEQUENCES / f"{name}.jsonl")
 
 
-def assert_matches_client(calls: list[dict], ops: list[Operation], tolerance: float = 0.5) -> None:
-    """One operation per client call, of the same type and outcome, timed within tolerance
-    (or within the bracket the tracker itself reports when it saw neither start nor end)."""
-    assert [o.operation for o in ops] == [c["operation"] for c in calls]
-    for call, op in zip(calls, ops, strict=True):
-        assert op.outcome == ("success" if call["ok"] else "failure"), (call, op)
-        wall = call["end"] - call["start"]
-        slack = tolerance + op.start_uncertainty + op.end_uncertainty
-        assert abs(op.duration - wall) <= slack, (call, op)
+def records(name: str) -> list[dict]:
+    return read_records(SEQUENCES / f"{name}.jsonl")
 
 
 def events(name: str) -> list[tuple[int, int]]:
