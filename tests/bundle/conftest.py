@@ -68,11 +68,11 @@ def recorded_names() -> set[str]:
 
 
 def documented_metrics() -> dict[str, str]:
-    """Metric names of docs/metrics.md (the exporter's contract) with their types; histograms
+    """Metric names of README.md's metric tables (the exporter's contract) with their types; histograms
     add their _bucket, _sum and _count series."""
     names: dict[str, str] = {}
     row = re.compile(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|\s*(\w+)\s*\|")
-    for line in (ROOT / "docs" / "metrics.md").read_text().splitlines():
+    for line in (ROOT / "README.md").read_text().splitlines():
         m = row.match(line)
         if not m:
             continue

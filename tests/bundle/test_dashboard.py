@@ -144,7 +144,7 @@ def test_queries_select_the_exporter_job_and_filters(where, expr):
 def test_queries_use_only_known_metrics(where, expr):
     known = set(documented_metrics()) | recorded_names() | {"ALERTS", "up"}
     for name, _ in selectors(expr):
-        assert name in known, f"{where}: {name} is neither in docs/metrics.md nor a rule"
+        assert name in known, f"{where}: {name} is neither in README.md's metric tables nor a rule"
 
 
 def test_domain_panels_filter_by_domain():

@@ -4,7 +4,7 @@ exporter's, remote_write delivers labelled series to VictoriaMetrics, and every 
 runs.
 
 The exporter is stood in for by a small HTTP server serving a fixed exposition of
-docs/metrics.md names, so this needs no libvirt. Prometheus is Debian's 2.x, which expands
+README.md metric names, so this needs no libvirt. Prometheus is Debian's 2.x, which expands
 external labels only with --enable-feature=expand-external-labels (3.x always does).
 """
 

@@ -194,7 +194,7 @@ def test_rules_select_the_exporter_job(rule):
 def test_rules_use_only_known_metrics(rule):
     known = set(documented_metrics()) | recorded_names() | {"up"}
     for name, _ in selectors(rule["expr"]):
-        assert name in known, f"{name} in {rule} is neither in docs/metrics.md nor a rule"
+        assert name in known, f"{name} in {rule} is neither in README.md's metric tables nor a rule"
 
 
 def test_no_rule_matches_le_values_as_strings():
