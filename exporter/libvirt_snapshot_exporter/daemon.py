@@ -310,7 +310,7 @@ class Collector:
             if kind == "check":
                 control, _ms, count = result
                 if (control == CONTROL_JOB or cache.poll is None
-                        or count != len(cache.poll.snapshots)):
+                        or count != len(cache.poll.snapshots) or self.tracker.is_busy(name)):
                     try:
                         self._pending[name] = ("poll", self.adapter.poll_domain(name))
                     except LibvirtUnavailable:

@@ -152,6 +152,7 @@ class Tracker:
             return False
         return bool(
             d.active or d.job_start or d.suspend_at or d.revert_event or d.block_job_start
+            or d.revert_defined_at
         )
 
     def snapshots(self, domain: str) -> dict[str, SnapshotRecord]:
@@ -408,19 +409,13 @@ class Tracker:
                 if d.paused_since is not None:
                     op.paused_since = d.paused_since
                 return finished
+        if d.revert_defined_at is not None and gone:
+            # A revert (its DEFINED/FROM_SNAPSHOT event came) and deletes since the last poll.
+            finished += self._revert_between_polls(d, p, now, current)
         if gone:
             finished += self._deleted_between_polls(d, p, gone, before)
         elif switched or d.revert_defined_at is not None:
-            op = Operation(p.domain, "revert", *self._unseen_start(d, p))
-            op.snapshot = current or ""
-            target = now.get(op.snapshot)
-            if target is not None:
-                op.kind, op.memory = target.kind, target.memory
-            op.depth = depth_of(now, current)
-            d.active = op
-            if d.revert_defined_at is not None:
-                op.end, op.end_source = d.revert_defined_at, "event"
-            finished += self._finish_polled(d, p, "success")
+            finished += self._revert_between_polls(d, p, now, current)
         elif d.job_start is not None and p.state == STATE_RUNNING and now:
             # An async job on a running domain that created nothing and is no revert: the
             # only snapshot operation left is a delete. It is confirmed when a snapshot goes.
@@ -429,6 +424,20 @@ class Tracker:
         if not d.active:
             d.suspend_at = None if d.paused_since is None else d.suspend_at
         return finished
+
+    def _revert_between_polls(self, d: _Domain, p: DomainPoll, now: dict,
+                              current: str | None) -> list[Operation]:
+        op = Operation(p.domain, "revert", *self._unseen_start(d, p))
+        op.snapshot = current or ""
+        target = now.get(op.snapshot)
+        if target is not None:
+            op.kind, op.memory = target.kind, target.memory
+        op.depth = depth_of(now, current)
+        d.active = op
+        if d.revert_defined_at is not None:
+            op.end, op.end_source = d.revert_defined_at, "event"
+        d.revert_defined_at = None
+        return self._finish_polled(d, p, "success")
 
     def _deleted_between_polls(
         self, d: _Domain, p: DomainPoll, gone: list, before: dict

@@ -166,3 +166,15 @@ def test_create_seen_in_flight_then_a_revert_elsewhere_ends_it() -> None:
     assert [(o.operation, o.snapshot, o.outcome) for o in ops] == [
         ("create", "b", "success"), ("revert", "a", "success")]
     assert tracker.in_flight() == []
+
+
+def test_revert_and_delete_between_two_polls_are_both_counted() -> None:
+    """Offline: a revert (its DEFINED/FROM_SNAPSHOT event) and then a delete, one poll."""
+    tracker = Tracker()
+    tracker.observe(_poll(10.0, (_snap("a", None, False, 1.0), _snap("b", "a", True, 2.0)),
+                          state=5, reason=0))
+    tracker.observe(LifecycleEvent(10.5, "vm", 0, 3))
+    assert tracker.is_busy("vm")
+    ops = tracker.observe(_poll(12.0, (_snap("a", None, True, 1.0),), state=5, reason=0))
+    assert [(o.operation, o.snapshot) for o in ops] == [("revert", "a"), ("delete", "b")]
+    assert ops[0].end == 10.5 and tracker.in_flight() == []
