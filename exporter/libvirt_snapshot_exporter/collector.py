@@ -22,7 +22,15 @@ from prometheus_client.core import (
 )
 
 from . import __version__
-from .state import DURATION_BUCKETS, DomainOperations, DomainView, Histogram, StateStore, View
+from .state import (
+    DURATION_BUCKETS,
+    DomainOperations,
+    DomainView,
+    Histogram,
+    StateStore,
+    View,
+    guest_memory_used,
+)
 from .tracker import depth_of
 
 D = ["domain"]
@@ -57,16 +65,6 @@ LAST_CONTEXT = (
     ("guest_memory_used_bytes", "Guest memory in use when it began."),
     ("guest_cpu_ratio", "Guest CPU use (share of its vCPUs) just before it began."),
 )
-
-
-def guest_memory_used(dom: DomainView) -> tuple[int, str] | None:
-    """Memory the guest uses: from its balloon driver, else the QEMU process' RSS."""
-    stats = dom.stats
-    if "balloon.available" in stats and "balloon.unused" in stats:
-        return (stats["balloon.available"] - stats["balloon.unused"]) * 1024, "balloon"
-    if dom.process is not None:
-        return dom.process.rss_bytes, "qemu_rss"
-    return None
 
 
 def _histogram(name: str, doc: str, table: dict[tuple[str, ...], Histogram]) -> Metric:
@@ -218,7 +216,7 @@ class SnapshotCollector:
             for key, stat, scale, _ in GUEST_COUNTERS:
                 if stat in s:
                     guest_counters[key].add_metric([name], s[stat] * scale)
-            memory = guest_memory_used(dom)
+            memory = guest_memory_used(dom.stats, dom.process)
             if memory is not None:
                 used.add_metric([name, memory[1]], memory[0])
             for i in range(int(s.get("block.count", 0))):

@@ -33,7 +33,7 @@ from .observations import (
 )
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample
-from .state import CollectorStatus, DomainView, InFlight, StateStore, View
+from .state import CollectorStatus, DomainView, InFlight, StateStore, View, guest_memory_used
 from .tracker import Operation, Tracker
 
 log = logging.getLogger(__name__)
@@ -456,13 +456,9 @@ class Collector:
         self.contexts.begin(op.key, op.domain, op.start, used, total, cache.cpu_ratio)
 
     def _guest_memory(self, cache: _DomainCache) -> tuple[int | None, int | None]:
-        s = cache.stats
-        total = s.get("balloon.current", 0) * 1024 or None
-        if "balloon.available" in s and "balloon.unused" in s:
-            return (s["balloon.available"] - s["balloon.unused"]) * 1024, total
-        if cache.process is not None:
-            return cache.process.rss_bytes, total
-        return None, total
+        total = cache.stats.get("balloon.current", 0) * 1024 or None
+        used = guest_memory_used(cache.stats, cache.process)
+        return (used[0] if used else None), total
 
     def _record(self, op: Operation) -> None:
         ctx = self.contexts.finish(op.key).public()

@@ -27,6 +27,17 @@ class CollectorStatus:
     last_success: float | None
 
 
+def guest_memory_used(stats: dict[str, Any], process: ProcessSample | None
+                      ) -> tuple[int, str] | None:
+    """Memory the guest uses and its source: its balloon driver's figures (available - unused),
+    else the QEMU process' RSS."""
+    if "balloon.available" in stats and "balloon.unused" in stats:
+        return (stats["balloon.available"] - stats["balloon.unused"]) * 1024, "balloon"
+    if process is not None:
+        return process.rss_bytes, "qemu_rss"
+    return None
+
+
 @dataclass(frozen=True)
 class DomainView:
     name: str

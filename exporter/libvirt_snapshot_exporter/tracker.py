@@ -155,19 +155,6 @@ class Tracker:
             or d.revert_defined_at
         )
 
-    def snapshots(self, domain: str) -> dict[str, SnapshotRecord]:
-        d = self._domains.get(domain)
-        return dict(d.snapshots) if d else {}
-
-    def current(self, domain: str) -> str | None:
-        d = self._domains.get(domain)
-        if d is None:
-            return None
-        return next((s.name for s in d.snapshots.values() if s.current), None)
-
-    def domains(self) -> list[str]:
-        return list(self._domains)
-
     def resync(self) -> None:
         """After a reconnect events may have been missed: forget what each idle domain looked
         like, so its next poll is taken as a first sight rather than diffed against old state.
