@@ -37,22 +37,63 @@ def on_signal(_signum: int, _frame: object) -> None:
     stop = True
 
 
+class DemoError(Exception):
+    """A failure the user can act on: printed as one line, exit 1."""
+
+
+def number(name: str, default: str, low: float) -> float:
+    raw = os.environ.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= low:  # also refuses nan
+        raise DemoError(f"{name}={raw!r} is not a number >= {low:g}")
+    return value
+
+
 def main() -> int:
-    seconds = float(os.environ.get("DEMO_SECONDS", "0"))
-    port = int(os.environ.get("DEMO_PORT", "9966"))
-    interval = float(os.environ.get("DEMO_INTERVAL", "15"))
+    try:
+        return run_demo()
+    except DemoError as exc:
+        print(f"make demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_demo() -> int:
+    seconds = number("DEMO_SECONDS", "0", 0)
+    port = int(number("DEMO_PORT", "9966", 1))
+    interval = number("DEMO_INTERVAL", "15", 1)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    conn = libvirt.open(testbed.URI)
+    try:
+        conn = libvirt.open(testbed.URI)
+    except libvirt.libvirtError as exc:
+        raise DemoError(f"cannot connect to {testbed.URI} ({exc}); is libvirtd running? "
+                        "`bash scripts/libvirtd-up.sh` starts one") from None
     print("building the demo guest (Debian cloud kernel + busybox, cached after the first run)")
-    guest = testbed.create_guest(conn, "demo", memory_mib=512, fill_mib=256)
+    try:
+        guest = testbed.create_guest(conn, "demo", memory_mib=512, fill_mib=256)
+    except (subprocess.CalledProcessError, OSError, libvirt.libvirtError) as exc:
+        raise DemoError(f"cannot build the demo guest: {one_line(exc)}") from None
     exporter = None
     seen: set[tuple] = set()
     try:
-        guest.wait_ready(timeout=300)
+        try:
+            guest.wait_ready(timeout=300)
+        except TimeoutError as exc:
+            raise DemoError(f"{exc}; its console log is {guest.console}") from None
         state = ROOT / "state" / "demo"
-        exporter = ExporterProcess(state_dir=str(state), port=port).start()
+        state.mkdir(parents=True, exist_ok=True)
+        exporter = ExporterProcess(state_dir=str(state), port=port)
+        try:
+            exporter.start()
+        except (AssertionError, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DemoError(f"the exporter did not come up on port {port} ({reason}); its log is "
+                            f"{exporter.log_path}; if another process holds the port, set DEMO_PORT"
+                            ) from None
         run_bench(guest.name, state)
         print(f"""
 demo guest {guest.name} is running; the exporter watches it:
@@ -69,16 +110,7 @@ a snapshot operation every {interval:.0f} s; {'Ctrl-C to stop' if not seconds el
         level = 0
         while not stop and (not seconds or time.monotonic() - started < seconds):
             if time.monotonic() >= next_op:
-                if level < 3:
-                    level += 1
-                    print(f"virsh-style: creating internal snapshot demo-{level} ...", flush=True)
-                    dom.snapshotCreateXML(
-                        f"<domainsnapshot><name>demo-{level}</name></domainsnapshot>")
-                else:
-                    print("deleting the chain demo-3, demo-2, demo-1 ...", flush=True)
-                    for n in (3, 2, 1):
-                        dom.snapshotLookupByName(f"demo-{n}").delete()
-                    level = 0
+                level = step(dom, level)
                 next_op = time.monotonic() + interval
             report(exporter, seen)
             time.sleep(0.5)
@@ -97,6 +129,22 @@ a snapshot operation every {interval:.0f} s; {'Ctrl-C to stop' if not seconds el
     return 0
 
 
+def step(dom: libvirt.virDomain, level: int) -> int:
+    """The next operation of the demo's cycle: a chain three levels deep, then its deletion."""
+    try:
+        if level < 3:
+            level += 1
+            print(f"virsh-style: creating internal snapshot demo-{level} ...", flush=True)
+            dom.snapshotCreateXML(f"<domainsnapshot><name>demo-{level}</name></domainsnapshot>")
+            return level
+        print("deleting the chain demo-3, demo-2, demo-1 ...", flush=True)
+        for n in (3, 2, 1):
+            dom.snapshotLookupByName(f"demo-{n}").delete()
+        return 0
+    except libvirt.libvirtError as exc:
+        raise DemoError(f"a snapshot operation of {dom.name()} failed: {exc}") from None
+
+
 def run_bench(domain: str, state: Path) -> None:
     """The study in small: a 2-level chain created, timed with host context, and deleted."""
     print("a short study first: libvirt-snapshot-exporter bench (2 levels, 1 run)", flush=True)
@@ -107,10 +155,20 @@ def run_bench(domain: str, state: Path) -> None:
         outputs += ["--plot", str(state / "bench.png")]
     except ImportError:
         pass
-    subprocess.run([sys.executable, "-m", "libvirt_snapshot_exporter", "bench", domain,
-                    "--levels", "2", "--repeat", "1", "--yes", *outputs], check=True)
+    bench = subprocess.run([sys.executable, "-m", "libvirt_snapshot_exporter", "bench", domain,
+                            "--levels", "2", "--repeat", "1", "--yes", *outputs])
+    if bench.returncode != 0 and not stop:  # bench has printed its own one-line reason
+        raise DemoError(f"the short bench failed (exit {bench.returncode}), see its line above")
     print(f"bench results: {state}/bench.csv, bench.json"
           + (", bench.png" if "--plot" in outputs else ""), flush=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line, with a failed command's own last error line."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        lines = (exc.stderr or "").strip().splitlines()
+        return f"{' '.join(map(str, exc.cmd))} failed" + (f": {lines[-1]}" if lines else "")
+    return " ".join(str(exc).split())
 
 
 def report(exporter: ExporterProcess, seen: set[tuple]) -> None:
