@@ -75,7 +75,12 @@ def test_three_level_chain_revert_and_delete(exporter, filler, conn):
     for op, wall in zip(ops, walls, strict=True):
         assert op["outcome"] == "success" and op["kind"] == "internal" and op["memory"]
         assert abs(op["duration_seconds"] - wall) <= TOLERANCE, (op, wall)
-        assert op["paused_seconds"] == pytest.approx(op["duration_seconds"], abs=0.1)
+        # The guest is paused inside the job: from SUSPENDED, which libvirt sends after its
+        # setup (start to pause, benchmarks/pause_offsets.py: libvirt 9.0 5-18 ms idle, up to
+        # 62 ms beside 3 busy loops, 109-131 ms in loaded CI runs; libvirt 11.3 2-6 ms), to
+        # RESUMED, where the job ends. Load stretches the setup, so bound it by the tolerance.
+        assert 0 < op["paused_seconds"] <= op["duration_seconds"] + 0.002, op
+        assert op["duration_seconds"] - op["paused_seconds"] <= TOLERANCE, op
         assert op["guest_memory_used_bytes"] > 256 * 2**20  # read up to stats-interval before
         assert op["qemu_written_bytes"] > 300 * 2**20  # the RAM it saved
     # /api/operations has an operation as soon as it ends; /metrics at the end of that cycle.
