@@ -6,15 +6,26 @@ DEBIAN_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-
 	libvirt-dev libvirt-clients pkg-config gcc python3-dev python3-venv busybox-static cpio \
 	prometheus prometheus-node-exporter prometheus-alertmanager prometheus-libvirt-exporter \
 	victoria-metrics curl openssl systemd
+# Rootful podman and mmdebstrap, for the container test (scripts/container-base.sh).
+CONTAINER_PACKAGES := podman runc slirp4netns containernetworking-plugins \
+	golang-github-containernetworking-plugin-dnsname fuse-overlayfs uidmap iptables mmdebstrap
 
-.PHONY: deps venv test lint unit demo bench clean
+.PHONY: deps test-deps venv test lint unit demo bench clean
 
-deps:  ## Debian packages: libvirt, QEMU, Prometheus tools (installs only what is missing)
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# Installs only what is missing.
+define install-missing
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+deps:  ## Debian packages: libvirt, QEMU, Prometheus tools
+	$(call install-missing,$(DEBIAN_PACKAGES))
+
+test-deps: deps  ## and podman for the container test
+	$(call install-missing,$(CONTAINER_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +41,11 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-test: deps venv  ## the whole suite, real libvirtd and QEMU guests included
+test: test-deps venv  ## the whole suite, real libvirtd and QEMU guests and the container included
 	bash scripts/libvirtd-up.sh
+	bash scripts/container-base.sh up
 	$(VENV)/bin/ruff check exporter tests scripts benchmarks
-	$(VENV)/bin/pytest -v -rfEs tests
+	eval "$$(bash scripts/container-base.sh env)" && $(VENV)/bin/pytest -v -rfEs tests
 
 demo: deps venv  ## a demo guest, snapshots now and then, the exporter on localhost:9966
 	bash scripts/libvirtd-up.sh

@@ -52,7 +52,7 @@ OPTIONS = (
     Option("collector.stats-interval", float, 5.0,
            "seconds between guest statistics and QEMU process reads of idle domains",
            positive=True),
-    Option("node.hostname", str, "", "host name in libvirt_node_info (default: this host's)"),
+    Option("node.hostname", str, "", "host name in libvirt_node_info (default: the name libvirtd reports)"),
     Option("log.level", str, "info", "log level", choices=("debug", "info", "warning", "error")),
 )
 BY_KEY = {o.key: o for o in OPTIONS}

@@ -86,6 +86,7 @@ class Collector:
         self.processes = ProcessReader(config["path.procfs"])
         self.tracker = Tracker()
         self.contexts = ContextKeeper()
+        # node.hostname, else the name libvirtd reports once connected, else this host's.
         self.hostname = self.host.hostname(config["node.hostname"])
         self.kernel = self.host.kernel()
         self._domains: dict[str, _DomainCache] = {}
@@ -170,8 +171,10 @@ class Collector:
         self.tracker.resync()
         try:
             self._versions = self.adapter.versions()
+            if not self.config["node.hostname"]:
+                self.hostname = self.adapter.hostname()
         except Exception as exc:  # noqa: BLE001 - any libvirt failure: retry next connect
-            log.warning("cannot read versions: %s", exc)
+            log.warning("cannot read versions and host name: %s", exc)
         self._pending.clear()  # calls on the old connection
         self._later_calls.clear()
         self._states_ok = False

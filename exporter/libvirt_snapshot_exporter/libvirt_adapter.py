@@ -324,6 +324,11 @@ class LibvirtAdapter:
 
         return self._call("versions", read)
 
+    def hostname(self) -> str:
+        """The host name libvirtd reports (virConnectGetHostname, allowed read-only): the
+        hypervisor's own, also from inside a container, whose UTS namespace has its own name."""
+        return self._call("hostname", lambda conn: conn.getHostname())
+
     def bulk_stats(self) -> concurrent.futures.Future:
         """One getAllDomainStats call with NOWAIT, started on a worker: a busy domain just lacks
         what needs QEMU. Its result: {domain: {stat: value}}."""
