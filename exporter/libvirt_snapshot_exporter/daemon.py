@@ -11,7 +11,6 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
 import zlib
@@ -22,6 +21,7 @@ from typing import Any
 from .config import Config
 from .context import ContextKeeper
 from .host import HostReader, HostSample
+from .inbox import Inbox
 from .libvirt_adapter import DiskInfo, LibvirtAdapter, LibvirtUnavailable, Versions
 from .observations import (
     CONTROL_JOB,
@@ -77,7 +77,7 @@ class Collector:
         self.store = store
         self.oplog = oplog
         self._on_publish = on_publish
-        self._events: queue.Queue[Observation] = queue.Queue()
+        self._events: Inbox[Observation] = Inbox()
         self.adapter = LibvirtAdapter(
             config["libvirt.uri"], self._events.put, config["libvirt.timeout"],
             config["libvirt.pid-directory"], read_only,
@@ -113,7 +113,7 @@ class Collector:
 
     def stop(self) -> None:
         self._stop.set()
-        self._events.put(DomainGone(0.0, ""))  # wake the loop
+        self._events.wake()
         self._thread.join(timeout=5)
         self.oplog.flush()
         self.adapter.close()
@@ -133,9 +133,7 @@ class Collector:
         timeout = min(timeout, self.config["collector.poll-interval"])
         if self._pending or self._later_calls:  # calls still out: come back for them soon
             timeout = min(timeout, self.config["collector.busy-interval"])
-        with contextlib.suppress(queue.Empty):
-            obs = self._events.get(timeout=timeout)
-            self._events.put(obs)
+        self._events.wait(timeout)
 
     # --- one cycle --------------------------------------------------------------------------
 
@@ -186,15 +184,10 @@ class Collector:
     def _drain_events(self) -> set[str]:
         """Feed queued events to the tracker; the domains they name are polled at once."""
         woken = set()
-        while True:
-            try:
-                obs = self._events.get_nowait()
-            except queue.Empty:
-                return woken
-            if isinstance(obs, DomainGone) and not obs.domain:
-                continue  # the stop() wake-up
+        for obs in self._events.drain():
             woken.add(obs.domain)
             self._observe(obs)
+        return woken
 
     def _observe(self, obs: Observation) -> None:
         before = {op.key for op in self.tracker.in_flight()}
