@@ -240,13 +240,14 @@ def test_external_live_snapshot_pauses_briefly(exporter, conn):
         assert (live["kind"], live["memory"], disk["kind"], disk["memory"]) == (
             "external", True, "external", False)
         assert abs(live["duration_seconds"] - wall) <= TOLERANCE, (live, wall)
-        # libvirt's own figures (JOB_COMPLETED): the memory copy took most of the time,
-        # and the guest ran while it was copied (time_elapsed less the downtime). Not "paused
-        # a small share of the whole": QEMU 10 copies this RAM in 0.4 s, about as long as
-        # libvirt's pause around the disk switch (libvirt 11.3; 1.5 s copy on QEMU 7.2).
+        # libvirt's own figures (JOB_COMPLETED): the job lies within the operation, and the
+        # guest ran while its memory was copied (time_elapsed less the downtime). Not "the copy
+        # took most of the time" nor "paused a small share of the whole": QEMU 10 copies this
+        # RAM in 0.4 s, about as long as libvirt's pause around the disk switch (libvirt 11.3;
+        # 1.5 s copy on QEMU 7.2), and load stretches libvirt's part (a loaded CI run: 0.87 s
+        # job in a 1.82 s operation).
         assert live["job_time_elapsed_ms"] is not None
         assert live["job_time_elapsed_ms"] / 1000 <= live["duration_seconds"] + 0.05
-        assert live["job_time_elapsed_ms"] / 1000 >= live["duration_seconds"] / 2
         copying = (live["job_time_elapsed_ms"] - live["job_downtime_ms"]) / 1000
         assert copying > 0.1
         assert live["paused_seconds"] <= live["duration_seconds"] - copying + 0.1
