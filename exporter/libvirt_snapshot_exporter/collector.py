@@ -1,9 +1,12 @@
 """Exposition of the last published view; a scrape never calls libvirt.
 
-Metric families are built with prometheus_client and formatted by its generate_latest. What
-belongs to one domain is formatted once and cached until that domain's data changes (the
-collection loop prepares it in the background), so a scrape of a thousand domains mostly
-concatenates text. Exporter, host and in-flight series are formatted on every scrape.
+Metric families are built with prometheus_client and formatted by its encoders, chosen by its
+content negotiation (choose_encoder: the text format or OpenMetrics) and restricted by its
+registry to `name[]` filters. For the plain text format without a filter, what belongs to one
+domain is formatted once and cached until that domain's data changes (the collection loop
+prepares it in the background), so a scrape of a thousand domains mostly concatenates text;
+exporter, host and in-flight series are formatted on every scrape. OpenMetrics and filtered
+scrapes build every family afresh.
 """
 
 from __future__ import annotations
@@ -11,15 +14,16 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder, generate_latest
 
 from . import __version__
 from .state import (
@@ -162,6 +166,16 @@ class SnapshotCollector:
         )
         oplog_errors.add_metric([], view.oplog_write_errors)
         yield oplog_errors
+        yield GaugeMetricFamily(
+            "libvirt_snapshot_exporter_state_load_success",
+            "1 when the operations log was read back at start (or there was none).",
+            value=1 if view.oplog_load_ok else 0,
+        )
+        yield GaugeMetricFamily(
+            "libvirt_snapshot_exporter_state_invalid_entries",
+            "Lines of the operations log skipped at start as not valid entries.",
+            value=view.oplog_invalid_entries,
+        )
 
     # --- guests -----------------------------------------------------------------------------
 
@@ -384,6 +398,18 @@ class _Families:
         return self._families
 
 
+def _merged(families: Iterable[Metric]) -> list[Metric]:
+    """One family per name (each domain builds its own), as both formats require."""
+    by_name: dict[str, Metric] = {}
+    for family in families:
+        merged = by_name.get(family.name)
+        if merged is None:
+            merged = by_name[family.name] = Metric(family.name, family.documentation,
+                                                   family.type, family.unit)
+        merged.samples.extend(family.samples)
+    return list(by_name.values())
+
+
 def _format(families: Iterable[Metric]) -> tuple[dict[str, str], dict[str, str]]:
     """Exposition text split by family: ({family: HELP+TYPE lines}, {family: sample lines})."""
     text = generate_latest(_Families(families)).decode()
@@ -438,7 +464,25 @@ class MetricsRenderer:
                     self._headers.update(headers)
                     self._operations[name] = (ops, text)
 
-    def render(self) -> bytes:
+    def render(self, accept: str = "", names: Sequence[str] = ()) -> tuple[bytes, str]:
+        """The exposition the Accept header asks for, of the families named (all if none),
+        and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        if encoder is generate_latest and not names:
+            return self._render_text(), content_type
+        registry = CollectorRegistry(auto_describe=True)  # names for restricted_registry
+        registry.register(_Families(_merged(self._all_families())))
+        return encoder(registry.restricted_registry(names) if names else registry), content_type
+
+    def _all_families(self) -> Iterator[Metric]:
+        view = self.store.view
+        yield from self.collector.global_families(view, time.time())
+        for name, dom in sorted(view.domains.items()):
+            yield from self.collector.domain_families(name, dom)
+        for _, ops in sorted(self.store.operations.domains().items()):
+            yield from self.collector.operation_families(ops)
+
+    def _render_text(self) -> bytes:
         self.prepare()
         headers, text = _format(self.collector.global_families(self.store.view, time.time()))
         parts = [headers[f] + text[f] for f in headers]
