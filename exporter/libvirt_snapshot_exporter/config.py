@@ -124,19 +124,29 @@ def _check(option: Option, value: Any, where: str) -> Any:
     return value
 
 
-def load_file(path: str) -> dict[str, Any]:
-    """The YAML config file as validated key/values."""
+def read_yaml(path: str, where: str) -> Any:
+    """A YAML file's data; ConfigError (one line, starting with `where`) for a file that
+    cannot be read, is not UTF-8, or is not YAML."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {path}: not valid YAML{at}: {problem}") from None
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """The YAML config file as validated key/values."""
+    data = read_yaml(path, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):

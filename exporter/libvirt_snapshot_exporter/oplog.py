@@ -103,10 +103,11 @@ class OperationsLog:
         except OSError as exc:
             self.load_ok = False
             return _unread(exc.strerror)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self.load_ok = False
+            return _unread("not a regular file")
         with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                self.load_ok = False
-                return _unread("not a regular file")
             try:
                 self._read(handle)
             except OSError as exc:

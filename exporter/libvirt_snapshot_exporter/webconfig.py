@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
-from .config import ConfigError
+from .config import ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +109,7 @@ def load(path: str) -> WebConfig | None:
     if not path:
         return None
     where = f"web.config.file {path}"
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}: not valid YAML{at}: "
-                          f"{getattr(exc, 'problem', None) or 'invalid YAML'}") from None
-    top = _section(data, TOP_KEYS, where)
+    top = _section(read_yaml(path, where), TOP_KEYS, where)
     base = Path(path).resolve().parent
     tls = _section(top.get("tls_server_config"), TLS_KEYS, f"{where}: tls_server_config")
     http = _section(top.get("http_server_config"), HTTP_KEYS, f"{where}: http_server_config")
