@@ -467,7 +467,10 @@ class MetricsRenderer:
     def render(self, accept: str = "", names: Sequence[str] = ()) -> tuple[bytes, str]:
         """The exposition the Accept header asks for, of the families named (all if none),
         and its content type."""
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except (TypeError, ValueError):  # a version it cannot parse: the default format
+            encoder, content_type = choose_encoder("")
         if encoder is generate_latest and not names:
             return self._render_text(), content_type
         registry = CollectorRegistry(auto_describe=True)  # names for restricted_registry

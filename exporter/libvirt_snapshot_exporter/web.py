@@ -90,7 +90,8 @@ def _int_param(params: dict[str, list[str]], name: str, default: int, low: int, 
     if not values:
         return default
     text = values[-1]
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+    if (not (text.isascii() and text.isdigit()) or len(text) > len(str(high))
+            or not low <= int(text) <= high):
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return int(text)
 
