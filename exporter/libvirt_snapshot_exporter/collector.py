@@ -2,11 +2,11 @@
 
 Metric families are built with prometheus_client and formatted by its encoders, chosen by its
 content negotiation (choose_encoder: the text format or OpenMetrics) and restricted by its
-registry to `name[]` filters. For the plain text format without a filter, what belongs to one
-domain is formatted once and cached until that domain's data changes (the collection loop
-prepares it in the background), so a scrape of a thousand domains mostly concatenates text;
-exporter, host and in-flight series are formatted on every scrape. OpenMetrics and filtered
-scrapes build every family afresh.
+registry to `name[]` filters. In the formats Prometheus asks for (the text format and
+OpenMetrics 1.0.0), without a filter, what belongs to one domain is formatted once and cached
+until that domain's data changes (the collection loop prepares it in the background), so a
+scrape of a thousand domains mostly concatenates text; exporter, host and in-flight series are
+formatted on every scrape. Filtered scrapes and other formats build every family afresh.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -23,7 +24,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .state import (
@@ -410,9 +411,39 @@ def _merged(families: Iterable[Metric]) -> list[Metric]:
     return list(by_name.values())
 
 
-def _format(families: Iterable[Metric]) -> tuple[dict[str, str], dict[str, str]]:
-    """Exposition text split by family: ({family: HELP+TYPE lines}, {family: sample lines})."""
-    text = generate_latest(_Families(families)).decode()
+Encoder = Callable[[Any], bytes]
+EOF_LINE = "# EOF\n"  # OpenMetrics' last line
+
+
+def negotiate(accept: str) -> tuple[Encoder, str]:
+    """prometheus_client's choice of format for an Accept header; its default format for a
+    header it cannot parse (a version such as 'x.y' makes it raise)."""
+    try:
+        return choose_encoder(accept)
+    except (TypeError, ValueError):
+        return choose_encoder("")
+
+
+# The formats Prometheus asks for (its scrape_protocols) and the default: these are kept
+# formatted per domain. Any other (an odd version, an odd escaping) is built whole per scrape.
+CACHED_FORMATS = frozenset(negotiate(accept)[1] for accept in (
+    "", "text/plain;version=0.0.4", "application/openmetrics-text",
+    "application/openmetrics-text;version=1.0.0",
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
+    "application/openmetrics-text;version=1.0.0;escaping=underscores",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=underscores",
+))
+TEXT_FORMAT = negotiate("")
+
+
+def _format(families: Iterable[Metric], encoder: Encoder
+            ) -> tuple[dict[str, str], dict[str, str], str]:
+    """Exposition split by family: ({family: HELP, TYPE, UNIT lines}, {family: sample lines},
+    and what ends the whole: OpenMetrics' '# EOF' line, else nothing)."""
+    text = encoder(_Families(families)).decode()
+    trailer = EOF_LINE if text.endswith(EOF_LINE) else ""
+    text = text[:len(text) - len(trailer)]
     headers: dict[str, list[str]] = {}
     samples: dict[str, list[str]] = {}
     family = ""
@@ -426,20 +457,23 @@ def _format(families: Iterable[Metric]) -> tuple[dict[str, str], dict[str, str]]
         else:
             samples[family].append(line)
     return ({k: "".join(v) for k, v in headers.items()},
-            {k: "".join(v) for k, v in samples.items()})
+            {k: "".join(v) for k, v in samples.items()}, trailer)
 
 
 class MetricsRenderer:
-    """Renders /metrics, caching each domain's text until its DomainView or its operations
-    change (the daemon publishes the same objects again when nothing changed)."""
+    """Renders /metrics, caching each domain's text, in each format asked for so far among
+    CACHED_FORMATS, until its DomainView or its operations change (the daemon publishes the
+    same objects again when nothing changed)."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.collector = SnapshotCollector()
         self._lock = threading.Lock()
-        self._domains: dict[str, tuple[DomainView, dict[str, str]]] = {}
-        self._operations: dict[str, tuple[DomainOperations, dict[str, str]]] = {}
-        self._headers: dict[str, str] = {}
+        self._formats: dict[str, Encoder] = {TEXT_FORMAT[1]: TEXT_FORMAT[0]}
+        # name -> (what was formatted, {format: {family: sample lines}})
+        self._domains: dict[str, tuple[DomainView, dict[str, dict[str, str]]]] = {}
+        self._operations: dict[str, tuple[DomainOperations, dict[str, dict[str, str]]]] = {}
+        self._headers: dict[str, dict[str, str]] = {}  # format -> {family: header lines}
 
     def prepare(self) -> None:
         """Format what changed since the last call; the collection loop calls it after each
@@ -447,32 +481,33 @@ class MetricsRenderer:
         view = self.store.view
         operations = self.store.operations.domains()
         with self._lock:
-            for name in [n for n in self._domains if n not in view.domains]:
-                del self._domains[name]
-            for name, dom in view.domains.items():
-                cached = self._domains.get(name)
-                if cached is None or cached[0] is not dom:
-                    headers, text = _format(self.collector.domain_families(name, dom))
-                    self._headers.update(headers)
-                    self._domains[name] = (dom, text)
-            for name in [n for n in self._operations if n not in operations]:
-                del self._operations[name]
-            for name, ops in operations.items():
-                cached = self._operations.get(name)
-                if cached is None or cached[0] is not ops:
-                    headers, text = _format(self.collector.operation_families(ops))
-                    self._headers.update(headers)
-                    self._operations[name] = (ops, text)
+            self._refresh(self._domains, view.domains, self.collector.domain_families)
+            self._refresh(self._operations, operations,
+                          lambda _name, ops: self.collector.operation_families(ops))
+
+    def _refresh(self, cache: dict[str, tuple[Any, dict[str, dict[str, str]]]],
+                 current: dict[str, Any], families: Callable[[str, Any], Iterable[Metric]]
+                 ) -> None:
+        for name in [n for n in cache if n not in current]:
+            del cache[name]
+        for name, data in current.items():
+            cached = cache.get(name)
+            if cached is None or cached[0] is not data:
+                cached = cache[name] = (data, {})
+            for content_type, encoder in self._formats.items():
+                if content_type not in cached[1]:
+                    headers, text, _ = _format(families(name, data), encoder)
+                    self._headers.setdefault(content_type, {}).update(headers)
+                    cached[1][content_type] = text
 
     def render(self, accept: str = "", names: Sequence[str] = ()) -> tuple[bytes, str]:
         """The exposition the Accept header asks for, of the families named (all if none),
         and its content type."""
-        try:
-            encoder, content_type = choose_encoder(accept)
-        except (TypeError, ValueError):  # a version it cannot parse: the default format
-            encoder, content_type = choose_encoder("")
-        if encoder is generate_latest and not names:
-            return self._render_text(), content_type
+        encoder, content_type = negotiate(accept)
+        if not names and content_type in CACHED_FORMATS:
+            with self._lock:
+                self._formats.setdefault(content_type, encoder)
+            return self._render_cached(encoder, content_type), content_type
         registry = CollectorRegistry(auto_describe=True)  # names for restricted_registry
         registry.register(_Families(_merged(self._all_families())))
         return encoder(registry.restricted_registry(names) if names else registry), content_type
@@ -485,14 +520,16 @@ class MetricsRenderer:
         for _, ops in sorted(self.store.operations.domains().items()):
             yield from self.collector.operation_families(ops)
 
-    def _render_text(self) -> bytes:
+    def _render_cached(self, encoder: Encoder, content_type: str) -> bytes:
         self.prepare()
-        headers, text = _format(self.collector.global_families(self.store.view, time.time()))
+        headers, text, trailer = _format(
+            self.collector.global_families(self.store.view, time.time()), encoder)
         parts = [headers[f] + text[f] for f in headers]
         with self._lock:
-            cached = [t for _, t in self._domains.values()]
-            cached += [t for _, t in self._operations.values()]
-            for family, header in self._headers.items():
+            cached = [t[content_type] for _, t in self._domains.values()]
+            cached += [t[content_type] for _, t in self._operations.values()]
+            for family, header in self._headers.get(content_type, {}).items():
                 parts.append(header)
                 parts.extend(chunk[family] for chunk in cached if family in chunk)
+        parts.append(trailer)
         return "".join(parts).encode()
