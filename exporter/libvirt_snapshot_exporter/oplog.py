@@ -80,7 +80,9 @@ class OperationsLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             os.close(fd)
             raise StateDirectoryInUse(
                 f"state.directory {self.directory}: in use by another exporter"
