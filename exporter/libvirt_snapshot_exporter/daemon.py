@@ -104,7 +104,7 @@ class Collector:
         self._states_ok = False
         self._stats_started = 0.0
         self._since: dict[str, float] = {}  # when a still-pending poll was first waited for
-        self._failures: dict[str, str] = {}  # sources whose last step raised, and why
+        self._failing: set[str] = set()  # sources whose last step raised
         self._check_interval = config["collector.poll-interval"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
@@ -180,10 +180,10 @@ class Collector:
         try:
             step()
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is that source's alone
-            if source not in self._failures:
+            if source not in self._failing:
                 log.error("collector %s failed: %s: %s (logged once until it recovers)",
                           source, type(exc).__name__, exc)
-            self._failures[source] = str(exc)
+                self._failing.add(source)
             self._mark(source, False, time.time() - start)
 
     def _on_connect(self) -> None:
@@ -522,7 +522,8 @@ class Collector:
     # --- publishing -------------------------------------------------------------------------
 
     def _mark(self, name: str, success: bool, duration: float) -> None:
-        if success and self._failures.pop(name, None) is not None:
+        if success and name in self._failing:
+            self._failing.discard(name)
             log.info("collector %s works again", name)
         previous = self._status.get(name)
         last = time.time() if success else (previous.last_success if previous else None)

@@ -40,6 +40,7 @@ SERVER = ("Server", "libvirt-snapshot-exporter")  # no Python version for scanne
 METHODS = ("GET", "HEAD")
 PAGE_DEFAULT = 1000  # operations per /api/operations page unless ?limit= says otherwise
 PAGE_MAXIMUM = 10_000
+OFFSET_MAXIMUM = 10**9  # beyond any log size: answers an empty page
 LANDING_ROWS = 100  # finished operations on the landing page
 PAGE_CACHE_SIZE = 16  # pages of the current log kept rendered
 GZIP_LEVEL = 6  # zlib's default: most of level 9's gain for a fraction of its CPU
@@ -115,7 +116,7 @@ class App:
             return self._send(start_response, "200 OK", "text/plain", b"OK\n")
         if path == "/api/operations":
             try:
-                body = self.operations_json(_int_param(params, "offset", 0, 0, 10**9),
+                body = self.operations_json(_int_param(params, "offset", 0, 0, OFFSET_MAXIMUM),
                                             _int_param(params, "limit", PAGE_DEFAULT, 1,
                                                        PAGE_MAXIMUM))
             except BadRequest as exc:
@@ -188,8 +189,9 @@ class App:
         }).encode()[1:-1]
         with self._pages_lock:
             self._pages = {k: v for k, v in self._pages.items() if k[0] == key[0]}
-            if len(self._pages) < PAGE_CACHE_SIZE:
-                self._pages[key] = page
+            if len(self._pages) >= PAGE_CACHE_SIZE:
+                del self._pages[next(iter(self._pages))]  # the oldest
+            self._pages[key] = page
         return page
 
     def landing(self) -> str:
@@ -228,8 +230,8 @@ th{{background:#eee}}</style></head><body>
 
 
 class Methods:
-    """GET and HEAD only (405 otherwise, as prometheus_client's own app answers); HEAD gets
-    the headers of GET without the body."""
+    """GET and HEAD only, 405 with the methods allowed otherwise; HEAD gets the headers of
+    GET without the body."""
 
     def __init__(self, app: Callable) -> None:
         self.app = app
@@ -369,6 +371,8 @@ class _Handler(WSGIRequestHandler):
 
 
 class _DebugStream(io.TextIOBase):
+    """A text stream into the debug log."""
+
     def write(self, text: str) -> int:
         if text.strip():
             log.debug("%s", text.rstrip())
