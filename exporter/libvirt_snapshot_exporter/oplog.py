@@ -71,12 +71,12 @@ class OperationsLog:
         flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
-            except OSError:  # a read-only file system still lets an existing file be locked
-                fd = os.open(path, os.O_RDONLY | flags)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
         except OSError as exc:
-            return _unlocked(exc)
+            try:  # a read-only file system still lets an existing file be locked
+                fd = os.open(path, os.O_RDONLY | flags)
+            except OSError:
+                return _unlocked(exc)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -174,3 +174,14 @@ def test_pages_newest_first():
     entries, total = log.page(5, 3)
     assert total == 50 and [e["snapshot"] for e in entries] == ["54", "53", "52"]
     assert log.page(49, 10)[0][0]["snapshot"] == "10" and log.page(50, 10)[0] == []
+
+
+def test_lock_file_that_cannot_be_opened_still_lets_the_log_be_read(tmp_path, caplog):
+    """Here a symlink, which O_NOFOLLOW refuses (as a read-only file system refuses to create
+    the file): the log is read all the same, and one line says the directory is unlocked."""
+    (tmp_path / LOG_NAME).write_bytes(_good() + b"\n")
+    (tmp_path / "operations.lock").symlink_to(tmp_path / "elsewhere")
+    log = OperationsLog(str(tmp_path))
+    assert log.load_ok and log.page(0, 10)[1] == 1
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "cannot lock operations.lock" in error and "unnoticed" in error, error
