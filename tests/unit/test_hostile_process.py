@@ -138,6 +138,28 @@ def test_state_directory_that_cannot_be_searched_is_served_through(tmp_path, who
         shutil.rmtree(base)
 
 
+def test_read_only_state_directory_is_read_and_served_unlocked(tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mount / "operations.jsonl").write_text(json.dumps(ENTRY) + "\n")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        proc = exporter(state_dir=str(mount)).start()
+        try:
+            assert [o["snapshot"] for o in json.loads(proc.get("/api/operations"))["operations"]
+                    ] == ["s1"]
+            assert proc.value("libvirt_snapshot_exporter_state_load_success") == 1
+            (line,) = log_lines(proc, "cannot lock operations.lock")
+            assert "Read-only file system" in line, line
+            no_traceback(proc)
+        finally:
+            assert proc.stop() == 0
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def test_second_exporter_on_one_state_directory_exits_2(tmp_path):
     first = exporter(state_dir=str(tmp_path)).start()
     try:
