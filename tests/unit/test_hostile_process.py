@@ -23,6 +23,7 @@ import pytest
 from exporter_proc import ExporterProcess, free_port
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
+from silent_libvirtd import SilentLibvirtd
 
 TEST_URI = "test:///default"
 PROC = Path(__file__).parent / "proc"
@@ -177,29 +178,6 @@ def test_second_exporter_on_one_state_directory_exits_2(tmp_path):
 
 
 # --- shutdown whatever libvirtd does ---------------------------------------------------------------
-
-
-class SilentLibvirtd(threading.Thread):
-    """A unix socket that accepts connections and never answers, as a hung libvirtd does."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.server = socket.socket(socket.AF_UNIX)
-        self.server.bind(str(path))
-        self.server.listen(16)
-        self.accepted: list[socket.socket] = []
-
-    def run(self) -> None:
-        while True:
-            try:
-                self.accepted.append(self.server.accept()[0])
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.server.close()
-        for conn in self.accepted:
-            conn.close()
 
 
 def test_sigterm_ends_promptly_while_libvirtd_accepts_and_never_answers(tmp_path):
