@@ -58,13 +58,16 @@ class Exporter:
     def __init__(self, config: Config, web_config: object, read_only: bool = True) -> None:
         from .collector import MetricsRenderer
         from .daemon import Collector
-        from .oplog import OperationsLog
+        from .oplog import OperationsLog, StateDirectoryInUse
         from .state import StateStore, View
         from .web import App, serve
 
         self.config = config
         host, port = config.listen
-        oplog = OperationsLog(config["state.directory"], config["operations.log-size"])
+        try:
+            oplog = OperationsLog(config["state.directory"], config["operations.log-size"])
+        except StateDirectoryInUse as exc:
+            fail(str(exc))
         store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {},
                                 0, {}, True, 0))
         renderer = MetricsRenderer(store)
@@ -80,7 +83,7 @@ class Exporter:
         """Collect and serve until shutdown(); then stop collecting and flush the log."""
         self.collector.start()
         logging.getLogger(PROG).info(
-            "listening on %s:%d%s, libvirt %s", *self.config.listen,
+            "listening on %s%s, libvirt %s", self.server.address_text,
             self.config["web.telemetry-path"], self.config["libvirt.uri"])
         self.server.serve_forever()
         self.server.server_close()
@@ -130,6 +133,13 @@ def main(argv: list[str] | None = None) -> None:
             logging.getLogger(PROG).info("signal %d: shutting down", signum)
             exporter.shutdown()
 
+    def hangup(signum: int, _frame: object) -> None:
+        """Everything is read once at start: there is nothing to reload (and a closed
+        terminal is no reason to stop)."""
+        logging.getLogger(PROG).info("signal %d (SIGHUP): ignored, the configuration is read "
+                                     "only at start: restart to change it", signum)
+
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGHUP, hangup)
     exporter.serve()

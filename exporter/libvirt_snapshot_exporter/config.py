@@ -6,6 +6,9 @@ A flag given on the command line wins over the file, the file over the default.
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
-    positive: bool = False
+    bounds: tuple[float, float] | None = None  # numbers: the allowed range, ends included
 
 
 OPTIONS = (
@@ -34,24 +37,26 @@ OPTIONS = (
            "exporter-toolkit web config file (TLS, basic auth); empty: plain HTTP, no auth"),
     Option("libvirt.uri", str, "qemu:///system", "libvirt connection URI (opened read-only)"),
     Option("libvirt.timeout", float, 10.0, "deadline in seconds of every libvirt call",
-           positive=True),
+           bounds=(0.1, 300)),
     Option("libvirt.pid-directory", str, "/run/libvirt/qemu",
            "where libvirt writes each QEMU's <domain>.pid"),
     Option("path.procfs", str, "/proc", "procfs of the host (/host/proc in a container)"),
     Option("state.directory", str, "/var/lib/libvirt-snapshot-exporter",
            "where the operations log is kept; empty: keep it in memory only"),
-    Option("operations.log-size", int, 1000, "operations kept in the log", positive=True),
+    Option("operations.log-size", int, 1000, "operations kept in the log",
+           bounds=(1, 100_000)),
     Option("collector.poll-interval", float, 1.0,
            "seconds between polls of idle domains (state, controlInfo, snapshot list)",
-           positive=True),
+           bounds=(0.1, 600)),
     Option("collector.busy-interval", float, 0.25,
-           "seconds between polls of domains with an operation in flight", positive=True),
+           "seconds between polls of domains with an operation in flight",
+           bounds=(0.1, 60)),
     Option("collector.max-calls-per-second", float, 200.0,
            "budget of idle-check libvirt calls per second: with many domains the idle check "
-           "interval grows past poll-interval to stay within it", positive=True),
+           "interval grows past poll-interval to stay within it", bounds=(1, 10_000)),
     Option("collector.stats-interval", float, 5.0,
            "seconds between guest statistics and QEMU process reads of idle domains",
-           positive=True),
+           bounds=(1, 3600)),
     Option("node.hostname", str, "", "host name in libvirt_node_info (default: the name libvirtd reports)"),
     Option("log.level", str, "info", "log level", choices=("debug", "info", "warning", "error")),
 )
@@ -76,40 +81,72 @@ class Config:
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
+    """(host, port); host '' means every address, IPv6 and IPv4 alike."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"web.listen-address: {text!r} is not [host]:port")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"web.listen-address: {host!r} is not an IPv6 address") from None
+    elif any(c in host for c in ":[]"):
+        raise ConfigError(f"web.listen-address: {text!r}: an IPv6 address goes in brackets, "
+                          "as in [::1]:9966")
+    return host, int(port)
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _check(option: Option, value: Any, where: str) -> Any:
+    """The one check of every value, from a flag or the file: type, choices, range."""
+    name = f"{where}{option.key}"
     if option.type is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{name}: {value} is out of range") from None
     if not isinstance(value, option.type) or isinstance(value, bool):
         raise ConfigError(
-            f"{where}{option.key}: expected {option.type.__name__}, got {type(value).__name__}"
-            f" {value!r}"
+            f"{name}: expected {option.type.__name__}, got {type(value).__name__} {value!r}"
         )
+    if isinstance(value, str) and CONTROL_CHARACTERS.search(value):
+        raise ConfigError(f"{name}: {value!r} contains a control character")
     if option.choices and value not in option.choices:
-        raise ConfigError(f"{where}{option.key}: {value!r} is not one of {', '.join(option.choices)}")
-    if option.positive and value <= 0:
-        raise ConfigError(f"{where}{option.key}: must be greater than 0, got {value!r}")
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(option.choices)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+    if option.bounds is not None and not option.bounds[0] <= value <= option.bounds[1]:
+        low, high = option.bounds
+        raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {value!r}")
     return value
 
 
-def load_file(path: str) -> dict[str, Any]:
-    """The YAML config file as validated key/values."""
+def read_yaml(path: str, where: str) -> Any:
+    """A YAML file's data; ConfigError (one line, starting with `where`) for a file that
+    cannot be read, is not UTF-8, or is not YAML."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {path}: not valid YAML{at}: {problem}") from None
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """The YAML config file as validated key/values."""
+    data = read_yaml(path, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 DISK_REFRESH_SECONDS = 60.0
 RESYNC_SECONDS = 60.0  # a full poll of every domain at least this often, whatever it looks like
 POLL_WAIT = 0.2  # seconds a cycle waits for per-domain polls before going on without them
+STOP_WAIT = 5.0  # seconds stop() waits for the loop, whatever libvirt is doing
 
 
 @dataclass
@@ -98,10 +100,12 @@ class Collector:
         self._states: dict[str, tuple[int, int]] = {}
         self._next_states = 0.0
         self._pending: dict[str, tuple[str, concurrent.futures.Future]] = {}
-        self._later_calls: dict[str, tuple[concurrent.futures.Future, Callable]] = {}
+        # key -> (the call, what handles its answer, the source it belongs to)
+        self._later_calls: dict[str, tuple[concurrent.futures.Future, Callable, str]] = {}
         self._states_ok = False
         self._stats_started = 0.0
         self._since: dict[str, float] = {}  # when a still-pending poll was first waited for
+        self._failing: set[str] = set()  # sources whose last step raised
         self._check_interval = config["collector.poll-interval"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
@@ -112,11 +116,13 @@ class Collector:
         self._thread.start()
 
     def stop(self) -> None:
+        """Bounded whatever libvirtd does: the loop is given 5 s to end its cycle (it may be
+        waiting for a libvirt call), then the log is flushed and the connection dropped."""
         self._stop.set()
         self._events.wake()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=STOP_WAIT)
         self.oplog.flush()
-        self.adapter.close()
+        self.adapter.close(wait=2.0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -138,6 +144,8 @@ class Collector:
     # --- one cycle --------------------------------------------------------------------------
 
     def cycle(self) -> None:
+        """One pass over every source; each runs isolated, so one that fails (bad host
+        figures, a libvirt answer of the wrong shape) fails alone and the rest is published."""
         woken = self._drain_events()
         if not self.adapter.ensure_connected():
             if self._was_up:
@@ -145,24 +153,37 @@ class Collector:
                             self.adapter.last_error)
             self._was_up = False
             self._mark("domains", False, 0.0)
-            self._sample_host()
+            self._isolated("host", self._sample_host)
             self._publish()
             return
         if not self._was_up:
             self._on_connect()
         now = time.time()
-        self._poll_domains(now, woken)
+        self._isolated("domains", lambda: self._poll_domains(now, woken))
         self._drain_events()
-        self._sample_host()
+        self._isolated("host", self._sample_host)
         if now >= self._next_stats:
-            self._collect_stats(now)
             self._next_stats = now + self.config["collector.stats-interval"]
+            self._collect_stats(now)
         else:
-            self._sample_busy_processes(now)
+            self._isolated("qemu_process", lambda: self._sample_busy_processes(now))
         self._finish_later(0.0)
         self._job_progress()
         self.oplog.flush()
         self._publish()
+
+    def _isolated(self, source: str, step: Callable[[], None]) -> None:
+        """Run one source's step; an exception sets that source's success to 0 and is logged
+        once until the source works again, and the cycle goes on with the others."""
+        start = time.time()
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is that source's alone
+            if source not in self._failing:
+                log.error("collector %s failed: %s: %s (logged once until it recovers)",
+                          source, type(exc).__name__, exc)
+                self._failing.add(source)
+            self._mark(source, False, time.time() - start)
 
     def _on_connect(self) -> None:
         self._was_up = True
@@ -214,7 +235,7 @@ class Collector:
                 with contextlib.suppress(LibvirtUnavailable):
                     self._pending[name] = ("poll", self.adapter.poll_domain(name))
         if woken or now >= self._next_states:
-            self._later("states", self.adapter.states, self._got_states)
+            self._later("states", self.adapter.states, self._got_states, "domains")
             self._next_states = now + check_interval
         self._finish_later(POLL_WAIT)
         if not self._states_ok:
@@ -255,23 +276,24 @@ class Collector:
         self._mark("domains", ok, time.time() - start)
 
     def _later(self, key: str, submit: Callable[[], concurrent.futures.Future],
-               handle: Callable[[concurrent.futures.Future], None]) -> None:
+               handle: Callable[[concurrent.futures.Future], None], source: str) -> None:
         """Start a call on a worker unless one with this key is out; handle() gets it once it
         has answered, in a later cycle if need be: no call holds up the collection loop."""
         if key in self._later_calls:
             return
         try:
-            self._later_calls[key] = (submit(), handle)
+            self._later_calls[key] = (submit(), handle, source)
         except LibvirtUnavailable as exc:
             log.debug("%s: %s", key, exc)
 
     def _finish_later(self, timeout: float) -> None:
         if self._later_calls:
-            concurrent.futures.wait([f for f, _ in self._later_calls.values()], timeout=timeout)
-        for key, (future, handle) in list(self._later_calls.items()):
+            concurrent.futures.wait([f for f, _, _ in self._later_calls.values()],
+                                    timeout=timeout)
+        for key, (future, handle, source) in list(self._later_calls.items()):
             if future.done():
                 del self._later_calls[key]
-                handle(future)
+                self._isolated(source, functools.partial(handle, future))
 
     def _got_states(self, future: concurrent.futures.Future) -> None:
         try:
@@ -335,7 +357,10 @@ class Collector:
 
     def _collect_stats(self, now: float) -> None:
         self._stats_started = time.time()
-        self._later("bulk_stats", self.adapter.bulk_stats, self._got_stats)
+        self._later("bulk_stats", self.adapter.bulk_stats, self._got_stats, "guests")
+        self._isolated("qemu_process", lambda: self._read_processes(now))
+
+    def _read_processes(self, now: float) -> None:
         start = time.time()
         for name, cache in self._domains.items():
             self._read_process(name, cache, now)
@@ -405,7 +430,7 @@ class Collector:
                 cache.disks = disks
                 cache.version += 1
 
-        self._later(f"xml:{name}", lambda: self.adapter.domain_disks(name), got)
+        self._later(f"xml:{name}", lambda: self.adapter.domain_disks(name), got, "domains")
 
     def _image_usage(self, cache: _DomainCache) -> None:
         paths = [d.source for d in cache.disks if d.source.startswith("/")]
@@ -429,13 +454,11 @@ class Collector:
 
     def _sample_host(self) -> None:
         start = time.time()
-        try:
-            self._host_sample = self.host.read()
-            self.contexts.add_host(self._host_sample)
-            self._mark("host", True, time.time() - start)
-        except OSError as exc:
-            log.warning("host figures: %s", exc)
-            self._mark("host", False, time.time() - start)
+        self._host_sample = None  # none rather than stale figures while the host source fails
+        sample = self.host.read()
+        self.contexts.add_host(sample)
+        self._host_sample = sample
+        self._mark("host", True, time.time() - start)
 
     def _job_progress(self) -> None:
         for op in self.tracker.in_flight():
@@ -495,6 +518,9 @@ class Collector:
     # --- publishing -------------------------------------------------------------------------
 
     def _mark(self, name: str, success: bool, duration: float) -> None:
+        if success and name in self._failing:
+            self._failing.discard(name)
+            log.info("collector %s works again", name)
         previous = self._status.get(name)
         last = time.time() if success else (previous.last_success if previous else None)
         self._status[name] = CollectorStatus(success, duration, last)
@@ -538,6 +564,8 @@ class Collector:
                 reconnects=self.adapter.reconnects, events=dict(self.adapter.events_received),
                 oplog_write_ok=self.oplog.last_write_ok,
                 oplog_write_errors=self.oplog.write_errors,
+                oplog_load_ok=self.oplog.load_ok,
+                oplog_invalid_entries=self.oplog.invalid_entries,
             )
         )
         self._on_publish()

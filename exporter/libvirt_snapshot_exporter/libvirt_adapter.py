@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -133,6 +134,34 @@ def _start_event_loop() -> None:
         _event_loop_running = True
 
 
+class _DaemonWorkers:
+    """A fixed set of daemon threads running calls. Not a ThreadPoolExecutor: its workers are
+    joined at interpreter exit, so one call that never returns (a libvirtd that accepts the
+    connection and never answers) would keep the process alive after SIGTERM."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        for number in range(count):
+            threading.Thread(target=self._work, name=f"{name}-{number}", daemon=True).start()
+
+    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((future, fn))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
 class _Deadlines:
     """Runs calls on worker threads and stops waiting after a deadline.
 
@@ -141,7 +170,7 @@ class _Deadlines:
     """
 
     def __init__(self, workers: int = 4) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="libvirt-call")
+        self._pool = _DaemonWorkers(workers, "libvirt-call")
         self._pending: dict[str, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
 
@@ -217,8 +246,8 @@ class LibvirtAdapter:
                 return False
             try:
                 conn = self._deadlines.call("connect", self._timeout, self._open)
-            except (libvirt.libvirtError, LibvirtUnavailable) as exc:
-                self.last_error = str(exc).strip()
+            except Exception as exc:  # noqa: BLE001 - whatever the cause, not connected
+                self.last_error = str(exc).strip() or type(exc).__name__
                 self._backoff = min(30.0, max(0.5, self._backoff * 2))
                 self._next_attempt = now + self._backoff
                 log.warning("cannot connect to %s: %s (retry in %.1f s)", self.uri, self.last_error,
@@ -264,9 +293,17 @@ class LibvirtAdapter:
     def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: Any) -> None:
         log.warning("connection to %s closed (reason %d)", self.uri, reason)
 
-    def close(self) -> None:
-        with self._lock:
-            self._drop_locked()
+    def close(self, wait: float = 2.0) -> None:
+        """Close the connections, waiting at most `wait` seconds: a libvirtd that stopped
+        answering (or a connect still waiting for it) must not hold up the exit."""
+
+        def drop() -> None:
+            with self._lock:
+                self._drop_locked()
+
+        closing = threading.Thread(target=drop, name="libvirt-close", daemon=True)
+        closing.start()
+        closing.join(wait)
 
     @property
     def connection(self) -> libvirt.virConnect | None:

@@ -88,6 +88,8 @@ class View:
     events: dict[str, int]
     oplog_write_ok: bool
     oplog_write_errors: int
+    oplog_load_ok: bool = True
+    oplog_invalid_entries: int = 0
 
 
 class OperationStats:

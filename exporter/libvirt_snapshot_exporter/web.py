@@ -1,13 +1,19 @@
 """HTTP: /metrics (text from collector.MetricsRenderer), the landing page, health, /api/operations.
 
 Served by wsgiref's threading server, hardened: optional TLS and basic auth from the web config
-file (webconfig.py), and bounds on what slow, silent or garbage-speaking clients can hold.
+file (webconfig.py), bounds on what slow, silent or garbage-speaking clients can hold, GET and
+HEAD only, and no request that can end in a traceback: whatever fails answers 500 and logs one
+line. The operations API is paged and each page's JSON is cached until the log changes, so
+clients looping on it cost little more than the bytes they fetch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gzip
 import html
+import io
 import json
 import logging
 import socket
@@ -16,9 +22,12 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client.exposition import gzip_accepted
 
 from . import __version__
 from .oplog import OperationsLog
@@ -27,13 +36,25 @@ from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
 
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+SERVER = ("Server", "libvirt-snapshot-exporter")  # no Python version for scanners
+METHODS = ("GET", "HEAD")
+PAGE_DEFAULT = 1000  # operations per /api/operations page unless ?limit= says otherwise
+PAGE_MAXIMUM = 10_000
+OFFSET_MAXIMUM = 10**9  # beyond any log size: answers an empty page
+LANDING_ROWS = 100  # finished operations on the landing page
+PAGE_CACHE_SIZE = 16  # pages of the current log kept rendered
+GZIP_LEVEL = 6  # zlib's default: most of level 9's gain for a fraction of its CPU
 
 HEAD_TIMEOUT = 5.0  # seconds a client has to send its request head, TLS handshake included
 IO_TIMEOUT = 30.0  # seconds any single read or write may stall
 MAX_CONNECTIONS = 128  # a scraper needs one at a time; each costs a thread while open
 
 StartResponse = Callable[..., Any]
+RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
+
+
+class BadRequest(ValueError):
+    """A query parameter out of range; the message says which."""
 
 STUDY_COLUMNS = (
     ("domain", "domain"), ("snapshot", "snapshot"), ("operation", "operation"),
@@ -65,36 +86,68 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
+def _int_param(params: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    values = params.get(name)
+    if not values:
+        return default
+    text = values[-1]
+    if (not (text.isascii() and text.isdigit()) or len(text) > len(str(high))
+            or not low <= int(text) <= high):
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(text)
+
+
 class App:
     def __init__(self, store: StateStore, oplog: OperationsLog,
-                 render_metrics: Callable[[], bytes], telemetry_path: str) -> None:
+                 render_metrics: RenderMetrics, telemetry_path: str) -> None:
         self.store = store
         self.oplog = oplog
         self.telemetry_path = telemetry_path
         self.render_metrics = render_metrics
+        self._pages_lock = threading.Lock()
+        self._pages: dict[tuple[int, int, int], bytes] = {}  # (log version, offset, limit)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        params = parse_qs(environ.get("QUERY_STRING", ""))
         if path == self.telemetry_path:
-            return self._send(start_response, "200 OK", METRICS_CONTENT_TYPE,
-                              self.render_metrics())
+            return self._metrics(environ, params, start_response)
         if path == "/-/healthy":
             return self._send(start_response, "200 OK", "text/plain", b"OK\n")
         if path == "/api/operations":
-            body = json.dumps(self.operations(), indent=1).encode()
+            try:
+                body = self.operations_json(_int_param(params, "offset", 0, 0, OFFSET_MAXIMUM),
+                                            _int_param(params, "limit", PAGE_DEFAULT, 1,
+                                                       PAGE_MAXIMUM))
+            except BadRequest as exc:
+                body = json.dumps({"error": str(exc)}).encode()
+                return self._send(start_response, "400 Bad Request", "application/json", body)
             return self._send(start_response, "200 OK", "application/json", body)
         if path == "/":
             return self._send(start_response, "200 OK", "text/html; charset=utf-8",
                               self.landing().encode())
         return self._send(start_response, "404 Not Found", "text/plain", b"not found\n")
 
+    def _metrics(self, environ: dict, params: dict[str, list[str]],
+                 start_response: StartResponse) -> Iterable[bytes]:
+        """Content negotiation, `name[]` filters and gzip as prometheus_client's own
+        exposition does them."""
+        body, ctype = self.render_metrics(environ.get("HTTP_ACCEPT", ""), params.get("name[]", []))
+        headers = [("Content-Type", ctype)]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
+
     @staticmethod
     def _send(start_response: StartResponse, status: str, ctype: str, body: bytes):
         start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
         return [body]
 
-    def operations(self) -> dict[str, Any]:
-        """Operations in flight first, then the log, newest first."""
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Operations in flight, as they stand now."""
         now = time.time()
         in_flight = []
         for item in self.store.view.in_flight:
@@ -108,22 +161,54 @@ class App:
                 "memory_remaining_bytes": op.memory_remaining_bytes,
                 **item.context,
             })
-        finished = [{**e, "level": e.get("depth")} for e in self.oplog.entries()]
-        return {"in_flight": in_flight, "operations": finished}
+        return in_flight
+
+    def finished(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the log, newest first, and how many operations it holds."""
+        entries, total = self.oplog.page(offset, limit)
+        return [{**e, "level": e.get("depth")} for e in entries], total
+
+    def operations_json(self, offset: int, limit: int) -> bytes:
+        """In flight (always all of them, a handful), then one page of the log, newest first;
+        `next_offset` is where the next page starts (null after the last)."""
+        in_flight = json.dumps(self.in_flight()).encode()
+        return b'{"in_flight": ' + in_flight + b", " + self._page(offset, limit) + b"}"
+
+    def _page(self, offset: int, limit: int) -> bytes:
+        """The '"operations": [...], ...' part, rendered once per version of the log."""
+        key = (self.oplog.version, offset, limit)
+        with self._pages_lock:
+            page = self._pages.get(key)
+        if page is not None:
+            return page
+        entries, total = self.finished(offset, limit)
+        following = offset + len(entries)
+        page = json.dumps({
+            "operations": entries, "total": total, "offset": offset, "limit": limit,
+            "next_offset": following if following < total else None,
+        }).encode()[1:-1]
+        with self._pages_lock:
+            self._pages = {k: v for k, v in self._pages.items() if k[0] == key[0]}
+            if len(self._pages) >= PAGE_CACHE_SIZE:
+                del self._pages[next(iter(self._pages))]  # the oldest
+            self._pages[key] = page
+        return page
 
     def landing(self) -> str:
         view = self.store.view
-        data = self.operations()
+        finished, total = self.finished(0, LANDING_ROWS)
         head = "".join(f"<th>{html.escape(title)}</th>" for title, _ in STUDY_COLUMNS)
         rows = []
-        for entry in data["in_flight"]:
+        for entry in self.in_flight():
             cells = [html.escape(_fmt(key, entry.get(key))) for _, key in STUDY_COLUMNS]
             cells[6] = f"running {entry['elapsed_seconds']:.1f} s"
             cells[10] = "in flight"
             rows.append("<tr class=running>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        for entry in data["operations"]:
+        for entry in finished:
             cells = [html.escape(_fmt(key, entry.get(key))) for _, key in STUDY_COLUMNS]
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        shown = (f"the {len(finished)} newest of {total}; all of them in "
+                 f'<a href="/api/operations">/api/operations</a>' if total > len(finished) else "")
         versions = view.versions
         qemu = versions.hypervisor if versions else "?"
         return f"""<!doctype html>
@@ -137,10 +222,53 @@ th{{background:#eee}}</style></head><body>
 &middot; <a href="{html.escape(self.telemetry_path)}">metrics</a> &middot;
 <a href="/api/operations">operations as JSON</a></p>
 <h2>Snapshot operations, newest first</h2>
+<p>{shown}</p>
 <table><tr>{head}</tr>
 {''.join(rows) or '<tr><td colspan=20>no snapshot operation seen yet</td></tr>'}
 </table></body></html>
 """
+
+
+class Methods:
+    """GET and HEAD only, 405 with the methods allowed otherwise; HEAD gets the headers of
+    GET without the body."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in METHODS:
+            body = b"Method Not Allowed\n"
+            start_response("405 Method Not Allowed", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Allow", ", ".join(METHODS)),
+                ("Content-Length", str(len(body)))])
+            return [body]
+        body = self.app(environ, start_response)
+        return [] if method == "HEAD" else body
+
+
+class Safe:
+    """The outermost layer: every answer names the server without its Python version, and an
+    exception anywhere below answers 500 with one log line, never a traceback."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        def respond(status: str, headers: list, exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, SERVER], exc_info)
+
+        try:
+            return self.app(environ, respond)
+        except Exception as exc:  # noqa: BLE001 - a bug must not become a traceback per request
+            log.error("%s %r: %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                      type(exc).__name__, exc)
+            body = b"Internal Server Error\n"
+            respond("500 Internal Server Error", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+                sys.exc_info())
+            return [body]
 
 
 class Guard:
@@ -236,6 +364,20 @@ class _Handler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s %s", self.address_string(), format % args)
 
+    def get_stderr(self) -> io.TextIOBase:
+        """Where wsgiref writes the traceback of a response it could not send (a client that
+        stopped reading until the write timed out): the debug log, not stderr."""
+        return _DebugStream()
+
+
+class _DebugStream(io.TextIOBase):
+    """A text stream into the debug log."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.debug("%s", text.rstrip())
+        return len(text)
+
 
 def _plain_http(sock: socket.socket) -> bool:
     """A TLS record starts with 0x16; an HTTP request with a method's capital letter."""
@@ -251,7 +393,19 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     def __init__(self, address: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
         self.connections = Connections(MAX_CONNECTIONS, HEAD_TIMEOUT)
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:  # "::" takes IPv4 too, as Go's net does
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                                   0 if self.server_address[0] == "::" else 1)
+        super().server_bind()
+
+    @property
+    def address_text(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         conn = _Connection(request)
@@ -287,10 +441,28 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         self.connections.reap()
 
 
+NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+
+
+def _bind(host: str, port: int, tls: ssl.SSLContext | None) -> ThreadingWSGIServer:
+    """host '' is every address: one IPv6 socket that takes IPv4 too, or IPv4 alone on a
+    machine without IPv6."""
+    if host:
+        return ThreadingWSGIServer((host, port), tls)
+    try:
+        return ThreadingWSGIServer(("::", port), tls)
+    except OSError as exc:
+        if exc.errno not in NO_IPV6:
+            raise
+        log.info("no IPv6 (%s): listening on IPv4 only", exc.strerror)
+        return ThreadingWSGIServer(("0.0.0.0", port), tls)
+
+
 def serve(app: Callable, host: str, port: int, web: WebConfig | None = None) -> ThreadingWSGIServer:
     """Bind now (so a bad address fails at startup); the caller runs serve_forever()."""
+    app = Methods(app)
     if web is not None and (web.users or web.headers):
         app = Guard(app, web)
-    server = ThreadingWSGIServer((host, port), web.tls if web else None)
-    server.set_app(app)
+    server = _bind(host, port, web.tls if web else None)
+    server.set_app(Safe(app))
     return server

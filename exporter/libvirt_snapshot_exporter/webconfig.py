@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
-from .config import ConfigError
+from .config import ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +109,7 @@ def load(path: str) -> WebConfig | None:
     if not path:
         return None
     where = f"web.config.file {path}"
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}: not valid YAML{at}: "
-                          f"{getattr(exc, 'problem', None) or 'invalid YAML'}") from None
-    top = _section(data, TOP_KEYS, where)
+    top = _section(read_yaml(path, where), TOP_KEYS, where)
     base = Path(path).resolve().parent
     tls = _section(top.get("tls_server_config"), TLS_KEYS, f"{where}: tls_server_config")
     http = _section(top.get("http_server_config"), HTTP_KEYS, f"{where}: http_server_config")
@@ -142,14 +130,26 @@ def _users(users: dict[Any, Any], where: str) -> dict[str, bytes]:
     return checked
 
 
+# What an HTTP header value may hold (RFC 9110 field-value): visible ASCII, spaces and tabs
+# inside. A CR or LF would end the header and start another one of the file's choosing.
+HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?")
+
+
 def _headers(headers: dict[Any, Any], where: str) -> dict[str, str]:
+    checked = {}
     for name, value in headers.items():
-        if name not in HEADERS:
+        if not isinstance(name, str) or name not in HEADERS:
             raise ConfigError(f"{where}: header {name!r} cannot be configured")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)  # as Go's YAML reads `X-XSS-Protection: 0` into a string
+        if not isinstance(value, str) or not HEADER_VALUE.fullmatch(value):
+            raise ConfigError(f"{where}: {name}: {value!r} is not a header value (printable "
+                              "ASCII, no line break)")
         allowed = HEADERS[name]
         if allowed and value not in allowed:
             raise ConfigError(f"{where}: {name} must be one of {', '.join(allowed)}, got {value!r}")
-    return {str(k): str(v) for k, v in headers.items()}
+        checked[name] = value
+    return checked
 
 
 def _path(base: Path, value: str) -> str:
@@ -234,10 +234,13 @@ class BasicAuth:
         if credentials is None:
             return False
         user, password = credentials
-        hashed = self.users.get(user)
+        try:
+            hashed = self.users.get(user.decode("utf-8"))
+        except UnicodeDecodeError:  # no configured user has such a name
+            hashed = None
         known = hashed is not None
         hashed = hashed if known else FAKE_HASH
-        key = hashlib.sha256(b"\0".join((user.encode(), hashed, password))).digest()
+        key = hashlib.sha256(b"\0".join((user, hashed, password))).digest()
         with self._cache_lock:
             cached = self._cache.get(key)
         if cached is None:
@@ -252,8 +255,9 @@ class BasicAuth:
         return cached
 
 
-def _basic_credentials(header: str | None) -> tuple[str, bytes] | None:
-    """(user, password) from an Authorization header, parsed as Go's Request.BasicAuth does."""
+def _basic_credentials(header: str | None) -> tuple[bytes, bytes] | None:
+    """(user, password) as bytes from an Authorization header, parsed as Go's
+    Request.BasicAuth does: whatever bytes the client sent, compared as bytes."""
     if not header or header[:6].lower() != "basic ":
         return None
     try:
@@ -263,4 +267,4 @@ def _basic_credentials(header: str | None) -> tuple[str, bytes] | None:
     user, sep, password = decoded.partition(b":")
     if not sep:
         return None
-    return user.decode("utf-8", "surrogateescape"), password
+    return user, password

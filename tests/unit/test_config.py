@@ -80,3 +80,73 @@ def test_flag_wins_over_file_wins_over_default(tmp_path):
 def test_invalid_values(values, message):
     with pytest.raises(ConfigError, match=message):
         build(values, None)
+
+
+# --- every number from a flag or the file has a range; every string is printable ------------------
+
+NUMBERS = {
+    "libvirt.timeout": ("0.1", "300"), "operations.log-size": ("1", "100000"),
+    "collector.poll-interval": ("0.1", "600"), "collector.busy-interval": ("0.1", "60"),
+    "collector.max-calls-per-second": ("1", "10000"), "collector.stats-interval": ("1", "3600"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(NUMBERS))
+@pytest.mark.parametrize("value, needle", [
+    ("inf", "finite"), ("-inf", "finite"), ("nan", "finite"), ("1e309", "finite"),
+    ("0", "between"), ("-1", "between"), ("1e-9", "between"), ("1e9", "between"),
+])
+def test_numbers_out_of_range_exit_2(key, value, needle):
+    if key == "operations.log-size" and not value.lstrip("-").isdigit():
+        needle = "invalid int value"  # argparse refuses them for an integer flag
+    one_line_error(run(f"--{key}={value}", "--check-config"), key, needle)
+
+
+@pytest.mark.parametrize("key", sorted(NUMBERS))
+def test_both_ends_of_each_range_are_valid(key):
+    low, high = NUMBERS[key]
+    for value in (low, high):
+        poll = ["--collector.poll-interval=600"] if key == "collector.busy-interval" else []
+        busy = ["--collector.busy-interval=0.1"] if key == "collector.poll-interval" else []
+        result = run(f"--{key}={value}", *poll, *busy, "--check-config")
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("libvirt.timeout: .inf\n", "finite"), ("libvirt.timeout: .nan\n", "finite"),
+    ("libvirt.timeout: -.inf\n", "finite"), ("libvirt.timeout: 1.0e+400\n", "finite"),
+    (f"libvirt.timeout: {10**400}\n", "out of range"),
+    ("operations.log-size: 1000000000000\n", "between"),
+    ("collector.poll-interval: 0.0000001\n", "between"),
+    ("operations.log-size: 10.5\n", "expected int"), ("libvirt.timeout: true\n", "expected float"),
+    ("state.directory: \"/var/lib/x\\0y\"\n", "control character"),
+    ("libvirt.uri: \"qemu:///system\\nX\"\n", "control character"),
+    ("node.hostname: \"a\\x1bb\"\n", "control character"),
+    ("[" * 100_000 + "\n", "nested too deeply"),
+])
+def test_bad_values_in_the_file_exit_2(tmp_path, text, needle):
+    path = tmp_path / "c.yml"
+    path.write_text(text)
+    one_line_error(run(f"--config.file={path}", "--check-config"), needle)
+
+
+def test_config_file_not_utf8_exits_2(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_bytes(b"node.hostname: \"\xff\"\n")
+    one_line_error(run(f"--config.file={path}", "--check-config"), "not UTF-8")
+
+
+@pytest.mark.parametrize("address, expected", [
+    (":9966", ("", 9966)), ("[::]:9966", ("::", 9966)), ("[::1]:1", ("::1", 1)),
+    ("127.0.0.1:65535", ("127.0.0.1", 65535)), ("localhost:80", ("localhost", 80)),
+])
+def test_listen_addresses(address, expected):
+    assert build({"web_listen_address": address}, None).listen == expected
+
+
+@pytest.mark.parametrize("address", [
+    "::1:9966", "[::1]", "[nonsense]:1", "[::1:1", ":0", ":65536", ":\u0669\u0669", "[]:1",
+])
+def test_bad_listen_addresses(address):
+    with pytest.raises(ConfigError, match="web.listen-address"):
+        build({"web_listen_address": address}, None)

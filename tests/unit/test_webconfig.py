@@ -208,3 +208,54 @@ def test_long_passwords_compare_like_go_bcrypt():
     auth = BasicAuth({"alice": bcrypt.hashpw(b"p" * 72, bcrypt.gensalt(4))})
     assert auth.allows(header("alice", "p" * 100))
     assert not auth.allows(header("alice", "p" * 71))
+
+
+def raw_header(credentials: bytes) -> str:
+    """As WSGI hands a header over: its bytes as latin-1 text."""
+    return "Basic " + base64.b64encode(credentials).decode()
+
+
+@pytest.mark.parametrize("value", [
+    raw_header(b"\xff\xfe:secret"), raw_header(b"\xed\xa0\x80:secret"),  # user not UTF-8
+    raw_header(b"alice\xff:secret"), raw_header(b"alice:\xff\xfe"), raw_header(b"alice:se\0cret"),
+    raw_header(b"\0:\0"), raw_header(b":"), raw_header(b"alice:" + b"x" * 10_000),
+    "Basic \u00e9\u00e9\u00e9\u00e9", "Basic " + "A" * 100_001, "Basic", "Basic ", "basic ====",
+])
+def test_basic_auth_refuses_hostile_credentials_without_raising(value):
+    auth = BasicAuth({"alice": HASH_4.encode(), "\u00e9": HASH_4.encode()})
+    assert auth.allows(value) is False
+
+
+def test_basic_auth_user_names_are_compared_as_utf8_bytes():
+    auth = BasicAuth({"\u00e9": HASH_4.encode()})
+    assert auth.allows(raw_header("\u00e9:secret".encode()))
+    assert not auth.allows(raw_header("\u00e9".encode("latin-1") + b":secret"))
+
+
+@pytest.mark.parametrize("value", [
+    '"default-src none\\r\\nX-Injected: 1"', '"a\\nb"', '"a\\rb"', '"a\\0b"', '"a\\x7fb"',
+    '"a\\tb\\u2028"',
+    "' leading'", "'trailing '", "''", "'caf\u00e9'", "[a, b]", "{a: 1}", "null", "true",
+])
+def test_header_values_that_would_break_the_response_are_refused(tmp_path, value):
+    text = f"http_server_config:\n  headers:\n    Content-Security-Policy: {value}\n"
+    with pytest.raises(ConfigError) as caught:
+        load(str(write(tmp_path, text)))
+    message = str(caught.value)
+    assert "Content-Security-Policy" in message and "\n" not in message, message
+
+
+def test_plain_header_values_load(tmp_path):
+    text = ("http_server_config:\n  headers:\n    Content-Security-Policy: \"default-src 'none'\"\n"
+            "    X-XSS-Protection: 0\n    Strict-Transport-Security: max-age=31536000\n")
+    assert load(str(write(tmp_path, text))).headers == {
+        "Content-Security-Policy": "default-src 'none'", "X-XSS-Protection": "0",
+        "Strict-Transport-Security": "max-age=31536000"}
+
+
+def test_header_injection_exits_2_with_one_line(tmp_path):
+    path = write(tmp_path, "http_server_config:\n  headers:\n"
+                           "    Content-Security-Policy: \"a\\r\\nSet-Cookie: x=1\"\n")
+    result = run(f"--web.config.file={path}", "--check-config")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -1,0 +1,105 @@
+"""What an operations log entry may hold: every entry read back from disk is checked here.
+
+The log file outlives the process and anyone with access to the state directory can edit it, so
+an entry is trusted only once it has the shape the collector writes: known fields, each of its
+type, finite numbers and timestamps that a clock can show. Unknown fields are dropped, so the
+pages and the JSON API only ever see what they were written for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+# Timestamps a calendar can show (time.localtime refuses beyond the year 9999).
+MAX_TIMESTAMP = 253402300799.0
+
+
+class InvalidRecord(ValueError):
+    """An entry that is not what the collector writes; the message says which field."""
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _timestamp(value: Any) -> bool:
+    return _number(value) and 0 <= value <= MAX_TIMESTAMP
+
+
+def _non_negative(value: Any) -> bool:
+    return _number(value) and value >= 0
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _one_of(*allowed: str) -> Callable[[Any], bool]:
+    return lambda value: value in allowed
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+REQUIRED = {
+    "domain": _text,
+    "operation": _one_of("create", "delete", "revert"),
+    "kind": _one_of("internal", "external"),
+    "memory": lambda value: isinstance(value, bool),
+    "start": _timestamp,
+    "end": _timestamp,
+    "duration_seconds": _non_negative,
+    "outcome": _one_of("success", "failure"),
+}
+OPTIONAL = {
+    "snapshot": _optional(_text),
+    "depth": _optional(lambda value: isinstance(value, int) and not isinstance(value, bool)
+                       and value >= 0),
+    "paused_seconds": _optional(_non_negative),
+    "error": _optional(_text),
+    "start_source": _optional(_text),
+    "end_source": _optional(_text),
+    "uncertainty_seconds": _optional(_non_negative),
+    "qemu_version": _optional(_text),
+    "disk_cache": _optional(_texts),
+    "job_time_elapsed_ms": _optional(_number),
+    "job_downtime_ms": _optional(_number),
+    **{key: _optional(_number) for key in (
+        "host_memory_available_start_bytes", "host_memory_free_start_bytes",
+        "host_memory_available_min_bytes", "host_memory_free_min_bytes",
+        "host_cached_start_bytes", "host_dirty_peak_bytes", "host_writeback_peak_bytes",
+        "qemu_written_bytes", "qemu_write_rate_bytes_per_second", "memory_stall_seconds",
+        "io_stall_seconds", "guest_memory_used_bytes", "guest_memory_total_bytes",
+        "guest_cpu_ratio",
+    )},
+}
+
+
+def checked(entry: Any) -> dict[str, Any]:
+    """The entry with its known fields only; InvalidRecord names the first field that is wrong."""
+    if not isinstance(entry, dict):
+        raise InvalidRecord(f"not an object but {type(entry).__name__}")
+    for key, check in REQUIRED.items():
+        if key not in entry:
+            raise InvalidRecord(f"no {key!r}")
+        if not check(entry[key]):
+            raise InvalidRecord(f"bad {key!r}: {_short(entry[key])}")
+    for key, check in OPTIONAL.items():
+        if key in entry and not check(entry[key]):
+            raise InvalidRecord(f"bad {key!r}: {_short(entry[key])}")
+    if entry["end"] < entry["start"]:
+        raise InvalidRecord("'end' before 'start'")
+    return {key: entry[key] for key in (*REQUIRED, *OPTIONAL) if key in entry}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,187 @@
+"""The operations log read back from whatever the state directory holds: every record checked,
+bad lines skipped and counted, special files refused without blocking, one lock per directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+from libvirt_snapshot_exporter.oplog import (
+    LOG_NAME,
+    MAX_LINE_BYTES,
+    OperationsLog,
+    StateDirectoryInUse,
+)
+from libvirt_snapshot_exporter.records import InvalidRecord, checked
+
+GOOD = {
+    "domain": "vm1", "snapshot": "s1", "operation": "create", "kind": "internal",
+    "memory": True, "depth": 1, "start": 1700000000.0, "end": 1700000040.5,
+    "duration_seconds": 40.5, "paused_seconds": 40.5, "outcome": "success", "error": None,
+    "start_source": "control", "end_source": "event", "uncertainty_seconds": 0.01,
+    "qemu_version": "7.2.0", "disk_cache": ["none"], "job_time_elapsed_ms": None,
+    "job_downtime_ms": None, "host_memory_available_start_bytes": 2**33,
+    "guest_cpu_ratio": 0.5,
+}
+
+
+def _log_with(tmp_path, *lines: bytes) -> OperationsLog:
+    (tmp_path / LOG_NAME).write_bytes(b"".join(line + b"\n" for line in lines))
+    return OperationsLog(str(tmp_path))
+
+
+def _good(**changes) -> bytes:
+    return json.dumps({**GOOD, **changes}).encode()
+
+
+def test_valid_entries_come_back_as_written(tmp_path):
+    log = _log_with(tmp_path, _good(snapshot="a"), _good(snapshot="b"))
+    entries, total = log.page(0, 10)
+    assert total == 2 and [e["snapshot"] for e in entries] == ["b", "a"]
+    assert entries[1] == GOOD | {"snapshot": "a"}
+    assert log.load_ok and log.invalid_entries == 0
+
+
+@pytest.mark.parametrize("line", [
+    b"\xff", b"\xc3\x28", b"\xc0\xaf", b"\xed\xa0\x80", b"\xfe\xff\x00{",  # not UTF-8
+    _good(snapshot="x")[:-1] + b"\xff\"}",  # valid JSON shape, one stray byte
+    "\ufeff".encode() + _good(),  # a BOM: not JSON
+    json.dumps({**GOOD, "snapshot": "caf\u00e9"}, ensure_ascii=False).encode("latin-1"),
+])
+def test_bytes_that_are_not_utf8_are_skipped(tmp_path, line):
+    log = _log_with(tmp_path, _good(snapshot="kept"), line)
+    entries, total = log.page(0, 10)
+    assert [e["snapshot"] for e in entries] == ["kept"] and total == 1
+    assert log.invalid_entries == 1 and log.load_ok
+
+
+@pytest.mark.parametrize("line", [
+    b"42", b"null", b"[]", b'"text"', b"{}", b"true", b"{", b"NaN",
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's recursion limit
+    b'{"domain": "' + b"x" * MAX_LINE_BYTES + b'"}',  # longer than any entry
+    _good(domain=1), _good(memory="yes"), _good(operation="explode"), _good(kind=None),
+    _good(outcome="maybe"), _good(start="yesterday"), _good(start=-1), _good(start=1e20),
+    _good(end=GOOD["start"] - 1), _good(duration_seconds=-1), _good(depth=-1),
+    _good(depth=True), _good(depth=1.5), _good(disk_cache=[1]), _good(disk_cache="none"),
+    _good(guest_cpu_ratio="high"), _good(snapshot=["a"]), _good(error={"a": 1}),
+    _good(paused_seconds=-0.5),
+    _good()[:-1] + b', "qemu_written_bytes": NaN}',
+    _good()[:-1] + b', "qemu_written_bytes": Infinity}',
+    _good()[:-1] + b', "qemu_written_bytes": -Infinity}',
+    _good()[:-1] + b', "qemu_written_bytes": 1e309}',
+    _good()[:-1] + b', "qemu_written_bytes": 1' + b"0" * 5000 + b"}",
+    json.dumps({k: v for k, v in GOOD.items() if k != "end"}).encode(),
+])
+def test_records_of_the_wrong_shape_are_skipped(tmp_path, line):
+    log = _log_with(tmp_path, line, _good(snapshot="kept"))
+    entries, _ = log.page(0, 10)
+    assert [e["snapshot"] for e in entries] == ["kept"]
+    assert log.invalid_entries == 1 and log.load_ok
+
+
+def test_blank_lines_are_not_counted(tmp_path):
+    log = _log_with(tmp_path, b"", _good(), b"   ")
+    assert log.page(0, 10)[1] == 1 and log.invalid_entries == 0
+
+
+def test_unknown_fields_are_dropped_and_old_entries_without_optional_ones_kept():
+    old = {k: GOOD[k] for k in ("domain", "operation", "kind", "memory", "start", "end",
+                                "duration_seconds", "outcome")}
+    assert checked({**old, "extra": {"nested": [1]}}) == old
+    with pytest.raises(InvalidRecord, match="'outcome'"):
+        checked({**old, "outcome": 1})
+
+
+def test_one_log_line_for_all_skipped_lines(tmp_path, caplog):
+    _log_with(tmp_path, b"\xff", b"42", b"null", _good())
+    lines = [r for r in caplog.records if "operations log" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "skipped 3 of 4 lines" in lines[0].getMessage()
+    assert "line 1: not UTF-8" in lines[0].getMessage()
+
+
+def test_skipped_lines_are_gone_after_the_next_write(tmp_path):
+    log = _log_with(tmp_path, b"\xff", _good(snapshot="a"))
+    log.add({**GOOD, "snapshot": "b"})
+    log.flush()
+    written = (tmp_path / LOG_NAME).read_text().splitlines()
+    assert [json.loads(line)["snapshot"] for line in written] == ["a", "b"]
+
+
+def _special(tmp_path, kind: str) -> None:
+    path = tmp_path / LOG_NAME
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # nobody writes to it: a plain open() would wait forever
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # endless
+    elif kind == "dangling symlink":
+        path.symlink_to(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_special_file_in_place_of_the_log_is_reported_not_read(tmp_path, kind, caplog):
+    _special(tmp_path, kind)
+    done: list[OperationsLog] = []
+    reader = threading.Thread(target=lambda: done.append(OperationsLog(str(tmp_path))),
+                              daemon=True)
+    reader.start()
+    reader.join(10)
+    assert done, f"reading a {kind} where the log should be did not return"
+    log = done[0]
+    assert not log.load_ok and log.page(0, 10) == ([], 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "not a regular file" in errors[0], errors
+
+
+def test_dangling_symlink_is_no_log_yet(tmp_path):
+    _special(tmp_path, "dangling symlink")
+    log = OperationsLog(str(tmp_path))
+    assert log.load_ok and log.page(0, 10) == ([], 0)
+
+
+def test_state_directory_that_is_a_file_is_served_through(tmp_path, caplog):
+    state = tmp_path / "state"
+    state.write_text("not a directory\n")
+    log = OperationsLog(str(state))
+    assert not log.load_ok
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(state) in errors[0], errors
+    log.add(GOOD)
+    log.flush()
+    assert not log.last_write_ok and log.page(0, 10)[1] == 1
+
+
+def test_second_log_on_one_directory_is_refused(tmp_path):
+    first = OperationsLog(str(tmp_path))
+    with pytest.raises(StateDirectoryInUse, match=f"pid {os.getpid()}"):
+        OperationsLog(str(tmp_path))
+    assert first.load_ok
+
+
+def test_memory_only_log_takes_no_lock(tmp_path):
+    OperationsLog("")
+    OperationsLog("")
+
+
+def test_pages_newest_first():
+    log = OperationsLog("", size=50)
+    for number in range(60):
+        log.add({**GOOD, "snapshot": str(number)})
+    entries, total = log.page(5, 3)
+    assert total == 50 and [e["snapshot"] for e in entries] == ["54", "53", "52"]
+    assert log.page(49, 10)[0][0]["snapshot"] == "10" and log.page(50, 10)[0] == []
+
+
+def test_lock_file_that_cannot_be_opened_still_lets_the_log_be_read(tmp_path, caplog):
+    """Here a symlink, which O_NOFOLLOW refuses (as a read-only file system refuses to create
+    the file): the log is read all the same, and one line says the directory is unlocked."""
+    (tmp_path / LOG_NAME).write_bytes(_good() + b"\n")
+    (tmp_path / "operations.lock").symlink_to(tmp_path / "elsewhere")
+    log = OperationsLog(str(tmp_path))
+    assert log.load_ok and log.page(0, 10)[1] == 1
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "cannot lock operations.lock" in error and "unnoticed" in error, error

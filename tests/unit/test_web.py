@@ -1,0 +1,91 @@
+"""The WSGI layers in front of the pages, and binding every address without IPv6."""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import socket
+import socketserver
+
+import pytest
+from libvirt_snapshot_exporter import web
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.status = ""
+        self.headers: list[tuple[str, str]] = []
+
+    def __call__(self, status: str, headers: list, exc_info: object = None) -> None:
+        self.status, self.headers = status, headers
+
+
+def environ(method: str = "GET", path: str = "/") -> dict:
+    return {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO()}
+
+
+def failing_app(_environ: dict, start_response) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    raise KeyError("a bug")
+
+
+def test_an_exception_is_a_500_and_one_log_line_without_traceback(caplog):
+    recorder = Recorder()
+    body = web.Safe(failing_app)(environ(path="/x\n"), recorder)
+    assert recorder.status.startswith("500") and body == [b"Internal Server Error\n"]
+    assert web.SERVER in recorder.headers
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    assert "KeyError" in record.getMessage() and "'/x\\n'" in record.getMessage()
+
+
+def test_head_keeps_headers_and_drops_the_body():
+    def app(_environ: dict, start_response) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"hello"]
+
+    recorder = Recorder()
+    assert web.Methods(app)(environ("HEAD"), recorder) == []
+    assert recorder.headers == [("Content-Length", "5")]
+    assert web.Methods(app)(environ("GET"), recorder) == [b"hello"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "get", "", "CONNECT"])
+def test_other_methods_are_405(method):
+    recorder = Recorder()
+    web.Methods(failing_app)(environ(method), recorder)
+    assert recorder.status.startswith("405") and ("Allow", "GET, HEAD") in recorder.headers
+
+
+def test_every_address_falls_back_to_ipv4_where_there_is_no_ipv6(monkeypatch, caplog):
+    real = socket.socket
+
+    class NoIPv6(real):
+        def __init__(self, family: int = -1, *args: object, **kwargs: object) -> None:
+            if family == socket.AF_INET6:
+                raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+            super().__init__(family, *args, **kwargs)
+
+    monkeypatch.setattr(socketserver.socket, "socket", NoIPv6)
+    caplog.set_level(logging.INFO)
+    server = web._bind("", 0, None)
+    try:
+        assert server.address_family == socket.AF_INET
+        assert server.address_text.startswith("0.0.0.0:")
+    finally:
+        server.server_close()
+    assert any("no IPv6" in r.getMessage() for r in caplog.records)
+
+
+def test_every_address_is_one_dual_stack_socket():
+    try:
+        server = web._bind("", 0, None)
+    except OSError:
+        pytest.skip("no IPv6 here")
+    try:
+        assert server.address_family == socket.AF_INET6
+        assert server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        assert server.address_text.startswith("[::]:")
+    finally:
+        server.server_close()
