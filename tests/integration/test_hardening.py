@@ -96,8 +96,8 @@ def test_sigterm_during_a_snapshot_exits_0_promptly_and_keeps_history(libvirtd):
         testbed.create_snapshot(conn, guest, "kept")
         (kept,) = wait_operations(exporter, guest.name, 1)
         call = Timed(lambda: testbed.create_snapshot(conn, guest, "during"))
-        exporter.wait_for(lambda: in_flight(exporter, guest.name), 10, "create in flight",
-                          interval=0.05)
+        exporter.wait_for(lambda: in_flight(exporter, guest.name, "during"), 10,
+                          "create in flight", interval=0.05)
         signalled = time.monotonic()
         code = exporter.stop(signal.SIGTERM)
         took = time.monotonic() - signalled

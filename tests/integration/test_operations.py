@@ -33,9 +33,13 @@ def wait_operations(exporter, domain, count, since=0.0, timeout=20.0) -> list[di
         f"{count} operations of {domain}")
 
 
-def in_flight(exporter: ExporterProcess, domain: str) -> list[dict]:
+def in_flight(exporter: ExporterProcess, domain: str, snapshot: str | None = None) -> list[dict]:
+    """In flight as last published. An operation that just ended can still be listed there
+    for up to one collection cycle (the log shows it at once): name the snapshot to wait for
+    the next one."""
     data = json.loads(exporter.get("/api/operations"))
-    return [o for o in data["in_flight"] if o["domain"] == domain]
+    return [o for o in data["in_flight"]
+            if o["domain"] == domain and snapshot in (None, o["snapshot"])]
 
 
 class Timed:
@@ -194,8 +198,8 @@ def test_exporter_restarted_mid_operation_picks_it_up_and_keeps_the_log(libvirtd
         testbed.create_snapshot(conn, filler, "before")
         (before,) = wait_operations(exporter, filler.name, 1)
         call = Timed(lambda: testbed.create_snapshot(conn, filler, "across"))
-        exporter.wait_for(lambda: in_flight(exporter, filler.name), 10, "create in flight",
-                          interval=0.05)
+        exporter.wait_for(lambda: in_flight(exporter, filler.name, "across"), 10,
+                          "create in flight", interval=0.05)
         exporter.stop(signal.SIGKILL)
         exporter = ExporterProcess(state_dir=state_dir).start()
         call.join()
