@@ -31,10 +31,6 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "exporter"))
-
 TARGETS = {"scrape_p99_ms": 150.0, "rss_mb": 150.0, "cpu_share": 0.02,
            "history_scrape_p99_ms": 250.0}
 
@@ -113,7 +109,7 @@ def metric(text: str, name: str, label: str = "") -> float | None:
 
 
 def run_testdriver(domains: int, snapshots: int, idle_seconds: float) -> None:
-    from exporter_proc import ExporterProcess
+    from lse_devtools.exporter_proc import ExporterProcess
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "node.xml"
@@ -139,8 +135,8 @@ def run_testdriver(domains: int, snapshots: int, idle_seconds: float) -> None:
 
 def run_history(domains: int, snapshots: int) -> None:
     """In-process: the exporter's own connection drives creates and deletes on every domain."""
-    from exporter_proc import free_port
     from libvirt_snapshot_exporter import cli
+    from lse_devtools.exporter_proc import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "node.xml"
@@ -185,8 +181,8 @@ def run_history(domains: int, snapshots: int) -> None:
 
 def run_real(guests: int, idle_seconds: float) -> None:
     import libvirt
-    import testbed
-    from exporter_proc import ExporterProcess, free_port
+    from lse_devtools import testbed
+    from lse_devtools.exporter_proc import ExporterProcess, free_port
 
     testbed.libvirtd_up()
     conn = libvirt.open(testbed.URI)
