@@ -55,7 +55,7 @@ def load(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 class Exporter:
     """The exporter assembled: collection loop, operations log, HTTP server (bound already)."""
 
-    def __init__(self, config: Config, web_config: object, read_only: bool = True) -> None:
+    def __init__(self, config: Config, web_config: object) -> None:
         from .collector import MetricsRenderer
         from .daemon import Collector
         from .oplog import OperationsLog, StateDirectoryInUse
@@ -77,7 +77,7 @@ class Exporter:
         except OSError as exc:
             fail(f"web.listen-address: cannot listen on {config['web.listen-address']}: "
                  f"{exc.strerror or exc}")
-        self.collector = Collector(config, store, oplog, renderer.prepare, read_only)
+        self.collector = Collector(config, store, oplog, renderer.prepare)
 
     def serve(self) -> None:
         """Collect and serve until shutdown(); then stop collecting and flush the log."""
@@ -93,11 +93,10 @@ class Exporter:
         threading.Thread(target=self.server.shutdown, daemon=True).start()
 
 
-def build_app(argv: list[str], read_only: bool = True) -> Exporter:
-    """The exporter from command-line flags; read_only=False only for benchmarks that drive
-    libvirt's in-process test driver through the exporter's own connection."""
+def build_app(argv: list[str]) -> Exporter:
+    """The exporter from command-line flags, to serve in this process (benchmarks/scale.py)."""
     config, _ = load(argv)
-    return Exporter(config, _web_config(config), read_only)
+    return Exporter(config, _web_config(config))
 
 
 def _web_config(config: Config) -> object:
@@ -112,7 +111,7 @@ def _web_config(config: Config) -> object:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
+        from .bench.command import main as bench_main
 
         sys.exit(bench_main(argv[1:]))
     config, args = load(argv)
