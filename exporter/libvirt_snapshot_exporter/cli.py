@@ -18,9 +18,12 @@ from .config import OPTIONS, Config, ConfigError, build, dest
 PROG = "libvirt-snapshot-exporter"
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line naming it and exit 2: the exporter's and bench's alike."""
+
     def error(self, message: str) -> NoReturn:
-        fail(message)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def fail(message: str) -> NoReturn:
@@ -29,7 +32,7 @@ def fail(message: str) -> NoReturn:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Prometheus exporter timing libvirt snapshot operations "
+    p = OneLineParser(prog=PROG, description="Prometheus exporter timing libvirt snapshot operations "
                 "beside the host's page cache and writeback.")
     p.add_argument("--config.file", dest="config_file", metavar="PATH",
                    help="YAML file whose keys are these flags' names without dashes")

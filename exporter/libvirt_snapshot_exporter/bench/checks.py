@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlsplit
 
+from ..cli import OneLineParser
 from ..libvirt_common import Versions
 from . import plot
 from .control import EXTERNAL_DELETE_VERSION, KINDS, Domain
@@ -23,12 +23,6 @@ EXIT_USAGE = 2
 
 class UsageError(Exception):
     """Bad arguments or a domain bench must not touch: one line, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
 
 
 def _positive(text: str) -> int:
@@ -42,7 +36,7 @@ def _positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Time a chain of snapshots of DOMAIN, repeatedly, beside "
+    p = OneLineParser(prog=PROG, description="Time a chain of snapshots of DOMAIN, repeatedly, beside "
                 "the host's memory, page cache and writeback; then delete them.")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--libvirt.uri", dest="uri", default="qemu:///system", metavar="URI",
