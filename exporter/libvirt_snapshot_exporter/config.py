@@ -83,7 +83,8 @@ class Config:
 def parse_listen_address(text: str) -> tuple[str, int]:
     """(host, port); host '' means every address, IPv6 and IPv4 alike."""
     host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) \
+            or not 0 < int(port) < 65536:
         raise ConfigError(f"web.listen-address: {text!r} is not [host]:port")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -142,6 +143,8 @@ def read_yaml(path: str, where: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
+    except ValueError as exc:  # an integer of over 4,300 digits, which Python refuses to build
+        raise ConfigError(f"{where}: {' '.join(str(exc).split())[:80]}") from None
 
 
 def load_file(path: str) -> dict[str, Any]:

@@ -118,6 +118,7 @@ class Collector:
         self._stats_started = 0.0
         self._since: dict[str, float] = {}  # when a still-pending poll was first waited for
         self._failing: set[str] = set()  # sources whose last step raised
+        self._failed_this_cycle: set[str] = set()  # a later success in the cycle keeps 0
         self._check_interval = config["collector.poll-interval"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
@@ -128,13 +129,13 @@ class Collector:
         self._thread.start()
 
     def stop(self) -> None:
-        """Bounded whatever libvirtd does: the loop is given 5 s to end its cycle (it may be
+        """Bounded whatever libvirtd does: the loop is given STOP_WAIT to end its cycle (it may be
         waiting for a libvirt call), then the log is flushed and the connection dropped."""
         self._stop.set()
         self._events.wake()
         self._thread.join(timeout=STOP_WAIT)
-        self.oplog.flush()
-        self.adapter.close(wait=2.0)
+        self.oplog.close()
+        self.adapter.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -157,8 +158,18 @@ class Collector:
 
     def cycle(self) -> None:
         """One pass over every source; each runs isolated, so one that fails (bad host
-        figures, a libvirt answer of the wrong shape) fails alone and the rest is published."""
-        woken = self._drain_events()
+        figures, a libvirt answer of the wrong shape) fails alone, and whatever happened the
+        log is written and the view published."""
+        self._failed_this_cycle.clear()
+        try:
+            self._collect()
+        finally:
+            self.oplog.flush()
+            self._publish()
+
+    def _collect(self) -> None:
+        woken: set[str] = set()
+        self._isolated("domains", lambda: woken.update(self._drain_events()))
         if not self.adapter.ensure_connected():
             if self._was_up:
                 log.warning("libvirt at %s unreachable: %s", self.adapter.uri,
@@ -166,13 +177,12 @@ class Collector:
             self._was_up = False
             self._mark("domains", False, 0.0)
             self._isolated("host", self._sample_host)
-            self._publish()
             return
         if not self._was_up:
             self._on_connect()
         now = time.time()
         self._isolated("domains", lambda: self._poll_domains(now, woken))
-        self._drain_events()
+        self._isolated("domains", self._drain_events)
         self._isolated("host", self._sample_host)
         if now >= self._next_stats:
             self._next_stats = now + self.config["collector.stats-interval"]
@@ -180,9 +190,7 @@ class Collector:
         else:
             self._isolated("qemu_process", lambda: self._sample_busy_processes(now))
         self._finish_later(0.0)
-        self._job_progress()
-        self.oplog.flush()
-        self._publish()
+        self._isolated("domains", self._job_progress)
 
     def _isolated(self, source: str, step: Callable[[], None]) -> None:
         """Run one source's step; an exception sets that source's success to 0 and is logged
@@ -195,6 +203,7 @@ class Collector:
                 log.error("collector %s failed: %s: %s (logged once until it recovers)",
                           source, type(exc).__name__, exc)
                 self._failing.add(source)
+            self._failed_this_cycle.add(source)
             self._mark(source, False, time.time() - start)
 
     def _on_connect(self) -> None:
@@ -375,10 +384,15 @@ class Collector:
     def _read_processes(self, now: float) -> None:
         start = time.time()
         for name, cache in self._domains.items():
-            self._read_process(name, cache, now)
-            self._refresh_disks(name, cache, now)
-            self._image_usage(cache)
+            # Per domain: one whose figures cannot be read does not hold up the others.
+            self._isolated("qemu_process", functools.partial(self._read_host_side, name, cache, now))
         self._mark("qemu_process", True, time.time() - start)
+
+    def _read_host_side(self, name: str, cache: _DomainCache, now: float) -> None:
+        """What this host knows of one domain: its QEMU process, its disks and their images."""
+        self._read_process(name, cache, now)
+        self._refresh_disks(name, cache, now)
+        self._image_usage(cache)
 
     def _got_stats(self, future: concurrent.futures.Future) -> None:
         now = time.time()
@@ -527,6 +541,8 @@ class Collector:
     # --- publishing -------------------------------------------------------------------------
 
     def _mark(self, name: str, success: bool, duration: float) -> None:
+        if success and name in self._failed_this_cycle:
+            return  # a step of this source failed earlier in the cycle: that stands
         if success and name in self._failing:
             self._failing.discard(name)
             log.info("collector %s works again", name)

@@ -93,7 +93,7 @@ class OperationsLog:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd  # held until the process ends
+        self._lock_fd = fd  # held until close()
         return ""
 
     def _load(self) -> str:
@@ -157,6 +157,14 @@ class OperationsLog:
         with self._lock:
             if self._dirty:
                 self._flush_locked()
+
+    def close(self) -> None:
+        """Write what is pending and let the state directory go to the next exporter."""
+        self.flush()
+        with self._lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the descriptor releases its flock
+                self._lock_fd = None
 
     def _flush_locked(self) -> None:
         if self.directory is None:

@@ -21,8 +21,13 @@ class InvalidRecord(ValueError):
 
 
 def _number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """A finite float, or an int a float can hold (math.isfinite raises OverflowError on a
+    JSON integer of 309 digits or more)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**63
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _timestamp(value: Any) -> bool:

@@ -113,7 +113,7 @@ class App:
         if path == self.telemetry_path:
             return self._metrics(environ, params, start_response)
         if path == "/-/healthy":
-            return self._send(start_response, "200 OK", "text/plain", b"OK\n")
+            return send(start_response, "200 OK", "text/plain", b"OK\n")
         if path == "/api/operations":
             try:
                 body = self.operations_json(_int_param(params, "offset", 0, 0, OFFSET_MAXIMUM),
@@ -121,12 +121,12 @@ class App:
                                                        PAGE_MAXIMUM))
             except BadRequest as exc:
                 body = json.dumps({"error": str(exc)}).encode()
-                return self._send(start_response, "400 Bad Request", "application/json", body)
-            return self._send(start_response, "200 OK", "application/json", body)
+                return send(start_response, "400 Bad Request", "application/json", body)
+            return send(start_response, "200 OK", "application/json", body)
         if path == "/":
-            return self._send(start_response, "200 OK", "text/html; charset=utf-8",
+            return send(start_response, "200 OK", "text/html; charset=utf-8",
                               self.landing().encode())
-        return self._send(start_response, "404 Not Found", "text/plain", b"not found\n")
+        return send(start_response, "404 Not Found", "text/plain", b"not found\n")
 
     def _metrics(self, environ: dict, params: dict[str, list[str]],
                  start_response: StartResponse) -> Iterable[bytes]:
@@ -139,11 +139,6 @@ class App:
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Content-Length", str(len(body))))
         start_response("200 OK", headers)
-        return [body]
-
-    @staticmethod
-    def _send(start_response: StartResponse, status: str, ctype: str, body: bytes):
-        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
         return [body]
 
     def in_flight(self) -> list[dict[str, Any]]:
@@ -229,6 +224,16 @@ th{{background:#eee}}</style></head><body>
 """
 
 
+def send(start_response: StartResponse, status: str, ctype: str, body: bytes,
+         headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+    """One whole answer: every response of this server is built here."""
+    start_response(status, [("Content-Type", ctype), *headers, ("Content-Length", str(len(body)))])
+    return [body]
+
+
+PLAIN = "text/plain; charset=utf-8"
+
+
 class Methods:
     """GET and HEAD only, 405 with the methods allowed otherwise; HEAD gets the headers of
     GET without the body."""
@@ -239,11 +244,8 @@ class Methods:
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in METHODS:
-            body = b"Method Not Allowed\n"
-            start_response("405 Method Not Allowed", [
-                ("Content-Type", "text/plain; charset=utf-8"), ("Allow", ", ".join(METHODS)),
-                ("Content-Length", str(len(body)))])
-            return [body]
+            return send(start_response, "405 Method Not Allowed", PLAIN, b"Method Not Allowed\n",
+                        [("Allow", ", ".join(METHODS))])
         body = self.app(environ, start_response)
         return [] if method == "HEAD" else body
 
@@ -264,11 +266,9 @@ class Safe:
         except Exception as exc:  # noqa: BLE001 - a bug must not become a traceback per request
             log.error("%s %r: %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
                       type(exc).__name__, exc)
-            body = b"Internal Server Error\n"
-            respond("500 Internal Server Error", [
-                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-                sys.exc_info())
-            return [body]
+            body = send(lambda status, headers: respond(status, headers, sys.exc_info()),
+                        "500 Internal Server Error", PLAIN, b"Internal Server Error\n")
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else body
 
 
 class Guard:
@@ -286,11 +286,8 @@ class Guard:
 
         if self.auth is None or self.auth.allows(environ.get("HTTP_AUTHORIZATION")):
             return self.app(environ, respond)
-        body = b"Unauthorized\n"
-        respond("401 Unauthorized", [
-            ("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff"),
-            ("WWW-Authenticate", "Basic"), ("Content-Length", str(len(body)))])
-        return [body]
+        return send(respond, "401 Unauthorized", PLAIN, b"Unauthorized\n",
+                    [("X-Content-Type-Options", "nosniff"), ("WWW-Authenticate", "Basic")])
 
 
 class _Connection:
@@ -460,9 +457,8 @@ def _bind(host: str, port: int, tls: ssl.SSLContext | None) -> ThreadingWSGIServ
 
 def serve(app: Callable, host: str, port: int, web: WebConfig | None = None) -> ThreadingWSGIServer:
     """Bind now (so a bad address fails at startup); the caller runs serve_forever()."""
-    app = Methods(app)
     if web is not None and (web.users or web.headers):
         app = Guard(app, web)
     server = _bind(host, port, web.tls if web else None)
-    server.set_app(Safe(app))
+    server.set_app(Safe(Methods(app)))  # Methods outside Guard: a HEAD answered 401 has no body
     return server

@@ -123,6 +123,7 @@ def test_both_ends_of_each_range_are_valid(key):
     ("libvirt.uri: \"qemu:///system\\nX\"\n", "control character"),
     ("node.hostname: \"a\\x1bb\"\n", "control character"),
     ("[" * 100_000 + "\n", "nested too deeply"),
+    ("libvirt.timeout: 1" + "0" * 5000 + "\n", "digits"),  # Python refuses to build the int
 ])
 def test_bad_values_in_the_file_exit_2(tmp_path, text, needle):
     path = tmp_path / "c.yml"
@@ -146,6 +147,7 @@ def test_listen_addresses(address, expected):
 
 @pytest.mark.parametrize("address", [
     "::1:9966", "[::1]", "[nonsense]:1", "[::1:1", ":0", ":65536", ":\u0669\u0669", "[]:1",
+    ":" + "0" * 5000 + "1",  # an int Python refuses to build
 ])
 def test_bad_listen_addresses(address):
     with pytest.raises(ConfigError, match="web.listen-address"):

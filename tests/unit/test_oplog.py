@@ -72,6 +72,8 @@ def test_bytes_that_are_not_utf8_are_skipped(tmp_path, line):
     _good()[:-1] + b', "qemu_written_bytes": -Infinity}',
     _good()[:-1] + b', "qemu_written_bytes": 1e309}',
     _good()[:-1] + b', "qemu_written_bytes": 1' + b"0" * 5000 + b"}",
+    _good()[:-1] + b', "qemu_written_bytes": 1' + b"0" * 400 + b"}",  # too big for a float
+    _good()[:-1] + b', "start": 1' + b"0" * 400 + b"}",
     json.dumps({k: v for k, v in GOOD.items() if k != "end"}).encode(),
 ])
 def test_records_of_the_wrong_shape_are_skipped(tmp_path, line):

@@ -8,8 +8,10 @@ import logging
 import socket
 import socketserver
 
+import bcrypt
 import pytest
 from libvirt_snapshot_exporter import web
+from libvirt_snapshot_exporter.webconfig import WebConfig
 
 
 class Recorder:
@@ -87,5 +89,19 @@ def test_every_address_is_one_dual_stack_socket():
         assert server.address_family == socket.AF_INET6
         assert server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
         assert server.address_text.startswith("[::]:")
+    finally:
+        server.server_close()
+
+
+def test_head_answers_carry_no_body_whichever_layer_answers():
+    """As serve() stacks them: a HEAD refused by basic auth, or failing below, has no body."""
+    users = {"alice": bcrypt.hashpw(b"secret", bcrypt.gensalt(4))}
+    server = web.serve(failing_app, "127.0.0.1", 0, WebConfig(users=users))
+    try:
+        recorder = Recorder()
+        assert server.get_app()(environ("HEAD"), recorder) == []
+        assert recorder.status.startswith("401")
+        assert web.Safe(failing_app)(environ("HEAD"), recorder) == []
+        assert recorder.status.startswith("500")
     finally:
         server.server_close()
