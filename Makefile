@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 lint: venv
-	$(VENV)/bin/ruff check exporter tests scripts benchmarks
+	$(VENV)/bin/ruff check exporter devtools tests scripts benchmarks
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
@@ -44,7 +44,7 @@ unit: venv
 test: test-deps venv  ## the whole suite, real libvirtd and QEMU guests and the container included
 	bash scripts/libvirtd-up.sh
 	bash scripts/container-base.sh up
-	$(VENV)/bin/ruff check exporter tests scripts benchmarks
+	$(VENV)/bin/ruff check exporter devtools tests scripts benchmarks
 	eval "$$(bash scripts/container-base.sh env)" && $(VENV)/bin/pytest -v -rfEs tests
 
 demo: deps venv  ## a demo guest, snapshots now and then, the exporter on localhost:9966

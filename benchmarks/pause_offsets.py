@@ -20,13 +20,9 @@ import multiprocessing
 import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import libvirt  # noqa: E402
-import testbed  # noqa: E402
+import libvirt
+from lse_devtools import testbed
 
 SUSPENDED, RESUMED = libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_RESUMED
 

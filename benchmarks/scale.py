@@ -6,8 +6,8 @@ core at idle, RSS and number of series, against the targets):
 - testdriver: 1,000 domains holding 10 snapshots each, served by libvirt's test driver from a
   generated node XML (test:///path/node.xml), exporter as a separate process;
 - history: the same 1,000 domains, in-process, with create and delete history in every domain's
-  histograms (driven through the exporter's own connection: a test driver lives inside the
-  process that opened it);
+  histograms (driven through the exporter's own connection, opened read-write by this script:
+  a test driver lives inside the connection that opened it);
 - real: N guests without an OS under the real libvirtd, with Debian's
   prometheus-libvirt-exporter measured in the same run for comparison.
 
@@ -17,6 +17,7 @@ core at idle, RSS and number of series, against the targets):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -27,13 +28,12 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
+import libvirt
 import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "exporter"))
 
 TARGETS = {"scrape_p99_ms": 150.0, "rss_mb": 150.0, "cpu_share": 0.02,
            "history_scrape_p99_ms": 250.0}
@@ -113,7 +113,7 @@ def metric(text: str, name: str, label: str = "") -> float | None:
 
 
 def run_testdriver(domains: int, snapshots: int, idle_seconds: float) -> None:
-    from exporter_proc import ExporterProcess
+    from lse_devtools.exporter_proc import ExporterProcess
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "node.xml"
@@ -139,54 +139,73 @@ def run_testdriver(domains: int, snapshots: int, idle_seconds: float) -> None:
 
 def run_history(domains: int, snapshots: int) -> None:
     """In-process: the exporter's own connection drives creates and deletes on every domain."""
-    from exporter_proc import free_port
-    from libvirt_snapshot_exporter import cli
-
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _read_write_connections() as opened:
         path = Path(tmp) / "node.xml"
         path.write_text(node_xml(domains, snapshots))
-        port = free_port()
-        argv = [f"--libvirt.uri=test://{path}", f"--web.listen-address=127.0.0.1:{port}",
-                f"--state.directory={tmp}/state", "--log.level=warning"]
-        app = cli.build_app(argv, read_only=False)
-        threading.Thread(target=app.serve, daemon=True).start()
-        url = f"http://127.0.0.1:{port}/metrics"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if f'libvirt_snapshots{{domain="scale-{domains - 1:04d}"}}' in \
-                        urllib.request.urlopen(url, timeout=10).read().decode():
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        conn = app.collector.adapter.connection
-        # The test driver sends no event for these: each change must stay visible for one
-        # idle check interval (2 calls x domains / max-calls-per-second) to be seen.
-        settle = 2 * (2 * domains / 200.0) + 3
-        for round_ in range(2):
-            for d in range(domains):
-                dom = conn.lookupByName(f"scale-{d:04d}")
-                dom.snapshotCreateXML(f"<domainsnapshot><name>h{round_}</name></domainsnapshot>")
-            time.sleep(settle)
-            for d in range(domains):
-                conn.lookupByName(f"scale-{d:04d}").snapshotLookupByName(f"h{round_}").delete()
-            time.sleep(settle)
-        latencies, body = scrape_stats(url)
-        counted = sum(1 for line in body.splitlines()
-                      if line.startswith("libvirt_snapshot_operation_duration_seconds_count"))
-        rss = psutil.Process().memory_info().rss / 1e6
-        print(f"\n(history: {counted} duration histograms after {2 * domains} creates and "
-              f"{2 * domains} deletes)")
-        report(f"test driver with history: {domains} domains, in-process", latencies, None,
-               None, rss, series_count(body), TARGETS["history_scrape_p99_ms"])
-        app.shutdown()
+        _drive_history(path, tmp, domains, opened)
+
+
+@contextlib.contextmanager
+def _read_write_connections() -> Iterator[list[libvirt.virConnect]]:
+    """Every libvirt.openReadOnly of this process opens read-write instead, and is kept: a
+    test:///node.xml driver lives inside the connection that opened it, so only the
+    exporter's own connection sees (and may make) its snapshots; read-only, it may not."""
+    opened: list[libvirt.virConnect] = []
+
+    def open_read_write(uri: str) -> libvirt.virConnect:
+        conn = libvirt.open(uri)
+        opened.append(conn)
+        return conn
+
+    with mock.patch.object(libvirt, "openReadOnly", open_read_write):
+        yield opened
+
+
+def _drive_history(path: Path, tmp: str, domains: int, opened: list[libvirt.virConnect]) -> None:
+    from libvirt_snapshot_exporter import cli
+    from lse_devtools.exporter_proc import free_port
+
+    port = free_port()
+    argv = [f"--libvirt.uri=test://{path}", f"--web.listen-address=127.0.0.1:{port}",
+            f"--state.directory={tmp}/state", "--log.level=warning"]
+    app = cli.build_app(argv)
+    threading.Thread(target=app.serve, daemon=True).start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if f'libvirt_snapshots{{domain="scale-{domains - 1:04d}"}}' in \
+                    urllib.request.urlopen(url, timeout=10).read().decode():
+                break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    conn = opened[0]
+    # The test driver sends no event for these: each change must stay visible for one
+    # idle check interval (2 calls x domains / max-calls-per-second) to be seen.
+    settle = 2 * (2 * domains / 200.0) + 3
+    for round_ in range(2):
+        for d in range(domains):
+            dom = conn.lookupByName(f"scale-{d:04d}")
+            dom.snapshotCreateXML(f"<domainsnapshot><name>h{round_}</name></domainsnapshot>")
+        time.sleep(settle)
+        for d in range(domains):
+            conn.lookupByName(f"scale-{d:04d}").snapshotLookupByName(f"h{round_}").delete()
+        time.sleep(settle)
+    latencies, body = scrape_stats(url)
+    counted = sum(1 for line in body.splitlines()
+                  if line.startswith("libvirt_snapshot_operation_duration_seconds_count"))
+    rss = psutil.Process().memory_info().rss / 1e6
+    print(f"\n(history: {counted} duration histograms after {2 * domains} creates and "
+          f"{2 * domains} deletes)")
+    report(f"test driver with history: {domains} domains, in-process", latencies, None,
+           None, rss, series_count(body), TARGETS["history_scrape_p99_ms"])
+    app.shutdown()
 
 
 def run_real(guests: int, idle_seconds: float) -> None:
-    import libvirt
-    import testbed
-    from exporter_proc import ExporterProcess, free_port
+    from lse_devtools import testbed
+    from lse_devtools.exporter_proc import ExporterProcess, free_port
 
     testbed.libvirtd_up()
     conn = libvirt.open(testbed.URI)

@@ -21,14 +21,10 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import libvirt  # noqa: E402
-import testbed  # noqa: E402
-from exporter_proc import ExporterProcess, free_port  # noqa: E402
+import libvirt
+from lse_devtools import testbed
+from lse_devtools.exporter_proc import ExporterProcess, free_port
 
 
 def percentile(values: list[float], q: float) -> float:

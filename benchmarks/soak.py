@@ -21,15 +21,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import libvirt  # noqa: E402
-import psutil  # noqa: E402
-import testbed  # noqa: E402
-from exporter_proc import ExporterProcess  # noqa: E402
+import libvirt
+import psutil
+from lse_devtools import testbed
+from lse_devtools.exporter_proc import ExporterProcess
 
 Step = tuple[str, str, str, Callable[[libvirt.virDomain], object]]  # op, kind, snapshot, call
 

@@ -22,12 +22,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+import libvirt
+from lse_devtools import testbed
+from lse_devtools.exporter_proc import ExporterProcess
 
-import libvirt  # noqa: E402
-import testbed  # noqa: E402
-from exporter_proc import ExporterProcess  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 stop = False
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Record what the exporter's libvirt adapter observes during real snapshot operations.
 
-Each scenario drives a real libvirtd (TCG guests from tests/testbed.py) with libvirt-python,
+Each scenario drives a real libvirtd (TCG guests from lse_devtools.testbed) with libvirt-python,
 while the adapter polls the guest every 0.1 s and reports events. The observations, plus one
 `ClientCall` line per operation with the client's own wall-clock start and end, are written as
 JSON lines to tests/unit/sequences/<scenario>.jsonl. The tracker's unit tests replay them.
@@ -29,14 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
+from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter
+from libvirt_snapshot_exporter.observations import to_record
+from lse_devtools import testbed
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "exporter"))
-
-import testbed  # noqa: E402
-from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter  # noqa: E402
-from libvirt_snapshot_exporter.observations import to_record  # noqa: E402
 
 # Sequences of another libvirt version go to a directory of their own.
 OUT = Path(os.environ.get("LSE_SEQUENCES_DIR", ROOT / "tests" / "unit" / "sequences")).resolve()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import libvirt
 import pytest
-import testbed
-from exporter_proc import ExporterProcess
+from lse_devtools import testbed
+from lse_devtools.exporter_proc import ExporterProcess
 
 
 class Libvirt:

@@ -18,9 +18,12 @@ from .config import OPTIONS, Config, ConfigError, build, dest
 PROG = "libvirt-snapshot-exporter"
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line naming it and exit 2: the exporter's and bench's alike."""
+
     def error(self, message: str) -> NoReturn:
-        fail(message)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def fail(message: str) -> NoReturn:
@@ -29,7 +32,7 @@ def fail(message: str) -> NoReturn:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Prometheus exporter timing libvirt snapshot operations "
+    p = OneLineParser(prog=PROG, description="Prometheus exporter timing libvirt snapshot operations "
                 "beside the host's page cache and writeback.")
     p.add_argument("--config.file", dest="config_file", metavar="PATH",
                    help="YAML file whose keys are these flags' names without dashes")
@@ -55,7 +58,7 @@ def load(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 class Exporter:
     """The exporter assembled: collection loop, operations log, HTTP server (bound already)."""
 
-    def __init__(self, config: Config, web_config: object, read_only: bool = True) -> None:
+    def __init__(self, config: Config, web_config: object) -> None:
         from .collector import MetricsRenderer
         from .daemon import Collector
         from .oplog import OperationsLog, StateDirectoryInUse
@@ -77,7 +80,7 @@ class Exporter:
         except OSError as exc:
             fail(f"web.listen-address: cannot listen on {config['web.listen-address']}: "
                  f"{exc.strerror or exc}")
-        self.collector = Collector(config, store, oplog, renderer.prepare, read_only)
+        self.collector = Collector(config, store, oplog, renderer.prepare)
 
     def serve(self) -> None:
         """Collect and serve until shutdown(); then stop collecting and flush the log."""
@@ -93,11 +96,10 @@ class Exporter:
         threading.Thread(target=self.server.shutdown, daemon=True).start()
 
 
-def build_app(argv: list[str], read_only: bool = True) -> Exporter:
-    """The exporter from command-line flags; read_only=False only for benchmarks that drive
-    libvirt's in-process test driver through the exporter's own connection."""
+def build_app(argv: list[str]) -> Exporter:
+    """The exporter from command-line flags, to serve in this process (benchmarks/scale.py)."""
     config, _ = load(argv)
-    return Exporter(config, _web_config(config), read_only)
+    return Exporter(config, _web_config(config))
 
 
 def _web_config(config: Config) -> object:
@@ -112,7 +114,7 @@ def _web_config(config: Config) -> object:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
+        from .bench.command import main as bench_main
 
         sys.exit(bench_main(argv[1:]))
     config, args = load(argv)

@@ -65,6 +65,11 @@ class OperationContext:
         self._last_process = (sample.pid, sample.write_bytes)
 
 
+def write_rate(written: int | None, seconds: float) -> int | None:
+    """Bytes QEMU wrote per second of an operation (the exporter's log and bench's CSV)."""
+    return round(written / seconds) if written is not None and seconds > 0 else None
+
+
 def _min(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .context import ContextKeeper
+from .context import ContextKeeper, write_rate
 from .host import HostReader, HostSample
 from .inbox import Inbox
-from .libvirt_adapter import DiskInfo, LibvirtAdapter, LibvirtUnavailable, Versions
+from .libvirt_adapter import LibvirtAdapter, LibvirtUnavailable
+from .libvirt_common import DiskInfo, Versions
 from .observations import (
     CONTROL_JOB,
     STATE_SHUTOFF,
@@ -34,7 +35,18 @@ from .observations import (
 )
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample
-from .state import CollectorStatus, DomainView, InFlight, StateStore, View, guest_memory_used
+from .state import (
+    CollectorStatus,
+    CpuReading,
+    DomainView,
+    InFlight,
+    StateStore,
+    View,
+    cpu_ratio,
+    cpu_reading,
+    guest_memory_total,
+    guest_memory_used,
+)
 from .tracker import Operation, Tracker
 
 log = logging.getLogger(__name__)
@@ -50,7 +62,7 @@ class _DomainCache:
     uuid: str = ""
     poll: DomainPoll | None = None
     stats: dict[str, Any] = field(default_factory=dict)
-    cpu_sample: tuple[float, float] | None = None  # (wall time, cpu seconds)
+    cpu_sample: CpuReading | None = None
     cpu_ratio: float | None = None
     disks: tuple[DiskInfo, ...] = ()
     disks_read_at: float = 0.0
@@ -74,7 +86,7 @@ class Collector:
     """Owns the adapters, the tracker and the operations log; publishes views to the store."""
 
     def __init__(self, config: Config, store: StateStore, oplog: OperationsLog,
-                 on_publish: Callable[[], None] = lambda: None, read_only: bool = True) -> None:
+                 on_publish: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.store = store
         self.oplog = oplog
@@ -82,7 +94,7 @@ class Collector:
         self._events: Inbox[Observation] = Inbox()
         self.adapter = LibvirtAdapter(
             config["libvirt.uri"], self._events.put, config["libvirt.timeout"],
-            config["libvirt.pid-directory"], read_only,
+            config["libvirt.pid-directory"],
         )
         self.host = HostReader(config["path.procfs"])
         self.processes = ProcessReader(config["path.procfs"])
@@ -405,14 +417,14 @@ class Collector:
         self._mark("guests", ok, now - self._stats_started)
 
     def _cpu_ratio(self, cache: _DomainCache, now: float, values: dict[str, Any]) -> None:
-        if "cpu.time" not in values:
+        reading = cpu_reading(now, values)
+        if reading is None:
             return
-        seconds = values["cpu.time"] / 1e9
-        if cache.cpu_sample is not None and now > cache.cpu_sample[0]:
-            vcpus = max(1, int(values.get("vcpu.current", 1)))
-            cache.cpu_ratio = max(0.0, (seconds - cache.cpu_sample[1])
-                                  / (now - cache.cpu_sample[0]) / vcpus)
-        cache.cpu_sample = (now, seconds)
+        if cache.cpu_sample is not None:
+            ratio = cpu_ratio(cache.cpu_sample, reading)
+            if ratio is not None:
+                cache.cpu_ratio = ratio
+        cache.cpu_sample = reading
 
     def _read_process(self, name: str, cache: _DomainCache, now: float) -> None:
         pid = cache.poll.pid if cache.poll is not None else None
@@ -489,9 +501,8 @@ class Collector:
         self.contexts.begin(op.key, op.domain, op.start, used, total, cache.cpu_ratio)
 
     def _guest_memory(self, cache: _DomainCache) -> tuple[int | None, int | None]:
-        total = cache.stats.get("balloon.current", 0) * 1024 or None
         used = guest_memory_used(cache.stats, cache.process)
-        return (used[0] if used else None), total
+        return (used[0] if used else None), guest_memory_total(cache.stats)
 
     def _record(self, op: Operation) -> None:
         ctx = self.contexts.finish(op.key).public()
@@ -519,9 +530,7 @@ class Collector:
             "job_time_elapsed_ms": op.job.get("time_elapsed"),
             "job_downtime_ms": op.job.get("downtime"),
             **ctx,
-            "qemu_write_rate_bytes_per_second": (
-                round(written / duration) if written is not None and duration > 0 else None
-            ),
+            "qemu_write_rate_bytes_per_second": write_rate(written, duration),
         }
         log.info("%s %s of %s/%s: %.3f s (%s, start by %s, end by %s)", op.outcome,
                  op.operation, op.domain, op.snapshot, duration, op.kind, op.start_source,

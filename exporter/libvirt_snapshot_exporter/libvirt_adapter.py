@@ -1,4 +1,4 @@
-"""The only module that talks to libvirt.
+"""The exporter's one module that talks to libvirt (bench has a read-write one of its own).
 
 It keeps a read-only connection alive (keepalive, reconnect with backoff, event callbacks
 registered again after every reconnect), turns events into observations, and offers polls that
@@ -17,12 +17,12 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
+from .libvirt_common import Versions, parse_domain_disks, read_versions
 from .observations import (
     BlockJobEvent,
     DomainPoll,
@@ -32,11 +32,9 @@ from .observations import (
     Observation,
     SnapshotRecord,
 )
+from .qemu_process import read_qemu_pid
 
 log = logging.getLogger(__name__)
-
-# libvirt prints every error to stderr by default; we log them ourselves.
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 NOWAIT_STATS = (
     libvirt.VIR_DOMAIN_STATS_STATE
@@ -49,25 +47,6 @@ NOWAIT_STATS = (
 
 class LibvirtUnavailable(Exception):
     """libvirtd cannot be reached, or a call did not answer before its deadline."""
-
-
-@dataclass(frozen=True)
-class DiskInfo:
-    target: str
-    source: str
-    format: str
-    cache: str
-
-
-@dataclass(frozen=True)
-class Versions:
-    library: str
-    daemon: str
-    hypervisor: str
-
-
-def _version_string(number: int) -> str:
-    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
 
 
 def parse_snapshot_xml(xml: str, current: bool) -> SnapshotRecord:
@@ -90,28 +69,6 @@ def parse_snapshot_xml(xml: str, current: bool) -> SnapshotRecord:
         current=current,
         memory_file=memory.get("file") if memory is not None else None,
     )
-
-
-def parse_domain_disks(xml: str) -> list[DiskInfo]:
-    """Disks of a domain XML with their source, image format and cache mode."""
-    disks = []
-    for disk in ET.fromstring(xml).findall("devices/disk"):
-        if disk.get("device", "disk") not in ("disk", "lun"):
-            continue
-        source = disk.find("source")
-        driver = disk.find("driver")
-        path = ""
-        if source is not None:
-            path = source.get("file") or source.get("dev") or source.get("name") or ""
-        disks.append(
-            DiskInfo(
-                target=disk.find("target").get("dev", "") if disk.find("target") is not None else "",
-                source=path,
-                format=driver.get("type", "") if driver is not None else "",
-                cache=(driver.get("cache") if driver is not None else None) or "default",
-            )
-        )
-    return disks
 
 
 _event_loop_started = threading.Lock()
@@ -201,10 +158,8 @@ class LibvirtAdapter:
         on_observation: Callable[[Observation], None],
         call_timeout: float = 10.0,
         pid_directory: str = "/run/libvirt/qemu",
-        read_only: bool = True,
     ) -> None:
         self.uri = uri
-        self._read_only = read_only
         self._emit = on_observation
         self._timeout = call_timeout
         self._pid_dir = Path(pid_directory)
@@ -261,7 +216,7 @@ class LibvirtAdapter:
             return True
 
     def _open(self) -> libvirt.virConnect:
-        conn = libvirt.openReadOnly(self.uri) if self._read_only else libvirt.open(self.uri)
+        conn = libvirt.openReadOnly(self.uri)
         try:
             try:
                 conn.setKeepAlive(5, 3)
@@ -305,11 +260,6 @@ class LibvirtAdapter:
         closing.start()
         closing.join(wait)
 
-    @property
-    def connection(self) -> libvirt.virConnect | None:
-        """The live connection, for benchmarks driving libvirt's in-process test driver."""
-        return self._conn
-
     def _call(self, key: str, fn: Callable[[libvirt.virConnect], Any]) -> Any:
         conn = self._conn
         if conn is None:
@@ -352,14 +302,7 @@ class LibvirtAdapter:
     # --- polls ------------------------------------------------------------------------------
 
     def versions(self) -> Versions:
-        def read(conn: libvirt.virConnect) -> Versions:
-            return Versions(
-                library=_version_string(libvirt.getVersion()),
-                daemon=_version_string(conn.getLibVersion()),
-                hypervisor=_version_string(conn.getVersion()),
-            )
-
-        return self._call("versions", read)
+        return self._call("versions", read_versions)
 
     def hostname(self) -> str:
         """The host name libvirtd reports (virConnectGetHostname, allowed read-only): the
@@ -493,10 +436,7 @@ class LibvirtAdapter:
         )
 
     def qemu_pid(self, name: str) -> int | None:
-        try:
-            return int((self._pid_dir / f"{name}.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
+        return read_qemu_pid(self._pid_dir, name)
 
     def job_progress(self, name: str) -> JobProgress | None:
         """Memory copied so far by an external snapshot. libvirt answers a job query only in that

@@ -35,6 +35,14 @@ def parse_io_stat(text: str) -> tuple[int, int]:
     return read, write
 
 
+def read_qemu_pid(pid_directory: Path, domain: str) -> int | None:
+    """The pid libvirt wrote to <pid_directory>/<domain>.pid; None when shut off."""
+    try:
+        return int((pid_directory / f"{domain}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 class ProcessReader:
     def __init__(self, procfs: str = "/proc", cgroupfs: str = "/sys/fs/cgroup") -> None:
         self.procfs = Path(procfs)

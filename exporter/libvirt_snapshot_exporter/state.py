@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .host import HostSample
-from .libvirt_adapter import DiskInfo, Versions
+from .libvirt_common import DiskInfo, Versions
 from .observations import SnapshotRecord
 from .qemu_process import ProcessSample
 from .tracker import Operation
@@ -36,6 +36,36 @@ def guest_memory_used(stats: dict[str, Any], process: ProcessSample | None
     if process is not None:
         return process.rss_bytes, "qemu_rss"
     return None
+
+
+def guest_memory_total(stats: dict[str, Any]) -> int | None:
+    """The guest's memory as its balloon sets it (balloon.current, KiB)."""
+    return stats.get("balloon.current", 0) * 1024 or None
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """A guest's CPU time at one moment: two of them give its CPU ratio."""
+
+    time: float
+    cpu_time_ns: int
+    vcpus: int
+
+
+def cpu_reading(now: float, stats: dict[str, Any]) -> CpuReading | None:
+    """From libvirt's domain stats (cpu.time, vcpu.current); None without cpu.time (shut off)."""
+    if "cpu.time" not in stats:
+        return None
+    return CpuReading(now, int(stats["cpu.time"]), int(stats.get("vcpu.current", 1)))
+
+
+def cpu_ratio(before: CpuReading, after: CpuReading) -> float | None:
+    """Share of its vCPUs the guest used between two readings (1.0: all of them, all the
+    time); None when no time passed."""
+    if after.time <= before.time:
+        return None
+    seconds = (after.cpu_time_ns - before.cpu_time_ns) / 1e9
+    return max(0.0, seconds / (after.time - before.time) / max(1, after.vcpus))
 
 
 @dataclass(frozen=True)

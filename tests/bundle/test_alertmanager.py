@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import ROOT, alerting_rules, load_yaml, run, tool
+from lse_devtools.bundle import ROOT, alerting_rules, load_yaml, run, tool
 
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
 

@@ -10,8 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from .conftest import ROOT, load_yaml, run
+from lse_devtools.bundle import ROOT, load_yaml, run
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "exporter" / "Dockerfile"

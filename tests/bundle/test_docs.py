@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from .conftest import PROM, ROOT, alerting_rules, load_yaml, recording_rules
+from lse_devtools.bundle import PROM, ROOT, alerting_rules, load_yaml, recording_rules
 
 DOC = (ROOT / "docs" / "bundle.md").read_text()
 THRESHOLDS = [r for g in load_yaml(PROM / "rules" / "thresholds.yml")["groups"]

@@ -6,8 +6,7 @@ import re
 import shutil
 
 import pytest
-
-from .conftest import (
+from lse_devtools.bundle import (
     JOB_MATCHER,
     PROM,
     ROOT,

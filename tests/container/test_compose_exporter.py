@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import testbed
+from lse_devtools import testbed
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.libvirt

@@ -7,7 +7,7 @@ gives them an operation to count.
 
 The copy differs from the example in addresses (loopback ports), in its scrape and evaluation
 interval (1 s) and in having no alerting block (no Alertmanager runs here); rules as shipped,
-groups evaluated every second (tests/e2e/derived.py)."""
+groups evaluated every second (devtools/lse_devtools/derived.py)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,11 @@ import time
 from dataclasses import dataclass
 
 import pytest
-import testbed
-from bundle.conftest import PROM, load_yaml
-from exporter_proc import ExporterProcess, free_port
-
-from . import dashboard, derived
-from .driving import run_recorded
-from .services import Server, prometheus, victoria_metrics, wait
+from lse_devtools import dashboard, derived, testbed
+from lse_devtools.bundle import PROM, load_yaml
+from lse_devtools.driving import run_recorded
+from lse_devtools.exporter_proc import ExporterProcess, free_port
+from lse_devtools.services import Server, prometheus, victoria_metrics, wait
 
 pytestmark = pytest.mark.libvirt
 

@@ -5,7 +5,7 @@ loopback, and the commented remote_write block of prometheus.yml enabled towards
 VictoriaMetrics. Real operations feed it: a chain of internal snapshots of the filler guest, a
 revert and deletes, and a create that really fails (the guest's qcow2 lives on a 64 MiB tmpfs).
 
-The copies differ from what ships in these ways only (tests/e2e/derived.py):
+The copies differ from what ships in these ways only (devtools/lse_devtools/derived.py):
 - addresses: the compose service names become the loopback ports of the processes started here;
 - time: scrape and evaluation every second, the rule groups' own `interval:` dropped (the hourly
   7-day baseline is evaluated every second too) and every alert's `for:` SHORTENED TO 1 s; the
@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import testbed
-from exporter_proc import ExporterProcess, free_port
-
-from . import dashboard, derived
-from .driving import Ran, run_recorded
-from .services import Server, Webhook, alertmanager, prometheus, victoria_metrics, wait
+from lse_devtools import dashboard, derived, testbed
+from lse_devtools.driving import Ran, run_recorded
+from lse_devtools.exporter_proc import ExporterProcess, free_port
+from lse_devtools.services import Server, Webhook, alertmanager, prometheus, victoria_metrics, wait
 
 pytestmark = pytest.mark.libvirt
 

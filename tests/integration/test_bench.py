@@ -19,7 +19,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-import testbed
+from lse_devtools import testbed
 
 pytestmark = pytest.mark.libvirt
 

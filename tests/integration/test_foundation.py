@@ -11,8 +11,8 @@ import time
 
 import libvirt
 import pytest
-import testbed
-from exporter_proc import ExporterProcess, free_port
+from lse_devtools import testbed
+from lse_devtools.exporter_proc import ExporterProcess, free_port
 
 pytestmark = pytest.mark.libvirt
 

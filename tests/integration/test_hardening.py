@@ -26,10 +26,10 @@ from pathlib import Path
 import bcrypt
 import psutil
 import pytest
-import testbed
-from exporter_proc import ExporterProcess, free_port
 from libvirt_snapshot_exporter import web
-from test_operations import Timed, in_flight, operations, wait_operations
+from lse_devtools import testbed
+from lse_devtools.driving import Timed, in_flight, operations, wait_operations
+from lse_devtools.exporter_proc import ExporterProcess, free_port
 
 pytestmark = pytest.mark.libvirt
 

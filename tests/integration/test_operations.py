@@ -2,71 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import libvirt
 import pytest
-import testbed
-from exporter_proc import ExporterProcess
+from lse_devtools import testbed
+from lse_devtools.driving import Timed, in_flight, wait_operations
+from lse_devtools.exporter_proc import ExporterProcess
 
 pytestmark = pytest.mark.libvirt
 
 TOLERANCE = 0.5  # seconds between the exporter's duration and the client's wall time
-
-
-def operations(exporter: ExporterProcess, domain: str, since: float = 0.0) -> list[dict]:
-    data = json.loads(exporter.get("/api/operations"))
-    found = [o for o in data["operations"] if o["domain"] == domain and o["end"] >= since]
-    return sorted(found, key=lambda o: o["start"])
-
-
-def wait_operations(exporter, domain, count, since=0.0, timeout=20.0) -> list[dict]:
-    return exporter.wait_for(
-        lambda: len(ops := operations(exporter, domain, since)) >= count and ops, timeout,
-        f"{count} operations of {domain}")
-
-
-def in_flight(exporter: ExporterProcess, domain: str, snapshot: str | None = None) -> list[dict]:
-    """In flight as last published. An operation that just ended can still be listed there
-    for up to one collection cycle (the log shows it at once): name the snapshot to wait for
-    the next one."""
-    data = json.loads(exporter.get("/api/operations"))
-    return [o for o in data["in_flight"]
-            if o["domain"] == domain and snapshot in (None, o["snapshot"])]
-
-
-class Timed:
-    """A libvirt call run on a thread, with the client's own wall-clock start and end."""
-
-    def __init__(self, fn) -> None:
-        self.error: Exception | None = None
-        self.start = self.end = 0.0
-
-        def run() -> None:
-            self.start = time.time()
-            try:
-                fn()
-            except libvirt.libvirtError as exc:
-                self.error = exc
-            self.end = time.time()
-
-        self.thread = threading.Thread(target=run)
-        self.thread.start()
-
-    def join(self) -> Timed:
-        self.thread.join()
-        return self
-
-    @property
-    def wall(self) -> float:
-        return self.end - self.start
 
 
 def test_three_level_chain_revert_and_delete(exporter, filler, conn):

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-from exporter_proc import ExporterProcess, free_port
+from lse_devtools.exporter_proc import ExporterProcess, free_port
+from lse_devtools.silent_libvirtd import SilentLibvirtd
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
-from silent_libvirtd import SilentLibvirtd
 
 TEST_URI = "test:///default"
 PROC = Path(__file__).parent / "proc"

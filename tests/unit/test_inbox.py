@@ -15,7 +15,7 @@ import pytest
 from libvirt_snapshot_exporter.inbox import Inbox
 from libvirt_snapshot_exporter.observations import DomainPoll, from_record
 from libvirt_snapshot_exporter.tracker import Tracker
-from replay import records, replay
+from lse_devtools.replay import records, replay
 
 SEQUENCES = sorted((Path(__file__).parent).glob("sequences*/*.jsonl"))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from libvirt_snapshot_exporter.host import PAGE_SIZE, parse_meminfo, parse_pressure, parse_vmstat
-from libvirt_snapshot_exporter.libvirt_adapter import parse_domain_disks, parse_snapshot_xml
+from libvirt_snapshot_exporter.libvirt_adapter import parse_snapshot_xml
+from libvirt_snapshot_exporter.libvirt_common import parse_domain_disks
 from libvirt_snapshot_exporter.qemu_process import parse_io_stat
 
 PROC = Path(__file__).parent / "proc"

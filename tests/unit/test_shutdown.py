@@ -10,7 +10,7 @@ from libvirt_snapshot_exporter.config import build
 from libvirt_snapshot_exporter.daemon import STOP_WAIT, Collector
 from libvirt_snapshot_exporter.oplog import LOG_NAME, OperationsLog
 from libvirt_snapshot_exporter.state import StateStore, View
-from silent_libvirtd import SilentLibvirtd
+from lse_devtools.silent_libvirtd import SilentLibvirtd
 
 ENTRY = {"domain": "vm1", "snapshot": "s1", "operation": "create", "kind": "internal",
          "memory": True, "start": 1700000000.0, "end": 1700000040.5, "duration_seconds": 40.5,

@@ -16,8 +16,8 @@ from libvirt_snapshot_exporter.observations import (
     SnapshotRecord,
 )
 from libvirt_snapshot_exporter.tracker import Operation, Tracker, depth_of
-from replay import assert_matches_client
-from replay import replay as replay_file
+from lse_devtools.replay import assert_matches_client
+from lse_devtools.replay import replay as replay_file
 
 SEQUENCES = Path(__file__).parent / "sequences"
 

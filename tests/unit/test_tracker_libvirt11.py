@@ -15,9 +15,9 @@ from libvirt_snapshot_exporter.observations import (
     EVENT_SUSPENDED,
 )
 from libvirt_snapshot_exporter.tracker import Operation, Tracker
-from replay import assert_matches_client
-from replay import records as read_records
-from replay import replay as replay_file
+from lse_devtools.replay import assert_matches_client
+from lse_devtools.replay import records as read_records
+from lse_devtools.replay import replay as replay_file
 
 SEQUENCES = Path(__file__).parent / "sequences-libvirt11"
 

@@ -259,7 +259,7 @@ PID_DIRECTORY = Path(os.environ.get("LSE_PID_DIRECTORY", "/run/libvirt/qemu"))
 
 def libvirtd_up() -> None:
     """Start libvirtd the way CI and `make demo` do, if it is not answering."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "libvirtd-up.sh"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "libvirtd-up.sh"
     _run(LIBVIRTD_UP or ["bash", str(script)])
 
 

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .context import OperationContext
-from .host import HostReader, HostSample
-from .qemu_process import ProcessReader, ProcessSample
+from ..context import OperationContext
+from ..host import HostReader, HostSample
+from ..qemu_process import ProcessReader, ProcessSample, read_qemu_pid
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class Sampler:
     def __init__(self, domain: str, interval: float = 0.25, procfs: str = "/proc",
                  pid_directory: str = "/run/libvirt/qemu") -> None:
         self.interval = interval
-        self._pid_file = Path(pid_directory) / f"{domain}.pid"
+        self._domain = domain
+        self._pid_directory = Path(pid_directory)
         self._host_reader = HostReader(procfs)
         self._processes = ProcessReader(procfs)
         self.host: list[HostSample] = []
@@ -53,18 +54,12 @@ class Sampler:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def _pid(self) -> int | None:
-        try:
-            return int(self._pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None  # shut off
-
     def _sample(self) -> None:
         try:
             host = self._host_reader.read()
         except OSError:
             host = None
-        pid = self._pid()
+        pid = read_qemu_pid(self._pid_directory, self._domain)
         process = self._processes.read(pid) if pid else None
         now = time.time()
         with self._lock:

@@ -10,79 +10,25 @@ answered at once even while a call that cannot be aborted (an internal create) i
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from . import bench_plot
-from .bench_checks import EXIT_USAGE, PROG, UsageError, check_arguments, confirm, parser, preflight
-from .bench_report import OperationRecord, Setting, table, write_csv, write_json
-from .bench_sampler import Sampler
-from .host import HostReader
-from .libvirt_control import (
-    Control,
-    ControlError,
-    Domain,
-    GuestReading,
-    SnapshotPlan,
-    Versions,
-    plan_snapshot,
-)
+from ..host import HostReader
+from ..libvirt_common import Versions
+from ..state import cpu_ratio
+from . import plot
+from .checks import EXIT_USAGE, PROG, UsageError, check_arguments, confirm, parser, preflight
+from .console import Abandoned, Interrupts, Progress
+from .control import Control, ControlError, Domain, GuestReading, SnapshotPlan, plan_snapshot
+from .report import OperationRecord, Setting, table, write_csv, write_json
+from .sampler import Sampler
 
 SETTLE_SECONDS = 1.0  # quiet time sampled before and after every operation
 SAMPLE_INTERVAL = 0.25
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
-
-
-class Abandoned(BaseException):
-    """A second Ctrl-C: leave now, without cleaning up (a BaseException, like
-    KeyboardInterrupt, so that no cleanup-on-error handler catches it)."""
-
-
-class Interrupts:
-    """Ctrl-C (or SIGTERM) once: finish the call in flight, then clean up. Twice: leave."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.doing = ""  # what is in flight, for the message
-
-    def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, _signum: int, _frame: object) -> None:
-        self.count += 1
-        if self.count > 1:
-            return
-        if self.doing.startswith("create internal"):
-            what = (f"an internal snapshot create cannot be aborted: waiting for "
-                    f"{self.doing.split()[-1]} to finish, then deleting")
-        elif self.doing.startswith("create"):
-            what = f"waiting for the create of {self.doing.split()[-1]} to finish, then deleting"
-        else:
-            what = "deleting"
-        print(f"\n{PROG}: interrupted: {what} the snapshots made so far "
-              "(Ctrl-C again to leave without cleaning up)", file=sys.stderr, flush=True)
-
-
-class Progress:
-    """One status line rewritten in place, only when stdout is a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-
-    def show(self, text: str) -> None:
-        if self.enabled:
-            sys.stdout.write("\r\033[K" + text)
-            sys.stdout.flush()
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            sys.stdout.write("\r\033[K" + text + "\n")
-            sys.stdout.flush()
 
 
 class Bench:
@@ -172,7 +118,9 @@ class Bench:
 
     def _guest(self) -> GuestReading | None:
         """Guest memory and CPU time, read between operations only (memoryStats would wait)."""
-        _s, _e, reading, error = self._call("reading guest", lambda: self.domain.guest(time.time()))
+        process = self.sampler.latest()[1]
+        _s, _e, reading, error = self._call("reading guest", lambda: self.domain.guest(
+            time.time(), process.process if process else None))
         if error is not None or reading is None:
             return None
         self.guests.append(reading)
@@ -230,7 +178,7 @@ class Bench:
         self._guest_reading = after
         record = OperationRecord(
             run, level, operation, name, start, end, "failure" if error else "success",
-            str(error or ""), before, after, _cpu_ratio(first, before))
+            str(error or ""), before, after, _guest_cpu_ratio(first, before))
         self.records.append(record)
         self.progress.line(f"{self._where} {operation} {name}: {record.duration:.2f} s"
                            f"{'' if error is None else ' FAILED: ' + str(error)}")
@@ -324,11 +272,8 @@ class Bench:
             r.context = ctx.public()
 
 
-def _cpu_ratio(first: GuestReading | None, last: GuestReading | None) -> float | None:
-    if first is None or last is None or last.time <= first.time or last.vcpus < 1:
-        return None
-    return max(0.0, (last.cpu_time_ns - first.cpu_time_ns) / 1e9
-               / (last.time - first.time) / last.vcpus)
+def _guest_cpu_ratio(first: GuestReading | None, last: GuestReading | None) -> float | None:
+    return None if first is None or last is None else cpu_ratio(first, last)
 
 
 def _setting(args: argparse.Namespace, domain: Domain, versions: Versions, host: HostReader) -> Setting:
@@ -341,7 +286,7 @@ def _setting(args: argparse.Namespace, domain: Domain, versions: Versions, host:
         disk_cache=",".join(sorted({d.cache for d in disks})),
         disks=[{"target": d.target, "source": d.source, "format": d.format, "cache": d.cache}
                for d in disks],
-        qemu_version=versions.qemu, libvirt_version=versions.libvirt,
+        qemu_version=versions.hypervisor, libvirt_version=versions.daemon,
         host_memory_total_bytes=total, hostname=host.hostname(), kernel=host.kernel(),
         started=time.time(),
     )
@@ -422,4 +367,4 @@ def _write_outputs(bench: Bench, args: argparse.Namespace) -> None:
     if args.json:
         write_json(args.json, bench.records, bench.setting, bench.sampler, bench.guests)
     if args.plot:
-        bench_plot.write_plot(args.plot, bench.records, bench.setting, bench.sampler)
+        plot.write_plot(args.plot, bench.records, bench.setting, bench.sampler)

@@ -1,14 +1,19 @@
 """The dashboard's queries as Grafana sends them: variables interpolated the way Grafana's
 Prometheus data source does it, range panels and annotations as range queries, instant targets
-as instant queries."""
+as instant queries. Shared by the bundle tests (every query parsed by promtool) and the e2e
+tests (every query answered by a real Prometheus)."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
-from bundle.conftest import selectors
-from bundle.test_dashboard import DASHBOARD, _label_values_selector
+from lse_devtools.bundle import ROOT, selectors
+
+DASHBOARD_PATH = ROOT / "grafana" / "dashboards" / "libvirt-snapshots.json"
+DASHBOARD = json.loads(DASHBOARD_PATH.read_text())
+ALL_VALUES = {"$hypervisor": ".*", "$instance": ".*", "$domain": ".*"}  # every variable at All
 
 # Series that exist only while an operation runs, and rules built on them only.
 IN_FLIGHT = {
@@ -59,7 +64,7 @@ def queries() -> list[Query]:
 
 def variables() -> dict[str, str]:
     """name: series selector of each label_values(selector, name) template variable."""
-    return {v["name"]: _label_values_selector(v["query"]["query"])
+    return {v["name"]: label_values_selector(v["query"]["query"])
             for v in DASHBOARD["templating"]["list"] if v["type"] == "query"}
 
 
@@ -79,4 +84,30 @@ def interpolate(expr: str, values: dict[str, str | None], scrape_interval: float
         value = values[name]
         expr = expr.replace(f"${name}", ".*" if value is None else _regex_escape(value))
     assert "$" not in expr, expr
+    return expr
+
+
+def label_values_selector(query: str) -> str:
+    """The series selector of a label_values(selector, label) variable query."""
+    m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query.strip(), flags=re.S)
+    assert m, f"variable query {query!r} is not label_values(selector, label)"
+    return m.group(1)
+
+
+def expressions() -> list[tuple[str, str]]:
+    """(where, expr) of every PromQL query of the dashboard: targets, annotations, variables."""
+    found = [(f"panel {p['id']} {p['title']!r} {t['refId']}", t["expr"])
+             for p in DASHBOARD["panels"] for t in p["targets"]]
+    found += [(f"annotation {a['name']!r}", a["expr"])
+              for a in DASHBOARD["annotations"]["list"] if "expr" in a]
+    found += [(f"variable {v['name']}", label_values_selector(v["query"]["query"]))
+              for v in DASHBOARD["templating"]["list"] if v["type"] == "query"]
+    return found
+
+
+def as_sent_at_all(expr: str) -> str:
+    """A dashboard query as Prometheus receives it from Grafana with every variable at All."""
+    expr = expr.replace("$__rate_interval", "1m")
+    for var, value in ALL_VALUES.items():
+        expr = expr.replace(var, value)
     return expr

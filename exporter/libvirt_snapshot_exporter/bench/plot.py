@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench_report import GIB, OperationRecord, Setting
-from .bench_sampler import Sampler
+from .report import GIB, OperationRecord, Setting
+from .sampler import Sampler
 
 MIB = 2**20
 

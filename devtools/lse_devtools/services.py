@@ -14,7 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from bundle.conftest import tool
+
+from lse_devtools.bundle import tool
 
 LOOPBACK = "127.0.0.1"
 

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench_sampler import Sampler
-from .libvirt_control import GuestReading
+from ..context import write_rate
+from .control import GuestReading
+from .sampler import Sampler
 
 GIB = 2**30
 
@@ -136,9 +137,7 @@ def row(record: OperationRecord, setting: Setting) -> dict[str, Any]:
         "start": round(record.start, 3),
         "end": round(record.end, 3),
         **record.context,
-        "qemu_write_rate_bytes_per_second": (
-            round(written / record.duration) if written is not None and record.duration > 0
-            else None),
+        "qemu_write_rate_bytes_per_second": write_rate(written, record.duration),
         "guest_memory_used_after_bytes": after.memory_used_bytes if after else None,
         "guest_memory_source": record.guest_before.memory_source if record.guest_before else "none",
         "disk_cache": setting.disk_cache,

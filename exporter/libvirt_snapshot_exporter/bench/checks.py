@@ -10,11 +10,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlsplit
 
-from . import bench_plot
-from .libvirt_control import EXTERNAL_DELETE_VERSION, KINDS, Domain, Versions
+from ..cli import OneLineParser
+from ..libvirt_common import Versions
+from . import plot
+from .control import EXTERNAL_DELETE_VERSION, KINDS, Domain
 
 PROG = "libvirt-snapshot-exporter bench"
 EXIT_USAGE = 2
@@ -22,12 +23,6 @@ EXIT_USAGE = 2
 
 class UsageError(Exception):
     """Bad arguments or a domain bench must not touch: one line, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
 
 
 def _positive(text: str) -> int:
@@ -41,7 +36,7 @@ def _positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Time a chain of snapshots of DOMAIN, repeatedly, beside "
+    p = OneLineParser(prog=PROG, description="Time a chain of snapshots of DOMAIN, repeatedly, beside "
                 "the host's memory, page cache and writeback; then delete them.")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--libvirt.uri", dest="uri", default="qemu:///system", metavar="URI",
@@ -69,7 +64,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.live and args.kind != "external":
         raise UsageError("--live needs --kind external: libvirt copies memory live only to an "
                          "external memory file")
-    if args.plot and not bench_plot.available():
+    if args.plot and not plot.available():
         raise UsageError("--plot needs matplotlib: pip install 'libvirt-snapshot-exporter[plot]'")
     for option in ("output", "json", "plot"):
         path = getattr(args, option)
@@ -102,9 +97,9 @@ def preflight(domain: Domain, args: argparse.Namespace, versions: Versions) -> N
             raise UsageError("internal snapshots need every disk in qcow2: " + ", ".join(
                 f"{d.target} is {d.format or 'of unknown format'} ({d.source})" for d in other))
         return
-    if versions.libvirt_number < EXTERNAL_DELETE_VERSION:
+    if versions.daemon_number < EXTERNAL_DELETE_VERSION:
         raise UsageError(f"--kind {args.kind} needs libvirt >= 9.0 to delete external snapshots "
-                         f"again (this daemon is {versions.libvirt})")
+                         f"again (this daemon is {versions.daemon})")
     for d in disks:
         if not Path(d.source).is_file():
             raise UsageError(f"--kind {args.kind} needs file-backed disks: {d.target} is "

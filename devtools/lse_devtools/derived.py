@@ -8,7 +8,8 @@ import urllib.parse
 from pathlib import Path
 
 import yaml
-from bundle.conftest import PROM, ROOT, load_yaml
+
+from lse_devtools.bundle import PROM, ROOT, load_yaml
 
 SHORT = "1s"
 

@@ -1,9 +1,10 @@
-"""Read-write libvirt calls of the `bench` command: the one module besides the adapter that
-imports libvirt.
+"""bench's own libvirt adapter: a read-write connection, the one module of bench that imports
+libvirt.
 
 The exporter itself stays read-only; only bench, which an operator runs on purpose, creates and
 deletes snapshots. Everything here is a thin call with libvirt's errors turned into
-ControlError, so bench.py can decide what to tell the operator.
+ControlError, so bench.command can decide what to tell the operator. Versions, disks and the
+guest's figures are read as the exporter reads them (libvirt_common, state).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pathlib import Path
 
 import libvirt
 
-from .libvirt_adapter import DiskInfo, parse_domain_disks
-
-# libvirt prints every error to stderr by default; bench reports them itself, on one line.
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+from ..libvirt_common import DiskInfo, Versions, parse_domain_disks, read_versions
+from ..qemu_process import ProcessSample
+from ..state import CpuReading, cpu_reading, guest_memory_total, guest_memory_used
 
 KINDS = ("internal", "external", "disk-only")
 STATES = {
@@ -36,17 +36,15 @@ def _message(exc: libvirt.libvirtError) -> str:
     return " ".join(str(exc).split())
 
 
-def version_string(number: int) -> str:
-    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+# The exporter's guest figures, asked for one domain and waiting for them.
+GUEST_STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+               | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU)
 
 
 @dataclass(frozen=True)
-class GuestReading:
-    """Guest figures read between operations (memoryStats waits while a snapshot runs)."""
+class GuestReading(CpuReading):
+    """Guest figures read between operations (the balloon's wait while a snapshot runs)."""
 
-    time: float
-    cpu_time_ns: int
-    vcpus: int
     memory_used_bytes: int | None
     memory_total_bytes: int | None
     memory_source: str  # balloon | qemu_rss | none
@@ -154,31 +152,20 @@ class Domain:
         except libvirt.libvirtError as exc:
             raise ControlError(_message(exc)) from exc
 
-    def guest(self, now: float) -> GuestReading | None:
-        """CPU time and memory used: from the balloon (available - unused) where the guest
-        reports it, else QEMU's RSS; None when shut off. Call only between operations:
-        memoryStats waits for one."""
+    def guest(self, now: float, process: ProcessSample | None) -> GuestReading | None:
+        """CPU time and memory used, by the exporter's rules (balloon available - unused, else
+        QEMU's RSS from `process`); None when shut off. Call only between operations: the
+        balloon's figures wait for one."""
         try:
-            state, _max_kib, _kib, vcpus, cpu_ns = self._dom.info()
-            if state == libvirt.VIR_DOMAIN_SHUTOFF:
-                return None
-            stats = self._dom.memoryStats()
+            ((_dom, stats),) = self._dom.connect().domainListGetStats([self._dom], GUEST_STATS)
         except libvirt.libvirtError as exc:
             raise ControlError(_message(exc)) from exc
-        total = stats.get("actual", 0) * 1024 or None
-        if "available" in stats and "unused" in stats:
-            return GuestReading(now, cpu_ns, vcpus, (stats["available"] - stats["unused"]) * 1024,
-                                total, "balloon")
-        if "rss" in stats:
-            return GuestReading(now, cpu_ns, vcpus, stats["rss"] * 1024, total, "qemu_rss")
-        return GuestReading(now, cpu_ns, vcpus, None, total, "none")
-
-
-@dataclass(frozen=True)
-class Versions:
-    qemu: str
-    libvirt: str
-    libvirt_number: int
+        cpu = cpu_reading(now, stats)
+        if stats.get("state.state") == libvirt.VIR_DOMAIN_SHUTOFF or cpu is None:
+            return None
+        used = guest_memory_used(stats, process)
+        return GuestReading(cpu.time, cpu.cpu_time_ns, cpu.vcpus, used[0] if used else None,
+                            guest_memory_total(stats), used[1] if used else "none")
 
 
 class Control:
@@ -193,8 +180,7 @@ class Control:
 
     def versions(self) -> Versions:
         try:
-            number = self._conn.getLibVersion()
-            return Versions(version_string(self._conn.getVersion()), version_string(number), number)
+            return read_versions(self._conn)
         except libvirt.libvirtError as exc:
             raise ControlError(_message(exc)) from exc
 

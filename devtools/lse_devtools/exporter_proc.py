@@ -27,7 +27,7 @@ def free_port() -> int:
 class ExporterProcess:
     def __init__(self, *flags: str, state_dir: str | None = None, uri: str | None = None,
                  port: int | None = None):
-        # The libvirtd under test (tests/testbed.py reads the same variables).
+        # The libvirtd under test (lse_devtools.testbed reads the same variables).
         uri = uri or os.environ.get("LSE_TEST_URI", "qemu:///system")
         pid_dir = os.environ.get("LSE_PID_DIRECTORY")
         self.port = port or free_port()
