@@ -27,10 +27,10 @@ deps:  ## Debian packages: libvirt, QEMU, Prometheus tools
 test-deps: deps  ## and podman for the container test
 	$(call install-missing,$(CONTAINER_PACKAGES))
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e ./devtools
 	touch $@
 
 venv: $(VENV)/.installed
