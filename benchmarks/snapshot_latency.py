@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 import libvirt
+from libvirt_snapshot_exporter.libvirt_common import version_string
 from lse_devtools import testbed
 from lse_devtools.exporter_proc import ExporterProcess, free_port
 
@@ -81,7 +82,8 @@ def main() -> int:
     testbed.libvirtd_up()
     conn = libvirt.open(testbed.URI)
     print(f"machine: {platform.node()} {platform.machine()}, {testbed.os.cpu_count()} cores, "
-          f"libvirt {conn.getLibVersion()}, QEMU {conn.getVersion()} (TCG guest)")
+          f"libvirt {version_string(conn.getLibVersion())}, QEMU {version_string(conn.getVersion())}"
+          " (TCG guest)")
     guest = testbed.create_guest(conn, "bench", memory_mib=args.fill_mib + 256,
                                  fill_mib=args.fill_mib)
     ours = ExporterProcess()
