@@ -17,7 +17,6 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,14 @@ import libvirt
 
 from .observations import (
     BlockJobEvent,
+    DiskInfo,
     DomainPoll,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
     Observation,
     SnapshotRecord,
+    Versions,
 )
 
 log = logging.getLogger(__name__)
@@ -49,21 +50,6 @@ NOWAIT_STATS = (
 
 class LibvirtUnavailable(Exception):
     """libvirtd cannot be reached, or a call did not answer before its deadline."""
-
-
-@dataclass(frozen=True)
-class DiskInfo:
-    target: str
-    source: str
-    format: str
-    cache: str
-
-
-@dataclass(frozen=True)
-class Versions:
-    library: str
-    daemon: str
-    hypervisor: str
 
 
 def _version_string(number: int) -> str:
