@@ -37,6 +37,7 @@ NODE_MEMORY = (
     ("inactive_file", "Inactive(file)"),
 )
 
+
 class SnapshotCollector:
     """Builds the metric families: global ones, and those of one domain."""
 

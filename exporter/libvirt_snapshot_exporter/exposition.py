@@ -5,8 +5,9 @@ content negotiation (choose_encoder: the text format or OpenMetrics) and restric
 registry to `name[]` filters. In the formats Prometheus asks for (the text format and
 OpenMetrics 1.0.0), without a filter, what belongs to one domain is formatted once and cached
 until that domain's data changes (the collection loop prepares it in the background), so a
-scrape of a thousand domains mostly concatenates text; exporter, host and in-flight series are
-formatted on every scrape. Filtered scrapes and other formats build every family afresh.
+scrape of a thousand domains mostly concatenates text; exporter, host, in-flight series and the
+hypervisor's histograms are formatted on every scrape. Filtered scrapes and other formats
+build every family afresh.
 """
 
 from __future__ import annotations
