@@ -110,6 +110,9 @@ class MetricsRenderer:
         self._domains: dict[str, tuple[DomainView, dict[str, dict[str, str]]]] = {}
         self._operations: dict[str, tuple[DomainOperations, dict[str, dict[str, str]]]] = {}
         self._headers: dict[str, dict[str, str]] = {}  # format -> {family: header lines}
+        # format -> family -> (part, name) -> sample lines, so that a scrape joins each family
+        # without looking through every domain for it
+        self._samples: dict[str, dict[str, dict[tuple[str, str], str]]] = {}
 
     def prepare(self) -> None:
         """Format what changed since the last call; the collection loop calls it after each
@@ -117,24 +120,38 @@ class MetricsRenderer:
         view = self.store.view
         operations = self.store.operations.domains()
         with self._lock:
-            self._refresh(self._domains, view.domains, self.collector.domain_families)
-            self._refresh(self._operations, operations,
+            self._refresh("domain", self._domains, view.domains,
+                          self.collector.domain_families)
+            self._refresh("operations", self._operations, operations,
                           lambda _name, ops: self.collector.operation_families(ops))
 
-    def _refresh(self, cache: dict[str, tuple[Any, dict[str, dict[str, str]]]],
+    def _refresh(self, part: str, cache: dict[str, tuple[Any, dict[str, dict[str, str]]]],
                  current: dict[str, Any], families: Callable[[str, Any], Iterable[Metric]]
                  ) -> None:
         for name in [n for n in cache if n not in current]:
-            del cache[name]
+            self._unindex((part, name), cache.pop(name)[1])
         for name, data in current.items():
             cached = cache.get(name)
             if cached is None or cached[0] is not data:
+                if cached is not None:
+                    self._unindex((part, name), cached[1])
                 cached = cache[name] = (data, {})
             for content_type, encoder in self._formats.items():
                 if content_type not in cached[1]:
                     headers, text, _ = _format(families(name, data), encoder)
                     self._headers.setdefault(content_type, {}).update(headers)
                     cached[1][content_type] = text
+                    by_family = self._samples.setdefault(content_type, {})
+                    for family, lines in text.items():
+                        if lines:
+                            by_family.setdefault(family, {})[(part, name)] = lines
+
+    def _unindex(self, key: tuple[str, str], formatted: dict[str, dict[str, str]]) -> None:
+        """Take one domain part's sample lines, in every format, out of the by-family index."""
+        for content_type, text in formatted.items():
+            by_family = self._samples.get(content_type, {})
+            for family in text:
+                by_family.get(family, {}).pop(key, None)
 
     def render(self, accept: str = "", names: Sequence[str] = ()) -> tuple[bytes, str]:
         """The exposition the Accept header asks for, of the families named (all if none),
@@ -162,10 +179,9 @@ class MetricsRenderer:
             self.store.view, self.store.operations.host, time.time()), encoder)
         parts = [headers[f] + text[f] for f in headers]
         with self._lock:
-            cached = [t[content_type] for _, t in self._domains.values()]
-            cached += [t[content_type] for _, t in self._operations.values()]
+            samples = self._samples.get(content_type, {})
             for family, header in self._headers.get(content_type, {}).items():
                 parts.append(header)
-                parts.extend(chunk[family] for chunk in cached if family in chunk)
+                parts.extend(samples.get(family, {}).values())
         parts.append(trailer)
         return "".join(parts).encode()

@@ -7,6 +7,7 @@ To accept a deliberate change of the exposition, write the golden files anew wit
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
@@ -106,3 +107,19 @@ def test_the_exposition_never_imports_libvirt():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, env=env, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_changed_and_vanished_domains_leave_the_cached_text(frozen_clock):
+    store = handbuilt_view.store(NOW)
+    renderer = MetricsRenderer(store)
+    before = renderer.render()[0].decode()
+    assert 'libvirt_domain_state{domain="vm2"} 5.0' in before
+    store.publish(dataclasses.replace(store.view, domains={"vm1": store.view.domains["vm1"]}))
+    store.operations.forget_domain("vm2")
+    store.operations.record(handbuilt_view._entry("vm1", "create", 60.0, NOW))
+    after = renderer.render()[0].decode()
+    assert 'domain="vm2"' not in after.split("# HELP libvirt_snapshot_operation_in_progress")[0]
+    assert ('libvirt_snapshot_domain_operation_duration_seconds_count{domain="vm1",'
+            'kind="internal",memory="true",operation="create",outcome="success"} 5.0') in after
+    assert sorted(after.splitlines()) == sorted(
+        MetricsRenderer(store).render()[0].decode().splitlines())
