@@ -123,7 +123,7 @@ def seen(exporter: ExporterProcess, domains: set[str], since: float) -> tuple[di
     named = collections.Counter((o["domain"], o["operation"], o["snapshot"]) for o in ops)
     counted: collections.Counter[tuple[str, str, str]] = collections.Counter()
     for name, labels, value in exporter.samples():
-        if name == "libvirt_snapshot_operation_duration_seconds_count" and \
+        if name == "libvirt_snapshot_domain_operation_duration_seconds_count" and \
                 labels["domain"] in domains:
             counted[(labels["operation"], labels["kind"], labels["outcome"])] += int(value)
     return logged, counted, named

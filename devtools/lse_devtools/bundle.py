@@ -67,21 +67,40 @@ def recorded_names() -> set[str]:
     return {r["record"] for r in recording_rules()}
 
 
+README_ROW = re.compile(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|\s*(\w+(?: or \w+)?)\s*\|([^|]*)\|")
+SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+
+
 def documented_metrics() -> dict[str, str]:
-    """Metric names of README.md's metric tables (the exporter's contract) with their types; histograms
-    add their _bucket, _sum and _count series."""
+    """Metric names of README.md's metric tables (the exporter's contract) with their types
+    ("summary or histogram": either, as an option chooses); histograms and summaries add their
+    _bucket, _sum and _count series."""
     names: dict[str, str] = {}
-    row = re.compile(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|\s*(\w+)\s*\|")
     for line in (ROOT / "README.md").read_text().splitlines():
-        m = row.match(line)
+        m = README_ROW.match(line)
         if not m:
             continue
-        name, kind = m.groups()
+        name, kind, _ = m.groups()
         names[name] = kind
-        if kind == "histogram":
-            for suffix in ("_bucket", "_sum", "_count"):
-                names[name + suffix] = "histogram"
+        for each in kind.split(" or "):
+            for suffix in SERIES_SUFFIXES.get(each, ()):
+                names[name + suffix] = kind
     return names
+
+
+def documented_labels() -> dict[str, set[str]]:
+    """The labels README.md's metric tables give each metric (and its series)."""
+    labels: dict[str, set[str]] = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        m = README_ROW.match(line)
+        if m:
+            name, kind, cell = m.groups()
+            found = set(re.findall(r"`(\w+)`", cell))
+            labels[name] = found
+            for each in kind.split(" or "):
+                for suffix in SERIES_SUFFIXES.get(each, ()):
+                    labels[name + suffix] = found
+    return labels
 
 
 KEYWORDS = {

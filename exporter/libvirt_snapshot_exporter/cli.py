@@ -40,10 +40,13 @@ def parser() -> argparse.ArgumentParser:
                    help="validate the configuration, then exit (0: valid, 2: invalid)")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     for option in OPTIONS:
-        kind = option.type if option.type is not str else str
-        p.add_argument(f"--{option.key}", dest=dest(option.key), type=kind, default=None,
-                       metavar=option.type.__name__.upper(),
-                       help=f"{option.help} (default: {option.default!r})")
+        help_text = f"{option.help} (default: {option.default!r})"
+        if option.type is bool:  # --key / --no-key, as kingpin's boolean flags
+            p.add_argument(f"--{option.key}", dest=dest(option.key), default=None,
+                           action=argparse.BooleanOptionalAction, help=help_text)
+            continue
+        p.add_argument(f"--{option.key}", dest=dest(option.key), type=option.type, default=None,
+                       metavar=option.type.__name__.upper(), help=help_text)
     return p
 
 
@@ -59,8 +62,8 @@ class Exporter:
     """The exporter assembled: collection loop, operations log, HTTP server (bound already)."""
 
     def __init__(self, config: Config, web_config: object) -> None:
-        from .collector import MetricsRenderer
         from .daemon import Collector
+        from .exposition import MetricsRenderer
         from .oplog import OperationsLog, StateDirectoryInUse
         from .state import StateStore, View
         from .web import App, serve
@@ -73,7 +76,7 @@ class Exporter:
             fail(str(exc))
         store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {},
                                 0, {}, True, 0))
-        renderer = MetricsRenderer(store)
+        renderer = MetricsRenderer(store, config["collector.domain-histograms"])
         app = App(store, oplog, renderer.render, config["web.telemetry-path"])
         try:
             self.server = serve(app, host, port, web_config)

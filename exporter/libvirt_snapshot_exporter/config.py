@@ -57,6 +57,9 @@ OPTIONS = (
     Option("collector.stats-interval", float, 5.0,
            "seconds between guest statistics and QEMU process reads of idle domains",
            bounds=(1, 3600)),
+    Option("collector.domain-histograms", bool, False,
+           "per-domain duration and paused-time histogram buckets; without, each domain has "
+           "counts and sums and the buckets are per hypervisor"),
     Option("node.hostname", str, "", "host name in libvirt_node_info (default: the name libvirtd reports)"),
     Option("log.level", str, "info", "log level", choices=("debug", "info", "warning", "error")),
 )
@@ -109,7 +112,7 @@ def _check(option: Option, value: Any, where: str) -> Any:
             value = float(value)
         except OverflowError:
             raise ConfigError(f"{name}: {value} is out of range") from None
-    if not isinstance(value, option.type) or isinstance(value, bool):
+    if not isinstance(value, option.type) or (isinstance(value, bool) and option.type is not bool):
         raise ConfigError(
             f"{name}: expected {option.type.__name__}, got {type(value).__name__} {value!r}"
         )

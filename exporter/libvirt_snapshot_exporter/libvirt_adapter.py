@@ -22,7 +22,7 @@ from typing import Any
 
 import libvirt
 
-from .libvirt_common import Versions, parse_domain_disks, read_versions
+from .libvirt_common import parse_domain_disks, read_versions
 from .observations import (
     BlockJobEvent,
     DomainPoll,
@@ -31,6 +31,7 @@ from .observations import (
     LifecycleEvent,
     Observation,
     SnapshotRecord,
+    Versions,
 )
 from .qemu_process import read_qemu_pid
 

@@ -6,21 +6,14 @@ the disks read from a domain's XML.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 
 import libvirt
+
+from .observations import DiskInfo, Versions
 
 # libvirt prints every error to stderr by default; the exporter logs them and bench reports
 # them on one line, themselves.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-@dataclass(frozen=True)
-class Versions:
-    library: str
-    daemon: str
-    hypervisor: str  # QEMU's, for the qemu:// driver
-    daemon_number: int  # libvirtd's as libvirt encodes it: major * 1,000,000 + minor * 1,000 + micro
 
 
 def version_string(number: int) -> str:
@@ -35,14 +28,6 @@ def read_versions(conn: libvirt.virConnect) -> Versions:
         hypervisor=version_string(conn.getVersion()),
         daemon_number=daemon,
     )
-
-
-@dataclass(frozen=True)
-class DiskInfo:
-    target: str
-    source: str
-    format: str
-    cache: str
 
 
 def parse_domain_disks(xml: str) -> list[DiskInfo]:

@@ -22,6 +22,24 @@ JOB_OPERATION_SNAPSHOT, JOB_OPERATION_SNAPSHOT_REVERT = 6, 7
 
 
 @dataclass(frozen=True)
+class DiskInfo:
+    target: str
+    source: str
+    format: str
+    cache: str
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Of libvirt's library, of libvirtd and of the hypervisor (QEMU) it runs."""
+
+    library: str
+    daemon: str
+    hypervisor: str  # QEMU's, for the qemu:// driver
+    daemon_number: int  # libvirtd's as libvirt encodes it: major * 1,000,000 + minor * 1,000 + micro
+
+
+@dataclass(frozen=True)
 class SnapshotRecord:
     """One snapshot as libvirt lists it; parsed once from its XML and cached by the adapter."""
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .host import HostSample
-from .libvirt_common import DiskInfo, Versions
-from .observations import SnapshotRecord
+from .observations import DiskInfo, SnapshotRecord, Versions
 from .qemu_process import ProcessSample
 from .tracker import Operation
 
@@ -102,6 +101,9 @@ class Histogram:
         self.count += 1
         self.total += value
 
+    def copy(self) -> Histogram:
+        return Histogram(list(self.buckets), self.count, self.total)
+
 
 @dataclass(frozen=True)
 class View:
@@ -122,38 +124,66 @@ class View:
     oplog_invalid_entries: int = 0
 
 
+# (operation, kind, memory, outcome): the labels of an operation's histograms, domain aside.
+OperationLabels = tuple[str, str, str, str]
+HistogramTable = dict[OperationLabels, Histogram]
+
+
+def _observed(table: HistogramTable, labels: OperationLabels, value: float) -> HistogramTable:
+    """A copy of table with value observed under labels (tables are replaced, never changed,
+    so a scrape may read the old one while the next is built)."""
+    table = {k: h.copy() for k, h in table.items()}
+    table.setdefault(labels, Histogram()).observe(value)
+    # The other outcome's series starts at 0 beside it, so that increase() sees the first
+    # failure (or success) as one, not as a series appearing.
+    table.setdefault((*labels[:3], "failure" if labels[3] == "success" else "success"),
+                     Histogram())
+    return table
+
+
+@dataclass(frozen=True)
+class DomainOperations:
+    domain: str
+    version: int
+    durations: HistogramTable
+    paused: HistogramTable
+    last: dict[str, dict[str, Any]]  # operation -> log entry
+
+
+@dataclass(frozen=True)
+class HostOperations:
+    """Every operation of the hypervisor, whatever its domain: where histograms are summed."""
+
+    durations: HistogramTable
+    paused: HistogramTable
+
+
 class OperationStats:
-    """Histograms and last-operation gauges per domain, bounded to label sets that occurred.
+    """Duration and paused-time histograms of finished operations, per domain and for the whole
+    hypervisor, bounded to label sets that occurred, and each domain's last operations.
 
     Each domain's figures carry a version that changes when an operation of it is recorded,
-    so its rendered exposition can be cached until then.
+    so its rendered exposition can be cached until then. The hypervisor's outlive the domains
+    (an undefined domain's operations stay counted), so its counters never go back.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._domains: dict[str, DomainOperations] = {}
+        self._host = HostOperations({}, {})
 
     def record(self, entry: dict[str, Any]) -> None:
-        labels = (
-            entry["domain"], entry["operation"], entry["kind"],
-            "true" if entry["memory"] else "false", entry["outcome"],
-        )
+        labels = (entry["operation"], entry["kind"], "true" if entry["memory"] else "false",
+                  entry["outcome"])
+        duration, paused = entry["duration_seconds"], entry["paused_seconds"]
         with self._lock:
-            old = self._domains.get(entry["domain"]) or DomainOperations(0, {}, {}, {})
-            durations = {k: Histogram(list(h.buckets), h.count, h.total)
-                         for k, h in old.durations.items()}
-            paused = {k: Histogram(list(h.buckets), h.count, h.total)
-                      for k, h in old.paused.items()}
-            durations.setdefault(labels, Histogram()).observe(entry["duration_seconds"])
-            paused.setdefault(labels, Histogram()).observe(entry["paused_seconds"])
-            # The other outcome's series starts at 0 beside it, so that increase() sees the
-            # first failure (or success) as one, not as a series appearing.
-            twin = (*labels[:4], "failure" if labels[4] == "success" else "success")
-            durations.setdefault(twin, Histogram())
-            paused.setdefault(twin, Histogram())
-            last = {**old.last, entry["operation"]: entry}
-            self._domains[entry["domain"]] = DomainOperations(old.version + 1, durations,
-                                                              paused, last)
+            old = self._domains.get(entry["domain"]) or DomainOperations(
+                entry["domain"], 0, {}, {}, {})
+            self._domains[entry["domain"]] = DomainOperations(
+                old.domain, old.version + 1, _observed(old.durations, labels, duration),
+                _observed(old.paused, labels, paused), {**old.last, entry["operation"]: entry})
+            self._host = HostOperations(_observed(self._host.durations, labels, duration),
+                                        _observed(self._host.paused, labels, paused))
 
     def forget_domain(self, domain: str) -> None:
         with self._lock:
@@ -164,13 +194,9 @@ class OperationStats:
         with self._lock:
             return dict(self._domains)
 
-
-@dataclass(frozen=True)
-class DomainOperations:
-    version: int
-    durations: dict[tuple[str, ...], Histogram]  # (domain, operation, kind, memory, outcome)
-    paused: dict[tuple[str, ...], Histogram]
-    last: dict[str, dict[str, Any]]  # operation -> log entry
+    @property
+    def host(self) -> HostOperations:
+        return self._host  # replaced whole by record()
 
 
 class StateStore:

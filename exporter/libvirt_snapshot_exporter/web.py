@@ -1,4 +1,4 @@
-"""HTTP: /metrics (text from collector.MetricsRenderer), the landing page, health, /api/operations.
+"""HTTP: /metrics (text from exposition.MetricsRenderer), the landing page, health, /api/operations.
 
 Served by wsgiref's threading server, hardened: optional TLS and basic auth from the web config
 file (webconfig.py), bounds on what slow, silent or garbage-speaking clients can hold, GET and

@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from lse_devtools.bundle import PROM, ROOT, alerting_rules, load_yaml, recording_rules
+from libvirt_snapshot_exporter.exposition import MetricsRenderer
+from lse_devtools import handbuilt_view
+from lse_devtools.bundle import (
+    PROM,
+    ROOT,
+    alerting_rules,
+    documented_metrics,
+    load_yaml,
+    recording_rules,
+)
 
 DOC = (ROOT / "docs" / "bundle.md").read_text()
 THRESHOLDS = [r for g in load_yaml(PROM / "rules" / "thresholds.yml")["groups"]
@@ -51,3 +60,23 @@ def _thresholds_line(record: str) -> str:
 
 def test_readme_links_the_bundle_docs():
     assert "docs/bundle.md" in (ROOT / "README.md").read_text()
+
+
+def _exposed_types(domain_histograms: bool) -> dict[str, str]:
+    """{family: type} of what the real exposition emits for a hand-built view holding every
+    kind of series (TYPE lines of the text format name counters with their _total)."""
+    body, _ = MetricsRenderer(handbuilt_view.store(0.0), domain_histograms).render()
+    return {line.split()[2]: line.split()[3] for line in body.decode().splitlines()
+            if line.startswith("# TYPE ")}
+
+
+def test_readme_metric_tables_list_exactly_what_the_exposition_emits():
+    documented = {name: kind for name, kind in documented_metrics().items()
+                  if not any(name == base + suffix for base in documented_metrics()
+                             for suffix in ("_bucket", "_sum", "_count"))}
+    for domain_histograms in (False, True):
+        exposed = _exposed_types(domain_histograms)
+        assert sorted(exposed) == sorted(documented), f"domain-histograms={domain_histograms}"
+        wrong = {name: (kind, documented[name]) for name, kind in exposed.items()
+                 if kind not in documented[name].split(" or ")}
+        assert not wrong, f"exposed type vs README.md's: {wrong}"

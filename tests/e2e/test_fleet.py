@@ -99,7 +99,7 @@ def test_file_sd_finds_both_exporters_with_their_hypervisor_label(fleet):
 def test_every_series_carries_its_hypervisor_label(fleet, filler):
     prom, exporters = fleet.prometheus, fleet.exporters
     wait("a scrape of the snapshot's duration", lambda: len(_by_hypervisor(
-        prom, f'libvirt_snapshot_operation_duration_seconds_count{{{JOB}, domain="{filler.name}", '
+        prom, f'libvirt_snapshot_domain_operation_duration_seconds_count{{{JOB}, domain="{filler.name}", '
         'outcome="success", operation="create"}'
     )) == 2)
     # Scraped series and the rules recorded from them; alerts are left out, as absent() makes
@@ -107,7 +107,7 @@ def test_every_series_carries_its_hypervisor_label(fleet, filler):
     assert prom.query(f'{{{JOB}, hypervisor="", __name__!~"ALERTS|ALERTS_FOR_STATE"}}') == []
     expected = {
         "up", "libvirt_up", "libvirt_node_memory_dirty_bytes",
-        "libvirt_snapshot_operation_duration_seconds_count",
+        "libvirt_snapshot_domain_operation_duration_seconds_count",
         "instance:libvirt_node_memory_available:ratio",  # recording rules keep the label
     }
 
@@ -127,7 +127,7 @@ def test_remote_write_carries_the_hypervisor_label(fleet, filler):
     for selector in (
         f"libvirt_up{{{JOB}}}",
         f"libvirt_node_memory_dirty_bytes{{{JOB}}}",
-        f'libvirt_snapshot_operation_duration_seconds_count{{{JOB}, domain="{filler.name}", '
+        f'libvirt_snapshot_domain_operation_duration_seconds_count{{{JOB}, domain="{filler.name}", '
         'operation="create", outcome="success"}',
     ):
         found = wait(f"{selector} of both hypervisors in VictoriaMetrics",

@@ -294,7 +294,7 @@ def test_remote_write_carries_the_hypervisor_label(stack, scenario, filler):
     for selector in (
         "libvirt_up",
         "libvirt_node_memory_dirty_bytes",
-        f'libvirt_snapshot_operation_duration_seconds_count{{domain="{filler.name}", '
+        f'libvirt_snapshot_domain_operation_duration_seconds_count{{domain="{filler.name}", '
         'operation="create", outcome="success"}',
     ):
         series = wait(f"{selector} in VictoriaMetrics", lambda s=selector: vm.query(s), timeout=60)
@@ -302,8 +302,9 @@ def test_remote_write_carries_the_hypervisor_label(stack, scenario, filler):
             assert s["metric"]["hypervisor"] == HYPERVISOR, s
             assert s["metric"]["job"] == "libvirt-snapshot-exporter", s
     creates = wait("all four creates in VictoriaMetrics", lambda: [
-        s for s in vm.query(f'libvirt_snapshot_operation_duration_seconds_count{{domain="{filler.name}",'
-                            ' operation="create", outcome="success"}') if float(s["value"][1]) >= 4])
+        s for s in vm.query('libvirt_snapshot_domain_operation_duration_seconds_count'
+                            f'{{domain="{filler.name}", operation="create", outcome="success"}}')
+        if float(s["value"][1]) >= 4])
     assert creates
     now = time.time()
     hypervisors = vm.label_values("hypervisor", dashboard.variables()["hypervisor"], now - 300, now)

@@ -75,7 +75,7 @@ def test_libvirtd_restarted_during_a_snapshot(libvirtd):
         assert op["end"] <= up_at and op["uncertainty_seconds"] <= up_at - down_at + 1, op
         exporter.wait_for(lambda: _series_gone(exporter, guest.name), 10, "no in-progress series")
         assert in_flight(exporter, guest.name) == []
-        assert exporter.value("libvirt_snapshot_operation_duration_seconds_count",
+        assert exporter.value("libvirt_snapshot_domain_operation_duration_seconds_count",
                               domain=guest.name, operation="create", outcome="success") == 1
         assert exporter.value("libvirt_snapshot_exporter_reconnects_total") >= 2
     finally:
@@ -169,7 +169,7 @@ def test_state_directory_not_writable(libvirtd, bare, how):
         exporter.wait_for(lambda: exporter.value(
             "libvirt_snapshot_exporter_state_write_success") == 0, 10, "state_write_success 0")
         assert exporter.value("libvirt_snapshot_exporter_state_write_errors_total") >= 1
-        assert exporter.value("libvirt_snapshot_operation_duration_seconds_count",
+        assert exporter.value("libvirt_snapshot_domain_operation_duration_seconds_count",
                               domain=bare.name, operation="create", outcome="success") == 1
         lines = [line for line in exporter.log().splitlines()
                  if "cannot write operations log" in line]

@@ -42,7 +42,7 @@ def test_three_level_chain_revert_and_delete(exporter, filler, conn):
     exporter.wait_for(lambda: exporter.value("libvirt_snapshot_current_depth",
                                              domain=filler.name) == 3, 5, "depth 3")
     assert exporter.value("libvirt_snapshots", domain=filler.name) == 3
-    assert exporter.value("libvirt_snapshot_operation_duration_seconds_count", domain=filler.name,
+    assert exporter.value("libvirt_snapshot_domain_operation_duration_seconds_count", domain=filler.name,
                           operation="create", kind="internal", memory="true",
                           outcome="success") >= 3
 
@@ -100,7 +100,7 @@ def test_snapshot_failing_while_writing_is_counted_as_failure(exporter, conn):
         assert (op["operation"], op["outcome"], op["snapshot"]) == ("create", "failure", "nospace")
         assert exporter.value("libvirt_snapshot_last_operation_success", domain=guest.name,
                               operation="create") == 0
-        assert exporter.value("libvirt_snapshot_operation_duration_seconds_count",
+        assert exporter.value("libvirt_snapshot_domain_operation_duration_seconds_count",
                               domain=guest.name, outcome="failure") == 1
         exporter.wait_for(lambda: exporter.value("libvirt_snapshots", domain=guest.name) == 0,
                           5, "the failed snapshot gone")
@@ -207,7 +207,7 @@ def test_external_live_snapshot_pauses_briefly(exporter, conn):
         assert copying > 0.1
         assert live["paused_seconds"] <= live["duration_seconds"] - copying + 0.1
         assert live["paused_seconds"] >= live["job_downtime_ms"] / 1000
-        assert exporter.value("libvirt_snapshot_operation_guest_paused_seconds_sum",
+        assert exporter.value("libvirt_snapshot_domain_operation_guest_paused_seconds_sum",
                               domain=guest.name, kind="external", memory="true",
                               outcome="success") == pytest.approx(
             live["paused_seconds"], abs=0.002)

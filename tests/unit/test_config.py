@@ -152,3 +152,28 @@ def test_listen_addresses(address, expected):
 def test_bad_listen_addresses(address):
     with pytest.raises(ConfigError, match="web.listen-address"):
         build({"web_listen_address": address}, None)
+
+
+def test_domain_histograms_is_a_flag_and_a_key(tmp_path):
+    from libvirt_snapshot_exporter.cli import load
+
+    assert build({}, None)["collector.domain-histograms"] is False
+    path = tmp_path / "c.yml"
+    path.write_text("collector.domain-histograms: true\n")
+    assert load([f"--config.file={path}"])[0]["collector.domain-histograms"] is True
+    assert load([f"--config.file={path}", "--no-collector.domain-histograms"]
+                )[0]["collector.domain-histograms"] is False
+    assert load(["--collector.domain-histograms"])[0]["collector.domain-histograms"] is True
+
+
+@pytest.mark.parametrize("text", ["collector.domain-histograms: 1\n",
+                                  "collector.domain-histograms: 'yes'\n"])
+def test_domain_histograms_must_be_a_boolean(tmp_path, text):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(text)
+    one_line_error(run(f"--config.file={bad}", "--check-config"), "collector.domain-histograms",
+                   "expected bool")
+
+
+def test_flag_with_a_value_is_refused():
+    one_line_error(run("--collector.domain-histograms=false"), "collector.domain-histograms")

@@ -1,0 +1,125 @@
+"""The exposition without libvirt: a hand-built view (lse_devtools.handbuilt_view) rendered by the real
+MetricsRenderer, compared with golden files and checked by promtool.
+
+To accept a deliberate change of the exposition, write the golden files anew with
+`LSE_WRITE_GOLDEN=1 .venv/bin/pytest tests/unit/test_exposition.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from libvirt_snapshot_exporter import exposition
+from libvirt_snapshot_exporter.exposition import MetricsRenderer
+from lse_devtools import handbuilt_view
+
+GOLDEN = Path(__file__).parent / "golden"
+NOW = 1_700_000_000.0
+OPENMETRICS = "application/openmetrics-text;version=1.0.0"
+PYTHON = f'python_version="{platform.python_version()}"'
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """Scrape-time figures (elapsed time, collection age) computed at NOW."""
+    monkeypatch.setattr(exposition, "time", types.SimpleNamespace(time=lambda: NOW))
+
+
+def render(domain_histograms: bool, accept: str = "", names: tuple[str, ...] = ()) -> str:
+    renderer = MetricsRenderer(handbuilt_view.store(NOW), domain_histograms)
+    body, _ = renderer.render(accept, names)
+    return body.decode()
+
+
+def _matches_golden(text: str, name: str) -> None:
+    text = text.replace(PYTHON, 'python_version="PYTHON"')  # the one machine-dependent label
+    path = GOLDEN / name
+    if os.environ.get("LSE_WRITE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"exposition differs from {path}"
+
+
+@pytest.mark.parametrize("domain_histograms,golden", [
+    (False, "exposition.prom"), (True, "exposition-domain-histograms.prom"),
+])
+def test_exposition_matches_golden_file(frozen_clock, domain_histograms, golden):
+    _matches_golden(render(domain_histograms), golden)
+
+
+def test_openmetrics_matches_golden_file(frozen_clock):
+    _matches_golden(render(False, OPENMETRICS), "exposition.openmetrics")
+
+
+@pytest.mark.parametrize("domain_histograms", [False, True])
+def test_promtool_check_metrics_is_clean(frozen_clock, domain_histograms):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required: apt-get install prometheus"
+    result = subprocess.run([promtool, "check", "metrics"], input=render(domain_histograms),
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("accept", ["", OPENMETRICS])
+def test_cached_rendering_equals_a_fresh_one(frozen_clock, accept):
+    """The per-domain text cache gives what building every family afresh gives (a name[]
+    filter naming every family takes the uncached path)."""
+    cached = render(False, accept)
+    names = tuple({line.split("{")[0].split()[0] for line in cached.splitlines()
+                   if line and not line.startswith("#")})
+    fresh = render(False, accept, names)
+    assert sorted(cached.splitlines()) == sorted(fresh.splitlines())
+
+
+def test_domain_series_without_the_option_are_counts_and_sums(frozen_clock):
+    text = render(False)
+    assert "# TYPE libvirt_snapshot_domain_operation_duration_seconds summary" in text
+    assert "libvirt_snapshot_domain_operation_duration_seconds_bucket" not in text
+    assert ('libvirt_snapshot_domain_operation_duration_seconds_count{domain="vm1",'
+            'kind="internal",memory="true",operation="create",outcome="success"} 4.0') in text
+    assert ('libvirt_snapshot_operation_duration_seconds_bucket{kind="internal",'
+            'le="60.0",memory="true",operation="create",outcome="success"} 3.0') in text
+
+
+def test_hypervisor_histograms_outlive_an_undefined_domain():
+    store = handbuilt_view.store(NOW)
+    store.operations.forget_domain("vm1")
+    text = MetricsRenderer(store).render()[0].decode()
+    assert 'libvirt_snapshot_domain_operation_duration_seconds_count{domain="vm1"' not in text
+    assert ('libvirt_snapshot_operation_duration_seconds_count{kind="internal",'
+            'memory="true",operation="create",outcome="success"} 4.0') in text
+
+
+def test_the_store_exposition_and_web_never_import_libvirt():
+    code = ("import sys; sys.modules['libvirt'] = None\n"
+            "from lse_devtools import handbuilt_view\n"
+            "from libvirt_snapshot_exporter import oplog, state, web\n"
+            "from libvirt_snapshot_exporter.exposition import MetricsRenderer\n"
+            "body, _ = MetricsRenderer(handbuilt_view.store(0.0)).render()\n"
+            "assert b'libvirt_snapshot_operation_duration_seconds_bucket' in body\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_changed_and_vanished_domains_leave_the_cached_text(frozen_clock):
+    store = handbuilt_view.store(NOW)
+    renderer = MetricsRenderer(store)
+    before = renderer.render()[0].decode()
+    assert 'libvirt_domain_state{domain="vm2"} 5.0' in before
+    store.publish(dataclasses.replace(store.view, domains={"vm1": store.view.domains["vm1"]}))
+    store.operations.forget_domain("vm2")
+    store.operations.record(handbuilt_view._entry("vm1", "create", 60.0, NOW))
+    after = renderer.render()[0].decode()
+    assert 'domain="vm2"' not in after.split("# HELP libvirt_snapshot_operation_in_progress")[0]
+    assert ('libvirt_snapshot_domain_operation_duration_seconds_count{domain="vm1",'
+            'kind="internal",memory="true",operation="create",outcome="success"} 5.0') in after
+    assert sorted(after.splitlines()) == sorted(
+        MetricsRenderer(store).render()[0].decode().splitlines())
