@@ -12,9 +12,7 @@ Prometheus is Debian's 2.x, which expands external labels only with
 from __future__ import annotations
 
 import http.server
-import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +25,8 @@ from libvirt_snapshot_exporter.exposition import MetricsRenderer
 from lse_devtools import handbuilt_view
 from lse_devtools.bundle import PROM, alerting_rules, load_yaml, recording_rules, tool
 from lse_devtools.dashboard import as_sent_at_all, expressions
+from lse_devtools.exporter_proc import free_port
+from lse_devtools.services import get_json, wait
 
 HYPERVISOR = "hv-e2e"
 J = 'job="libvirt-snapshot-exporter"'
@@ -54,33 +54,6 @@ class _Exporter(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, **params) -> dict:
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-def _wait(what: str, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except OSError as e:  # not listening yet
-            last = e
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}: {last!r}")
-
-
 def _stop(process: subprocess.Popen):
     process.terminate()
     try:
@@ -95,7 +68,7 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
     exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
     threading.Thread(target=exporter.serve_forever, daemon=True).start()
-    prom_port, vm_port = _free_port(), _free_port()
+    prom_port, vm_port = free_port(), free_port()
 
     # The bundle's config and rules, with this machine's addresses and 1 s intervals.
     config = load_yaml(PROM / "prometheus.yml")
@@ -131,8 +104,8 @@ def stack(tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=(tmp / "prometheus.log").open("w"))
     try:
         prom = f"http://127.0.0.1:{prom_port}"
-        _wait("Prometheus", lambda: urllib.request.urlopen(f"{prom}/-/ready", timeout=2).status == 200)
-        _wait("VictoriaMetrics", lambda: urllib.request.urlopen(
+        wait("Prometheus", lambda: urllib.request.urlopen(f"{prom}/-/ready", timeout=2).status == 200)
+        wait("VictoriaMetrics", lambda: urllib.request.urlopen(
             f"http://127.0.0.1:{vm_port}/health", timeout=2).status == 200)
         yield {"prometheus": prom, "vm": f"http://127.0.0.1:{vm_port}", "tmp": tmp}
     finally:
@@ -143,26 +116,26 @@ def stack(tmp_path_factory):
 
 
 def _query(base: str, expr: str) -> list:
-    answer = _get(f"{base}/api/v1/query", query=expr)
+    answer = get_json(f"{base}/api/v1/query", query=expr)
     assert answer["status"] == "success", answer
     return answer["data"]["result"]
 
 
 def test_external_label_is_expanded(stack):
-    answer = _get(f"{stack['prometheus']}/api/v1/status/config")
+    answer = get_json(f"{stack['prometheus']}/api/v1/status/config")
     loaded = yaml.safe_load(answer["data"]["yaml"])
     assert loaded["global"]["external_labels"] == {"hypervisor": HYPERVISOR}
 
 
 def test_every_rule_evaluates_without_error(stack):
     def all_evaluated():
-        groups = _get(f"{stack['prometheus']}/api/v1/rules")["data"]["groups"]
+        groups = get_json(f"{stack['prometheus']}/api/v1/rules")["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
         return rules if rules and all(r.get("lastEvaluation", "").startswith("2")
                                       and not r["lastEvaluation"].startswith("0001")
                                       for r in rules) else None
 
-    rules = _wait("a first evaluation of every rule", all_evaluated)
+    rules = wait("a first evaluation of every rule", all_evaluated)
     bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not bad
     assert len(rules) == len(recording_rules()) + len(alerting_rules())
@@ -170,27 +143,27 @@ def test_every_rule_evaluates_without_error(stack):
 
 def test_rules_compute_on_exporter_data(stack):
     prom = stack["prometheus"]
-    ratio = _wait("recording rules", lambda: _query(
+    ratio = wait("recording rules", lambda: _query(
         prom, f"instance:libvirt_node_memory_available:ratio{{{J}}}"))
     assert float(ratio[0]["value"][1]) == pytest.approx(1 / 16)
-    baseline = _wait("the baseline", lambda: _query(
+    baseline = wait("the baseline", lambda: _query(
         prom, f"domain_operation:libvirt_snapshot_domain_operation_duration_seconds:baseline_7d{{{J}}}"))
     assert baseline[0]["metric"]["domain"] == "vm1"
-    p95 = _wait("quantiles", lambda: _query(
+    p95 = wait("quantiles", lambda: _query(
         prom, f"instance:libvirt_snapshot_operation_duration_seconds:p95_1h{{{J}}}"))
     assert p95[0]["metric"]["operation"] == "create"
     # Only 1 GiB of 16 available while vm1's create runs: pending until its for: elapses.
-    alerts = _wait("the memory pressure alert", lambda: _query(
+    alerts = wait("the memory pressure alert", lambda: _query(
         prom, 'ALERTS{alertname="LibvirtSnapshotHostMemoryLow"}'))
     assert alerts[0]["metric"]["domain"] == "vm1"
     assert alerts[0]["metric"]["severity"] == "warning"
 
 
 def test_remote_write_carries_the_hypervisor_label(stack):
-    series = _wait("remote-written series in VictoriaMetrics", lambda: _query(
+    series = wait("remote-written series in VictoriaMetrics", lambda: _query(
         stack["vm"], f'libvirt_up{{{J},hypervisor="{HYPERVISOR}"}}'), timeout=90)
     assert series[0]["value"][1] == "1"
-    alerts = _wait("remote-written ALERTS", lambda: _query(
+    alerts = wait("remote-written ALERTS", lambda: _query(
         stack["vm"], f'ALERTS{{alertname="LibvirtSnapshotHostMemoryLow",hypervisor="{HYPERVISOR}"}}'),
         timeout=90)
     assert alerts[0]["metric"]["domain"] == "vm1"
@@ -206,7 +179,7 @@ def test_every_dashboard_query_runs(stack):
     def unexpectedly_empty() -> list[str]:
         empty = []
         for where, expr in expressions():
-            answer = _get(f"{prom}/api/v1/query", query=as_sent_at_all(expr))
+            answer = get_json(f"{prom}/api/v1/query", query=as_sent_at_all(expr))
             assert answer["status"] == "success", (where, answer)
             if not answer["data"]["result"] and not any(m in where for m in may_be_empty):
                 empty.append(where)
