@@ -24,14 +24,15 @@ from .context import ContextKeeper, write_rate
 from .host import HostReader, HostSample
 from .inbox import Inbox
 from .libvirt_adapter import LibvirtAdapter, LibvirtUnavailable
-from .libvirt_common import DiskInfo, Versions
 from .observations import (
     CONTROL_JOB,
     STATE_SHUTOFF,
+    DiskInfo,
     DomainGone,
     DomainPoll,
     DomainUnchanged,
     Observation,
+    Versions,
 )
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..cli import OneLineParser
-from ..libvirt_common import Versions
+from ..observations import Versions
 from . import plot
 from .control import EXTERNAL_DELETE_VERSION, KINDS, Domain
 

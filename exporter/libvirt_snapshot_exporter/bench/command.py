@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..host import HostReader
-from ..libvirt_common import Versions
+from ..observations import Versions
 from ..state import cpu_ratio
 from . import plot
 from .checks import EXIT_USAGE, PROG, UsageError, check_arguments, confirm, parser, preflight

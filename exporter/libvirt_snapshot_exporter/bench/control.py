@@ -14,7 +14,8 @@ from pathlib import Path
 
 import libvirt
 
-from ..libvirt_common import DiskInfo, Versions, parse_domain_disks, read_versions
+from ..libvirt_common import parse_domain_disks, read_versions
+from ..observations import DiskInfo, Versions
 from ..qemu_process import ProcessSample
 from ..state import CpuReading, cpu_reading, guest_memory_total, guest_memory_used
 
