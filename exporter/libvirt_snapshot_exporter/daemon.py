@@ -232,15 +232,6 @@ class Collector:
             self._observe(obs)
         return woken
 
-    def _observe_answer(self, obs: Observation) -> None:
-        """A poll's answer, after every event queued by now. An event that came before the
-        poll must not be fed after it: a create's RESUMED behind the poll that showed the next
-        create in flight charged the next one the first one's pause (seen in a CI run). One
-        that came after it is fed before an older poll as usual (answers are collected a
-        cycle later), which the tracker takes."""
-        self._drain_events()
-        self._observe(obs)
-
     def _observe(self, obs: Observation) -> None:
         before = {op.key for op in self.tracker.in_flight()}
         finished = self.tracker.observe(obs)
@@ -365,12 +356,12 @@ class Collector:
                     except LibvirtUnavailable:
                         cache.next_check = 0.0
                 else:
-                    self._observe_answer(DomainUnchanged(time.time(), name))
+                    self._observe(DomainUnchanged(time.time(), name))
                 continue
             cache.poll, cache.uuid = result, result.uuid
             cache.version += 1
             cache.next_resync = now + RESYNC_SECONDS
-            self._observe_answer(result)
+            self._observe(result)
             busy = self.tracker.is_busy(name)
             interval = self.config["collector.busy-interval"] if busy else self._check_interval
             cache.next_check = time.time() + interval
