@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import Config
 from .context import ContextKeeper, write_rate
+from .flight_recorder import FlightRecorder
 from .host import HostReader, HostSample
 from .inbox import Inbox
 from .libvirt_adapter import LibvirtAdapter, LibvirtUnavailable
@@ -87,8 +88,10 @@ class Collector:
     """Owns the adapters, the tracker and the operations log; publishes views to the store."""
 
     def __init__(self, config: Config, store: StateStore, oplog: OperationsLog,
-                 on_publish: Callable[[], None] = lambda: None) -> None:
+                 on_publish: Callable[[], None] = lambda: None,
+                 recorder: FlightRecorder | None = None) -> None:
         self.config = config
+        self.recorder = recorder  # None: trace.operations is 0
         self.store = store
         self.oplog = oplog
         self._on_publish = on_publish
@@ -128,6 +131,8 @@ class Collector:
 
     def start(self) -> None:
         self._thread.start()
+        if self.recorder is not None:
+            self.recorder.start()
 
     def stop(self) -> None:
         """Bounded whatever libvirtd does: the loop is given STOP_WAIT to end its cycle (it may be
@@ -135,6 +140,8 @@ class Collector:
         self._stop.set()
         self._events.wake()
         self._thread.join(timeout=STOP_WAIT)
+        if self.recorder is not None:
+            self.recorder.stop()
         self.oplog.close()
         self.adapter.close()
 
@@ -500,6 +507,10 @@ class Collector:
         cache = self._domains.get(op.domain, _DomainCache())
         used, total = self._guest_memory(cache)
         self.contexts.begin(op.key, op.domain, op.start, used, total, cache.cpu_ratio)
+        if self.recorder is not None:
+            self.recorder.begin(op.key, op.domain, op.start,
+                                cache.poll.pid if cache.poll is not None else None,
+                                [d.source for d in cache.disks if d.source.startswith("/")])
 
     def _guest_memory(self, cache: _DomainCache) -> tuple[int | None, int | None]:
         used = guest_memory_used(cache.stats, cache.process)
@@ -538,6 +549,8 @@ class Collector:
                  op.end_source)
         self.oplog.add(entry)
         self.store.operations.record(entry)
+        if self.recorder is not None:
+            self.recorder.end(op.key, entry)
 
     # --- publishing -------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import html
 import io
 import json
 import logging
+import re
 import socket
 import socketserver
 import ssl
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -32,6 +33,7 @@ from prometheus_client.exposition import gzip_accepted
 from . import __version__
 from .oplog import OperationsLog
 from .state import StateStore
+from .trace import operation_id
 from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,15 @@ RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
 
 class BadRequest(ValueError):
     """A query parameter out of range; the message says which."""
+
+
+class Traces(Protocol):
+    """Where operation traces are found (the flight recorder)."""
+
+    def get(self, trace_id: str) -> bytes | None: ...
+
+
+TRACE_PATH = re.compile(r"/api/operations/([0-9a-f]{16})/trace")
 
 STUDY_COLUMNS = (
     ("domain", "domain"), ("snapshot", "snapshot"), ("operation", "operation"),
@@ -99,8 +110,10 @@ def _int_param(params: dict[str, list[str]], name: str, default: int, low: int, 
 
 class App:
     def __init__(self, store: StateStore, oplog: OperationsLog,
-                 render_metrics: RenderMetrics, telemetry_path: str) -> None:
+                 render_metrics: RenderMetrics, telemetry_path: str,
+                 traces: Traces | None = None) -> None:
         self.store = store
+        self.traces = traces
         self.oplog = oplog
         self.telemetry_path = telemetry_path
         self.render_metrics = render_metrics
@@ -126,6 +139,10 @@ class App:
         if path == "/":
             return send(start_response, "200 OK", "text/html; charset=utf-8",
                               self.landing().encode())
+        if (match := TRACE_PATH.fullmatch(path)) and self.traces is not None:
+            trace = self.traces.get(match[1])
+            if trace is not None:
+                return send(start_response, "200 OK", "application/json", trace)
         return send(start_response, "404 Not Found", "text/plain", b"not found\n")
 
     def _metrics(self, environ: dict, params: dict[str, list[str]],
@@ -161,7 +178,7 @@ class App:
     def finished(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         """A page of the log, newest first, and how many operations it holds."""
         entries, total = self.oplog.page(offset, limit)
-        return [{**e, "level": e.get("depth")} for e in entries], total
+        return [{**e, "level": e.get("depth"), "id": _entry_id(e)} for e in entries], total
 
     def operations_json(self, offset: int, limit: int) -> bytes:
         """In flight (always all of them, a handful), then one page of the log, newest first;
@@ -222,6 +239,11 @@ th{{background:#eee}}</style></head><body>
 {''.join(rows) or '<tr><td colspan=20>no snapshot operation seen yet</td></tr>'}
 </table></body></html>
 """
+
+
+def _entry_id(entry: dict[str, Any]) -> str:
+    """The id of /api/operations/<id>/trace."""
+    return operation_id(entry["domain"], entry["snapshot"], entry["operation"], entry["start"])
 
 
 def send(start_response: StartResponse, status: str, ctype: str, body: bytes,

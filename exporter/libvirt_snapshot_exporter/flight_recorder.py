@@ -1,0 +1,303 @@
+"""The flight recorder: samples what sets an operation's pace, on a thread of its own.
+
+While any operation is in flight, and for POST_SECONDS after it, it samples every
+ACTIVE_INTERVAL: host memory, dirty thresholds, reclaim counters and PSI (host.py's parsers),
+the block device under the domain's images (psutil's /proc/diskstats), and the domain's QEMU:
+its bytes written (psutil) and the state, wait channel and run delay of each of its threads
+(/proc/PID/task/TID/{stat,wchan,schedstat}). Otherwise it keeps a ring of host-wide samples
+every IDLE_INTERVAL, from which a new operation's trace takes the PRE_SECONDS before its start
+(an operation is recognised tens of milliseconds after it began: the ring covers that).
+Finished traces go to the TraceStore; the collection loop only calls begin() and end(), which
+never read anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .host import PAGE_SIZE, parse_meminfo, parse_pressure, vmstat_fields
+from .qemu_process import parse_schedstat, parse_task_stat, read_qemu_pid
+from .trace import (
+    Point,
+    RunDelays,
+    Trace,
+    TraceBuilder,
+    operation_id,
+    thread_key,
+    thread_role,
+)
+from .trace_store import TraceStore
+
+log = logging.getLogger(__name__)
+
+ACTIVE_INTERVAL = 0.125  # s: 8 Hz while an operation is in flight, comfortably over 5 Hz
+IDLE_INTERVAL = 1.0  # s: the always-on ring of host figures
+PRE_SECONDS = 5.0  # of the ring put before an operation's start
+POST_SECONDS = 3.0  # sampled after its end
+RING_SECONDS = PRE_SECONDS + 5.0  # a little more: an operation may be recognised late
+MAX_POINTS = 1200
+
+MEMINFO = {"free": "MemFree", "available": "MemAvailable", "cached": "Cached",
+           "dirty": "Dirty", "writeback": "Writeback"}
+VMSTAT_GAUGES = {"dirty_threshold": "nr_dirty_threshold",
+                 "dirty_background_threshold": "nr_dirty_background_threshold"}  # pages
+VMSTAT_COUNTERS = ("pgscan_kswapd", "pgscan_direct", "pgsteal_kswapd", "pgsteal_direct")
+PRESSURE = ("memory", "io", "cpu")
+
+
+@dataclass(frozen=True)
+class HostReading:
+    """One host-wide sample: what the ring keeps."""
+
+    t: float
+    gauges: dict[str, int]
+    counters: dict[str, float]
+    disks: dict[str, Any]  # device name -> psutil's sdiskio
+
+    def point(self, device: str) -> Point:
+        counters = dict(self.counters)
+        disk = self.disks.get(device)
+        if disk is not None:
+            counters.update({
+                "device_read_bytes": disk.read_bytes, "device_write_bytes": disk.write_bytes,
+                "device_reads": disk.read_count, "device_writes": disk.write_count,
+                "device_busy_ms": disk.busy_time, "device_write_ms": disk.write_time,
+            })
+        return Point(self.t, 1, self.gauges, counters)
+
+
+class HostSampler:
+    """Reads the host-wide figures from a procfs."""
+
+    def __init__(self, procfs: str) -> None:
+        self.procfs = Path(procfs)
+
+    def read(self) -> HostReading:
+        now = time.time()
+        meminfo = parse_meminfo((self.procfs / "meminfo").read_text())
+        vmstat = vmstat_fields((self.procfs / "vmstat").read_text())
+        gauges = {key: meminfo[name] for key, name in MEMINFO.items() if name in meminfo}
+        gauges.update({key: vmstat[name] * PAGE_SIZE for key, name in VMSTAT_GAUGES.items()
+                       if name in vmstat})
+        counters: dict[str, float] = {k: vmstat[k] for k in VMSTAT_COUNTERS if k in vmstat}
+        counters["allocstall"] = sum(v for k, v in vmstat.items() if k.startswith("allocstall"))
+        for resource in PRESSURE:
+            with contextlib.suppress(OSError):  # a kernel without PSI
+                text = (self.procfs / "pressure" / resource).read_text()
+                for kind, seconds in parse_pressure(text).items():
+                    counters[f"psi_{resource}_{kind}"] = seconds
+        disks = psutil.disk_io_counters(perdisk=True, nowrap=False) or {}
+        return HostReading(now, gauges, counters, disks)
+
+
+def block_device(path: str, sysfs: str = "/sys") -> str:
+    """The whole disk under a file (sda for a file on sda1, loop0 for one on an ext4 on
+    loop0), or '' for a file on no block device (tmpfs, NFS, overlay)."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return ""
+    node = Path(sysfs) / "dev/block" / f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        real = node.resolve(strict=True)
+    except OSError:
+        return ""
+    return real.parent.name if (real / "partition").exists() else real.name
+
+
+@dataclass
+class _Recording:
+    key: str
+    domain: str
+    start: float
+    pid: int | None
+    device: str
+    builder: TraceBuilder
+    delays: RunDelays = field(default_factory=RunDelays)
+    process: psutil.Process | None = None
+    entry: dict[str, Any] | None = None  # the log entry, once the operation ended
+
+
+class QemuSampler:
+    """Reads one QEMU process: bytes written and its threads' states."""
+
+    def __init__(self, procfs: str, pid_directory: str) -> None:
+        self.procfs = Path(procfs)
+        self.pid_directory = Path(pid_directory)
+
+    def read(self, rec: _Recording) -> tuple[dict[str, float], dict[str, int]]:
+        """(counters, thread states) of the recording's QEMU; empty when it is gone (a revert
+        starts a new QEMU: its pid file then names it)."""
+        if rec.process is None or not rec.process.is_running():
+            rec.pid = read_qemu_pid(self.pid_directory, rec.domain)
+            rec.process = None
+            if rec.pid is None:
+                return {}, {}
+            try:
+                rec.process = psutil.Process(rec.pid)
+            except psutil.Error:
+                return {}, {}
+        counters: dict[str, float] = {}
+        with contextlib.suppress(psutil.Error, AttributeError):
+            io = rec.process.io_counters()
+            counters = {"qemu_write_bytes": io.write_bytes, "qemu_write_chars": io.write_chars}
+        states: dict[str, int] = {}
+        delays = []
+        for tid, name, state, wchan, delay in self._threads(rec.pid):
+            role = thread_role(rec.pid, tid, name)
+            if role != "vcpu":
+                key = thread_key(role, state, wchan)
+                states[key] = states.get(key, 0) + 1
+            delays.append((tid, role, delay))
+        for role, total in rec.delays.update(delays).items():
+            counters[f"run_delay_{role}_ns"] = total
+        return counters, states
+
+    def _threads(self, pid: int) -> Iterable[tuple[int, str, str, str, int]]:
+        task = self.procfs / str(pid) / "task"
+        try:
+            tids = os.listdir(task)
+        except OSError:
+            return
+        for tid in tids:
+            base = task / tid
+            try:
+                name, state = parse_task_stat((base / "stat").read_text())
+                wchan = "" if state == "R" else (base / "wchan").read_text().strip()
+                delay = parse_schedstat((base / "schedstat").read_text())
+            except (OSError, ValueError, IndexError):
+                continue  # the thread ended meanwhile
+            yield int(tid), name, state, wchan, delay
+
+
+class FlightRecorder:
+    """Starts a trace at begin(), finishes it POST_SECONDS after end(), keeps it in the store."""
+
+    def __init__(self, procfs: str, pid_directory: str, store: TraceStore,
+                 max_points: int = MAX_POINTS) -> None:
+        self.store = store
+        self.max_points = max_points
+        self.host = HostSampler(procfs)
+        self.qemu = QemuSampler(procfs, pid_directory)
+        self._ring: deque[HostReading] = deque()
+        self._recordings: dict[str, _Recording] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flight-recorder", daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Keep the traces of operations that ended (without the rest of their after part)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=2.0)
+        with self._lock:
+            done = [r for r in self._recordings.values() if r.entry is not None]
+            self._recordings.clear()
+        for rec in done:
+            self._finish(rec)
+
+    @property
+    def native_id(self) -> int | None:
+        """The sampler thread's id in /proc/self/task: what its CPU cost is read from."""
+        return self._thread.native_id
+
+    def begin(self, key: str, domain: str, start: float, pid: int | None,
+              images: Iterable[str]) -> None:
+        """An operation was recognised: its trace starts with the ring's samples from
+        PRE_SECONDS before its start. Called by the collection loop: reads nothing but the
+        images' device numbers."""
+        device = next((d for d in map(block_device, images) if d), "")
+        rec = _Recording(key, domain, start, pid, device, TraceBuilder(self.max_points))
+        with self._lock:
+            if key in self._recordings:
+                return
+            for reading in self._ring:
+                if reading.t >= start - PRE_SECONDS:
+                    rec.builder.add(reading.point(device))
+            self._recordings[key] = rec
+        self._wake.set()  # the first sample of it now, not at the next idle tick
+
+    def end(self, key: str, entry: dict[str, Any]) -> None:
+        """The operation ended (entry is its log entry): sampled POST_SECONDS more."""
+        with self._lock:
+            rec = self._recordings.get(key)
+            if rec is not None:
+                rec.entry = entry
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._tick()
+                if self._failing:
+                    log.info("flight recorder works again")
+                self._failing = False
+            except Exception as exc:  # noqa: BLE001 - a bad /proc read must not end the thread
+                if not self._failing:
+                    log.error("flight recorder failed: %s: %s (logged once until it recovers)",
+                              type(exc).__name__, exc)
+                self._failing = True
+            with self._lock:
+                interval = ACTIVE_INTERVAL if self._recordings else IDLE_INTERVAL
+            self._wake.wait(max(0.0, interval - (time.monotonic() - started)))
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        reading = self.host.read()
+        with self._lock:
+            self._ring.append(reading)
+            while self._ring[0].t < reading.t - RING_SECONDS:
+                self._ring.popleft()
+            recordings = list(self._recordings.values())
+        for rec in recordings:
+            counters, threads = self.qemu.read(rec)
+            base = reading.point(rec.device)
+            point = Point(base.t, 1, base.gauges, {**base.counters, **counters}, threads)
+            with self._lock:
+                rec.builder.add(point)
+            if rec.entry is not None and reading.t >= rec.entry["end"] + POST_SECONDS:
+                with self._lock:
+                    self._recordings.pop(rec.key, None)
+                self._finish(rec)
+
+    def _finish(self, rec: _Recording) -> None:
+        self.store.add(self._trace(rec))
+
+    def _trace(self, rec: _Recording) -> Trace:
+        entry = rec.entry
+        with self._lock:
+            points = rec.builder.points()
+        return Trace(
+            id=operation_id(entry["domain"], entry["snapshot"], entry["operation"],
+                            entry["start"]),
+            domain=entry["domain"], snapshot=entry["snapshot"], operation=entry["operation"],
+            start=entry["start"], end=entry["end"], interval_seconds=ACTIVE_INTERVAL,
+            device=rec.device, points=points,
+        )
+
+    def get(self, trace_id: str) -> bytes | None:
+        """A finished trace's JSON; while its after part is still sampled, what it has so far."""
+        with self._lock:
+            ended = [r for r in self._recordings.values() if r.entry is not None]
+        for rec in ended:
+            trace = self._trace(rec)
+            if trace.id == trace_id:
+                return json.dumps(trace.to_json(), separators=(",", ":")).encode()
+        return self.store.get(trace_id)
