@@ -83,6 +83,7 @@ class HostSampler:
 
     def __init__(self, procfs: str) -> None:
         self.procfs = Path(procfs)
+        psutil.PROCFS_PATH = procfs  # its diskstats, as host.HostReader's
 
     def read(self) -> HostReading:
         now = time.time()
@@ -141,13 +142,15 @@ class QemuSampler:
         """(counters, thread states) of the recording's QEMU; empty when it is gone (a revert
         starts a new QEMU: its pid file then names it)."""
         if rec.process is None or not rec.process.is_running():
-            rec.pid = read_qemu_pid(self.pid_directory, rec.domain)
+            if rec.process is not None or rec.pid is None:
+                rec.pid = read_qemu_pid(self.pid_directory, rec.domain)
             rec.process = None
             if rec.pid is None:
                 return {}, {}
             try:
                 rec.process = psutil.Process(rec.pid)
             except psutil.Error:
+                rec.pid = None  # the pid file names the next one
                 return {}, {}
         counters: dict[str, float] = {}
         with contextlib.suppress(psutil.Error, AttributeError):
@@ -206,7 +209,8 @@ class FlightRecorder:
         """Keep the traces of operations that ended (without the rest of their after part)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=2.0)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=2.0)
         with self._lock:
             done = [r for r in self._recordings.values() if r.entry is not None]
             self._recordings.clear()

@@ -57,7 +57,7 @@ def thread_role(pid: int, tid: int, name: str) -> str:
         return ROLE_WORKER
     if name.startswith(("live_migration", "mig/")):
         return ROLE_MIGRATION
-    if name.startswith("IO "):
+    if name.startswith("IO ") and name != "IO mon_iothread":  # the monitor's writes nothing
         return ROLE_IOTHREAD
     return ROLE_OTHER
 
@@ -107,11 +107,10 @@ class TraceBuilder:
         self._points.append(self._pending)
         self._pending = None
         if len(self._points) > self.max_points:
-            pairs = [merge(self._points[i], self._points[i + 1])
-                     for i in range(0, len(self._points) - 1, 2)]
-            if len(self._points) % 2:
-                pairs.append(self._points[-1])
-            self._points = pairs
+            if len(self._points) % 2:  # the odd one out fills up at the new stride
+                self._pending = self._points.pop()
+            self._points = [merge(self._points[i], self._points[i + 1])
+                            for i in range(0, len(self._points), 2)]
             self.stride *= 2
 
     def points(self) -> tuple[Point, ...]:
