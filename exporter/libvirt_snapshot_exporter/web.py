@@ -1,4 +1,5 @@
-"""HTTP: /metrics (text from exposition.MetricsRenderer), the landing page, health, /api/operations.
+"""HTTP: /metrics (text from exposition.MetricsRenderer), the landing page, health, /api/operations
+and each operation's trace (/api/operations/<id>/trace, from the flight recorder).
 
 Served by wsgiref's threading server, hardened: optional TLS and basic auth from the web config
 file (webconfig.py), bounds on what slow, silent or garbage-speaking clients can hold, GET and
