@@ -579,6 +579,8 @@ class Collector:
         return items
 
     def _publish(self) -> None:
+        if self.recorder is not None:
+            self.recorder.retain(op.key for op in self.tracker.in_flight())
         up = self._was_up and self.adapter.up
         domains = {}
         if up:

@@ -245,6 +245,15 @@ class FlightRecorder:
             if rec is not None:
                 rec.entry = entry
 
+    def retain(self, in_flight: Iterable[str]) -> None:
+        """Drop the recordings of operations that left the tracker without ending (none
+        should): a recording is never sampled for ever."""
+        keep = set(in_flight)
+        with self._lock:
+            for key in [k for k, r in self._recordings.items()
+                        if r.entry is None and k not in keep]:
+                del self._recordings[key]
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()

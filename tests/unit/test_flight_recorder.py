@@ -107,3 +107,16 @@ def test_the_trace_endpoint_and_the_ids_in_the_operations_api(tmp_path):
         assert call(app, path)[0] == "404 Not Found", path
     without = App(store, oplog, lambda *_: (b"", "text/plain"), "/metrics")
     assert call(without, f"/api/operations/{op['id']}/trace")[0] == "404 Not Found"
+
+
+def test_retain_drops_recordings_no_longer_in_flight_but_not_ended_ones(tmp_path):
+    store = TraceStore("", 5, 2**22)
+    recorder = FlightRecorder("/proc", str(tmp_path), store)
+    now = time.time()
+    for key in ("vm/1", "vm/2", "vm/3"):
+        recorder.begin(key, "vm", now, None, [])
+    recorder.end("vm/3", entry(now, now))
+    recorder.retain(["vm/1"])  # vm/2 vanished without ending; vm/3 ended: sampled on
+    recorder.end("vm/2", entry(now + 1, now + 1))  # too late: nothing to finish
+    recorder.stop()
+    assert store.ids() == [operation_id("vm", "s1", "create", now)]
