@@ -34,7 +34,8 @@ from prometheus_client.exposition import gzip_accepted
 from . import __version__
 from .oplog import OperationsLog
 from .state import StateStore
-from .trace import operation_id
+from .trace import from_json, operation_id
+from .verdict import judge, reference_rate
 from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class Traces(Protocol):
     def get(self, trace_id: str) -> bytes | None: ...
 
 
-TRACE_PATH = re.compile(r"/api/operations/([0-9a-f]{16})/trace")
+TRACE_PATH = re.compile(r"/api/operations/([0-9a-f]{16})/(trace|verdict)")
 
 STUDY_COLUMNS = (
     ("domain", "domain"), ("snapshot", "snapshot"), ("operation", "operation"),
@@ -142,6 +143,8 @@ class App:
                               self.landing().encode())
         if (match := TRACE_PATH.fullmatch(path)) and self.traces is not None:
             trace = self.traces.get(match[1])
+            if trace is not None and match[2] == "verdict":
+                trace = self._verdict(match[1], trace)
             if trace is not None:
                 return send(start_response, "200 OK", "application/json", trace)
         return send(start_response, "404 Not Found", "text/plain", b"not found\n")
@@ -206,6 +209,16 @@ class App:
                 del self._pages[next(iter(self._pages))]  # the oldest
             self._pages[key] = page
         return page
+
+    def _verdict(self, trace_id: str, trace: bytes) -> bytes | None:
+        """The verdict on a logged operation from its trace and the rate learned from the
+        whole log; None when the operation has left the log."""
+        entries, _ = self.oplog.page(0, self.oplog.size)
+        entry = next((e for e in entries if _entry_id(e) == trace_id), None)
+        if entry is None:
+            return None
+        verdict = judge(from_json(json.loads(trace)), entry, reference_rate(entries))
+        return json.dumps({"id": trace_id, **verdict.to_json()}).encode()
 
     def landing(self) -> str:
         view = self.store.view

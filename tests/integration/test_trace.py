@@ -66,5 +66,9 @@ def test_trace_covers_a_real_snapshot_and_survives_a_restart(filler, conn):
         (logged,) = [o for o in json.loads(again.get("/api/operations"))["operations"]
                      if o["id"] == op["id"]]
         assert logged["snapshot"] == "traced"
+        verdict = json.loads(again.get(f"/api/operations/{op['id']}/verdict"))
+        # The log's only create teaches the rate: it took as long as its bytes say.
+        assert verdict["pace_setter"] == "size", verdict
+        assert verdict["slowdown"] <= 1.0 and verdict["figures"]["samples"] >= 5
     finally:
         again.stop()

@@ -102,7 +102,12 @@ def test_the_trace_endpoint_and_the_ids_in_the_operations_api(tmp_path):
     assert op["id"] == operation_id("vm", "s1", "create", start)
     status, body = call(app, f"/api/operations/{op['id']}/trace")
     assert status == "200 OK" and json.loads(body)["id"] == op["id"]
-    for path in ("/api/operations/0000000000000000/trace", f"/api/operations/{op['id']}",
+    status, body = call(app, f"/api/operations/{op['id']}/verdict")
+    verdict = json.loads(body)
+    assert status == "200 OK" and verdict["id"] == op["id"]
+    assert verdict["pace_setter"] == "unknown"  # no sample within it
+    for path in ("/api/operations/0000000000000000/trace",
+                 "/api/operations/0000000000000000/verdict", f"/api/operations/{op['id']}",
                  f"/api/operations/{op['id']}/trace/", "/api/operations/../trace"):
         assert call(app, path)[0] == "404 Not Found", path
     without = App(store, oplog, lambda *_: (b"", "text/plain"), "/metrics")
