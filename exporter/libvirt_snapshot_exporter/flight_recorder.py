@@ -7,8 +7,8 @@ its bytes written (psutil) and the state, wait channel and run delay of each of 
 (/proc/PID/task/TID/{stat,wchan,schedstat}). Otherwise it keeps a ring of host-wide samples
 every IDLE_INTERVAL, from which a new operation's trace takes the PRE_SECONDS before its start
 (an operation is recognised tens of milliseconds after it began: the ring covers that).
-Finished traces go to the TraceStore; the collection loop only calls begin() and end(), which
-never read anything.
+Finished traces go to the TraceStore. The collection loop only calls begin(), end() and
+retain(), which read nothing but the images' device numbers: sampling never holds it up.
 """
 
 from __future__ import annotations
