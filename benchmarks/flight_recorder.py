@@ -2,8 +2,9 @@
 """What the flight recorder costs: its CPU per second idle and while tracing, and a snapshot's
 duration with and without it.
 
-1. Idle: a FlightRecorder with nothing in flight (the 1 Hz ring of host figures), its thread's
-   CPU time read from /proc/self/task/TID/schedstat over --seconds.
+1. Idle: a FlightRecorder with nothing in flight, its thread's CPU time read from
+   /proc/self/task/TID/schedstat over --seconds, and what note_host() (the collection loop
+   handing it its host sample, once a cycle) costs the loop.
 2. Tracing: the same recorder tracing a real running guest's QEMU (8 Hz, every thread), CPU
    per second and the sampling rate reached.
 3. Snapshot duration: --snapshots internal creates of a guest holding random data, each taken
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import libvirt
 from libvirt_snapshot_exporter.flight_recorder import FlightRecorder
+from libvirt_snapshot_exporter.host import HostReader
 from libvirt_snapshot_exporter.trace import operation_id
 from libvirt_snapshot_exporter.trace_store import TraceStore
 from lse_devtools import testbed
@@ -47,7 +49,13 @@ def recorder_cost(conn: libvirt.virConnect, seconds: float) -> None:
     recorder.start()
     time.sleep(1.5)
     idle = measure(recorder, seconds)
-    print(f"idle (1 Hz ring): {idle * 1000:.2f} ms CPU per second ({idle * 100:.3f} % of a core)")
+    sample = HostReader("/proc").read()
+    started = time.thread_time()
+    for _ in range(10_000):
+        recorder.note_host(sample)
+    note = (time.thread_time() - started) / 10_000
+    print(f"idle: the recorder's thread {idle * 1000:.3f} ms CPU per second; note_host() "
+          f"{note * 1e6:.1f} us per collection cycle")
     guest = testbed.create_guest(conn, "fr-cost", memory_mib=256)
     try:
         time.sleep(2)

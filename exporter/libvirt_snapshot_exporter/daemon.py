@@ -492,6 +492,8 @@ class Collector:
         sample = self.host.read()
         self.contexts.add_host(sample)
         self._host_sample = sample
+        if self.recorder is not None:
+            self.recorder.note_host(sample)
         self._mark("host", True, time.time() - start)
 
     def _job_progress(self) -> None:

@@ -4,9 +4,11 @@ While any operation is in flight, and for POST_SECONDS after it, it samples ever
 ACTIVE_INTERVAL: host memory, dirty thresholds, reclaim counters and PSI (host.py's parsers),
 the block device under the domain's images (psutil's /proc/diskstats), and the domain's QEMU:
 its bytes written (psutil) and the state, wait channel and run delay of each of its threads
-(/proc/PID/task/TID/{stat,wchan,schedstat}). Otherwise it keeps a ring of host-wide samples
-every IDLE_INTERVAL, from which a new operation's trace takes the PRE_SECONDS before its start
-(an operation is recognised tens of milliseconds after it began: the ring covers that).
+(/proc/PID/task/TID/{stat,wchan,schedstat}). Between operations it reads nothing: the
+collection loop hands it the host sample it takes anyway (note_host(), every cycle, at least
+each poll-interval), kept in a ring from which a new operation's trace takes the PRE_SECONDS
+before its start (an operation is recognised tens of milliseconds after it began: the ring
+covers that). Those samples carry memory and PSI memory/io only.
 Finished traces go to the TraceStore. The collection loop only calls begin(), end() and
 retain(), which read nothing but the images' device numbers: sampling never holds it up.
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from .host import PAGE_SIZE, parse_meminfo, parse_pressure, vmstat_fields
+from .host import PAGE_SIZE, HostSample, parse_meminfo, parse_pressure, vmstat_fields
 from .qemu_process import parse_schedstat, parse_task_stat, read_qemu_pid
 from .trace import (
     Point,
@@ -43,7 +45,6 @@ from .trace_store import TraceStore
 log = logging.getLogger(__name__)
 
 ACTIVE_INTERVAL = 0.125  # s: 8 Hz while an operation is in flight, comfortably over 5 Hz
-IDLE_INTERVAL = 1.0  # s: the always-on ring of host figures
 PRE_SECONDS = 5.0  # of the ring put before an operation's start
 POST_SECONDS = 3.0  # sampled after its end
 RING_SECONDS = PRE_SECONDS + 5.0  # a little more: an operation may be recognised late
@@ -76,6 +77,13 @@ class HostReading:
                 "device_busy_ms": disk.busy_time, "device_write_ms": disk.write_time,
             })
         return Point(self.t, 1, self.gauges, counters)
+
+
+def from_host_sample(sample: HostSample) -> HostReading:
+    """The collection loop's host sample as a ring entry: what it has of the same figures."""
+    gauges = {key: sample.memory[key] for key in MEMINFO if key in sample.memory}
+    counters = {f"psi_{key}": seconds for key, seconds in sample.pressure.items()}
+    return HostReading(sample.time, gauges, counters, {})
 
 
 class HostSampler:
@@ -245,6 +253,18 @@ class FlightRecorder:
             if rec is not None:
                 rec.entry = entry
 
+    def note_host(self, sample: HostSample) -> None:
+        """The collection loop's host sample, for the ring between operations (while one is
+        traced the recorder's own samples fill it)."""
+        with self._lock:
+            if not self._recordings:
+                self._remember(from_host_sample(sample))
+
+    def _remember(self, reading: HostReading) -> None:
+        self._ring.append(reading)
+        while self._ring[0].t < reading.t - RING_SECONDS:
+            self._ring.popleft()
+
     def retain(self, in_flight: Iterable[str]) -> None:
         """Drop the recordings of operations that left the tracker without ending (none
         should): a recording is never sampled for ever."""
@@ -268,16 +288,19 @@ class FlightRecorder:
                               type(exc).__name__, exc)
                 self._failing = True
             with self._lock:
-                interval = ACTIVE_INTERVAL if self._recordings else IDLE_INTERVAL
-            self._wake.wait(max(0.0, interval - (time.monotonic() - started)))
+                active = bool(self._recordings)
+            # Idle: asleep until begin() or stop() wakes it.
+            self._wake.wait(max(0.0, ACTIVE_INTERVAL - (time.monotonic() - started))
+                            if active else None)
             self._wake.clear()
 
     def _tick(self) -> None:
+        with self._lock:
+            if not self._recordings:
+                return
         reading = self.host.read()
         with self._lock:
-            self._ring.append(reading)
-            while self._ring[0].t < reading.t - RING_SECONDS:
-                self._ring.popleft()
+            self._remember(reading)
             recordings = list(self._recordings.values())
         for rec in recordings:
             counters, threads = self.qemu.read(rec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 from libvirt_snapshot_exporter.flight_recorder import (
     ACTIVE_INTERVAL,
@@ -12,6 +13,7 @@ from libvirt_snapshot_exporter.flight_recorder import (
     PRE_SECONDS,
     FlightRecorder,
 )
+from libvirt_snapshot_exporter.host import HostReader
 from libvirt_snapshot_exporter.oplog import OperationsLog
 from libvirt_snapshot_exporter.state import StateStore, View
 from libvirt_snapshot_exporter.trace import from_json, operation_id
@@ -37,7 +39,10 @@ def test_a_trace_has_the_ring_before_and_this_process_sampled_as_qemu(tmp_path):
     recorder = FlightRecorder("/proc", str(tmp_path), store)  # no pid file: this pid stays
     recorder.start()
     try:
-        time.sleep(2.2)  # the 1 Hz ring: two or three samples
+        host = HostReader("/proc")
+        for _ in range(3):  # the collection loop's own host samples fill the ring
+            recorder.note_host(host.read())
+            time.sleep(0.5)
         start = round(time.time() - 0.3, 3)  # as the log has it
         recorder.begin("vm/1", "vm", start, os.getpid(), [str(tmp_path)])
         time.sleep(1.0)
@@ -53,7 +58,9 @@ def test_a_trace_has_the_ring_before_and_this_process_sampled_as_qemu(tmp_path):
     assert (trace.domain, trace.snapshot, trace.start, trace.end) == ("vm", "s1", start, end)
     ring = [p for p in trace.points if "qemu_write_bytes" not in p.counters]
     sampled = [p for p in trace.points if "qemu_write_bytes" in p.counters]
-    assert len(ring) >= 2 and all(start - PRE_SECONDS <= p.t < start + 0.3 for p in ring)
+    assert len(ring) == 3 and all(start - PRE_SECONDS <= p.t < start + 0.3 for p in ring)
+    assert {"free", "available", "dirty", "writeback"} <= set(ring[0].gauges)
+    assert "psi_io_some" in ring[0].counters
     assert sampled[0].t - (start + 0.3) < 0.1  # sampled at once, not at the next idle tick
     assert sampled[-1].t >= end + POST_SECONDS
     gaps = sorted(b.t - a.t for a, b in zip(sampled, sampled[1:], strict=False))
@@ -125,3 +132,16 @@ def test_retain_drops_recordings_no_longer_in_flight_but_not_ended_ones(tmp_path
     recorder.end("vm/2", entry(now + 1, now + 1))  # too late: nothing to finish
     recorder.stop()
     assert store.ids() == [operation_id("vm", "s1", "create", now)]
+
+
+def test_idle_the_recorder_reads_nothing(tmp_path):
+    recorder = FlightRecorder("/proc", str(tmp_path), TraceStore("", 5, 2**22))
+    recorder.start()
+    try:
+        time.sleep(0.2)
+        schedstat = Path(f"/proc/self/task/{recorder.native_id}/schedstat")
+        cpu = schedstat.read_text().split()[0]
+        time.sleep(1.5)
+        assert schedstat.read_text().split()[0] == cpu  # not one ns of CPU
+    finally:
+        recorder.stop()
