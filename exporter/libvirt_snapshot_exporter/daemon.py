@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -120,6 +121,7 @@ class Collector:
         self._since: dict[str, float] = {}  # when a still-pending poll was first waited for
         self._failing: set[str] = set()  # sources whose last step raised
         self._failed_this_cycle: set[str] = set()  # a later success in the cycle keeps 0
+        self._woken: set[str] = set()  # domains named by events since the last poll round
         self._check_interval = config["collector.poll-interval"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
@@ -169,8 +171,7 @@ class Collector:
             self._publish()
 
     def _collect(self) -> None:
-        woken: set[str] = set()
-        self._isolated("domains", lambda: woken.update(self._drain_events()))
+        self._isolated("domains", self._drain_events)
         if not self.adapter.ensure_connected():
             if self._was_up:
                 log.warning("libvirt at %s unreachable: %s", self.adapter.uri,
@@ -182,7 +183,7 @@ class Collector:
         if not self._was_up:
             self._on_connect()
         now = time.time()
-        self._isolated("domains", lambda: self._poll_domains(now, woken))
+        self._isolated("domains", lambda: self._poll_domains(now))
         self._isolated("domains", self._drain_events)
         self._isolated("host", self._sample_host)
         if now >= self._next_stats:
@@ -224,13 +225,18 @@ class Collector:
             cache.poll = None
         self._next_stats = self._next_states = 0.0
 
-    def _drain_events(self) -> set[str]:
-        """Feed queued events to the tracker; the domains they name are polled at once."""
-        woken = set()
-        for obs in self._events.drain():
-            woken.add(obs.domain)
+    def _drain_events(self, until: float = math.inf) -> None:
+        """Feed the queued events stamped up to `until` to the tracker; the domains they name
+        are polled at once."""
+        for obs in self._events.drain_until(until):
+            self._woken.add(obs.domain)
             self._observe(obs)
-        return woken
+
+    def _observe_answer(self, obs: DomainPoll | DomainUnchanged | DomainGone) -> None:
+        """A poll's answer goes to the tracker after the events stamped before it and before
+        the later ones, which stay queued (see inbox.py)."""
+        self._drain_events(obs.time)
+        self._observe(obs)
 
     def _observe(self, obs: Observation) -> None:
         before = {op.key for op in self.tracker.in_flight()}
@@ -243,10 +249,11 @@ class Collector:
                 self._begin(op)
             self._record(op)
 
-    def _poll_domains(self, now: float, woken: set[str]) -> None:
+    def _poll_domains(self, now: float) -> None:
         """One NOWAIT state call for all domains; then, per domain, a full poll where
         something may have changed, else the two-call idle check when it is due."""
         start = time.time()
+        woken, self._woken = self._woken, set()
         check_interval = max(self.config["collector.poll-interval"],
                              2 * len(self._domains) / self.config["collector.max-calls-per-second"])
         # Lifecycle events announce state changes, definitions and removals: without one, the
@@ -266,7 +273,7 @@ class Collector:
         states = self._states
         for gone in [n for n in self._domains if n not in states]:
             self._pending.pop(gone, None)
-            self._observe(DomainGone(now, gone))
+            self._observe_answer(DomainGone(now, gone))
             self._forget(gone)
         ok = self._collect_polls(now)
         for name, state in states.items():
@@ -348,7 +355,7 @@ class Collector:
             if cache is None:
                 continue
             if kind == "check":
-                control, _ms, count = result
+                checked, control, _ms, count = result
                 if (control == CONTROL_JOB or cache.poll is None
                         or count != len(cache.poll.snapshots) or self.tracker.is_busy(name)):
                     try:
@@ -356,12 +363,12 @@ class Collector:
                     except LibvirtUnavailable:
                         cache.next_check = 0.0
                 else:
-                    self._observe(DomainUnchanged(time.time(), name))
+                    self._observe_answer(DomainUnchanged(checked, name))
                 continue
             cache.poll, cache.uuid = result, result.uuid
             cache.version += 1
             cache.next_resync = now + RESYNC_SECONDS
-            self._observe(result)
+            self._observe_answer(result)
             busy = self.tracker.is_busy(name)
             interval = self.config["collector.busy-interval"] if busy else self._check_interval
             cache.next_check = time.time() + interval

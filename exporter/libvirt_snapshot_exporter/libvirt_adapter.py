@@ -343,12 +343,13 @@ class LibvirtAdapter:
         return self._submit("states", read)
 
     def check_domain(self, name: str, active: bool) -> concurrent.futures.Future:
-        """The cheap idle check, started on a worker: its result is (control state, its
-        milliseconds, snapshot count), two calls. A job shows in the control state; a finished
-        create or delete in the count."""
+        """The cheap idle check, started on a worker: its result is (when it looked, control
+        state, its milliseconds, snapshot count), two calls. A job shows in the control state;
+        a finished create or delete in the count. Nothing ran up to the time it looked."""
 
-        def read(_conn: libvirt.virConnect) -> tuple[int, int, int]:
+        def read(_conn: libvirt.virConnect) -> tuple[float, int, int, int]:
             dom = self._handles[name]
+            looked = time.time()
             control = (0, 0)
             if active:
                 try:
@@ -358,7 +359,7 @@ class LibvirtAdapter:
                     if exc.get_error_code() not in (libvirt.VIR_ERR_OPERATION_INVALID,
                                                     libvirt.VIR_ERR_NO_SUPPORT):
                         raise
-            return (*control, dom.snapshotNum())
+            return (looked, *control, dom.snapshotNum())
 
         return self._submit(f"poll:{name}", read)
 
