@@ -104,7 +104,7 @@ def store(now: float, batches: int = 1) -> StateStore:
         domains={"vm1": _vm1(now, batches), "vm2": _vm2()}, in_flight=_in_flight(now),
         collectors={
             name: CollectorStatus(True, 0.004, now - 0.5)
-            for name in ("domains", "guests", "host", "qemu_process")
+            for name in ("domains", "guests", "host", "qemu_process", "images")
         },
         reconnects=1, events={"lifecycle": 12, "job_completed": 1, "block_job": 2},
         oplog_write_ok=True, oplog_write_errors=0,

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import threading
 import time
 import zlib
@@ -21,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .context import ContextKeeper, write_rate
+from .context import ContextKeeper
 from .host import HostReader, HostSample
+from .images import image_usage
 from .inbox import Inbox
 from .libvirt_adapter import LibvirtAdapter, LibvirtUnavailable
 from .observations import (
@@ -35,6 +35,7 @@ from .observations import (
     Observation,
     Versions,
 )
+from .operation_record import finished_entry, progress_estimate
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample
 from .state import (
@@ -387,20 +388,20 @@ class Collector:
     def _collect_stats(self, now: float) -> None:
         self._stats_started = time.time()
         self._later("bulk_stats", self.adapter.bulk_stats, self._got_stats, "guests")
-        self._isolated("qemu_process", lambda: self._read_processes(now))
+        self._read_host_side(now)
 
-    def _read_processes(self, now: float) -> None:
+    def _read_host_side(self, now: float) -> None:
+        """What this host knows of each domain: its QEMU process, its disks, their images.
+        Per domain and per source: one whose figures cannot be read holds up nothing else."""
         start = time.time()
         for name, cache in self._domains.items():
-            # Per domain: one whose figures cannot be read does not hold up the others.
-            self._isolated("qemu_process", functools.partial(self._read_host_side, name, cache, now))
+            self._isolated("qemu_process", functools.partial(self._read_process, name, cache, now))
+            self._refresh_disks(name, cache, now)
         self._mark("qemu_process", True, time.time() - start)
-
-    def _read_host_side(self, name: str, cache: _DomainCache, now: float) -> None:
-        """What this host knows of one domain: its QEMU process, its disks and their images."""
-        self._read_process(name, cache, now)
-        self._refresh_disks(name, cache, now)
-        self._image_usage(cache)
+        start = time.time()
+        for name, cache in self._domains.items():
+            self._isolated("images", functools.partial(self._image_usage, name, cache))
+        self._mark("images", True, time.time() - start)
 
     def _got_stats(self, future: concurrent.futures.Future) -> None:
         now = time.time()
@@ -466,24 +467,15 @@ class Collector:
 
         self._later(f"xml:{name}", lambda: self.adapter.domain_disks(name), got, "domains")
 
-    def _image_usage(self, cache: _DomainCache) -> None:
-        paths = [d.source for d in cache.disks if d.source.startswith("/")]
+    def _image_usage(self, name: str, cache: _DomainCache) -> None:
+        paths = [d.source for d in cache.disks]
         if cache.poll is not None:
             paths += [s.memory_file for s in cache.poll.snapshots if s.memory_file]
-        size, free = 0, {}
-        for path in paths:
-            try:
-                size += os.stat(path).st_blocks * 512
-            except OSError:
-                continue
-            mount = _mountpoint(os.path.dirname(path))
-            if mount not in free:
-                with contextlib.suppress(OSError):
-                    fs = os.statvfs(mount)
-                    free[mount] = fs.f_bavail * fs.f_frsize
-        if (cache.image_size, cache.filesystems) != (size if paths else None, free):
-            cache.image_size = size if paths else None
-            cache.filesystems = free
+        usage = image_usage(paths)
+        if usage.errors:
+            raise OSError(f"images of {name}: {'; '.join(usage.errors)}")
+        if (cache.image_size, cache.filesystems) != (usage.size_bytes, usage.free_bytes):
+            cache.image_size, cache.filesystems = usage.size_bytes, usage.free_bytes
             cache.version += 1
 
     def _sample_host(self) -> None:
@@ -513,36 +505,14 @@ class Collector:
         return (used[0] if used else None), guest_memory_total(cache.stats)
 
     def _record(self, op: Operation) -> None:
-        ctx = self.contexts.finish(op.key).public()
-        duration = op.duration or 0.0
-        written = ctx.get("qemu_written_bytes")
         cache = self._domains.get(op.domain)
-        entry = {
-            "domain": op.domain,
-            "snapshot": op.snapshot,
-            "operation": op.operation,
-            "kind": op.kind,
-            "memory": op.memory,
-            "depth": op.depth,
-            "start": round(op.start, 3),
-            "end": round(op.end or op.start, 3),
-            "duration_seconds": round(duration, 3),
-            "paused_seconds": round(op.paused_seconds, 3),
-            "outcome": op.outcome,
-            "error": op.error,
-            "start_source": op.start_source,
-            "end_source": op.end_source,
-            "uncertainty_seconds": round(op.start_uncertainty + op.end_uncertainty, 3),
-            "qemu_version": self._versions.hypervisor if self._versions else "",
-            "disk_cache": sorted({d.cache for d in cache.disks}) if cache else [],
-            "job_time_elapsed_ms": op.job.get("time_elapsed"),
-            "job_downtime_ms": op.job.get("downtime"),
-            **ctx,
-            "qemu_write_rate_bytes_per_second": write_rate(written, duration),
-        }
+        entry = finished_entry(
+            op, self.contexts.finish(op.key),
+            self._versions.hypervisor if self._versions else "",
+            sorted({d.cache for d in cache.disks}) if cache else [])
         log.info("%s %s of %s/%s: %.3f s (%s, start by %s, end by %s)", op.outcome,
-                 op.operation, op.domain, op.snapshot, duration, op.kind, op.start_source,
-                 op.end_source)
+                 op.operation, op.domain, op.snapshot, entry["duration_seconds"], op.kind,
+                 op.start_source, op.end_source)
         self.oplog.add(entry)
         self.store.operations.record(entry)
 
@@ -562,14 +532,7 @@ class Collector:
         items = []
         for op in self.tracker.in_flight():
             ctx = self.contexts.current(op.key)
-            estimate = None
-            if (
-                ctx is not None and op.operation == "create" and op.kind == "internal"
-                and op.memory and ctx.qemu_written_bytes is not None
-                and ctx.guest_memory_used_bytes
-            ):
-                estimate = min(1.0, ctx.qemu_written_bytes / ctx.guest_memory_used_bytes)
-            items.append(InFlight(op, ctx.public() if ctx else {}, estimate))
+            items.append(InFlight(op, ctx.public() if ctx else {}, progress_estimate(op, ctx)))
         return items
 
     def _publish(self) -> None:
@@ -603,12 +566,3 @@ class Collector:
         )
         self._on_publish()
 
-
-def _mountpoint(path: str) -> str:
-    path = os.path.realpath(path)
-    while not os.path.ismount(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
