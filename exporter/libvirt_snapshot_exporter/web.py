@@ -58,7 +58,7 @@ class BadRequest(ValueError):
 
 STUDY_COLUMNS = (
     ("domain", "domain"), ("snapshot", "snapshot"), ("operation", "operation"),
-    ("depth", "level"), ("guest memory used", "guest_memory_used_bytes"),
+    ("depth", "depth"), ("guest memory used", "guest_memory_used_bytes"),
     ("guest CPU", "guest_cpu_ratio"), ("duration", "duration_seconds"),
     ("guest paused", "paused_seconds"), ("kind", "kind"), ("memory", "memory"),
     ("outcome", "outcome"), ("QEMU", "qemu_version"), ("disk cache", "disk_cache"),
@@ -149,7 +149,7 @@ class App:
             op = item.operation
             in_flight.append({
                 "domain": op.domain, "snapshot": op.snapshot, "operation": op.operation,
-                "kind": op.kind, "memory": op.memory, "level": op.depth,
+                "kind": op.kind, "memory": op.memory, "depth": op.depth,
                 "start": round(op.start, 3), "elapsed_seconds": round(now - op.start, 3),
                 "start_source": op.start_source, "progress_estimate": item.progress_estimate,
                 "memory_processed_bytes": op.memory_processed_bytes,
@@ -157,11 +157,6 @@ class App:
                 **item.context,
             })
         return in_flight
-
-    def finished(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """A page of the log, newest first, and how many operations it holds."""
-        entries, total = self.oplog.page(offset, limit)
-        return [{**e, "level": e.get("depth")} for e in entries], total
 
     def operations_json(self, offset: int, limit: int) -> bytes:
         """In flight (always all of them, a handful), then one page of the log, newest first;
@@ -176,7 +171,7 @@ class App:
             page = self._pages.get(key)
         if page is not None:
             return page
-        entries, total = self.finished(offset, limit)
+        entries, total = self.oplog.page(offset, limit)
         following = offset + len(entries)
         page = json.dumps({
             "operations": entries, "total": total, "offset": offset, "limit": limit,
@@ -191,7 +186,7 @@ class App:
 
     def landing(self) -> str:
         view = self.store.view
-        finished, total = self.finished(0, LANDING_ROWS)
+        finished, total = self.oplog.page(0, LANDING_ROWS)
         head = "".join(f"<th>{html.escape(title)}</th>" for title, _ in STUDY_COLUMNS)
         rows = []
         for entry in self.in_flight():
