@@ -10,7 +10,13 @@ snapshot in flight.
 from __future__ import annotations
 
 from libvirt_snapshot_exporter.host import HostSample
-from libvirt_snapshot_exporter.observations import DiskInfo, SnapshotRecord, Versions
+from libvirt_snapshot_exporter.observations import (
+    BlockStats,
+    DiskInfo,
+    GuestStats,
+    SnapshotRecord,
+    Versions,
+)
 from libvirt_snapshot_exporter.qemu_process import ProcessSample
 from libvirt_snapshot_exporter.state import (
     CollectorStatus,
@@ -22,7 +28,6 @@ from libvirt_snapshot_exporter.state import (
 from libvirt_snapshot_exporter.tracker import Operation
 
 GIB = 1024**3
-KIB_PER_GIB = 1024**2
 IMAGES = "/var/lib/libvirt/images"
 
 
@@ -35,14 +40,13 @@ def _snapshots(now: float) -> tuple[SnapshotRecord, ...]:
 
 
 def _vm1(now: float, batches: int) -> DomainView:
-    stats = {
-        "cpu.time": 120 * 10**9 + batches * 10**9, "vcpu.current": 2,
-        "balloon.current": 8 * KIB_PER_GIB, "balloon.maximum": 8 * KIB_PER_GIB,
-        "balloon.available": 7 * KIB_PER_GIB, "balloon.usable": 3 * KIB_PER_GIB,
-        "balloon.unused": 3 * KIB_PER_GIB, "balloon.swap_in": 16, "balloon.swap_out": 32,
-        "balloon.major_fault": 5, "block.count": 1, "block.0.name": "vda",
-        "block.0.rd.bytes": 3 * 10**9, "block.0.wr.bytes": 7 * 10**9,
-    }
+    stats = GuestStats(
+        cpu_time_ns=120 * 10**9 + batches * 10**9, vcpus=2,
+        balloon_current_bytes=8 * GIB, balloon_maximum_bytes=8 * GIB,
+        available_bytes=7 * GIB, usable_bytes=3 * GIB, unused_bytes=3 * GIB,
+        swap_in_bytes=16 * 1024, swap_out_bytes=32 * 1024, major_faults=5,
+        disks=(BlockStats("vda", 3 * 10**9, 7 * 10**9),),
+    )
     return DomainView(
         name="vm1", uuid="00000000-0000-0000-0000-000000000001", state=1, reason=1,
         stats=stats, disks=(DiskInfo("vda", f"{IMAGES}/vm1.qcow2", "qcow2", "writeback"),),
@@ -55,7 +59,7 @@ def _vm1(now: float, batches: int) -> DomainView:
 def _vm2() -> DomainView:
     return DomainView(
         name="vm2", uuid="00000000-0000-0000-0000-000000000002", state=5, reason=1,
-        stats={}, disks=(DiskInfo("vda", f"{IMAGES}/vm2.qcow2", "qcow2", "none"),),
+        stats=GuestStats(), disks=(DiskInfo("vda", f"{IMAGES}/vm2.qcow2", "qcow2", "none"),),
         process=None, snapshots=(), image_size_bytes=None, filesystems={IMAGES: 5 * GIB},
     )
 

@@ -21,14 +21,14 @@ from .tracker import depth_of
 D = ["domain"]
 
 GUEST_BALLOON = (
-    ("available", "balloon.available", "Guest-reported total usable memory."),
-    ("usable", "balloon.usable", "Guest-reported memory usable without swapping."),
-    ("unused", "balloon.unused", "Guest-reported free memory."),
+    ("available", "available_bytes", "Guest-reported total usable memory."),
+    ("usable", "usable_bytes", "Guest-reported memory usable without swapping."),
+    ("unused", "unused_bytes", "Guest-reported free memory."),
 )
 GUEST_COUNTERS = (
-    ("swap_in_bytes_total", "balloon.swap_in", 1024, "Guest swap-in."),
-    ("swap_out_bytes_total", "balloon.swap_out", 1024, "Guest swap-out."),
-    ("major_faults_total", "balloon.major_fault", 1, "Guest major page faults."),
+    ("swap_in_bytes_total", "swap_in_bytes", "Guest swap-in."),
+    ("swap_out_bytes_total", "swap_out_bytes", "Guest swap-out."),
+    ("major_faults_total", "major_faults", "Guest major page faults."),
 )
 NODE_MEMORY = (
     ("total", "MemTotal"), ("free", "MemFree"), ("available", "MemAvailable"),
@@ -162,7 +162,7 @@ class SnapshotCollector:
         cur = _gauge("memory_balloon_current_bytes", "Balloon size (memory the guest has).")
         maxi = _gauge("memory_balloon_maximum_bytes", "Maximum memory.")
         balloon = {k: _gauge(f"memory_{k}_bytes", doc) for k, _, doc in GUEST_BALLOON}
-        guest_counters = {k: _counter(f"memory_{k[:-6]}", doc) for k, _, _, doc in GUEST_COUNTERS}
+        guest_counters = {k: _counter(f"memory_{k[:-6]}", doc) for k, _, doc in GUEST_COUNTERS}
         used = _gauge(
             "memory_used_bytes", "Guest memory in use, and where the figure comes from.",
             ["domain", "source"],
@@ -175,29 +175,27 @@ class SnapshotCollector:
             info.add_metric([name, dom.uuid], 1)
             state.add_metric([name], dom.state)
             reason.add_metric([name], dom.reason)
-            if "cpu.time" in s:
-                cpu.add_metric([name], s["cpu.time"] / 1e9)
-            if "vcpu.current" in s:
-                vcpus.add_metric([name], s["vcpu.current"])
-            if "balloon.current" in s:
-                cur.add_metric([name], s["balloon.current"] * 1024)
-            if "balloon.maximum" in s:
-                maxi.add_metric([name], s["balloon.maximum"] * 1024)
-            for key, stat, _ in GUEST_BALLOON:
-                if stat in s:
-                    balloon[key].add_metric([name], s[stat] * 1024)
-            for key, stat, scale, _ in GUEST_COUNTERS:
-                if stat in s:
-                    guest_counters[key].add_metric([name], s[stat] * scale)
+            if s.cpu_time_ns is not None:
+                cpu.add_metric([name], s.cpu_time_ns / 1e9)
+            if s.vcpus is not None:
+                vcpus.add_metric([name], s.vcpus)
+            if s.balloon_current_bytes is not None:
+                cur.add_metric([name], s.balloon_current_bytes)
+            if s.balloon_maximum_bytes is not None:
+                maxi.add_metric([name], s.balloon_maximum_bytes)
+            for families, table in ((balloon, GUEST_BALLOON), (guest_counters, GUEST_COUNTERS)):
+                for key, attribute, _ in table:
+                    value = getattr(s, attribute)
+                    if value is not None:
+                        families[key].add_metric([name], value)
             memory = guest_memory_used(dom.stats, dom.process)
             if memory is not None:
                 used.add_metric([name, memory[1]], memory[0])
-            for i in range(int(s.get("block.count", 0))):
-                target = s.get(f"block.{i}.name", str(i))
-                if f"block.{i}.rd.bytes" in s:
-                    block_read.add_metric([name, target], s[f"block.{i}.rd.bytes"])
-                if f"block.{i}.wr.bytes" in s:
-                    block_write.add_metric([name, target], s[f"block.{i}.wr.bytes"])
+            for disk in s.disks:
+                if disk.read_bytes is not None:
+                    block_read.add_metric([name, disk.target], disk.read_bytes)
+                if disk.write_bytes is not None:
+                    block_write.add_metric([name, disk.target], disk.write_bytes)
         yield from (info, state, reason, cpu, vcpus, cur, maxi, *balloon.values(),
                     *guest_counters.values(), used, block_read, block_write)
 

@@ -17,7 +17,6 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from .config import Config
 from .context import ContextKeeper
@@ -32,6 +31,7 @@ from .observations import (
     DomainGone,
     DomainPoll,
     DomainUnchanged,
+    GuestStats,
     Observation,
     Versions,
 )
@@ -64,7 +64,7 @@ STOP_WAIT = 5.0  # seconds stop() waits for the loop, whatever libvirt is doing
 class _DomainCache:
     uuid: str = ""
     poll: DomainPoll | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: GuestStats = GuestStats()
     cpu_sample: CpuReading | None = None
     cpu_ratio: float | None = None
     disks: tuple[DiskInfo, ...] = ()
@@ -414,18 +414,15 @@ class Collector:
             cache = self._domains.get(name)
             if cache is None:
                 continue
-            if "balloon.available" in cache.stats and "balloon.available" not in values:
-                # A snapshot holds the domain: NOWAIT skipped the guest's figures. Keep the
-                # last ones rather than switch the used-memory source to QEMU's RSS and back.
-                values = {**{k: v for k, v in cache.stats.items() if k.startswith("balloon.")},
-                          **values}
+            # A snapshot holds the domain: NOWAIT skipped the guest's figures; keep the last.
+            values = values.keeping_guest_figures(cache.stats)
             if values != cache.stats:
                 cache.stats = values
                 cache.version += 1
             self._cpu_ratio(cache, now, values)
         self._mark("guests", ok, now - self._stats_started)
 
-    def _cpu_ratio(self, cache: _DomainCache, now: float, values: dict[str, Any]) -> None:
+    def _cpu_ratio(self, cache: _DomainCache, now: float, values: GuestStats) -> None:
         reading = cpu_reading(now, values)
         if reading is None:
             return

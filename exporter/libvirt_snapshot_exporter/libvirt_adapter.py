@@ -22,10 +22,11 @@ from typing import Any
 
 import libvirt
 
-from .libvirt_common import parse_domain_disks, read_versions
+from .libvirt_common import guest_stats, parse_domain_disks, read_versions
 from .observations import (
     BlockJobEvent,
     DomainPoll,
+    GuestStats,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
@@ -312,13 +313,13 @@ class LibvirtAdapter:
 
     def bulk_stats(self) -> concurrent.futures.Future:
         """One getAllDomainStats call with NOWAIT, started on a worker: a busy domain just lacks
-        what needs QEMU. Its result: {domain: {stat: value}}."""
+        what needs QEMU. Its result: {domain: GuestStats}."""
 
-        def read(conn: libvirt.virConnect) -> dict[str, dict[str, Any]]:
+        def read(conn: libvirt.virConnect) -> dict[str, GuestStats]:
             stats = conn.getAllDomainStats(
                 NOWAIT_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
             )
-            return {dom.name(): {"uuid": dom.UUIDString(), **values} for dom, values in stats}
+            return {dom.name(): guest_stats(values) for dom, values in stats}
 
         return self._submit("bulk_stats", read)
 
