@@ -18,6 +18,7 @@ from libvirt_snapshot_exporter.observations import (
     Versions,
 )
 from libvirt_snapshot_exporter.qemu_process import ProcessSample
+from libvirt_snapshot_exporter.records import FinishedOperation
 from libvirt_snapshot_exporter.state import (
     CollectorStatus,
     DomainView,
@@ -64,10 +65,12 @@ def _vm2() -> DomainView:
     )
 
 
-def _entry(domain: str, operation: str, duration: float, end: float, **fields) -> dict:
+def _entry(domain: str, operation: str, duration: float, end: float,
+           **fields) -> FinishedOperation:
     entry = {
         "domain": domain, "operation": operation, "kind": "internal", "memory": True,
-        "depth": 3, "end": end, "duration_seconds": duration, "paused_seconds": 4.0,
+        "depth": 3, "start": end - duration, "end": end, "duration_seconds": duration,
+        "paused_seconds": 4.0,
         "outcome": "success", "host_memory_available_start_bytes": 2 * GIB,
         "host_memory_available_min_bytes": GIB, "host_memory_free_min_bytes": GIB // 8,
         "host_dirty_peak_bytes": GIB, "host_writeback_peak_bytes": GIB // 4,
@@ -76,7 +79,7 @@ def _entry(domain: str, operation: str, duration: float, end: float, **fields) -
         "guest_memory_used_bytes": 4 * GIB, "guest_cpu_ratio": 0.5,
     }
     entry.update(fields)
-    return entry
+    return FinishedOperation(**entry)
 
 
 def _host(batches: int) -> HostSample:

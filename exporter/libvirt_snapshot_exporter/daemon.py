@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -35,7 +36,7 @@ from .observations import (
     Observation,
     Versions,
 )
-from .operation_record import finished_entry, progress_estimate
+from .operation_record import finished_operation, progress_estimate
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample
 from .state import (
@@ -503,15 +504,15 @@ class Collector:
 
     def _record(self, op: Operation) -> None:
         cache = self._domains.get(op.domain)
-        entry = finished_entry(
+        record = finished_operation(
             op, self.contexts.finish(op.key),
             self._versions.hypervisor if self._versions else "",
-            sorted({d.cache for d in cache.disks}) if cache else [])
+            tuple(sorted({d.cache for d in cache.disks})) if cache else ())
         log.info("%s %s of %s/%s: %.3f s (%s, start by %s, end by %s)", op.outcome,
-                 op.operation, op.domain, op.snapshot, entry["duration_seconds"], op.kind,
+                 op.operation, op.domain, op.snapshot, record.duration_seconds, op.kind,
                  op.start_source, op.end_source)
-        self.oplog.add(entry)
-        self.store.operations.record(entry)
+        self.oplog.add(record)
+        self.store.operations.record(record)
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -526,10 +527,12 @@ class Collector:
         self._status[name] = CollectorStatus(success, duration, last)
 
     def in_flight(self) -> list[InFlight]:
+        """Copies: the tracker goes on changing its operations after the view is published."""
         items = []
         for op in self.tracker.in_flight():
             ctx = self.contexts.current(op.key)
-            items.append(InFlight(op, ctx.public() if ctx else {}, progress_estimate(op, ctx)))
+            items.append(InFlight(copy.deepcopy(op), ctx.public() if ctx else {},
+                                  progress_estimate(op, ctx)))
         return items
 
     def _publish(self) -> None:

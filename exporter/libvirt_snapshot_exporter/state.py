@@ -13,6 +13,7 @@ from typing import Any
 from .host import HostSample
 from .observations import DiskInfo, GuestStats, SnapshotRecord, Versions
 from .qemu_process import ProcessSample
+from .records import FinishedOperation
 from .tracker import Operation
 
 # Histogram buckets from 0.1 s to 1 h: real snapshots take from under a second to over 30 min.
@@ -147,7 +148,7 @@ class DomainOperations:
     version: int
     durations: HistogramTable
     paused: HistogramTable
-    last: dict[str, dict[str, Any]]  # operation -> log entry
+    last: dict[str, FinishedOperation]  # by operation
 
 
 @dataclass(frozen=True)
@@ -172,16 +173,15 @@ class OperationStats:
         self._domains: dict[str, DomainOperations] = {}
         self._host = HostOperations({}, {})
 
-    def record(self, entry: dict[str, Any]) -> None:
-        labels = (entry["operation"], entry["kind"], "true" if entry["memory"] else "false",
-                  entry["outcome"])
-        duration, paused = entry["duration_seconds"], entry["paused_seconds"]
+    def record(self, entry: FinishedOperation) -> None:
+        labels = (entry.operation, entry.kind, "true" if entry.memory else "false",
+                  entry.outcome)
+        duration, paused = entry.duration_seconds, entry.paused_seconds or 0.0
         with self._lock:
-            old = self._domains.get(entry["domain"]) or DomainOperations(
-                entry["domain"], 0, {}, {}, {})
-            self._domains[entry["domain"]] = DomainOperations(
+            old = self._domains.get(entry.domain) or DomainOperations(entry.domain, 0, {}, {}, {})
+            self._domains[entry.domain] = DomainOperations(
                 old.domain, old.version + 1, _observed(old.durations, labels, duration),
-                _observed(old.paused, labels, paused), {**old.last, entry["operation"]: entry})
+                _observed(old.paused, labels, paused), {**old.last, entry.operation: entry})
             self._host = HostOperations(_observed(self._host.durations, labels, duration),
                                         _observed(self._host.paused, labels, paused))
 

@@ -174,7 +174,8 @@ class App:
         entries, total = self.oplog.page(offset, limit)
         following = offset + len(entries)
         page = json.dumps({
-            "operations": entries, "total": total, "offset": offset, "limit": limit,
+            "operations": [e.to_json() for e in entries], "total": total, "offset": offset,
+            "limit": limit,
             "next_offset": following if following < total else None,
         }).encode()[1:-1]
         with self._pages_lock:
@@ -194,7 +195,7 @@ class App:
             cells[6] = f"running {entry['elapsed_seconds']:.1f} s"
             cells[10] = "in flight"
             rows.append("<tr class=running>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        for entry in finished:
+        for entry in (e.to_json() for e in finished):
             cells = [html.escape(_fmt(key, entry.get(key))) for _, key in STUDY_COLUMNS]
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         shown = (f"the {len(finished)} newest of {total}; all of them in "

@@ -1,15 +1,16 @@
-"""An operation's log entry and progress, from operations the tracker found in recorded
+"""An operation's record and progress, from operations the tracker found in recorded
 sequences and contexts fed with samples."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from libvirt_snapshot_exporter.context import OperationContext
-from libvirt_snapshot_exporter.operation_record import finished_entry, progress_estimate
+from libvirt_snapshot_exporter.operation_record import finished_operation, progress_estimate
 from libvirt_snapshot_exporter.qemu_process import ProcessSample
-from libvirt_snapshot_exporter.records import checked
+from libvirt_snapshot_exporter.records import FinishedOperation
 from lse_devtools.replay import replay
 
 SEQUENCES = Path(__file__).parent / "sequences"
@@ -24,21 +25,27 @@ def _context(written: int | None, used: int | None) -> OperationContext:
 
 
 @pytest.mark.parametrize("sequence", sorted(p.stem for p in SEQUENCES.glob("*.jsonl")))
-def test_every_recorded_operation_gives_an_entry_the_log_reads_back(sequence: str) -> None:
+def test_every_recorded_operation_gives_a_record_the_log_reads_back(sequence: str) -> None:
     _, ops, _ = replay(SEQUENCES / f"{sequence}.jsonl")
     for op in ops:
-        entry = finished_entry(op, _context(4096, None), "7.2.0", ["none"])
-        assert checked(entry) == entry  # nothing the log would drop or refuse
-        assert entry["duration_seconds"] == round(op.duration, 3)
-        assert entry["end"] >= entry["start"]
+        record = finished_operation(op, _context(4096, None), "7.2.0", ("none",))
+        assert FinishedOperation.from_json(record.to_json()) == record  # nothing dropped
+        assert record.duration_seconds == round(op.duration, 3)
+        assert record.end >= record.start
+
+
+def test_the_record_holds_every_context_figure() -> None:
+    """A figure context.py adds must have a field here, or it would be lost."""
+    context = set(OperationContext().public())
+    assert context <= {f.name for f in dataclasses.fields(FinishedOperation)}
 
 
 def test_entry_carries_the_write_rate_over_the_operation() -> None:
     _, (op, *_), _ = replay(SEQUENCES / "internal_chain_running.jsonl")
-    entry = finished_entry(op, _context(10_000_000, None), "7.2.0", ["writeback"])
-    assert entry["qemu_written_bytes"] == 10_000_000
-    assert entry["qemu_write_rate_bytes_per_second"] == round(10_000_000 / op.duration)
-    assert entry["disk_cache"] == ["writeback"] and entry["qemu_version"] == "7.2.0"
+    record = finished_operation(op, _context(10_000_000, None), "7.2.0", ("writeback",))
+    assert record.qemu_written_bytes == 10_000_000
+    assert record.qemu_write_rate_bytes_per_second == round(10_000_000 / op.duration)
+    assert record.to_json()["disk_cache"] == ["writeback"] and record.qemu_version == "7.2.0"
 
 
 def test_progress_is_bytes_written_over_guest_memory_for_internal_memory_creates() -> None:
