@@ -25,6 +25,7 @@ from pathlib import Path
 import libvirt
 from libvirt_snapshot_exporter.flight_recorder import FlightRecorder
 from libvirt_snapshot_exporter.host import HostReader
+from libvirt_snapshot_exporter.records import FinishedOperation
 from libvirt_snapshot_exporter.trace import operation_id
 from libvirt_snapshot_exporter.trace_store import TraceStore
 from lse_devtools import testbed
@@ -62,9 +63,9 @@ def recorder_cost(conn: libvirt.virConnect, seconds: float) -> None:
         start = time.time()
         recorder.begin("bench", guest.name, start, testbed.qemu_pid(guest), [str(guest.disk)])
         busy = measure(recorder, seconds)
-        entry = {"domain": guest.name, "snapshot": "none", "operation": "create",
-                 "start": start, "end": time.time()}
-        recorder.end("bench", entry)
+        end = time.time()
+        recorder.end("bench", FinishedOperation(guest.name, "create", "internal", True, start,
+                                                end, end - start, "success", snapshot="none"))
         trace = json.loads(recorder.get(operation_id(guest.name, "none", "create", start)))
         sampled = [t for t, v in zip(trace["t"], trace["counters"]["qemu_write_bytes"],
                                      strict=True) if v is not None]

@@ -31,6 +31,7 @@ import psutil
 
 from .host import PAGE_SIZE, HostSample, parse_meminfo, parse_pressure, vmstat_fields
 from .qemu_process import parse_schedstat, parse_task_stat, read_qemu_pid
+from .records import FinishedOperation
 from .trace import (
     Point,
     RunDelays,
@@ -136,7 +137,7 @@ class _Recording:
     builder: TraceBuilder
     delays: RunDelays = field(default_factory=RunDelays)
     process: psutil.Process | None = None
-    entry: dict[str, Any] | None = None  # the log entry, once the operation ended
+    record: FinishedOperation | None = None  # once the operation ended
 
 
 class QemuSampler:
@@ -220,7 +221,7 @@ class FlightRecorder:
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=2.0)
         with self._lock:
-            done = [r for r in self._recordings.values() if r.entry is not None]
+            done = [r for r in self._recordings.values() if r.record is not None]
             self._recordings.clear()
         for rec in done:
             self._finish(rec)
@@ -246,12 +247,12 @@ class FlightRecorder:
             self._recordings[key] = rec
         self._wake.set()  # the first sample of it now, not at the next idle tick
 
-    def end(self, key: str, entry: dict[str, Any]) -> None:
-        """The operation ended (entry is its log entry): sampled POST_SECONDS more."""
+    def end(self, key: str, record: FinishedOperation) -> None:
+        """The operation ended (record is its log entry): sampled POST_SECONDS more."""
         with self._lock:
             rec = self._recordings.get(key)
             if rec is not None:
-                rec.entry = entry
+                rec.record = record
 
     def note_host(self, sample: HostSample) -> None:
         """The collection loop's host sample, for the ring between operations (while one is
@@ -271,7 +272,7 @@ class FlightRecorder:
         keep = set(in_flight)
         with self._lock:
             for key in [k for k, r in self._recordings.items()
-                        if r.entry is None and k not in keep]:
+                        if r.record is None and k not in keep]:
                 del self._recordings[key]
 
     def _run(self) -> None:
@@ -308,7 +309,7 @@ class FlightRecorder:
             point = Point(base.t, 1, base.gauges, {**base.counters, **counters}, threads)
             with self._lock:
                 rec.builder.add(point)
-            if rec.entry is not None and reading.t >= rec.entry["end"] + POST_SECONDS:
+            if rec.record is not None and reading.t >= rec.record.end + POST_SECONDS:
                 with self._lock:
                     self._recordings.pop(rec.key, None)
                 self._finish(rec)
@@ -317,21 +318,21 @@ class FlightRecorder:
         self.store.add(self._trace(rec))
 
     def _trace(self, rec: _Recording) -> Trace:
-        entry = rec.entry
+        record = rec.record
+        snapshot = record.snapshot or ""
         with self._lock:
             points = rec.builder.points()
         return Trace(
-            id=operation_id(entry["domain"], entry["snapshot"], entry["operation"],
-                            entry["start"]),
-            domain=entry["domain"], snapshot=entry["snapshot"], operation=entry["operation"],
-            start=entry["start"], end=entry["end"], interval_seconds=ACTIVE_INTERVAL,
+            id=operation_id(record.domain, snapshot, record.operation, record.start),
+            domain=record.domain, snapshot=snapshot, operation=record.operation,
+            start=record.start, end=record.end, interval_seconds=ACTIVE_INTERVAL,
             device=rec.device, points=points,
         )
 
     def get(self, trace_id: str) -> bytes | None:
         """A finished trace's JSON; while its after part is still sampled, what it has so far."""
         with self._lock:
-            ended = [r for r in self._recordings.values() if r.entry is not None]
+            ended = [r for r in self._recordings.values() if r.record is not None]
         for rec in ended:
             trace = self._trace(rec)
             if trace.id == trace_id:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .records import FinishedOperation
 from .trace import WRITER_ROLES, Point, Trace
 
 T0_SECONDS = 0.2  # a create's fixed cost (setup, pause, qcow2 snapshot table) before its bytes
@@ -66,15 +67,15 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def reference_rate(entries: Iterable[Mapping[str, Any]]) -> float | None:
+def reference_rate(records: Iterable[FinishedOperation]) -> float | None:
     """Bytes per second this host's storage sustains for a snapshot's writes, learned from its
     past successful internal creates with memory: the upper quartile of their rates, since the
     unstressed ones are the faster ones. None before there is any."""
     rates = sorted(
-        e["qemu_written_bytes"] / e["duration_seconds"] for e in entries
-        if e.get("operation") == "create" and e.get("kind") == "internal" and e.get("memory")
-        and e.get("outcome") == "success" and (e.get("qemu_written_bytes") or 0) >= RATE_MIN_BYTES
-        and (e.get("duration_seconds") or 0) > 0)
+        r.qemu_written_bytes / r.duration_seconds for r in records
+        if r.operation == "create" and r.kind == "internal" and r.memory
+        and r.outcome == "success" and (r.qemu_written_bytes or 0) >= RATE_MIN_BYTES
+        and r.duration_seconds > 0)
     if not rates:
         return None
     return rates[min(len(rates) - 1, int(RATE_QUANTILE * len(rates)))]
@@ -104,10 +105,10 @@ def _span(points: Sequence[Point], key: str) -> float | None:
     return values[-1] - values[0] if len(values) >= 2 else None
 
 
-def judge(trace: Trace, entry: Mapping[str, Any], rate: float | None) -> Verdict:
+def judge(trace: Trace, record: FinishedOperation, rate: float | None) -> Verdict:
     """The verdict on one operation from its trace, its log entry and the learned rate."""
-    duration = float(entry.get("duration_seconds") or (trace.end - trace.start))
-    written = entry.get("qemu_written_bytes")
+    duration = record.duration_seconds
+    written = record.qemu_written_bytes
     during = [p for p in trace.points if trace.start <= p.t <= trace.end and p.threads]
     samples = sum(p.n for p in during)
     after = [p for p in trace.points if p.t >= trace.start]  # the device drains after the end
@@ -147,7 +148,7 @@ def judge(trace: Trace, entry: Mapping[str, Any], rate: float | None) -> Verdict
         figures["other_writers_share"] = others
 
     device_wait = shares_of_time.get("device", 0.0) + shares_of_time.get("throttled", 0.0)
-    direct = any(c in DIRECT_IO_CACHES for c in entry.get("disk_cache") or ())
+    direct = any(c in DIRECT_IO_CACHES for c in record.disk_cache or ())
     shares: dict[str, float] = {"cpu": cpu_share}
     storage = device_wait * (utilisation if utilisation is not None else 0.0)
     if direct:

@@ -15,6 +15,7 @@ from libvirt_snapshot_exporter.flight_recorder import (
 )
 from libvirt_snapshot_exporter.host import HostReader
 from libvirt_snapshot_exporter.oplog import OperationsLog
+from libvirt_snapshot_exporter.records import FinishedOperation
 from libvirt_snapshot_exporter.state import StateStore, View
 from libvirt_snapshot_exporter.trace import from_json, operation_id
 from libvirt_snapshot_exporter.trace_store import TraceStore
@@ -30,8 +31,9 @@ def wait(check, timeout: float = 5.0):
     raise AssertionError("timed out")
 
 
-def entry(start: float, end: float) -> dict:
-    return {"domain": "vm", "snapshot": "s1", "operation": "create", "start": start, "end": end}
+def entry(start: float, end: float) -> FinishedOperation:
+    return FinishedOperation("vm", "create", "internal", True, start, end, end - start,
+                             "success", snapshot="s1", depth=1)
 
 
 def test_a_trace_has_the_ring_before_and_this_process_sampled_as_qemu(tmp_path):
@@ -96,7 +98,7 @@ def call(app: App, path: str) -> tuple[str, bytes]:
 def test_the_trace_endpoint_and_the_ids_in_the_operations_api(tmp_path):
     oplog = OperationsLog(str(tmp_path))
     start = 1795646016.123
-    oplog.add({**entry(start, start + 2), "depth": 1})
+    oplog.add(entry(start, start + 2))
     store = StateStore(View(False, "test:///default", "", "", None, None, {}, (), {}, 0, {},
                             True, 0))
     traces = TraceStore(str(tmp_path), 5, 2**22)

@@ -4,6 +4,7 @@ measurements on a 40 MB/s device), and the rate learned from the log."""
 from __future__ import annotations
 
 import pytest
+from libvirt_snapshot_exporter.records import FinishedOperation
 from libvirt_snapshot_exporter.trace import Point, Trace
 from libvirt_snapshot_exporter.verdict import judge, reference_rate
 
@@ -43,8 +44,10 @@ def make(duration: float, main: dict[str, float], *, busy: float = 1.0, device_r
                  tuple(points))
 
 
-def entry(duration: float, written: float, cache: str = "writeback") -> dict:
-    return {"duration_seconds": duration, "qemu_written_bytes": written, "disk_cache": [cache]}
+def entry(duration: float, written: float, cache: str = "writeback") -> FinishedOperation:
+    return FinishedOperation("vm", "create", "internal", True, 100.0, 100.0 + duration,
+                             duration, "success", qemu_written_bytes=int(written),
+                             disk_cache=(cache,))
 
 
 def test_size_a_big_vmstate_at_the_usual_rate():
@@ -129,9 +132,12 @@ def test_without_a_learned_rate_there_is_no_expectation_but_a_cause():
     assert v.to_json()["shares"]["storage-slow"] == pytest.approx(0.9, abs=0.02)
 
 
-def log_entry(written: float, duration: float, **changes: object) -> dict:
-    return {"operation": "create", "kind": "internal", "memory": True, "outcome": "success",
-            "qemu_written_bytes": written, "duration_seconds": duration, **changes}
+def log_entry(written: float | None, duration: float, **changes: object) -> FinishedOperation:
+    fields = {"domain": "vm", "operation": "create", "kind": "internal", "memory": True,
+              "start": 1.0, "end": 1.0 + duration, "outcome": "success",
+              "qemu_written_bytes": None if written is None else int(written),
+              "duration_seconds": duration, **changes}
+    return FinishedOperation(**fields)
 
 
 def test_reference_rate_is_the_upper_quartile_of_past_creates():
