@@ -33,6 +33,7 @@ from .host import PAGE_SIZE, HostSample, parse_meminfo, parse_pressure, vmstat_f
 from .qemu_process import parse_schedstat, parse_task_stat, read_qemu_pid
 from .records import FinishedOperation
 from .trace import (
+    ROLE_VCPU,
     Point,
     RunDelays,
     Trace,
@@ -136,6 +137,7 @@ class _Recording:
     device: str
     builder: TraceBuilder
     delays: RunDelays = field(default_factory=RunDelays)
+    roles: dict[str, str] = field(default_factory=dict)  # tid -> role, from its first name
     process: psutil.Process | None = None
     record: FinishedOperation | None = None  # once the operation ended
 
@@ -167,31 +169,43 @@ class QemuSampler:
             counters = {"qemu_write_bytes": io.write_bytes, "qemu_write_chars": io.write_chars}
         states: dict[str, int] = {}
         delays = []
-        for tid, name, state, wchan, delay in self._threads(rec.pid):
-            role = thread_role(rec.pid, tid, name)
-            if role != "vcpu":
-                key = thread_key(role, state, wchan)
-                states[key] = states.get(key, 0) + 1
+        for tid, role, state, wchan, delay in self._threads(rec):
+            key = thread_key(role, state, wchan)
+            states[key] = states.get(key, 0) + 1
             delays.append((tid, role, delay))
         for role, total in rec.delays.update(delays).items():
             counters[f"run_delay_{role}_ns"] = total
         return counters, states
 
-    def _threads(self, pid: int) -> Iterable[tuple[int, str, str, str, int]]:
-        task = self.procfs / str(pid) / "task"
+    def _threads(self, rec: _Recording) -> Iterable[tuple[int, str, str, str, int]]:
+        """(tid, role, state, wchan, run delay) of each thread but the vCPUs, which write
+        nothing of a snapshot (paused during an internal one): with many vCPUs most of the
+        threads, skipped once their name is known."""
+        task = f"{self.procfs}/{rec.pid}/task"
         try:
             tids = os.listdir(task)
         except OSError:
             return
         for tid in tids:
-            base = task / tid
+            if rec.roles.get(tid) == ROLE_VCPU:
+                continue
+            base = f"{task}/{tid}"
             try:
-                name, state = parse_task_stat((base / "stat").read_text())
-                wchan = "" if state == "R" else (base / "wchan").read_text().strip()
-                delay = parse_schedstat((base / "schedstat").read_text())
+                name, state = parse_task_stat(_read(f"{base}/stat"))
+                role = rec.roles.setdefault(tid, thread_role(rec.pid, int(tid), name))
+                if role == ROLE_VCPU:
+                    continue
+                wchan = "" if state == "R" else _read(f"{base}/wchan").strip()
+                delay = parse_schedstat(_read(f"{base}/schedstat"))
             except (OSError, ValueError, IndexError):
                 continue  # the thread ended meanwhile
-            yield int(tid), name, state, wchan, delay
+            yield int(tid), role, state, wchan, delay
+
+
+def _read(path: str) -> str:
+    """A small /proc file, without pathlib's cost (this runs 8 times a second per thread)."""
+    with open(path) as handle:
+        return handle.read()
 
 
 class FlightRecorder:
@@ -256,9 +270,11 @@ class FlightRecorder:
 
     def note_host(self, sample: HostSample) -> None:
         """The collection loop's host sample, for the ring between operations (while one is
-        traced the recorder's own samples fill it)."""
+        traced the recorder's own samples fill it); at most one per ACTIVE_INTERVAL, however
+        often events make the loop cycle."""
         with self._lock:
-            if not self._recordings:
+            if not self._recordings and (
+                    not self._ring or sample.time - self._ring[-1].t >= ACTIVE_INTERVAL):
                 self._remember(from_host_sample(sample))
 
     def _remember(self, reading: HostReading) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -147,3 +148,17 @@ def test_idle_the_recorder_reads_nothing(tmp_path):
         assert schedstat.read_text().split()[0] == cpu  # not one ns of CPU
     finally:
         recorder.stop()
+
+
+def test_the_ring_keeps_one_loop_sample_per_active_interval(tmp_path):
+    recorder = FlightRecorder("/proc", str(tmp_path), TraceStore("", 5, 2**22))
+    sample = HostReader("/proc").read()
+    for i in range(100):  # a loop cycling every 10 ms on a burst of events
+        recorder.note_host(dataclasses.replace(sample, time=sample.time + i / 100))
+    now = sample.time + 1.0
+    recorder.begin("vm/1", "vm", now, None, [])
+    recorder.end("vm/1", entry(now, now))
+    recorder.stop()
+    (trace_id,) = recorder.store.ids()
+    points = from_json(json.loads(recorder.store.get(trace_id))).points
+    assert len(points) == 8  # 1 s at 8 Hz
