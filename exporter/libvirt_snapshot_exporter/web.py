@@ -1,5 +1,6 @@
 """HTTP: /metrics (text from exposition.MetricsRenderer), the landing page, health, /api/operations
-and each operation's trace (/api/operations/<id>/trace, from the flight recorder).
+and each operation's trace (/api/operations/<id>/trace, from the flight recorder), verdict and
+page (/operations/<id>, page.py) with the static files it needs (/static/).
 
 Served by wsgiref's threading server, hardened: optional TLS and basic auth from the web config
 file (webconfig.py), bounds on what slow, silent or garbage-speaking clients can hold, GET and
@@ -31,12 +32,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client.exposition import gzip_accepted
 
-from . import __version__
+from . import __version__, page
 from .oplog import OperationsLog
 from .records import FinishedOperation
 from .state import StateStore
-from .trace import from_json, operation_id
-from .verdict import judge, reference_rate
+from .trace import Trace, from_json, operation_id
+from .verdict import Verdict, judge, reference_rate
 from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class Traces(Protocol):
 
 
 TRACE_PATH = re.compile(r"/api/operations/([0-9a-f]{16})/(trace|verdict)")
+OPERATION_PATH = re.compile(r"/operations/([0-9a-f]{16})")
+STATIC_PATH = re.compile(r"/static/([A-Za-z0-9._-]+)")
+HTML = "text/html; charset=utf-8"
 
 STUDY_COLUMNS = (
     ("domain", "domain"), ("snapshot", "snapshot"), ("operation", "operation"),
@@ -80,7 +84,7 @@ STUDY_COLUMNS = (
     ("host MemAvailable min", "host_memory_available_min_bytes"),
     ("host MemFree min", "host_memory_free_min_bytes"),
     ("peak Dirty", "host_dirty_peak_bytes"), ("peak Writeback", "host_writeback_peak_bytes"),
-    ("QEMU wrote", "qemu_written_bytes"), ("ended", "end"),
+    ("QEMU wrote", "qemu_written_bytes"), ("ended", "end"), ("verdict", "verdict"),
 )
 
 
@@ -140,14 +144,19 @@ class App:
                 return send(start_response, "400 Bad Request", "application/json", body)
             return send(start_response, "200 OK", "application/json", body)
         if path == "/":
-            return send(start_response, "200 OK", "text/html; charset=utf-8",
-                              self.landing().encode())
+            return send(start_response, "200 OK", HTML, self.landing().encode())
+        if (match := OPERATION_PATH.fullmatch(path)) and (judged := self._judged(match[1])):
+            return send(start_response, "200 OK", HTML, page.render(*judged).encode())
+        if (match := STATIC_PATH.fullmatch(path)) and (found := page.static_file(match[1])):
+            return send(start_response, "200 OK", found[1], found[0], [page.STATIC_CACHE])
         if (match := TRACE_PATH.fullmatch(path)) and self.traces is not None:
-            trace = self.traces.get(match[1])
-            if trace is not None and match[2] == "verdict":
-                trace = self._verdict(match[1], trace)
-            if trace is not None:
-                return send(start_response, "200 OK", "application/json", trace)
+            body = self.traces.get(match[1])
+            if body is not None and match[2] == "verdict":
+                judged = self._judged(match[1])
+                body = (None if judged is None or judged[2] is None else
+                        json.dumps({"id": match[1], **judged[2].to_json()}).encode())
+            if body is not None:
+                return send(start_response, "200 OK", "application/json", body)
         return send(start_response, "404 Not Found", "text/plain", b"not found\n")
 
     def _metrics(self, environ: dict, params: dict[str, list[str]],
@@ -208,15 +217,20 @@ class App:
             self._pages[key] = page
         return page
 
-    def _verdict(self, trace_id: str, trace: bytes) -> bytes | None:
-        """The verdict on a logged operation from its trace and the rate learned from the
-        whole log; None when the operation has left the log."""
+    def _judged(self, trace_id: str) -> tuple[FinishedOperation, Trace | None,
+                                              Verdict | None] | None:
+        """A logged operation, its trace and the verdict on it from that trace and the rate
+        learned from the whole log (both None without a trace); None when the operation has
+        left the log."""
         entries, _ = self.oplog.page(0, self.oplog.size)
         entry = next((e for e in entries if _entry_id(e) == trace_id), None)
         if entry is None:
             return None
-        verdict = judge(from_json(json.loads(trace)), entry, reference_rate(entries))
-        return json.dumps({"id": trace_id, **verdict.to_json()}).encode()
+        body = self.traces.get(trace_id) if self.traces is not None else None
+        if body is None:
+            return entry, None, None
+        trace = from_json(json.loads(body))
+        return entry, trace, judge(trace, entry, reference_rate(entries))
 
     def landing(self) -> str:
         view = self.store.view
@@ -228,8 +242,11 @@ class App:
             cells[6] = f"running {entry['elapsed_seconds']:.1f} s"
             cells[10] = "in flight"
             rows.append("<tr class=running>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        for entry in (e.to_json() for e in finished):
+        for record in finished:
+            entry = record.to_json()
             cells = [html.escape(_fmt(key, entry.get(key))) for _, key in STUDY_COLUMNS]
+            cells[0] = f'<a href="/operations/{_entry_id(record)}">{cells[0]}</a>'
+            cells[-1] = page.verdict_cell(entry)
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         shown = (f"the {len(finished)} newest of {total}; all of them in "
                  f'<a href="/api/operations">/api/operations</a>' if total > len(finished) else "")
@@ -248,7 +265,7 @@ th{{background:#eee}}</style></head><body>
 <h2>Snapshot operations, newest first</h2>
 <p>{shown}</p>
 <table><tr>{head}</tr>
-{''.join(rows) or '<tr><td colspan=20>no snapshot operation seen yet</td></tr>'}
+{''.join(rows) or '<tr><td colspan=21>no snapshot operation seen yet</td></tr>'}
 </table></body></html>
 """
 

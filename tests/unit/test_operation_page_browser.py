@@ -1,0 +1,105 @@
+"""The operation page in a real headless Chromium (Debian's `chromium`, installed by `make
+test-deps`): served by the WSGI app on a loopback port with a stored trace, its uPlot charts
+must be drawn, the verdict be there, and hostile names stay text. Fails, never skips, without
+Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy
+import pytest
+from libvirt_snapshot_exporter import web
+from libvirt_snapshot_exporter.oplog import OperationsLog
+from libvirt_snapshot_exporter.state import StateStore, View
+from libvirt_snapshot_exporter.trace_store import TraceStore
+from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HOSTILE_DOMAIN = '</script><script>document.title="pwned"</script>'
+HOSTILE_SNAPSHOT = '<img src=x onerror="document.body.dataset.pwned=1">'
+MEMFREE_BLUE = (0x1F, 0x77, 0xB4)  # the first series' stroke in operation-page.js
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Iterator[str]:
+    state = str(tmp_path_factory.mktemp("state"))
+    oplog = OperationsLog(state)
+    traces = TraceStore(state, 10, 2**24)
+    for record in history():
+        oplog.add(record)
+    oplog.add(slow_create())
+    traces.add(slow_trace())
+    oplog.add(slow_create(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT))
+    hostile = slow_trace(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT)
+    traces.add(type(hostile)(**{**hostile.__dict__, "device": HOSTILE_DOMAIN}))
+    store = StateStore(View(True, "qemu:///system", "hv1", "6.1", None, None, {}, (), {}, 0, {},
+                            True, 0))
+    app = web.App(store, oplog, lambda *_: (b"", "text/plain"), "/metrics", traces)
+    server = web.serve(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{server.address_text}"
+    server.shutdown()
+    server.server_close()
+
+
+def chromium(*args: str) -> str:
+    assert Path(CHROMIUM).exists(), "no chromium: `make test-deps` installs Debian's"
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args],
+            capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
+
+
+def page_url(base: str, domain: str = "vm1", snapshot: str = "s1") -> str:
+    return f"{base}/operations/{slow_trace(domain, snapshot).id}"
+
+
+def test_the_charts_are_drawn_and_the_verdict_is_in_words(base):
+    dom = chromium("--dump-dom", page_url(base))
+    charts = re.search(r'<div id="charts"[^>]*>', dom)
+    assert charts, dom[:2000]
+    assert 'data-state="drawn"' in charts[0] and 'data-charts="4"' in charts[0], charts[0]
+    assert dom.count('<canvas') == 4  # one per uPlot
+    assert "Storage set the pace: QEMU's writers waited on a device busy 96 % of the time" in dom
+    assert "3.0x slower than expected" in dom
+    assert "Dirty limits throttled the writers" in dom and "did not set the pace" in dom
+    for legend in ("MemFree", "Writeback", "dirty threshold", "device (vda)", "QEMU",
+                   "throttled by dirty limits"):
+        assert f">{legend}<" in dom, legend
+
+
+def test_the_screenshot_has_the_charts_lines(base, tmp_path):
+    """The pixels, not the DOM: MemFree's blue line is drawn (a canvas left blank has none)."""
+    shot = tmp_path / "page.png"
+    chromium(f"--screenshot={shot}", "--window-size=1280,1900", "--hide-scrollbars",
+             page_url(base))
+    pixels = numpy.asarray(Image.open(shot).convert("RGB"), dtype=int)
+    blue = int((abs(pixels - MEMFREE_BLUE).max(axis=2) <= 40).sum())
+    assert blue > 500, blue
+
+
+def test_hostile_names_stay_text_in_the_browser(base):
+    dom = chromium("--dump-dom", page_url(base, HOSTILE_DOMAIN, HOSTILE_SNAPSHOT))
+    assert re.search(r"<title>create of &lt;/script&gt;", dom)  # the script never ran
+    assert "data-pwned" not in dom and 'data-state="drawn"' in dom
+    assert "&lt;/script&gt;&lt;script&gt;document.title" in dom  # shown, as text
+    landing = chromium("--dump-dom", base + "/")
+    assert "data-pwned" not in landing and "pwned</title>" not in landing
+    assert landing.count('href="/operations/') == 5
+
+
+def test_a_missing_trace_is_said_in_the_browser(base):
+    dom = chromium("--dump-dom", f"{base}/operations/{web._entry_id(history()[2])}")
+    assert "No trace is kept for this operation" in dom and "<canvas" not in dom
