@@ -33,7 +33,7 @@ def slow_create(domain: str = "vm1", snapshot: str = "s1") -> FinishedOperation:
         end_source="event", uncertainty_seconds=0.005, qemu_version="7.2.0",
         disk_cache=("writeback",), qemu_written_bytes=WRITTEN,
         qemu_write_rate_bytes_per_second=int(WRITTEN / DURATION),
-        host_memory_available_start_bytes=10 * GIB, host_memory_free_min_bytes=200 * MIB)
+        host_memory_available_start_bytes=AVAILABLE, host_memory_free_min_bytes=200 * MIB)
 
 
 def history() -> list[FinishedOperation]:
@@ -64,7 +64,7 @@ def slow_trace(domain: str = "vm1", snapshot: str = "s1") -> Trace:
         device += step
         psi_io += rng.uniform(0.85, 0.95) / HZ
         psi_cpu += rng.uniform(0.0, 0.04) / HZ
-        dirty = min(threshold * rng.uniform(0.97, 1.0), 8 * MIB + written / 2)
+        dirty = min(threshold * rng.uniform(0.97, 1.0), 8 * MIB + written * 2)
         if not within:  # drained
             dirty = max(8 * MIB, threshold * (1 - (t - START - DURATION) / 3))
         draw = rng.random()

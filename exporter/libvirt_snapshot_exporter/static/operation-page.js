@@ -26,12 +26,14 @@
           ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
           ctx.fillStyle = "#c60";
           ctx.font = 11 * devicePixelRatio + "px sans-serif";
+          ctx.textAlign = "left";  // uPlot's axes leave theirs set
+          ctx.textBaseline = "top";
           for (const [x, label] of [[x0, "start"], [x1, "end"]]) {
             ctx.beginPath();
             ctx.moveTo(x, top);
             ctx.lineTo(x, top + height);
             ctx.stroke();
-            ctx.fillText(label, x + 3 * devicePixelRatio, top + 12 * devicePixelRatio);
+            ctx.fillText(label, x + 3 * devicePixelRatio, top + 2 * devicePixelRatio);
           }
           ctx.restore();
         }],
@@ -52,7 +54,8 @@
       element.className = "chart";
       box.appendChild(element);
       const series = chart.series.map((s, i) => ({
-        label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5,
+        // thinner as they come: a series drawn over an equal one leaves it visible
+        label: s.label, stroke: COLORS[i % COLORS.length], width: Math.max(1, 2.5 - 0.5 * i),
         value: (u, v) => number(v, chart.unit),
       }));
       new uPlot({
