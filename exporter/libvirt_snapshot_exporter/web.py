@@ -150,8 +150,9 @@ class App:
         if (match := STATIC_PATH.fullmatch(path)) and (found := page.static_file(match[1])):
             return send(start_response, "200 OK", found[1], found[0], [page.STATIC_CACHE])
         if (match := TRACE_PATH.fullmatch(path)) and self.traces is not None:
-            body = self.traces.get(match[1])
-            if body is not None and match[2] == "verdict":
+            if match[2] == "trace":
+                body = self.traces.get(match[1])
+            else:
                 judged = self._judged(match[1])
                 body = (None if judged is None or judged[2] is None else
                         json.dumps({"id": match[1], **judged[2].to_json()}).encode())
