@@ -35,7 +35,7 @@ from . import __version__
 from .oplog import OperationsLog
 from .records import FinishedOperation
 from .state import StateStore
-from .trace import from_json, operation_id
+from .trace import from_json
 from .verdict import judge, reference_rate
 from .webconfig import BasicAuth, WebConfig
 
@@ -215,7 +215,10 @@ class App:
         entry = next((e for e in entries if _entry_id(e) == trace_id), None)
         if entry is None:
             return None
-        verdict = judge(from_json(json.loads(trace)), entry, reference_rate(entries))
+        # The verdict the collector gave once the trace was complete; judged here only for an
+        # operation logged before verdicts were (or whose trace was still being sampled).
+        verdict = entry.verdict or judge(from_json(json.loads(trace)), entry, reference_rate(
+            e for e in entries if e.id != trace_id))
         return json.dumps({"id": trace_id, **verdict.to_json()}).encode()
 
     def landing(self) -> str:
@@ -255,7 +258,7 @@ th{{background:#eee}}</style></head><body>
 
 def _entry_id(record: FinishedOperation) -> str:
     """The id of /api/operations/<id>/trace."""
-    return operation_id(record.domain, record.snapshot or "", record.operation, record.start)
+    return record.id
 
 
 def send(start_response: StartResponse, status: str, ctype: str, body: bytes,
