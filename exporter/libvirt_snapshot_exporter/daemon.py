@@ -551,7 +551,12 @@ class Collector:
             trace, record = self._traced.get_nowait()
             entries, _ = self.oplog.page(0, self.oplog.size)
             rate = reference_rate(e for e in entries if e.id != record.id)
-            judged = dataclasses.replace(record, verdict=judge(trace, record, rate))
+            try:
+                judged = dataclasses.replace(record, verdict=judge(trace, record, rate))
+            except Exception as exc:  # noqa: BLE001 - a trace it cannot judge: no verdict
+                log.error("no verdict on %s of %s/%s: %s: %s", record.operation, record.domain,
+                          record.snapshot, type(exc).__name__, exc)
+                continue
             log.info("verdict on %s of %s/%s: %s (slowdown %s)", record.operation,
                      record.domain, record.snapshot, judged.verdict.pace_setter,
                      "unknown" if judged.verdict.slowdown is None
