@@ -10,9 +10,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import math
+import queue
 import threading
 import time
 import zlib
@@ -40,6 +42,7 @@ from .observations import (
 from .operation_record import finished_operation, progress_estimate
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample
+from .records import FinishedOperation
 from .state import (
     CollectorStatus,
     CpuReading,
@@ -52,7 +55,9 @@ from .state import (
     guest_memory_total,
     guest_memory_used,
 )
+from .trace import Trace
 from .tracker import Operation, Tracker
+from .verdict import judge, reference_rate
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,9 @@ class Collector:
         self._failed_this_cycle: set[str] = set()  # a later success in the cycle keeps 0
         self._woken: set[str] = set()  # domains named by events since the last poll round
         self._check_interval = config["collector.poll-interval"]
+        self._traced: queue.SimpleQueue[tuple[Trace, FinishedOperation]] = queue.SimpleQueue()
+        if recorder is not None:
+            recorder.on_trace = self._on_trace
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
 
@@ -145,7 +153,8 @@ class Collector:
         self._events.wake()
         self._thread.join(timeout=STOP_WAIT)
         if self.recorder is not None:
-            self.recorder.stop()
+            self.recorder.stop()  # finishes the traces of operations that ended
+            self._judge_traced()
         self.oplog.close()
         self.adapter.close()
 
@@ -175,6 +184,7 @@ class Collector:
         self._failed_this_cycle.clear()
         try:
             self._collect()
+            self._judge_traced()
         finally:
             self.oplog.flush()
             self._publish()
@@ -528,6 +538,31 @@ class Collector:
         self.store.operations.record(record)
         if self.recorder is not None:
             self.recorder.end(op.key, record)
+
+    def _on_trace(self, trace: Trace, record: FinishedOperation) -> None:
+        """From the recorder's thread: judged by the loop, which owns the log."""
+        self._traced.put((trace, record))
+        self._events.wake()
+
+    def _judge_traced(self) -> None:
+        """The verdict on each operation whose trace is complete (POST_SECONDS after its end),
+        against the rate this host's storage sustained in the operations logged before it."""
+        while not self._traced.empty():
+            trace, record = self._traced.get_nowait()
+            entries, _ = self.oplog.page(0, self.oplog.size)
+            rate = reference_rate(e for e in entries if e.id != record.id)
+            try:
+                judged = dataclasses.replace(record, verdict=judge(trace, record, rate))
+            except Exception as exc:  # noqa: BLE001 - a trace it cannot judge: no verdict
+                log.error("no verdict on %s of %s/%s: %s: %s", record.operation, record.domain,
+                          record.snapshot, type(exc).__name__, exc)
+                continue
+            log.info("verdict on %s of %s/%s: %s (slowdown %s)", record.operation,
+                     record.domain, record.snapshot, judged.verdict.pace_setter,
+                     "unknown" if judged.verdict.slowdown is None
+                     else f"{judged.verdict.slowdown:.2f}")
+            if self.oplog.amend(judged):
+                self.store.operations.judged(judged)
 
     # --- publishing -------------------------------------------------------------------------
 

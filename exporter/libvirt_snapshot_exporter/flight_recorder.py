@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ from .trace import (
     RunDelays,
     Trace,
     TraceBuilder,
-    operation_id,
     thread_key,
     thread_role,
 )
@@ -214,6 +213,9 @@ class FlightRecorder:
     def __init__(self, procfs: str, pid_directory: str, store: TraceStore,
                  max_points: int = MAX_POINTS) -> None:
         self.store = store
+        # Told of each finished trace with its operation's record, from the recorder's thread
+        # (or from stop()): the collection loop judges it.
+        self.on_trace: Callable[[Trace, FinishedOperation], None] = lambda _t, _r: None
         self.max_points = max_points
         self.host = HostSampler(procfs)
         self.qemu = QemuSampler(procfs, pid_directory)
@@ -331,7 +333,9 @@ class FlightRecorder:
                 self._finish(rec)
 
     def _finish(self, rec: _Recording) -> None:
-        self.store.add(self._trace(rec))
+        trace = self._trace(rec)
+        self.store.add(trace)
+        self.on_trace(trace, rec.record)
 
     def _trace(self, rec: _Recording) -> Trace:
         record = rec.record
@@ -339,7 +343,7 @@ class FlightRecorder:
         with self._lock:
             points = rec.builder.points()
         return Trace(
-            id=operation_id(record.domain, snapshot, record.operation, record.start),
+            id=record.id,
             domain=record.domain, snapshot=snapshot, operation=record.operation,
             start=record.start, end=record.end, interval_seconds=ACTIVE_INTERVAL,
             device=rec.device, points=points,

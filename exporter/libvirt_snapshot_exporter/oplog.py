@@ -147,6 +147,18 @@ class OperationsLog:
             self.version += 1
             self._dirty = True
 
+    def amend(self, entry: FinishedOperation) -> bool:
+        """Replace the entry with the same id (its verdict came after it); False when it has
+        left the log."""
+        with self._lock:
+            for index in range(len(self._entries) - 1, -1, -1):
+                if self._entries[index].id == entry.id:
+                    self._entries[index] = entry
+                    self.version += 1
+                    self._dirty = True
+                    return True
+        return False
+
     def page(self, offset: int, limit: int) -> tuple[list[FinishedOperation], int]:
         """Up to limit entries from offset, newest first, and how many the log holds."""
         with self._lock:

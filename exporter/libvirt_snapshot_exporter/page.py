@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from .records import FinishedOperation
+from .records import FinishedOperation, Verdict
 from .trace import WRITER_ROLES, Point, Trace
-from .verdict import MIN_SAMPLES, MIN_SHARE, MIXED_RATIO, RATE_MIN_BYTES, Verdict, _wait_class
+from .verdict import MIN_SAMPLES, MIN_SHARE, MIXED_RATIO, RATE_MIN_BYTES, _wait_class
 
 MB = 10**6
 MIB = 2**20
@@ -168,7 +168,7 @@ def _pace_against_usual(verdict: Verdict, record: FinishedOperation) -> str:
 
 def pace_sentence(verdict: Verdict, record: FinishedOperation) -> str:
     """What set the pace, in a sentence an operator understands."""
-    f = verdict.figures
+    f = {k: v for k, v in verdict.figures.items() if v is not None}  # a logged one may hold null
     waited = f.get("writer_device_share", 0.0) + f.get("writer_throttled_share", 0.0)
     busy = f.get("device_utilisation")
     device = (f"a device busy {_pct(busy)} of the time" if busy is not None else "the device") \
@@ -204,16 +204,36 @@ def pace_sentence(verdict: Verdict, record: FinishedOperation) -> str:
     return (f"Unknown: no cause explains {_pct(MIN_SHARE)} of the time or more; {usual}.")
 
 
-def present_sentences(verdict: Verdict, trace: Trace) -> list[str]:
+def _lowest(trace: Trace | None, gauge: str, logged: int | None) -> int | None:
+    """A gauge's lowest value in the trace, or as the log has it without a trace."""
+    values = [p.gauges[gauge] for p in trace.points if gauge in p.gauges] if trace else []
+    return min(values) if values else logged
+
+
+def _memory_waits(trace: Trace | None, record: FinishedOperation) -> float | None:
+    """PSI memory "some" over the operation's time: from the trace, else from the log."""
+    if record.duration_seconds <= 0:
+        return None
+    if trace is not None:
+        psi = [p.counters["psi_memory_some"] for p in trace.points
+               if trace.start <= p.t <= trace.end and "psi_memory_some" in p.counters]
+        if len(psi) >= 2:
+            return (psi[-1] - psi[0]) / record.duration_seconds
+    if record.memory_stall_seconds is not None:
+        return record.memory_stall_seconds / record.duration_seconds
+    return None
+
+
+def present_sentences(verdict: Verdict, record: FinishedOperation,
+                      trace: Trace | None) -> list[str]:
     """The conditions that were there without setting the pace, said as such."""
-    f = verdict.figures
-    during = [p for p in trace.points if trace.start <= p.t <= trace.end]
     said = []
     for condition in verdict.present:
         if condition == "dirty-throttling":
             said.append(f"Dirty limits throttled the writers "
-                        f"{_pct(f.get('writer_throttled_share', 0.0))} of the time, but did not "
-                        "set the pace: they only changed where the writers waited.")
+                        f"{_pct(verdict.figures.get('writer_throttled_share') or 0.0)} of the "
+                        "time, but did not set the pace: they only changed where the writers "
+                        "waited.")
         elif condition == "direct-reclaim":
             said.append("Memory was reclaimed by the writing tasks themselves (direct reclaim), "
                         "but that did not set the pace.")
@@ -221,18 +241,19 @@ def present_sentences(verdict: Verdict, trace: Trace) -> list[str]:
             said.append("kswapd reclaimed memory in the background, but that did not set the "
                         "pace.")
         elif condition == "memory-pressure":
-            psi = [p.counters["psi_memory_some"] for p in during if "psi_memory_some" in p.counters]
-            share = ((psi[-1] - psi[0]) / (trace.end - trace.start)
-                     if len(psi) >= 2 and trace.end > trace.start else 0.0)
-            said.append(f"Tasks waited on memory {_pct(share)} of the time (PSI), but that did "
-                        "not set the pace.")
+            share = _memory_waits(trace, record)
+            said.append("Tasks waited on memory" + (f" {_pct(share)} of the time" if share
+                                                    is not None else "") +
+                        " (PSI), but that did not set the pace.")
         elif condition == "low-memfree-ample-memavailable":
-            free = min(p.gauges["free"] for p in trace.points if "free" in p.gauges)
-            available = min(p.gauges["available"] for p in trace.points
-                            if "available" in p.gauges)
-            said.append(f"MemFree fell to {free / MIB:,.0f} MiB while MemAvailable stayed at "
-                        f"{available / MIB:,.0f} MiB or more: the page cache filled with the "
-                        "snapshot's writes, no shortage of memory; it did not set the pace.")
+            free = _lowest(trace, "free", record.host_memory_free_min_bytes)
+            available = _lowest(trace, "available", record.host_memory_available_min_bytes)
+            low = (f"MemFree fell to {free / MIB:,.0f} MiB while MemAvailable stayed at "
+                   f"{available / MIB:,.0f} MiB or more" if free is not None
+                   and available is not None else "MemFree fell low while MemAvailable stayed "
+                   "ample")
+            said.append(f"{low}: the page cache filled with the snapshot's writes, no shortage "
+                        "of memory; it did not set the pace.")
         else:
             said.append(f"{condition} was present, but did not set the pace.")
     return said
@@ -299,37 +320,40 @@ table.facts th{background:#eee;font-weight:normal}
 
 
 def render(record: FinishedOperation, trace: Trace | None, verdict: Verdict | None) -> str:
-    """The whole page; without a trace it says there is none, which is not an error."""
+    """The whole page; without a trace it says there is none, which is not an error (the
+    verdict the log kept is still shown)."""
     e = html.escape
     name = f"{record.operation} of {record.domain}" + (
         f" / {record.snapshot}" if record.snapshot else "")
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts(record))
-    if trace is None or verdict is None:
+    judged = ""
+    if verdict is not None:
+        cause = CAUSES.get(verdict.pace_setter, verdict.pace_setter)
+        present = "".join(f"<li>{e(s)}</li>" for s in present_sentences(verdict, record, trace))
+        shares = ", ".join(f"{e(CAUSES.get(k, k))} {_pct(v)}" for k, v in
+                           sorted(verdict.shares.items(), key=lambda kv: kv[1], reverse=True))
+        judged = f"""<section class=verdict><h2>Verdict: {e(cause)}</h2>
+<p class=pace>{e(pace_sentence(verdict, record))}</p>
+{f'<ul class=present>{present}</ul>' if present else ''}
+<p class=note>Shares of the operation's time supporting each cause: {shares}.</p></section>"""
+    if trace is None:
         body = ("<p class=note>No trace is kept for this operation: it was evicted (only the "
                 "last <code>trace.operations</code> traces are kept, within "
                 "<code>trace.max-bytes</code>), it ended before the flight recorder existed, "
-                "or the flight recorder is off (<code>trace.operations</code> 0). Without a "
-                "trace there is no verdict.</p>")
+                "or the flight recorder is off (<code>trace.operations</code> 0)."
+                + ("" if verdict else " Without a trace there is no verdict.") + "</p>")
         head = scripts = ""
     else:
         data = charts(trace)
-        present = "".join(f"<li>{e(s)}</li>" for s in present_sentences(verdict, trace))
-        shares = ", ".join(f"{e(CAUSES.get(k, k))} {_pct(v)}" for k, v in
-                           sorted(verdict.shares.items(), key=lambda kv: kv[1], reverse=True))
         missing = (f"<p class=note>Not in this trace: {e(', '.join(data['missing']))}.</p>"
                    if data["missing"] else "")
         points = len(trace.points)
         span = (f"{points} points from {data['x'][0]:+.1f} s to {data['x'][-1]:+.1f} s around "
                 f"the operation" if points else "no points")
-        cause = CAUSES.get(verdict.pace_setter, verdict.pace_setter)
-        body = f"""<section class=verdict><h2>Verdict: {e(cause)}</h2>
-<p class=pace>{e(pace_sentence(verdict, record))}</p>
-{f'<ul class=present>{present}</ul>' if present else ''}
-<p class=note>Shares of the operation's time supporting each cause: {shares}.</p></section>
-<h2>Trace</h2>
+        body = f"""<h2>Trace</h2>
 <p class=note>{e(span)}, sampled every {trace.interval_seconds:g} s; the operation is shaded,
-from its start (0 s) to its end ({data['end']:.2f} s). A point stands for n samples; the
-thread states are shares of those samples.</p>
+from its start (0 s) to its end ({data['end']:.2f} s). The thread states are shares of the
+samples of the second up to each point.</p>
 {missing}<div id=charts data-state=loading>The charts need JavaScript.</div>
 <script type="application/json" id=trace-data>{_json_in_html(data)}</script>"""
         head = f'<link rel=stylesheet href="{static_url("uplot.min.css")}">'
@@ -341,6 +365,7 @@ thread states are shares of those samples.</p>
 <p><a href="/">&larr; all operations</a></p>
 <h1>{e(name)}</h1>
 <table class=facts>{rows}</table>
+{judged}
 {body}
 {scripts}
 </body></html>

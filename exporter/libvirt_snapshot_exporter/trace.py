@@ -20,7 +20,6 @@ evenly spaced in samples; a 30-minute operation at 8 Hz (14,400 samples) keeps 9
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,13 +36,6 @@ ROLE_VCPU, ROLE_OTHER = "vcpu", "other"
 WRITER_ROLES = (ROLE_MAIN, ROLE_WORKER, ROLE_MIGRATION, ROLE_IOTHREAD)
 
 TRACE_VERSION = 1
-
-
-def operation_id(domain: str, snapshot: str, operation: str, start: float) -> str:
-    """A finished operation's id, derived from its log entry, so entries logged before traces
-    existed have one too; safe in a URL and a file name."""
-    key = f"{domain}\0{snapshot}\0{operation}\0{start:.3f}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def thread_role(pid: int, tid: int, name: str) -> str:

@@ -7,7 +7,8 @@ A pace-setter is then named among size (S near 1: the bytes at the usual rate), 
 writers waiting on a device that is busy most of the time: slow, or contended when others
 wrote a large part of its bytes), CPU (the writers runnable but not running), cache mode
 (direct I/O: no page cache ramp, the writers waiting on the device), mixed (the top two
-within 1.5x) and unknown (too few samples, or nothing stands out). Conditions that were
+within 1.5x) and unknown (too few samples, or slower than expected with nothing standing
+out; with no past rate and nothing standing out, its size). Conditions that were
 present without setting the pace (the writer throttled by the dirty limits, reclaim, low
 MemFree with MemAvailable ample) are listed apart: they change where the writer waits, not
 how long the operation takes (the brief's measurements on a 40 MB/s device).
@@ -17,10 +18,8 @@ The thresholds are the brief's starting points, to calibrate on induced conditio
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from .records import FinishedOperation
+from .records import FinishedOperation, Verdict
 from .trace import WRITER_ROLES, Point, Trace
 
 T0_SECONDS = 0.2  # a create's fixed cost (setup, pause, qcow2 snapshot table) before its bytes
@@ -41,30 +40,6 @@ RATE_QUANTILE = 0.75  # the unstressed operations are the faster ones
 WAIT_THROTTLED = ("balance_dirty_pages",)
 WAIT_RECLAIM = ("shrink_", "try_to_free", "__alloc_pages_slowpath", "reclaim", "compact")
 DIRECT_IO_CACHES = ("none", "directsync")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    pace_setter: str  # size | storage-slow | storage-contended | cpu | cache-mode | mixed | unknown
-    expected_seconds: float | None
-    slowdown: float | None
-    shares: Mapping[str, float]  # cause -> share of the operation's time (0-1) supporting it
-    present: tuple[str, ...]  # conditions seen that did not set the pace
-    figures: Mapping[str, float]  # the measurements it rests on
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pace_setter": self.pace_setter,
-            "expected_seconds": _round(self.expected_seconds),
-            "slowdown": _round(self.slowdown),
-            "shares": {k: round(v, 3) for k, v in self.shares.items()},
-            "present": list(self.present), "figures": {k: _round(v) for k, v in
-                                                       self.figures.items()},
-        }
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
 
 
 def reference_rate(records: Iterable[FinishedOperation]) -> float | None:
@@ -167,7 +142,9 @@ def judge(trace: Trace, record: FinishedOperation, rate: float | None) -> Verdic
         ranked = sorted(shares.items(), key=lambda kv: kv[1], reverse=True)
         (top, best), (_, second) = ranked[0], (ranked[1] if len(ranked) > 1 else ("", 0.0))
         if best < MIN_SHARE:
-            pace = "unknown"
+            # Nothing held the writers back: with no past rate to compare with, its own bytes
+            # set the pace; slower than the past rate with no cause seen, it is not known why.
+            pace = "size" if slowdown is None else "unknown"
         elif second * MIXED_RATIO >= best:
             pace = "mixed"
         else:

@@ -32,12 +32,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client.exposition import gzip_accepted
 
-from . import __version__, page
+from . import __version__
+from . import page as operation_page
 from .oplog import OperationsLog
-from .records import FinishedOperation
+from .records import FinishedOperation, Verdict
 from .state import StateStore
-from .trace import Trace, from_json, operation_id
-from .verdict import Verdict, judge, reference_rate
+from .trace import Trace, from_json
+from .verdict import judge, reference_rate
 from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
@@ -146,15 +147,17 @@ class App:
         if path == "/":
             return send(start_response, "200 OK", HTML, self.landing().encode())
         if (match := OPERATION_PATH.fullmatch(path)) and (judged := self._judged(match[1])):
-            return send(start_response, "200 OK", HTML, page.render(*judged).encode())
-        if (match := STATIC_PATH.fullmatch(path)) and (found := page.static_file(match[1])):
-            return send(start_response, "200 OK", found[1], found[0], [page.STATIC_CACHE])
+            return send(start_response, "200 OK", HTML, operation_page.render(*judged).encode())
+        if ((match := STATIC_PATH.fullmatch(path))
+                and (found := operation_page.static_file(match[1]))):
+            return send(start_response, "200 OK", found[1], found[0],
+                        [operation_page.STATIC_CACHE])
         if (match := TRACE_PATH.fullmatch(path)) and self.traces is not None:
             if match[2] == "trace":
                 body = self.traces.get(match[1])
             else:
-                judged = self._judged(match[1])
-                body = (None if judged is None or judged[2] is None else
+                judged = self._judged(match[1])  # a trace there, a verdict on it
+                body = (None if judged is None or judged[1] is None or judged[2] is None else
                         json.dumps({"id": match[1], **judged[2].to_json()}).encode())
             if body is not None:
                 return send(start_response, "200 OK", "application/json", body)
@@ -220,18 +223,20 @@ class App:
 
     def _judged(self, trace_id: str) -> tuple[FinishedOperation, Trace | None,
                                               Verdict | None] | None:
-        """A logged operation, its trace and the verdict on it from that trace and the rate
-        learned from the whole log (both None without a trace); None when the operation has
-        left the log."""
+        """A logged operation, its trace (None when not kept) and its verdict (None without
+        either a stored one or a trace); None when the operation has left the log."""
         entries, _ = self.oplog.page(0, self.oplog.size)
         entry = next((e for e in entries if _entry_id(e) == trace_id), None)
         if entry is None:
             return None
         body = self.traces.get(trace_id) if self.traces is not None else None
-        if body is None:
-            return entry, None, None
-        trace = from_json(json.loads(body))
-        return entry, trace, judge(trace, entry, reference_rate(entries))
+        trace = from_json(json.loads(body)) if body is not None else None
+        # The verdict the collector gave once the trace was complete; judged here only for an
+        # operation logged before verdicts were (or whose trace was still being sampled).
+        verdict = entry.verdict
+        if verdict is None and trace is not None:
+            verdict = judge(trace, entry, reference_rate(e for e in entries if e.id != trace_id))
+        return entry, trace, verdict
 
     def landing(self) -> str:
         view = self.store.view
@@ -247,7 +252,7 @@ class App:
             entry = record.to_json()
             cells = [html.escape(_fmt(key, entry.get(key))) for _, key in STUDY_COLUMNS]
             cells[0] = f'<a href="/operations/{_entry_id(record)}">{cells[0]}</a>'
-            cells[-1] = page.verdict_cell(entry)
+            cells[-1] = operation_page.verdict_cell(entry)
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         shown = (f"the {len(finished)} newest of {total}; all of them in "
                  f'<a href="/api/operations">/api/operations</a>' if total > len(finished) else "")
@@ -273,7 +278,7 @@ th{{background:#eee}}</style></head><body>
 
 def _entry_id(record: FinishedOperation) -> str:
     """The id of /api/operations/<id>/trace."""
-    return operation_id(record.domain, record.snapshot or "", record.operation, record.start)
+    return record.id
 
 
 def send(start_response: StartResponse, status: str, ctype: str, body: bytes,

@@ -17,6 +17,7 @@ The copies differ from what ships in these ways only (devtools/lse_devtools/deri
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from libvirt_snapshot_exporter.records import PACE_SETTERS
 from lse_devtools import dashboard, derived, testbed
 from lse_devtools.driving import Ran, run_recorded
 from lse_devtools.exporter_proc import ExporterProcess, free_port
@@ -203,6 +205,10 @@ def test_slow_snapshot_alert_reaches_the_receiver(stack, scenario, filler, full_
     assert path == "/alerts/warning"
     assert alert["labels"]["operation"] in ("create", "revert", "delete")
     _check_labels_and_annotations(stack, alert, filler.name, "libvirtsnapshotslow")
+    # The exporter's verdict on that operation, named in the description.
+    paces = "|".join(PACE_SETTERS)
+    assert re.search(rf"What set its pace: ({paces}) ", alert["annotations"]["description"]), (
+        alert["annotations"]["description"])
     # The override is for the filler alone: the failed create of the other guest, much
     # shorter than the default 300 s, is not slow.
     assert _alerts(stack, "LibvirtSnapshotSlow", full_guest.name) == []

@@ -16,9 +16,9 @@ from libvirt_snapshot_exporter.flight_recorder import (
 )
 from libvirt_snapshot_exporter.host import HostReader
 from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.records import FinishedOperation
+from libvirt_snapshot_exporter.records import FinishedOperation, operation_id
 from libvirt_snapshot_exporter.state import StateStore, View
-from libvirt_snapshot_exporter.trace import from_json, operation_id
+from libvirt_snapshot_exporter.trace import from_json
 from libvirt_snapshot_exporter.trace_store import TraceStore
 from libvirt_snapshot_exporter.web import App
 

@@ -10,11 +10,11 @@ import re
 import pytest
 from libvirt_snapshot_exporter import page, web
 from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.records import FinishedOperation
+from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
 from libvirt_snapshot_exporter.state import StateStore, View
 from libvirt_snapshot_exporter.trace import Point, Trace
 from libvirt_snapshot_exporter.trace_store import TraceStore
-from libvirt_snapshot_exporter.verdict import Verdict, judge, reference_rate
+from libvirt_snapshot_exporter.verdict import judge, reference_rate
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
 
 MIB = 2**20
@@ -73,7 +73,7 @@ def test_the_slow_storage_verdict_in_words():
         "Storage set the pace: QEMU's writers waited on a device busy 96 % of the time (in 95 % "
         "of their samples); 1.18 GB at 39 MB/s against 120 MB/s usual: 3.0x slower than "
         "expected (10.0 s).")
-    throttled, low_free = page.present_sentences(found, trace)
+    throttled, low_free = page.present_sentences(found, op, trace)
     assert throttled.startswith("Dirty limits throttled the writers 70 % of the time, but did "
                                 "not set the pace")
     assert re.fullmatch(r"MemFree fell to \d+ MiB while MemAvailable stayed at 3,\d{3} MiB or "
@@ -107,10 +107,19 @@ def test_each_condition_present_is_said_not_to_set_the_pace():
     trace = slow_trace()
     present = ("dirty-throttling", "direct-reclaim", "kswapd-reclaim", "memory-pressure",
                "low-memfree-ample-memavailable", "something-new")
-    said = page.present_sentences(dataclasses.replace(verdict("size"), present=present), trace)
+    said = page.present_sentences(dataclasses.replace(verdict("size"), present=present),
+                                  record(), trace)
     assert len(said) == len(present)
     assert all("did not set the pace" in s for s in said), said
     assert said[3].startswith("Tasks waited on memory 0 % of the time (PSI)")
+    logged = page.present_sentences(dataclasses.replace(verdict("size"), present=present),
+                                    record(memory_stall_seconds=15.15,
+                                           host_memory_available_min_bytes=3500 * MIB), None)
+    assert logged[3].startswith("Tasks waited on memory 50 % of the time (PSI)")
+    assert logged[4].startswith("MemFree fell to 200 MiB while MemAvailable stayed at 3,500")
+    assert page.present_sentences(dataclasses.replace(verdict("size"), present=present),
+                                  record(host_memory_free_min_bytes=None), None)[4].startswith(
+        "MemFree fell low while MemAvailable stayed ample: the page cache")
 
 
 def test_hostile_text_is_escaped_everywhere_in_the_page():
@@ -130,7 +139,17 @@ def test_hostile_text_is_escaped_everywhere_in_the_page():
 def test_a_missing_trace_is_a_page_saying_so():
     text = page.render(record(), None, None)
     assert "No trace is kept for this operation" in text and "<script" not in text
-    assert "<th>domain</th><td>vm1</td>" in text
+    assert "<th>domain</th><td>vm1</td>" in text and "there is no verdict" in text
+    kept = page.render(record(), None, verdict("storage-slow"))  # the log kept its verdict
+    assert "Storage set the pace" in kept and "No trace is kept" in kept
+    assert "there is no verdict" not in kept and "<script" not in kept
+
+
+def test_a_logged_verdict_with_null_figures_is_still_said():
+    logged = dataclasses.replace(verdict("storage-slow"), figures={
+        "samples": 240, "device_utilisation": None, "writer_device_share": None})
+    assert page.pace_sentence(logged, record()).startswith(
+        "Storage set the pace: QEMU's writers waited on the device (in 0 % of their samples)")
 
 
 def test_verdict_cell_from_the_entrys_verdict():
@@ -195,3 +214,16 @@ def test_the_landing_page_links_each_finished_operation(app):
     assert len(links) == 4 and links[0] == slow_trace().id
     assert all(call(app, f"/operations/{i}")[0] == "200 OK" for i in links)
     assert b"<th>verdict</th>" in body
+
+
+def test_the_logged_verdict_is_on_the_landing_page_and_the_page_without_its_trace(tmp_path):
+    oplog = OperationsLog(str(tmp_path))
+    oplog.add(record(verdict=verdict("storage-slow")))
+    store = StateStore(View(True, "qemu:///system", "hv1", "6.1", None, None, {}, (), {}, 0, {},
+                            True, 0))
+    app = web.App(store, oplog, lambda *_: (b"", "text/plain"), "/metrics",
+                  TraceStore(str(tmp_path), 5, 2**24))  # the trace evicted
+    assert b"<td>storage-slow, 3.0x</td>" in call(app, "/")[2]
+    status, _, body = call(app, f"/operations/{slow_trace().id}")
+    assert status == "200 OK" and b"Storage set the pace" in body and b"No trace is kept" in body
+    assert call(app, f"/api/operations/{slow_trace().id}/verdict")[0] == "404 Not Found"

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from libvirt_snapshot_exporter.records import operation_id
 from libvirt_snapshot_exporter.trace import (
     Point,
     RunDelays,
@@ -13,7 +14,6 @@ from libvirt_snapshot_exporter.trace import (
     TraceBuilder,
     from_json,
     merge,
-    operation_id,
     thread_key,
     thread_role,
 )
