@@ -175,6 +175,9 @@ def pace_sentence(verdict: Verdict, record: FinishedOperation) -> str:
         + f" (in {_pct(waited)} of their samples)"
     usual = _pace_against_usual(verdict, record)
     pace = verdict.pace_setter
+    if pace == "size" and verdict.slowdown is None:
+        return (f"Size set the pace: nothing held QEMU's writers back, so its own bytes did; "
+                f"{usual}.")
     if pace == "size":
         return (f"Size set the pace: the operation took as long as its bytes take at this "
                 f"host's usual rate; {usual}.")
@@ -348,7 +351,8 @@ def render(record: FinishedOperation, trace: Trace | None, verdict: Verdict | No
         missing = (f"<p class=note>Not in this trace: {e(', '.join(data['missing']))}.</p>"
                    if data["missing"] else "")
         points = len(trace.points)
-        span = (f"{points} points from {data['x'][0]:+.1f} s to {data['x'][-1]:+.1f} s around "
+        first, last = (round(data["x"][i], 1) + 0.0 for i in (0, -1))  # no -0.0
+        span = (f"{points} points from {first:+.1f} s to {last:+.1f} s around "
                 f"the operation" if points else "no points")
         body = f"""<h2>Trace</h2>
 <p class=note>{e(span)}, sampled every {trace.interval_seconds:g} s; the operation is shaded,

@@ -98,9 +98,11 @@ def test_each_pace_setter_in_words(pace, figures, words):
 
 
 def test_without_a_learned_rate_the_words_say_why_there_is_no_expectation():
-    blind = dataclasses.replace(verdict("unknown"), expected_seconds=None, slowdown=None)
-    assert "no expected duration yet: this host has logged no successful internal create " \
-           "with memory that wrote 64 MiB or more" in page.pace_sentence(blind, record())
+    blind = dataclasses.replace(verdict("size"), expected_seconds=None, slowdown=None)
+    assert page.pace_sentence(blind, record()) == (
+        "Size set the pace: nothing held QEMU's writers back, so its own bytes did; no expected "
+        "duration yet: this host has logged no successful internal create with memory that "
+        "wrote 64 MiB or more to learn its storage's rate from.")
 
 
 def test_each_condition_present_is_said_not_to_set_the_pace():

@@ -5,18 +5,24 @@ Chromium."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy
 import pytest
 from libvirt_snapshot_exporter import web
+from libvirt_snapshot_exporter.flight_recorder import POST_SECONDS, FlightRecorder
+from libvirt_snapshot_exporter.host import HostReader
 from libvirt_snapshot_exporter.oplog import OperationsLog
+from libvirt_snapshot_exporter.records import FinishedOperation
 from libvirt_snapshot_exporter.state import StateStore, View
 from libvirt_snapshot_exporter.trace_store import TraceStore
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
@@ -26,6 +32,21 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HOSTILE_DOMAIN = '</script><script>document.title="pwned"</script>'
 HOSTILE_SNAPSHOT = '<img src=x onerror="document.body.dataset.pwned=1">'
 FIRST_BLUE = (0x1F, 0x77, 0xB4)  # the first series' stroke in operation-page.js
+
+
+@contextlib.contextmanager
+def serve(app: web.App) -> Iterator[str]:
+    server = web.serve(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{server.address_text}"
+    server.shutdown()
+    server.server_close()
+
+
+def view() -> StateStore:
+    return StateStore(View(True, "qemu:///system", "hv1", "6.1", None, None, {}, (), {}, 0, {},
+                           True, 0))
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +61,8 @@ def base(tmp_path_factory) -> Iterator[str]:
     oplog.add(slow_create(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT))
     hostile = slow_trace(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT)
     traces.add(type(hostile)(**{**hostile.__dict__, "device": HOSTILE_DOMAIN}))
-    store = StateStore(View(True, "qemu:///system", "hv1", "6.1", None, None, {}, (), {}, 0, {},
-                            True, 0))
-    app = web.App(store, oplog, lambda *_: (b"", "text/plain"), "/metrics", traces)
-    server = web.serve(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://{server.address_text}"
-    server.shutdown()
-    server.server_close()
+    with serve(web.App(view(), oplog, lambda *_: (b"", "text/plain"), "/metrics", traces)) as url:
+        yield url
 
 
 def chromium(*args: str) -> str:
@@ -104,3 +118,44 @@ def test_hostile_names_stay_text_in_the_browser(base):
 def test_a_missing_trace_is_said_in_the_browser(base):
     dom = chromium("--dump-dom", f"{base}/operations/{web._entry_id(history()[2])}")
     assert "No trace is kept for this operation" in dom and "<canvas" not in dom
+
+
+def test_a_trace_the_flight_recorder_took_of_this_process_is_drawn(tmp_path):
+    """Not hand-built: the recorder samples this process as the QEMU while it writes 64 MiB
+    to a file and syncs it; the page of that trace is drawn like the others."""
+    traces = TraceStore(str(tmp_path), 5, 2**24)
+    recorder = FlightRecorder("/proc", str(tmp_path), traces)
+    recorder.start()
+    try:
+        host = HostReader("/proc")
+        recorder.note_host(host.read())
+        start = round(time.time(), 3)
+        recorder.begin("vm/1", "vm", start, os.getpid(), [str(tmp_path)])
+        with open(tmp_path / "vmstate", "wb") as out:
+            for _ in range(64):
+                out.write(os.urandom(2**20))
+            os.fsync(out.fileno())
+        time.sleep(0.5)
+        end = round(time.time(), 3)
+        op = FinishedOperation("vm", "create", "internal", True, start, end, end - start,
+                               "success", snapshot="s1", qemu_written_bytes=64 * 2**20)
+        recorder.end("vm/1", op)
+        deadline = time.monotonic() + POST_SECONDS + 3
+        while op.id not in traces.ids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        recorder.stop()
+    assert op.id in traces.ids()
+    oplog = OperationsLog(str(tmp_path))
+    oplog.add(op)
+    with serve(web.App(view(), oplog, lambda *_: (b"", "text/plain"), "/metrics",
+                       traces)) as url:
+        dom = chromium("--dump-dom", f"{url}/operations/{op.id}")
+        if shot := os.environ.get("LSE_PAGE_SCREENSHOT"):  # to look at it
+            chromium(f"--screenshot={shot}", "--window-size=1280,2080", "--hide-scrollbars",
+                     f"{url}/operations/{op.id}")
+    charts = re.search(r'<div id="charts"[^>]*>', dom)[0]
+    drawn = re.search(r'data-charts="(\d)"', charts)
+    assert 'data-state="drawn"' in charts and drawn, charts
+    assert dom.count("<canvas") == int(drawn[1]) == 4  # memory, writes, PSI, threads
+    assert "<h2>Verdict: " in dom and ">MemFree<" in dom and ">QEMU<" in dom
