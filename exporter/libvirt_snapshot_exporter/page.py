@@ -4,8 +4,8 @@ often offline). Pure: HTML from a log entry, its trace and its verdict.
 
 The figures are derived here, not in the browser (rates from the cumulative counters, shares
 of time from the thread samples), so they are tested with the verdict they stand beside, and
-inlined in the page as JSON: one request shows the trace and the verdict computed from that
-same trace, where two fetches could find it evicted in between. Every text from the log
+inlined in the page as JSON: one request shows the trace with the verdict on it, where two
+fetches (/api/operations/<id>/trace and /verdict) could find it evicted in between. Every text from the log
 (domain and snapshot names are anyone's input) is escaped, and so is the inlined JSON.
 """
 
@@ -56,6 +56,7 @@ def static_file(name: str) -> tuple[bytes, str] | None:
 
 
 def static_url(name: str) -> str:
+    """The file's URL, naming its content so a cache never serves an old one."""
     found = static_file(name)
     assert found is not None, name
     return f"/static/{name}?v={hashlib.sha256(found[0]).hexdigest()[:12]}"
@@ -118,7 +119,7 @@ def charts(trace: Trace) -> dict[str, Any]:
                              _rate(points, "device_write_bytes", 1 / MB)),
                             ("QEMU", _rate(points, "qemu_write_bytes", 1 / MB))]),
         ("pressure (PSI some)", "% of time",
-         [(f"{resource}", _rate(points, f"psi_{resource}_some", 100))
+         [(resource, _rate(points, f"psi_{resource}_some", 100))
           for resource in ("io", "memory", "cpu")]),
         ("QEMU's writer threads (over the last second)", "% of samples",
          [(label, [None if s is None else s.get(cls, 0.0) for s in shares])

@@ -87,5 +87,8 @@ def test_trace_covers_a_real_snapshot_and_survives_a_restart(filler, conn):
         assert verdict["slowdown"] is None and verdict["figures"]["samples"] >= 5
         # The verdict kept in the log is the one served.
         assert logged["verdict"] == judged == {k: v for k, v in verdict.items() if k != "id"}
+        page = again.get(f"/operations/{op['id']}")  # drawn in tests/unit's Chromium test
+        assert "<h2>Verdict: size</h2>" in page and "Size set the pace: nothing held" in page
+        assert "id=trace-data" in page and "No trace is kept" not in page
     finally:
         again.stop()
