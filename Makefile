@@ -6,10 +6,11 @@ DEBIAN_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-
 	libvirt-dev libvirt-clients pkg-config gcc python3-dev python3-venv busybox-static cpio \
 	prometheus prometheus-node-exporter prometheus-alertmanager prometheus-libvirt-exporter \
 	victoria-metrics curl openssl systemd
-# Rootful podman and mmdebstrap, for the container test (scripts/container-base.sh); chromium
-# for the operation page's browser test.
-CONTAINER_PACKAGES := chromium podman runc slirp4netns containernetworking-plugins \
+# Rootful podman and mmdebstrap, for the container test (scripts/container-base.sh).
+CONTAINER_PACKAGES := podman runc slirp4netns containernetworking-plugins \
 	golang-github-containernetworking-plugin-dnsname fuse-overlayfs uidmap iptables mmdebstrap
+# Headless Chromium, for the operation page's browser test (tests/unit).
+BROWSER_PACKAGES := chromium
 
 .PHONY: deps test-deps venv test lint unit demo bench clean
 
@@ -26,7 +27,7 @@ deps:  ## Debian packages: libvirt, QEMU, Prometheus tools
 	$(call install-missing,$(DEBIAN_PACKAGES))
 
 test-deps: deps  ## and podman for the container test, chromium for the page test
-	$(call install-missing,$(CONTAINER_PACKAGES))
+	$(call install-missing,$(CONTAINER_PACKAGES) $(BROWSER_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -6,6 +6,7 @@ Chromium."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -59,8 +60,8 @@ def base(tmp_path_factory) -> Iterator[str]:
     oplog.add(slow_create())
     traces.add(slow_trace())
     oplog.add(slow_create(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT))
-    hostile = slow_trace(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT)
-    traces.add(type(hostile)(**{**hostile.__dict__, "device": HOSTILE_DOMAIN}))
+    traces.add(dataclasses.replace(slow_trace(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT),
+                                   device=HOSTILE_DOMAIN))
     with serve(web.App(view(), oplog, lambda *_: (b"", "text/plain"), "/metrics", traces)) as url:
         yield url
 
