@@ -150,6 +150,8 @@ class Row:
     exporter: float | None
     qemu_written: int
     device_written: int
+    device_busy: float  # share of the time the device had requests in flight
+    device_writes: int
     samples: Samples
     psi: dict[str, float]
     main_delay: float
@@ -189,7 +191,9 @@ def measure(conn: libvirt.virConnect, exporter: ExporterProcess, storage: SlowSt
     delete = time.monotonic() - start
     psi = {k: (psi1[k] - psi0[k]) / 1e6 / wall for k in psi0}
     return Row(condition, wall, ops[-1]["duration_seconds"], wb1 - wb0,
-               (disk1["sectors_written"] - disk0["sectors_written"]) * 512, sampler.result, psi,
+               (disk1["sectors_written"] - disk0["sectors_written"]) * 512,
+               (disk1["io_ticks_ms"] - disk0["io_ticks_ms"]) / 1000 / wall,
+               disk1["writes"] - disk0["writes"], sampler.result, psi,
                (delays1.get(str(pid), 0) - delays0[pid]) / 1e9,
                sum(delays1.get(str(t), 0) - d for t, d in delays0.items()) / 1e9, delete)
 
@@ -218,7 +222,8 @@ def percent(value: float) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ("condition", "wall s", "exporter s", "QEMU MB", "device MB", "Dirty peak MB",
+    head = ("condition", "wall s", "exporter s", "QEMU MB", "device MB", "device busy",
+            "request KiB", "Dirty peak MB",
             "PSI io some/full", "PSI mem some", "PSI cpu some", "main run delay s (all)",
             "throttled", "reclaim", "device wait", "main R", "top D wchan", "delete s")
     lines = [head]
@@ -229,6 +234,7 @@ def print_table(rows: list[Row]) -> None:
         lines.append((
             r.condition, f"{r.wall:.1f}", "-" if r.exporter is None else f"{r.exporter:.2f}",
             f"{r.qemu_written / 1e6:,.0f}", f"{r.device_written / 1e6:,.0f}",
+            percent(r.device_busy), f"{r.device_written / 1024 / max(1, r.device_writes):.0f}",
             f"{s.dirty_peak / 1e6:,.0f}",
             f"{percent(r.psi['io_some'])}/{percent(r.psi['io_full'])}",
             percent(r.psi["memory_some"]), percent(r.psi["cpu_some"]),
@@ -257,7 +263,7 @@ def main() -> int:
     exporter = ExporterProcess().start()
     try:
         with slow_storage(size_mib=1536, rate=args.rate) as storage:
-            print(f"bed: {storage.device} at {args.rate / 1e6:.0f} MB/s, {storage.directory}",
+            print(f"bed: {storage.device} at {storage.rate / 1e6:.0f} MB/s, {storage.directory}",
                   flush=True)
             todo = [c for c in conditions(storage) if not args.only or c[0] in args.only]
             for _, group in groupby(todo, key=lambda c: repr(c[1])):

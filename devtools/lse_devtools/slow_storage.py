@@ -58,7 +58,7 @@ def diskstats(device: str) -> dict[str, int]:
         fields = line.split()
         if fields[2] == device:
             return {"writes": int(fields[7]), "sectors_written": int(fields[9]),
-                    "write_ticks_ms": int(fields[10]), "io_ticks_ms": int(fields[12])}
+                    "io_ticks_ms": int(fields[12])}
     raise KeyError(f"{device} not in /proc/diskstats")
 
 

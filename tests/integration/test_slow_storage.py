@@ -51,7 +51,7 @@ def test_snapshot_on_slow_storage_goes_at_the_device_rate(conn, exporter):
     # The vmstate (about 300 MB) reaches the device within the snapshot, which lasts its
     # bytes / rate: 7.6-8.2 s measured for 300-320 MB (0.99-1.03 x bytes / rate); on the local
     # disk it takes under a second. Room above for a loaded 2-core machine.
-    expected = written / RATE
+    expected = written / storage.rate
     assert written > 250e6, written
     assert device >= 0.9 * written, (device, written)
     assert 0.8 * expected <= wall <= 2 * expected + 3, (wall, expected)
