@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -172,16 +173,16 @@ def settle(timeout: float = 60.0) -> None:
 def measure(conn: libvirt.virConnect, exporter: ExporterProcess, storage: SlowStorage,
             guest: testbed.Guest, condition: str, run: int, hz: float) -> Row:
     """One internal snapshot of guest, measured, then deleted."""
+    snapshot = f"{re.sub('[^A-Za-z0-9]+', '-', condition)}-{run}"  # libvirt refuses a '/'
     pid = testbed.qemu_pid(guest)
     tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     delays0 = {t: run_delay_ns(pid, t) for t in tids}
     psi0, disk0, wb0 = psi_totals(), diskstats(storage.device), write_bytes(pid)
     since = time.time()
     with Sampler(pid, hz) as sampler:
-        wall = testbed.create_snapshot(conn, guest, f"{condition}-{run}")
+        wall = testbed.create_snapshot(conn, guest, snapshot)
     psi1, disk1, wb1 = psi_totals(), diskstats(storage.device), write_bytes(pid)
     delays1 = {t: run_delay_ns(pid, t) for t in os.listdir(f"/proc/{pid}/task")}
-    snapshot = f"{condition}-{run}"
     ops = exporter.wait_for(
         lambda: [o for o in operations(exporter, guest.name, since) if o["snapshot"] == snapshot],
         30, f"the exporter's record of {snapshot}")

@@ -52,6 +52,8 @@ def test_snapshot_on_slow_storage_goes_at_the_device_rate(conn, exporter):
     # bytes / rate: 7.6-8.2 s measured for 300-320 MB (0.99-1.03 x bytes / rate); on the local
     # disk it takes under a second. Room above for a loaded 2-core machine.
     expected = written / storage.rate
+    print(f"snapshot {wall:.2f} s, exporter {op['duration_seconds']:.3f} s, QEMU wrote "
+          f"{written / 1e6:.0f} MB, device {device / 1e6:.0f} MB: {wall / expected:.2f} x bytes / rate")
     assert written > 250e6, written
     assert device >= 0.9 * written, (device, written)
     assert 0.8 * expected <= wall <= 2 * expected + 3, (wall, expected)
