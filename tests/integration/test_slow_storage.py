@@ -1,11 +1,13 @@
 """The slow-storage bed (lse_devtools.slow_storage) proven on a real guest: an internal snapshot
 of a guest whose disk lives on it goes at the device's rate, the exporter times it, and the bed
-leaves nothing behind, also after a failure and after a run that was killed.
+leaves nothing behind, also after a failure and after a run that was killed; each stressor
+(lse_devtools.stressors) puts the host back when its block fails.
 
 Issue 15's tests of each slow condition build on this bed and lse_devtools.stressors."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lse_devtools import testbed
+from lse_devtools import stressors, testbed
 from lse_devtools.driving import wait_operations
 from lse_devtools.slow_storage import leftovers, remains, slow_guest, slow_storage
 
@@ -81,3 +83,52 @@ def test_bed_is_taken_down_after_a_failure_and_after_a_killed_run():
     with slow_storage(size_mib=64) as storage:
         assert remains(base) == [] and not alive(int(daemon))
     assert remains(storage.base) == []
+
+
+def processes_with(text: str) -> list[int]:
+    """Pids whose command line contains text."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if text.encode() in proc.joinpath("cmdline").read_bytes().replace(b"\0", b" "):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_stressors_put_the_host_back_when_the_block_fails():
+    """Each stressor, its block raising: the host as before, no stressor process left."""
+    vm = Path("/proc/sys/vm")
+    before = {k: (vm / k).read_text() for k in stressors.DIRTY_KEYS}
+    with pytest.raises(RuntimeError), stressors.dirty_limits(64 << 20, 16 << 20):
+        assert (vm / "dirty_bytes").read_text().strip() == str(64 << 20)
+        raise RuntimeError
+    with pytest.raises(RuntimeError), stressors.dirty_limits(dirty_ratio=60, background_ratio=30):
+        raise RuntimeError
+    assert {k: (vm / k).read_text() for k in stressors.DIRTY_KEYS} == before
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        affinity = os.sched_getaffinity(sleeper.pid)
+        with pytest.raises(RuntimeError), stressors.rt_cpu_hog(sleeper.pid) as cpu:
+            assert os.sched_getaffinity(sleeper.pid) == {cpu}
+            assert processes_with("while :; do :; done")
+            raise RuntimeError
+        assert os.sched_getaffinity(sleeper.pid) == affinity
+        assert not processes_with("while :; do :; done")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+    with pytest.raises(RuntimeError), stressors.memory_hog(stressors.mem_available() - (512 << 20)):
+        assert processes_with("MAP_POPULATE")
+        raise RuntimeError
+    assert not processes_with("MAP_POPULATE")
+
+    with slow_storage(size_mib=64) as storage:
+        with pytest.raises(RuntimeError), stressors.competing_writer(storage.directory, 16) as path:
+            time.sleep(1)
+            assert path.exists() and processes_with(str(path))
+            raise RuntimeError
+        assert not path.exists() and not processes_with(str(path))
