@@ -196,7 +196,8 @@ def measure(conn: libvirt.virConnect, exporter: ExporterProcess, storage: SlowSt
                (disk1["io_ticks_ms"] - disk0["io_ticks_ms"]) / 1000 / wall,
                disk1["writes"] - disk0["writes"], sampler.result, psi,
                (delays1.get(str(pid), 0) - delays0[pid]) / 1e9,
-               sum(delays1.get(str(t), 0) - d for t, d in delays0.items()) / 1e9, delete)
+               sum(delays1[str(t)] - d for t, d in delays0.items() if str(t) in delays1) / 1e9,
+               delete)
 
 
 def qemu_cpu_hog(guest: testbed.Guest) -> contextlib.AbstractContextManager:

@@ -16,6 +16,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,11 +36,19 @@ def _die_with_parent(cpu_seconds: int | None = None) -> Callable[[], None]:
     return setup
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Kill a stressor's whole process group and reap it."""
+def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Kill a stressor's whole process group and wait until none of it is left (a dd killed
+    in the middle of a flush exits only when its I/O has completed)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
