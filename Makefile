@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
 	libvirt-dev libvirt-clients pkg-config gcc python3-dev python3-venv busybox-static cpio \
 	prometheus prometheus-node-exporter prometheus-alertmanager prometheus-libvirt-exporter \
-	victoria-metrics curl openssl systemd
+	victoria-metrics curl openssl systemd fuse3
 # Rootful podman and mmdebstrap, for the container test (scripts/container-base.sh).
 CONTAINER_PACKAGES := podman runc slirp4netns containernetworking-plugins \
 	golang-github-containernetworking-plugin-dnsname fuse-overlayfs uidmap iptables mmdebstrap
