@@ -108,13 +108,17 @@ def charts(trace: Trace) -> dict[str, Any]:
     """The charts' data: x in seconds from the start, the operation from 0 to `end`, and per
     chart its series (all-empty series and charts left out, and named in `missing`)."""
     points = trace.points
-    gauges = (("free", "MemFree"), ("available", "MemAvailable"), ("cached", "Cached"),
-              ("dirty", "Dirty"), ("writeback", "Writeback"),
-              ("dirty_threshold", "dirty threshold"))
+    def mib(gauges: Sequence[tuple[str, str]]) -> list[tuple[str, list[float | None]]]:
+        return [(label, [round(p.gauges[k] / MIB, 1) if k in p.gauges else None
+                         for p in points]) for k, label in gauges]
+
     shares = _writer_shares(points)
     specs = [
-        ("host memory", "MiB", [(label, [round(p.gauges[k] / MIB, 1) if k in p.gauges else None
-                                         for p in points]) for k, label in gauges]),
+        ("host memory", "MiB", mib((("free", "MemFree"), ("available", "MemAvailable"),
+                                    ("cached", "Cached")))),
+        # apart: a few hundred MiB beside tens of GiB would be a flat line
+        ("dirty data", "MiB", mib((("dirty", "Dirty"), ("writeback", "Writeback"),
+                                   ("dirty_threshold", "dirty threshold")))),
         ("writes", "MB/s", [("device (" + (trace.device or "?") + ")",
                              _rate(points, "device_write_bytes", 1 / MB)),
                             ("QEMU", _rate(points, "qemu_write_bytes", 1 / MB))]),

@@ -50,7 +50,7 @@ def test_rates_and_memory_are_derived_from_the_counters_and_gauges():
     assert by_title["writes"] == {"device (vda)": [None, None, 40.0, 30.0],
                                   "QEMU": [None, None, 20.0, None]}  # it went back: a new QEMU
     assert by_title["pressure (PSI some)"] == {"io": [None, None, 50.0, None]}
-    assert data["missing"] == ["QEMU's writer threads (over the last second)"]
+    assert data["missing"] == ["dirty data", "QEMU's writer threads (over the last second)"]
 
 
 def test_thread_states_are_shares_of_the_last_second_of_writer_samples():
@@ -134,7 +134,7 @@ def test_hostile_text_is_escaped_everywhere_in_the_page():
     assert "<img" not in text and "alert(1)</script>" not in text
     assert text.count("<script") == 3  # the data and the two scripts of the page
     data = re.search(r'<script type="application/json" id=trace-data>(.*?)</script>', text, re.S)
-    assert json.loads(data[1])["charts"][1]["series"][0]["label"] == f"device ({HOSTILE})"
+    assert json.loads(data[1])["charts"][2]["series"][0]["label"] == f"device ({HOSTILE})"
     assert "&lt;/script&gt;&lt;script&gt;alert(1)" in text
 
 
