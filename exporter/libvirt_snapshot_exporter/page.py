@@ -22,7 +22,7 @@ from typing import Any
 
 from .records import FinishedOperation, Verdict
 from .trace import WRITER_ROLES, Point, Trace
-from .verdict import MIN_SAMPLES, MIN_SHARE, MIXED_RATIO, RATE_MIN_BYTES, _wait_class
+from .verdict import MIN_SAMPLES, MIN_SHARE, MIXED_RATIO, RATE_MIN_BYTES, wait_class
 
 MB = 10**6
 MIB = 2**20
@@ -96,7 +96,7 @@ def _writer_shares(points: Sequence[Point]) -> list[dict[str, float] | None]:
             by_class: dict[str, int] = {}
             for key, count in p.threads.items():
                 if key.split(":", 1)[0] in WRITER_ROLES:
-                    cls = _wait_class(key)
+                    cls = wait_class(key)
                     by_class[cls] = by_class.get(cls, 0) + count
             for cls, count in by_class.items():
                 counted[cls] = counted.get(cls, 0) + min(count, p.n)

@@ -56,7 +56,7 @@ def reference_rate(records: Iterable[FinishedOperation]) -> float | None:
     return rates[min(len(rates) - 1, int(RATE_QUANTILE * len(rates)))]
 
 
-def _wait_class(key: str) -> str:
+def wait_class(key: str) -> str:
     """running | throttled | reclaim | device | idle, from a 'role:state:wchan' key."""
     _role, state, wchan = key.split(":", 2)
     if state == "R":
@@ -100,7 +100,7 @@ def judge(trace: Trace, record: FinishedOperation, rate: float | None) -> Verdic
         counted: dict[str, int] = {}
         for key, count in p.threads.items():
             if key.split(":", 1)[0] in WRITER_ROLES:
-                cls = _wait_class(key)
+                cls = wait_class(key)
                 counted[cls] = counted.get(cls, 0) + count
         for cls, count in counted.items():
             waits[cls] = waits.get(cls, 0.0) + min(count, p.n)
