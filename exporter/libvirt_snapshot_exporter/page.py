@@ -21,8 +21,8 @@ from importlib import resources
 from typing import Any
 
 from .records import FinishedOperation, Verdict
-from .trace import WRITER_ROLES, Point, Trace
-from .verdict import MIN_SAMPLES, MIN_SHARE, MIXED_RATIO, RATE_MIN_BYTES, wait_class
+from .trace import Point, Trace
+from .verdict import MIN_SAMPLES, MIN_SHARE, MIXED_RATIO, RATE_MIN_BYTES, writer_waits
 
 MB = 10**6
 MIB = 2**20
@@ -93,13 +93,8 @@ def _writer_shares(points: Sequence[Point]) -> list[dict[str, float] | None]:
             if not p.threads or (samples and p.t <= point.t - SHARE_WINDOW):
                 break
             samples += p.n
-            by_class: dict[str, int] = {}
-            for key, count in p.threads.items():
-                if key.split(":", 1)[0] in WRITER_ROLES:
-                    cls = wait_class(key)
-                    by_class[cls] = by_class.get(cls, 0) + count
-            for cls, count in by_class.items():
-                counted[cls] = counted.get(cls, 0) + min(count, p.n)
+            for cls, count in writer_waits(p).items():
+                counted[cls] = counted.get(cls, 0) + count
         shares.append({cls: round(100 * count / samples, 1) for cls, count in counted.items()})
     return shares
 

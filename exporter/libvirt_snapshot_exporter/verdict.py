@@ -70,6 +70,17 @@ def wait_class(key: str) -> str:
     return "idle"
 
 
+def writer_waits(point: Point) -> dict[str, int]:
+    """Samples of the point in which a writer thread was in each wait class (a sample with two
+    writers in the same class counts once, so a share never exceeds the point's samples)."""
+    counted: dict[str, int] = {}
+    for key, count in point.threads.items():
+        if key.split(":", 1)[0] in WRITER_ROLES:
+            cls = wait_class(key)
+            counted[cls] = counted.get(cls, 0) + count
+    return {cls: min(count, point.n) for cls, count in counted.items()}
+
+
 def _delta(points: Sequence[Point], key: str) -> float | None:
     values = [p.counters[key] for p in points if key in p.counters]
     return values[-1] - values[0] if len(values) >= 2 else None
@@ -97,13 +108,8 @@ def judge(trace: Trace, record: FinishedOperation, rate: float | None) -> Verdic
     # Shares of time: a sample counts for a wait class when a writer thread is in it.
     waits: dict[str, float] = {}
     for p in during:
-        counted: dict[str, int] = {}
-        for key, count in p.threads.items():
-            if key.split(":", 1)[0] in WRITER_ROLES:
-                cls = wait_class(key)
-                counted[cls] = counted.get(cls, 0) + count
-        for cls, count in counted.items():
-            waits[cls] = waits.get(cls, 0.0) + min(count, p.n)
+        for cls, count in writer_waits(p).items():
+            waits[cls] = waits.get(cls, 0.0) + count
     shares_of_time = {cls: v / samples for cls, v in waits.items()} if samples else {}
     busy, span = _delta(after, "device_busy_ms"), _span(after, "device_busy_ms")
     utilisation = min(1.0, busy / 1000 / span) if busy is not None and span else None
