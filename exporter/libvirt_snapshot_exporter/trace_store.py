@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from .atomic_file import write_atomically
 from .trace import Trace, from_json
 
 log = logging.getLogger(__name__)
@@ -92,15 +91,7 @@ class TraceStore:
 
     def _write(self, trace_id: str, body: bytes) -> bool:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".trace.", dir=self.directory)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(body)
-                os.replace(tmp, self.directory / (trace_id + SUFFIX))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(self.directory, trace_id + SUFFIX, body)
         except OSError as exc:
             if not self._write_failed:
                 log.error("cannot write traces in %s: %s", self.directory, exc.strerror)
