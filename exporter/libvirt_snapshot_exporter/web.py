@@ -209,7 +209,7 @@ class App:
         entries, total = self.oplog.page(offset, limit)
         following = offset + len(entries)
         page = json.dumps({
-            "operations": [{**e.to_json(), "id": _entry_id(e)} for e in entries],
+            "operations": [{**e.to_json(), "id": e.id} for e in entries],
             "total": total, "offset": offset,
             "limit": limit,
             "next_offset": following if following < total else None,
@@ -226,7 +226,7 @@ class App:
         """A logged operation, its trace (None when not kept) and its verdict (None without
         either a stored one or a trace); None when the operation has left the log."""
         entries, _ = self.oplog.page(0, self.oplog.size)
-        entry = next((e for e in entries if _entry_id(e) == trace_id), None)
+        entry = next((e for e in entries if e.id == trace_id), None)
         if entry is None:
             return None
         body = self.traces.get(trace_id) if self.traces is not None else None
@@ -251,7 +251,7 @@ class App:
         for record in finished:
             entry = record.to_json()
             cells = [html.escape(_fmt(key, entry.get(key))) for _, key in STUDY_COLUMNS]
-            cells[0] = f'<a href="/operations/{_entry_id(record)}">{cells[0]}</a>'
+            cells[0] = f'<a href="/operations/{record.id}">{cells[0]}</a>'
             cells[-1] = operation_page.verdict_cell(entry)
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         shown = (f"the {len(finished)} newest of {total}; all of them in "
@@ -275,10 +275,6 @@ th{{background:#eee}}</style></head><body>
 </table></body></html>
 """
 
-
-def _entry_id(record: FinishedOperation) -> str:
-    """The id of /api/operations/<id>/trace."""
-    return record.id
 
 
 def send(start_response: StartResponse, status: str, ctype: str, body: bytes,

@@ -117,7 +117,7 @@ def test_hostile_names_stay_text_in_the_browser(base):
 
 
 def test_a_missing_trace_is_said_in_the_browser(base):
-    dom = chromium("--dump-dom", f"{base}/operations/{web._entry_id(history()[2])}")
+    dom = chromium("--dump-dom", f"{base}/operations/{history()[2].id}")
     assert "No trace is kept for this operation" in dom and "<canvas" not in dom
 
 
