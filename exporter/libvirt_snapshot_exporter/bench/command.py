@@ -1,65 +1,72 @@
 """`libvirt-snapshot-exporter bench DOMAIN`: the hand-run snapshot study as one command.
 
-For each repeat it creates a chain of snapshots (each the child of the previous one), timing
-every create from the client side while the host and QEMU are sampled, then deletes the chain,
-timing that too, and leaves the domain as it found it: no snapshot and no file of its own left,
-on success, on error and on Ctrl-C. libvirt calls run on worker threads so that Ctrl-C is
-answered at once even while a call that cannot be aborted (an internal create) is in flight.
+For each setting compared (kind, disk cache mode) and each repeat it creates a chain of
+snapshots (each the child of the previous one), timing every create from the client side while
+the flight recorder traces it, then deletes the chain, timing that too. Each operation is
+judged once its trace is complete. It leaves the domain as it found it: no snapshot and no file
+of its own left, its definition and cache mode as found, on success, on error and on Ctrl-C.
+libvirt calls run on worker threads so that Ctrl-C is answered at once even while a call that
+cannot be aborted (an internal create, a save) is in flight.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..host import HostReader
 from ..observations import Versions
+from ..qemu_process import ProcessReader, read_qemu_pid
+from ..records import FinishedOperation
 from ..state import cpu_ratio
-from . import plot
+from . import comparison, plot, recording
+from .cache_mode import CacheSwitch
 from .checks import EXIT_USAGE, PROG, UsageError, check_arguments, confirm, parser, preflight
 from .console import Abandoned, Interrupts, Progress
 from .control import Control, ControlError, Domain, GuestReading, SnapshotPlan, plan_snapshot
-from .report import OperationRecord, Setting, table, write_csv, write_json
-from .sampler import Sampler
+from .found import Found
+from .recording import Recorder
+from .report import OperationRecord, RunInfo, table, verdict_text, write_csv, write_json
+from .settings import Setting, settings
 
-SETTLE_SECONDS = 1.0  # quiet time sampled before and after every operation
-SAMPLE_INTERVAL = 0.25
+SETTLE_SECONDS = 1.0  # quiet time traced before every operation, at least
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
 class Bench:
-    def __init__(self, domain: Domain, args: argparse.Namespace, setting: Setting,
-                 sampler: Sampler, interrupts: Interrupts, progress: Progress) -> None:
+    def __init__(self, domain: Domain, args: argparse.Namespace, info: RunInfo,
+                 compared: list[Setting], recorder: Recorder, interrupts: Interrupts,
+                 progress: Progress) -> None:
         self.domain = domain
         self.args = args
-        self.setting = setting
-        self.sampler = sampler
+        self.info = info
+        self.settings = compared
+        self.recorder = recorder
         self.interrupts = interrupts
         self.progress = progress
         self.disks = domain.disks()
-        self.found_snapshots = domain.snapshot_names()
-        self.found_current = domain.current_snapshot()
-        self.found_sources = self._sources()
+        self.found = Found.read(domain)
+        self.cache = CacheSwitch(domain, self.found.caches, self._step)
         self.records: list[OperationRecord] = []
         self.guests: list[GuestReading] = []
         self.made: list[SnapshotPlan] = []  # created or being created, not yet deleted
+        self._runs: dict[int, Setting] = {}  # run number -> its setting
+        self._disk_cache = ",".join(sorted(set(self.found.caches)))
         self._guest_reading: GuestReading | None = None
+        self._processes = ProcessReader()
         self._where = ""  # run and level, for the progress line
-        self._stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(setting.started))
+        self._stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(info.started))
 
     def _plan(self, run: int, level: int) -> SnapshotPlan:
+        setting = self._runs[run]
         name = f"bench-{self._stamp}-r{run}-l{level}"
-        return plan_snapshot(self.domain.name, name, self.args.kind, self.args.live, self.disks)
-
-    def _sources(self) -> tuple[list[str], list[str]]:
-        live = [d.source for d in self.domain.disks()]
-        persistent = [d.source for d in self.domain.disks(inactive=True)] if (
-            self.domain.persistent()) else []
-        return live, persistent
+        return plan_snapshot(self.domain.name, name, setting.kind, setting.live, self.disks)
 
     # --- waiting, with Ctrl-C answered at once -----------------------------------------------
 
@@ -89,38 +96,68 @@ class Bench:
             raise error
         return box["start"], box["end"], box.get("result"), error
 
+    def _step(self, what: str, fn: Callable[[], Any]) -> Any:
+        """A call whose failure is the caller's to handle (ControlError)."""
+        _s, _e, result, error = self._call(what, fn)
+        if error is not None:
+            raise error
+        return result
+
     def _show(self, what: str, started: float | None) -> None:
         if not self.progress.enabled:
             return
-        host, qemu = self.sampler.latest()
         parts = [self._where, what]
         if started is not None:
             parts.append(f"{time.time() - started:6.1f} s")
-        if host is not None:
-            m = host.memory
-            parts.append(f"MemFree {m.get('free', 0) / 2**30:.2f} GiB  Dirty "
-                         f"{m.get('dirty', 0) / 2**20:.0f} MiB  Writeback "
-                         f"{m.get('writeback', 0) / 2**20:.0f} MiB")
-        if qemu is not None and qemu.write_rate is not None:
-            parts.append(f"QEMU writes {qemu.write_rate / 2**20:.0f} MiB/s")
+        parts.append(self.recorder.figures())
         self.progress.show("  ".join(p for p in parts if p))
 
-    def _settle(self, stop_on_interrupt: bool) -> None:
-        """Sample a quiet second; a create phase stops early on Ctrl-C."""
-        until = time.time() + SETTLE_SECONDS
-        while time.time() < until:
+    def _settle(self, minimum: float, stop_on_interrupt: bool) -> None:
+        """Trace a quiet time of at least `minimum` seconds, and until the traces of the
+        operations before are complete; a create phase stops early on Ctrl-C."""
+        until = time.time() + minimum
+        # Once interrupted, what is left to do is cleaning up: no waiting for traces.
+        while time.time() < until or (self._pending() and not self.interrupts.count):
             if self.interrupts.count > 1:
                 raise Abandoned
             if stop_on_interrupt and self.interrupts.count:
                 return
-            self._show("sampling", None)
+            self._complete()
+            self._show("tracing", None)
             time.sleep(0.1)
+
+    def _pending(self) -> bool:
+        return any(r.trace is None and r.entry is not None for r in self.records)
+
+    def _complete(self) -> None:
+        """Judge each operation whose trace is now complete (they complete in order, so the
+        operations before it are judged already)."""
+        for trace in self.recorder.completed():
+            index, record = next((i, r) for i, r in enumerate(self.records)
+                                 if r.entry is not None and r.entry.id == trace.id)
+            earlier = [r.entry for r in self.records[:index] if r.entry is not None]
+            paused = None if self.info.domain_state != "running" else recording.paused_seconds(
+                self.domain.pauses(), record.start, record.end)
+            record.trace = trace
+            try:
+                record.entry = recording.completed(record.entry, trace, paused, earlier)
+            except Exception as exc:  # noqa: BLE001 - a trace it cannot judge: no verdict
+                self.progress.show("")
+                print(f"{PROG}: no verdict on the {record.operation} of {record.snapshot}: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                continue
+            self.progress.line(f"{self._where_of(record.run, record.level)} {record.operation} "
+                               f"{record.snapshot}: verdict {verdict_text(record)}")
+
+    def _where_of(self, run: int, level: int) -> str:
+        return f"run {run}/{len(self.settings) * self.args.repeat} level {level}/{self.args.levels}"
 
     def _guest(self) -> GuestReading | None:
         """Guest memory and CPU time, read between operations only (memoryStats would wait)."""
-        process = self.sampler.latest()[1]
+        pid = read_qemu_pid(Path(self.args.pid_directory), self.domain.name)
+        process = self._processes.read(pid) if pid else None
         _s, _e, reading, error = self._call("reading guest", lambda: self.domain.guest(
-            time.time(), process.process if process else None))
+            time.time(), process))
         if error is not None or reading is None:
             return None
         self.guests.append(reading)
@@ -129,14 +166,27 @@ class Bench:
     # --- the run -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Every repeat; stops after cleaning up when interrupted. Raises ControlError."""
+        """Every setting, every repeat; stops after cleaning up when interrupted. Raises
+        ControlError."""
         self._guest_reading = self._guest()
-        for run in range(1, self.args.repeat + 1):
-            self._create_chain(run)
-            self._delete_chain(run)
+        run = 0
+        for setting in self.settings:
+            self._settle(0, stop_on_interrupt=True)  # nothing of the last one in the next
             if self.interrupts.count:
                 return
-        self._settle(stop_on_interrupt=False)
+            self._where = f"cache {setting.cache}" if setting.cache else ""
+            self.cache.set(setting.cache)
+            if setting.cache:  # a new QEMU: its CPU time starts again
+                self._guest_reading = self._guest()
+            self._disk_cache = ",".join(sorted({d.cache for d in self.domain.disks()}))
+            for _ in range(self.args.repeat):
+                run += 1
+                self._runs[run] = setting
+                self._create_chain(run)
+                self._delete_chain(run)
+                if self.interrupts.count:
+                    return
+        self._settle(0, stop_on_interrupt=True)
 
     def _create_chain(self, run: int) -> None:
         for level in range(1, self.args.levels + 1):
@@ -157,16 +207,20 @@ class Bench:
     def _operation(self, run: int, level: int, operation: str) -> OperationRecord | None:
         plan = self._plan(run, level)
         name = plan.name
+        setting = self._runs[run]
         creating = operation == "create"
-        self._where = f"run {run}/{self.args.repeat} level {level}/{self.args.levels}"
+        self._where = self._where_of(run, level)
         first = self._guest_reading
-        self._settle(stop_on_interrupt=creating)
+        key = f"{operation} {name}"
+        self.recorder.begin(key)
+        self._settle(SETTLE_SECONDS, stop_on_interrupt=creating)
         if creating and self.interrupts.count:
+            self.recorder.drop()
             return None
         before = self._guest()
         if creating:
             self.made.append(plan)
-            start, end, _r, error = self._call(f"create {self.args.kind} {name}",
+            start, end, _r, error = self._call(f"create {setting.kind} {name}",
                                                lambda: self.domain.create(plan))
             if error is not None and name not in self._existing():
                 self.made.remove(plan)
@@ -178,11 +232,31 @@ class Bench:
         self._guest_reading = after
         record = OperationRecord(
             run, level, operation, name, start, end, "failure" if error else "success",
-            str(error or ""), before, after, _guest_cpu_ratio(first, before))
+            setting, self._disk_cache, str(error or ""), before, after,
+            _guest_cpu_ratio(first, before))
+        record.entry = self._entry(record)
+        self.recorder.end(key, record.entry)
         self.records.append(record)
         self.progress.line(f"{self._where} {operation} {name}: {record.duration:.2f} s"
                            f"{'' if error is None else ' FAILED: ' + str(error)}")
         return record
+
+    def _entry(self, record: OperationRecord) -> FinishedOperation:
+        """The operation as the exporter's log would have it, before its trace is complete."""
+        kind = record.setting.kind
+        guest = record.guest_before
+        return FinishedOperation(
+            domain=self.domain.name, snapshot=record.snapshot, operation=record.operation,
+            kind="internal" if kind == "internal" else "external",
+            memory=kind == "external" or (kind == "internal" and not self.info.offline),
+            depth=record.level, start=round(record.start, 3), end=round(record.end, 3),
+            duration_seconds=round(record.duration, 3), outcome=record.outcome,
+            error=record.error or None, start_source="client", end_source="client",
+            qemu_version=self.info.qemu_version,
+            disk_cache=tuple(record.disk_cache.split(",")),
+            guest_memory_used_bytes=guest.memory_used_bytes if guest else None,
+            guest_memory_total_bytes=guest.memory_total_bytes if guest else None,
+            guest_cpu_ratio=record.guest_cpu_ratio)
 
     def _existing(self) -> list[str]:
         _s, _e, names, error = self._call("listing snapshots", self.domain.snapshot_names)
@@ -193,8 +267,10 @@ class Bench:
     # --- leaving the domain as found ---------------------------------------------------------
 
     def cleanup(self) -> list[str]:
-        """Delete what is left of ours, remove our files, and check the domain is as found.
-        Returns what is not (empty when all is well)."""
+        """Delete what is left of ours, remove our files, put the cache mode back, and check
+        the domain is as found. Returns what is not (empty when all is well)."""
+        self.recorder.stop()  # what follows is no operation of the study
+        self._complete()
         _s, _e, exists, error = self._call("checking the domain", self.domain.exists)
         if error is not None:
             raise error
@@ -213,33 +289,28 @@ class Bench:
                 self.made.remove(plan)
             else:
                 problems.append(f"cannot delete snapshot {plan.name}: {error}")
-        sources = self._sources()
-        if sources != self.found_sources:
-            problems.append(f"disk sources differ: found {self.found_sources}, now {sources}")
-        elif not self.made:
-            for plan in self._plans():
-                for path in plan.files:
-                    try:
-                        path.unlink(missing_ok=True)
-                    except OSError as exc:
-                        problems.append(f"cannot remove {path}: {exc.strerror}")
-        snapshots = self._existing()
-        if snapshots != self.found_snapshots:
-            problems.append(f"snapshots differ: found {self.found_snapshots}, now {snapshots}")
-        current = self.domain.current_snapshot()
-        if not problems and current != self.found_current:
-            problems.append(f"current snapshot was {self.found_current}, now {current}")
-        return problems
+        if Found.read(self.domain).sources == self.found.sources:
+            if not self.made:
+                for plan in self._plans():
+                    for path in plan.files:
+                        try:
+                            path.unlink(missing_ok=True)
+                        except OSError as exc:
+                            problems.append(f"cannot remove {path}: {exc.strerror}")
+            try:  # never with a snapshot's overlays in place: the found definition has none
+                self.cache.restore()
+            except ControlError as exc:
+                problems.append(f"cannot put the cache mode back: {exc}")
+        return problems + self.found.differences(Found.read(self.domain))
 
     def _plans(self) -> list[SnapshotPlan]:
         """Every plan of the run: the external ones name the files bench may have made."""
-        return [self._plan(r, n)
-                for r in range(1, self.args.repeat + 1) for n in range(1, self.args.levels + 1)]
+        return [self._plan(r, n) for r in self._runs for n in range(1, self.args.levels + 1)]
 
     def leftovers(self, why: str) -> str:
         """What bench leaves behind (second Ctrl-C, failed cleanup), and the commands that
         remove it."""
-        uri, name = self.setting.uri, self.domain.name
+        uri, name = self.info.uri, self.domain.name
         lines = [f"{PROG}: {why}. On domain {name!r} remain:"]
         commands = []
         for plan in reversed(self.made):
@@ -258,37 +329,33 @@ class Bench:
             if not any(path == p.memory_file for p in self.made):
                 lines.append(f"  memory file {path}")
         commands += [f"  rm -f {path}" for path in files]
+        found_file = Path(tempfile.gettempdir()) / f"{name}.bench-{self._stamp}.xml"
+        cache_lines, cache_commands = self.cache.leftovers(uri, found_file)
+        lines += cache_lines
+        commands += cache_commands
         if not commands:
             return f"{PROG}: {why}; nothing of the bench remains on domain {name!r}"
         return "\n".join([*lines, "Remove them with, in this order:", *commands])
 
     def finish(self) -> None:
-        """Per-operation host context, once samples after the last operation exist."""
-        self.sampler.stop()
-        for r in self.records:
-            g = r.guest_before
-            ctx = self.sampler.context(r.start, r.end, g.memory_used_bytes if g else None,
-                                       g.memory_total_bytes if g else None, r.guest_cpu_ratio)
-            r.context = ctx.public()
+        """Every trace complete (cut short by Ctrl-C), every operation judged."""
+        self.recorder.stop()
+        self._complete()
 
 
 def _guest_cpu_ratio(first: GuestReading | None, last: GuestReading | None) -> float | None:
     return None if first is None or last is None else cpu_ratio(first, last)
 
 
-def _setting(args: argparse.Namespace, domain: Domain, versions: Versions, host: HostReader) -> Setting:
-    disks = domain.disks()
-    total = host.read().memory.get("total")
-    return Setting(
-        domain=domain.name, uri=args.uri, kind=args.kind, flags="--live" if args.live else "",
-        domain_state=domain.state(),
+def _info(args: argparse.Namespace, domain: Domain, versions: Versions, host: HostReader) -> RunInfo:
+    return RunInfo(
+        domain=domain.name, uri=args.uri, domain_state=domain.state(),
         levels=args.levels, repeat=args.repeat,
-        disk_cache=",".join(sorted({d.cache for d in disks})),
         disks=[{"target": d.target, "source": d.source, "format": d.format, "cache": d.cache}
-               for d in disks],
+               for d in domain.disks()],
         qemu_version=versions.hypervisor, libvirt_version=versions.daemon,
-        host_memory_total_bytes=total, hostname=host.hostname(), kernel=host.kernel(),
-        started=time.time(),
+        host_memory_total_bytes=host.read().memory.get("total"), hostname=host.hostname(),
+        kernel=host.kernel(), started=time.time(),
     )
 
 
@@ -307,8 +374,10 @@ def main(argv: list[str]) -> int:
         if not confirm(domain, args):
             print(f"{PROG}: nothing done", file=sys.stderr)
             return EXIT_FAILED
-        bench = Bench(domain, args, _setting(args, domain, versions, HostReader()),
-                      Sampler(domain.name, SAMPLE_INTERVAL, pid_directory=args.pid_directory), Interrupts(),
+        images = [d.source for d in domain.disks() if d.source.startswith("/")]
+        bench = Bench(domain, args, _info(args, domain, versions, HostReader()),
+                      settings(args.kind, args.cache, args.live),
+                      Recorder(domain.name, args.pid_directory, images), Interrupts(),
                       Progress(sys.stdout.isatty()))
     except (UsageError, ControlError) as exc:
         _error(str(exc))
@@ -317,7 +386,7 @@ def main(argv: list[str]) -> int:
         print(f"\n{PROG}: nothing done", file=sys.stderr)
         return EXIT_INTERRUPTED
     bench.interrupts.install()
-    bench.sampler.start()
+    bench.recorder.start()
     return _execute(bench, args)
 
 
@@ -344,7 +413,10 @@ def _execute(bench: Bench, args: argparse.Namespace) -> int:
     bench.progress.show("")
     bench.finish()
     if bench.records:
-        print(table(bench.records, bench.setting))
+        print(table(bench.records, bench.info))
+        if len({(r.setting.label(bench.info.offline), r.disk_cache) for r in bench.records}) > 1:
+            print()
+            print(comparison.table(bench.records, bench.info.offline))
     try:
         _write_outputs(bench, args)
     except OSError as exc:
@@ -362,9 +434,15 @@ def _execute(bench: Bench, args: argparse.Namespace) -> int:
 
 
 def _write_outputs(bench: Bench, args: argparse.Namespace) -> None:
-    if args.output:
-        write_csv(args.output, bench.records, bench.setting)
-    if args.json:
-        write_json(args.json, bench.records, bench.setting, bench.sampler, bench.guests)
+    traced = [r for r in bench.records if r.trace is not None]
     if args.plot:
-        plot.write_plot(args.plot, bench.records, bench.setting, bench.sampler)
+        for r in traced:
+            r.plot = plot.trace_path(args.plot, r)
+    if args.output:
+        write_csv(args.output, bench.records, bench.info)
+    if args.json:
+        write_json(args.json, bench.records, bench.info, bench.guests)
+    if args.plot:
+        plot.write_plot(args.plot, bench.records, bench.info)
+        for r in traced:
+            plot.write_trace_plot(r.plot, r, bench.info)
