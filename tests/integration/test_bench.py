@@ -192,8 +192,8 @@ def test_two_level_run_matches_the_exporter_and_leaves_nothing(exporter, small, 
     # a terminal; one setting: no comparison
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3, result.stdout
-    assert lines[0].split("|")[1:6] == [" run ", " guest memory used / total (GiB) ",
-                                        " guest CPU % ", " level 1 ", " level 2 "], lines[0]
+    assert [c.strip() for c in lines[0].split("|")[1:6]] == [
+        "run", "guest memory used / total (GiB)", "guest CPU %", "level 1", "level 2"], lines[0]
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     assert cells[0] == "1" and cells[6] == "internal" and cells[7] == "writeback", cells
     assert re.fullmatch(r"0\.2\d / 0\.50", cells[1]), cells  # 256 MiB used of 512
@@ -320,7 +320,8 @@ def test_internal_against_external_live_and_disk_only_leave_the_domain_as_found(
     durations = {r["kind"]: float(r["duration_seconds"]) for r in rows
                  if r["operation"] == "create"}
     assert paused["internal"] > 0.5 * durations["internal"], (paused, durations)
-    assert paused["external"] < 0.5 * durations["external"], (paused, durations)
+    # libvirt pauses a live one only around the disk switch, at the end (here 0.2-0.8 s)
+    assert 0 < paused["external"] < durations["external"] - 0.1, (paused, durations)
 
     # on a terminal: a progress line rewritten in place, then the table
     code, output, stderr = run_on_terminal(small.name, "--kind", "disk-only", "--levels", "2",
@@ -335,24 +336,29 @@ def test_internal_against_external_live_and_disk_only_leave_the_domain_as_found(
 def test_cache_modes_compared_then_put_back_and_the_commands_left_after_a_second_ctrl_c(
         small, conn, tmp_path):
     found = AsFound(conn, small)
-    result = run_bench(small.name, "--cache", "none,unsafe", "--levels", "1", "--repeat", "1",
-                       "--yes", "--output", str(tmp_path / "r.csv"))
+    # to none, then back to the mode it was found in for the second setting
+    result = run_bench(small.name, "--cache", "none,writeback", "--levels", "1", "--repeat",
+                       "1", "--yes", "--output", str(tmp_path / "r.csv"))
     assert result.returncode == 0, result.stderr
     found.check()  # the same definitions, running, no managed save image left
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert [(r["run"], r["operation"], r["disk_cache"]) for r in rows] == [
-        ("1", "create", "none"), ("1", "delete", "none"), ("2", "create", "unsafe"),
-        ("2", "delete", "unsafe")]
+        ("1", "create", "none"), ("1", "delete", "none"), ("2", "create", "writeback"),
+        ("2", "delete", "writeback")]
     # the guest kept its memory through each save and restore
     assert all(int(r["guest_memory_used_bytes"]) > 200 * 2**20 for r in rows), rows
     assert [row[:3] for row in comparison_rows(result.stdout)] == [
-        ["internal", "none", "1"], ["internal", "unsafe", "1"]], result.stdout
+        ["internal", "none", "1"], ["internal", "writeback", "1"]], result.stdout
 
     # Ctrl-C twice while a create runs under cache=none: bench leaves at once and prints the
     # commands that delete the snapshot and put the definition back; they do
     proc = start_bench(small.name, "--cache", "none", "--levels", "2", "--repeat", "1", "--yes")
+    dom = conn.lookupByName(small.name)
+    deadline = time.monotonic() + 60
+    while not (dom.isActive() and live_cache(conn, small.name) == "none"):  # saved, restarted
+        assert time.monotonic() < deadline and proc.poll() is None, "never ran with cache=none"
+        time.sleep(0.05)
     snapshot = create_in_flight(conn, small.name, proc)
-    assert live_cache(conn, small.name) == "none"
     proc.send_signal(signal.SIGINT)
     time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
