@@ -73,8 +73,8 @@ def write_plot(path: Path, records: list[OperationRecord], info: RunInfo) -> Non
         for operation, style in (("create", "o-"), ("delete", "x--")):
             done = {r.level: r for r in ops if r.operation == operation and r.outcome == "success"}
             xs = [n for n in levels if n in done]
-            if xs:
-                left.plot(xs, [done[n].duration for n in xs], style,
+            if xs:  # a colour per run, its creates and deletes alike
+                left.plot(xs, [done[n].duration for n in xs], style, color=f"C{(run - 1) % 10}",
                           label=f"run {run} {operation} ({ops[0].setting.label(info.offline)}, "
                           f"cache {ops[0].disk_cache})")
     left.set_xticks(levels)
