@@ -62,14 +62,14 @@ class CacheSwitch:
         self.mode: str | None = None  # None: as found
         self.saved = False  # shut off in a managed save, not started again yet
 
-    def set(self, mode: str | None) -> None:
+    def set(self, mode: str | None) -> bool:
         """Run with every disk in `mode` (None, or the mode every disk was found in: as
-        found). When starting with it fails, the domain is started again as found and
-        ControlError says why."""
+        found); True when the domain was restarted for it. When starting with it fails, the
+        domain is started again as found and ControlError says why."""
         if mode is not None and all(c == mode for c in self.found_caches):
             mode = None
         if mode == self.mode:
-            return
+            return False
         self.saved = True  # from the moment it is asked for, for leftovers()
         try:
             xml = self._call(SAVING, self.domain.save)
@@ -90,6 +90,7 @@ class CacheSwitch:
             raise ControlError(f"cannot run with cache={mode}: {exc}; started again as "
                                "found") from exc
         self.saved, self.mode = False, mode
+        return True
 
     def restore(self) -> None:
         self.set(None)

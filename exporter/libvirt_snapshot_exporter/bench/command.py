@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..flight_recorder import POST_SECONDS
 from ..host import HostReader
 from ..observations import Versions
 from ..qemu_process import ProcessReader, read_qemu_pid
@@ -36,6 +37,7 @@ from .report import OperationRecord, RunInfo, table, verdict_text, write_csv, wr
 from .settings import Setting, settings
 
 SETTLE_SECONDS = 1.0  # quiet time traced before every operation, at least
+AFTER_RESTART_SECONDS = POST_SECONDS  # quiet time after a cache mode change, as after an operation
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
@@ -175,9 +177,10 @@ class Bench:
             if self.interrupts.count:
                 return
             self._where = f"cache {setting.cache}" if setting.cache else ""
-            self.cache.set(setting.cache)
-            if setting.cache:  # a new QEMU: its CPU time starts again
-                self._guest_reading = self._guest()
+            if self.cache.set(setting.cache):
+                # QEMU restored the guest's memory just now: that is in no operation's trace
+                self._settle(AFTER_RESTART_SECONDS, stop_on_interrupt=True)
+                self._guest_reading = self._guest()  # a new QEMU: its CPU time starts again
             self._disk_cache = ",".join(sorted({d.cache for d in self.domain.disks()}))
             for _ in range(self.args.repeat):
                 run += 1
