@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .report import OperationRecord, duration_text, markdown
 
@@ -24,7 +24,7 @@ def groups(records: Sequence[OperationRecord],
     return [(label, cache, ops) for (label, cache), ops in found.items()]
 
 
-def _p50_max(values: Sequence[float], text=duration_text) -> str:
+def _p50_max(values: Sequence[float], text: Callable[[float], str] = duration_text) -> str:
     if not values:
         return "-"
     return f"{text(statistics.median(values))} / {text(max(values))}"

@@ -31,11 +31,10 @@ class Recorder:
     """One trace per operation: begin() before its quiet time, end() when it returned, and
     completed() hands back each trace once POST_SECONDS after its end are sampled."""
 
-    def __init__(self, domain: str, pid_directory: str, images: list[str],
-                 procfs: str = "/proc") -> None:
+    def __init__(self, domain: str, pid_directory: str, images: list[str]) -> None:
         self.domain = domain
         self.images = images
-        self._recorder = FlightRecorder(procfs, pid_directory, None)
+        self._recorder = FlightRecorder("/proc", pid_directory, None)  # bench runs on the host
         self._done: queue.SimpleQueue[Trace] = queue.SimpleQueue()
         self._recorder.on_trace = lambda trace, _entry: self._done.put(trace)
         self._current = ""  # the recording begun last, for the progress line

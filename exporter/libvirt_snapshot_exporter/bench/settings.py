@@ -9,6 +9,7 @@ and the kinds the inner one.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 KINDS = ("internal", "external", "disk-only")
@@ -33,7 +34,9 @@ class Setting:
         return " ".join(x for x in (self.kind, self.flags, "(shut off)" if offline else "") if x)
 
 
-def _choices(allowed: tuple[str, ...], what: str):
+def _choices(allowed: tuple[str, ...], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of `allowed` values, none twice."""
+
     def parse(text: str) -> list[str]:
         values = [v.strip() for v in text.split(",")]
         for value in values:
