@@ -24,6 +24,7 @@ from .context import ContextKeeper, write_rate
 from .host import HostReader, HostSample
 from .inbox import Inbox
 from .libvirt_adapter import LibvirtAdapter, LibvirtUnavailable
+from .metadata_watch import MetadataWatch, default_directory
 from .observations import (
     CONTROL_JOB,
     STATE_SHUTOFF,
@@ -97,6 +98,11 @@ class Collector:
             config["libvirt.uri"], self._events.put, config["libvirt.timeout"],
             config["libvirt.pid-directory"],
         )
+        directory = config["libvirt.snapshot-directory"]
+        self.watch = MetadataWatch(
+            default_directory(config["libvirt.uri"]) if directory == "auto" else directory,
+            config["libvirt.pid-directory"], self._events.put,
+        )
         self.host = HostReader(config["path.procfs"])
         self.processes = ProcessReader(config["path.procfs"])
         self.tracker = Tracker()
@@ -127,6 +133,7 @@ class Collector:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.watch.start()
         self._thread.start()
 
     def stop(self) -> None:
@@ -136,6 +143,7 @@ class Collector:
         self._events.wake()
         self._thread.join(timeout=STOP_WAIT)
         self.oplog.close()
+        self.watch.stop()
         self.adapter.close()
 
     def _run(self) -> None:
@@ -171,6 +179,7 @@ class Collector:
     def _collect(self) -> None:
         woken: set[str] = set()
         self._isolated("domains", lambda: woken.update(self._drain_events()))
+        self._mark("metadata", self.watch.ok, 0.0)
         if not self.adapter.ensure_connected():
             if self._was_up:
                 log.warning("libvirt at %s unreachable: %s", self.adapter.uri,

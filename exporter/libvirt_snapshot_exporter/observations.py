@@ -120,15 +120,37 @@ class JobProgress:
     remaining_bytes: int
 
 
+@dataclass(frozen=True)
+class SnapshotFileEvent:
+    """libvirt wrote or removed a snapshot's metadata file (metadata_watch): the exact end of a
+    create (its file created), a revert (current flags rewritten) or a delete (file removed)."""
+
+    time: float
+    domain: str
+    snapshot: str
+    change: str  # created | rewritten | removed
+
+
+@dataclass(frozen=True)
+class DomainStatusSaved:
+    """libvirt renamed a running domain's status XML into place (`<pid-directory>/<domain>.xml`,
+    metadata_watch). Measured on libvirt 9.0: within 3 ms after a snapshot call's job begins,
+    and again as it ends; the start of a delete that no poll caught is the last one before its
+    file went."""
+
+    time: float
+    domain: str
+
+
 Observation = (
     DomainPoll | DomainUnchanged | DomainGone | LifecycleEvent | JobCompletedEvent
-    | BlockJobEvent | JobProgress
+    | BlockJobEvent | JobProgress | SnapshotFileEvent | DomainStatusSaved
 )
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (DomainPoll, DomainUnchanged, DomainGone, LifecycleEvent, JobCompletedEvent,
-                BlockJobEvent, JobProgress)
+                BlockJobEvent, JobProgress, SnapshotFileEvent, DomainStatusSaved)
 }
 
 

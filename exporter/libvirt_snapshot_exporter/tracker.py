@@ -11,7 +11,10 @@ Signals and what they mean (measured on libvirt 9.0 / QEMU 7.2, see README "Prec
 - SUSPENDED/RESUMED lifecycle events bracket the guest pause of a create;
 - *_FROM_SNAPSHOT lifecycle events mark a revert; DEFINED/FROM_SNAPSHOT is its last event;
 - JOB_COMPLETED (operation 6) carries libvirt's own elapsed time for an external memory snapshot;
-- a snapshot that vanishes is a delete (block-job events accompany an external one).
+- a snapshot that vanishes is a delete (block-job events accompany an external one);
+- libvirt's snapshot metadata files (metadata_watch): a create's file appearing, a revert's
+  rewritten current flags and a delete's file removed are each exact ends; the domain's status
+  XML saved as a job begins is the start of a delete no poll caught.
 When a start or end was not seen directly it is bracketed by polls and the bracket is recorded
 as the uncertainty.
 """
@@ -41,17 +44,22 @@ from .observations import (
     BlockJobEvent,
     DomainGone,
     DomainPoll,
+    DomainStatusSaved,
     DomainUnchanged,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
     Observation,
+    SnapshotFileEvent,
     SnapshotRecord,
 )
 
 PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
 DETAIL_SUSPENDED_API_ERROR = 6  # an API call failed while the guest was paused
 REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
+FILE_MEMORY = 10.0  # seconds file and status events are kept for the polls that explain them
+POLL_SLACK = 0.25  # a poll is stamped when read, up to this long after libvirt answered it
+STATUS_LAG = 0.005  # the status XML is saved 1.5-3 ms after a snapshot call begins (libvirt 9.0)
 REVERT_EVENTS = {
     (EVENT_SUSPENDED, DETAIL_SUSPENDED_FROM_SNAPSHOT),
     (EVENT_STOPPED, DETAIL_STOPPED_FROM_SNAPSHOT),
@@ -122,6 +130,9 @@ class _Domain:
     revert_defined_at: float | None = None
     state: int = 0
     failed: set[str] = field(default_factory=set)  # snapshots of failed creates, still listed
+    files: dict[str, tuple[float, str]] = field(default_factory=dict)  # snapshot -> last change
+    status_saved: list[float] = field(default_factory=list)  # recent status XML saves
+    last_end: float | None = None  # end of the last operation finished here
 
 
 def depth_of(snapshots: dict[str, SnapshotRecord], name: str | None) -> int:
@@ -174,6 +185,11 @@ class Tracker:
             if d is not None and d.active is None and d.last_poll is not None:
                 d.last_poll = max(d.last_poll, obs.time)  # nothing ran up to now
             return []
+        if isinstance(obs, SnapshotFileEvent | DomainStatusSaved):
+            d = self._domains.get(obs.domain)
+            if d is not None and d.last_poll is not None:  # else the first poll adopts it
+                self._file_event(d, obs)
+            return []
         d = self._domains.setdefault(obs.domain, _Domain())
         if isinstance(obs, LifecycleEvent):
             return self._lifecycle(d, obs)
@@ -190,6 +206,23 @@ class Tracker:
 
     # --- events -----------------------------------------------------------------------------
 
+    @staticmethod
+    def _file_event(d: _Domain, ev: SnapshotFileEvent | DomainStatusSaved) -> None:
+        """Kept for the poll that finds the operation; an operation in flight takes its end."""
+        if isinstance(ev, DomainStatusSaved):
+            d.status_saved.append(ev.time)
+            return
+        d.files[ev.snapshot] = (ev.time, ev.change)
+        op = d.active
+        if op is None or ev.time < op.start:
+            return
+        if op.operation == "create" and op.snapshot == ev.snapshot and ev.change != "removed":
+            op.end, op.end_source = ev.time, "metadata"
+        elif op.operation == "revert" and ev.change == "rewritten" and (
+                op.end is None or ev.time >= op.end):
+            # The old and the new current snapshot's files are rewritten at the revert's end.
+            op.end, op.end_source = ev.time, "metadata"
+
     def _lifecycle(self, d: _Domain, ev: LifecycleEvent) -> list[Operation]:
         pair = (ev.event, ev.detail)
         op = d.active
@@ -203,7 +236,8 @@ class Tracker:
         if pair == (EVENT_DEFINED, DETAIL_DEFINED_FROM_SNAPSHOT):
             # The last event of every revert, also of an offline one that had no other event.
             if op is not None and op.operation == "revert":
-                op.end, op.end_source = ev.time, "event"
+                if op.end is None or ev.time >= op.end:
+                    op.end, op.end_source = ev.time, "event"
             else:
                 d.revert_defined_at = ev.time
             return []
@@ -278,6 +312,8 @@ class Tracker:
             d.current = current
         d.state = p.state
         d.last_poll = p.time
+        d.files = {k: v for k, v in d.files.items() if v[0] > p.time - FILE_MEMORY}
+        d.status_saved = [t for t in d.status_saved if t > p.time - FILE_MEMORY]
         if d.active is None and p.control_state != CONTROL_JOB:
             d.job_start = None
         return finished
@@ -360,6 +396,7 @@ class Tracker:
             if gone:
                 victim = gone.pop(0)
                 self._describe(op, victim, before)
+                self._removed_at(d, op)
                 finished += self._finish_polled(d, p, "success")
                 finished += self._deleted_between_polls(d, p, gone, before)
                 gone = []
@@ -386,6 +423,9 @@ class Tracker:
                     or d.revert_defined_at is not None)
             start, source, unc = self._create_start(d, p, snap)
             op = self._new_op(p.domain, "create", snap, now, start, source, unc)
+            written, change = d.files.get(snap.name, (None, "removed"))
+            if change != "removed" and written is not None and written >= start:
+                op.end, op.end_source = written, "metadata"  # its file appeared as it ended
             if d.resume_at is not None and d.resume_at >= start:
                 op.paused_seconds, op.resumed_at = d.pause_before_active, d.resume_at
             d.suspend_at = d.resume_at = None
@@ -414,15 +454,22 @@ class Tracker:
 
     def _revert_between_polls(self, d: _Domain, p: DomainPoll, now: dict,
                               current: str | None) -> list[Operation]:
-        op = Operation(p.domain, "revert", *self._unseen_start(d, p))
+        since = d.last_poll if d.last_poll is not None else p.time
+        rewritten = [t for t, change in d.files.values() if change == "rewritten" and t >= since]
+        end, end_source = None, ""
+        if d.revert_defined_at is not None:
+            end, end_source = d.revert_defined_at, "event"
+        elif rewritten:  # the current flags rewritten: its end
+            end, end_source = max(rewritten), "metadata"
+        op = Operation(p.domain, "revert", *self._unseen_start(d, p, end))
         op.snapshot = current or ""
         target = now.get(op.snapshot)
         if target is not None:
             op.kind, op.memory = target.kind, target.memory
         op.depth = depth_of(now, current)
         d.active = op
-        if d.revert_defined_at is not None:
-            op.end, op.end_source = d.revert_defined_at, "event"
+        if end is not None:
+            op.end, op.end_source = end, end_source
         d.revert_defined_at = None
         return self._finish_polled(d, p, "success")
 
@@ -431,16 +478,27 @@ class Tracker:
     ) -> list[Operation]:
         finished = []
         for snap in gone:
-            start, source, unc = self._unseen_start(d, p)
+            removed = d.files.get(snap.name, (None, ""))
+            end = removed[0] if removed[1] == "removed" else None
+            start, source, unc = self._unseen_start(d, p, end)
             op = Operation(p.domain, "delete", start, source, unc)
             self._describe(op, snap, before)
             d.active = op
             if d.block_job_end is not None and d.block_job_end >= start:
                 op.end, op.end_source = d.block_job_end, "event"
+            self._removed_at(d, op)
             finished += self._finish_polled(d, p, "success")
         return finished
 
     # --- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _removed_at(d: _Domain, op: Operation) -> None:
+        """A delete ends when libvirt removes the snapshot's file (exact, also for an external
+        delete, whose block job ends before it)."""
+        when, change = d.files.pop(op.snapshot, (None, ""))
+        if change == "removed" and when is not None and when >= op.start:
+            op.end, op.end_source, op.end_uncertainty = when, "metadata", 0.0
 
     @staticmethod
     def _describe(op: Operation, snap: SnapshotRecord, tree: dict) -> None:
@@ -468,20 +526,36 @@ class Tracker:
         if d.suspend_at is not None and d.suspend_at >= snap.creation_time - 0.01:
             return d.suspend_at, "event", 0.0
         # creationTime is whole seconds, stamped as the create call began: intersect
-        # [creationTime, creationTime + 1) with the time since the previous poll.
+        # [creationTime, creationTime + 1) with the time since the previous poll, and with
+        # the time before its file appeared.
         lo = max(snap.creation_time, d.last_poll if d.last_poll is not None else -1e18)
-        hi = min(snap.creation_time + 1.0, p.time)
+        written, change = d.files.get(snap.name, (p.time, "removed"))
+        hi = min(snap.creation_time + 1.0, p.time, written if change != "removed" else p.time)
+        # The first status XML save of the create's job, after whatever ran before it.
+        after = max(snap.creation_time, d.last_end if d.last_end is not None else -1e18)
+        saves = [t for t in d.status_saved if after <= t <= hi]
+        if saves:
+            return min(saves) - STATUS_LAG, "status", STATUS_LAG
         if lo > hi:
             lo = hi = min(snap.creation_time + 0.5, p.time)
         return (lo + hi) / 2, "creation_time", (hi - lo) / 2
 
-    def _unseen_start(self, d: _Domain, p: DomainPoll):
-        """Start of an operation first noticed after it ended."""
+    def _unseen_start(self, d: _Domain, p: DomainPoll, end: float | None = None):
+        """Start of an operation first noticed after it ended (at end, when a file said so)."""
         if d.job_start is not None:
             return d.job_start, "control", 0.0
         if d.block_job_start is not None:
             return d.block_job_start, "event", 0.0
         last = d.last_poll if d.last_poll is not None else p.time
+        if end is not None:
+            # The status XML saved as its job began: the last save before its end, after
+            # whatever ran before it; not before the last poll (a job it would have seen),
+            # give or take the time a poll's answer waits to be read.
+            after = max(last - POLL_SLACK, d.last_end if d.last_end is not None else -1e18)
+            saves = [t for t in d.status_saved if after < t < end]
+            if saves:
+                return max(saves) - STATUS_LAG, "status", STATUS_LAG
+            return last, "poll", max(0.0, end - last)
         return last, "poll", p.time - last
 
     @staticmethod
@@ -521,6 +595,7 @@ class Tracker:
             d.snapshots.pop(op.snapshot, None)
             d.failed.add(op.snapshot)
         d.active = None
+        d.last_end = done.end
         d.job_start, d.next_job_start = d.next_job_start, None
         d.block_job_start = d.block_job_end = None
         d.suspend_at = d.resume_at = d.revert_event = None
