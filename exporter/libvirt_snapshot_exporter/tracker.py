@@ -58,6 +58,7 @@ PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
 DETAIL_SUSPENDED_API_ERROR = 6  # an API call failed while the guest was paused
 REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
 FILE_MEMORY = 10.0  # seconds file and status events are kept for the polls that explain them
+CLOSING_SAVE = 0.01  # a job's closing status save follows its file event by 1-3 ms (libvirt 9.0)
 POLL_SLACK = 0.25  # a poll is stamped when read, up to this long after libvirt answered it
 STATUS_LAG = 0.005  # the status XML is saved 1.5-3 ms after a snapshot call begins (libvirt 9.0)
 REVERT_EVENTS = {
@@ -98,6 +99,7 @@ class Operation:
     resumed_at: float | None = None
     failed_at: float | None = None  # SUSPENDED/API_ERROR: the create call failed here
     idle_since: float | None = None
+    rewritten_at: float | None = None  # a revert's snapshot files rewritten: its end
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
@@ -218,10 +220,11 @@ class Tracker:
             return
         if op.operation == "create" and op.snapshot == ev.snapshot and ev.change != "removed":
             op.end, op.end_source = ev.time, "metadata"
-        elif op.operation == "revert" and ev.change == "rewritten" and (
-                op.end is None or ev.time >= op.end):
-            # The old and the new current snapshot's files are rewritten at the revert's end.
-            op.end, op.end_source = ev.time, "metadata"
+        elif op.operation == "revert" and ev.change == "rewritten":
+            # The old and the new current snapshot's files are rewritten at the revert's end;
+            # it is closed by DEFINED/FROM_SNAPSHOT or the settle time as before, since libvirt
+            # sends the revert's last events after that.
+            op.rewritten_at = ev.time
 
     def _lifecycle(self, d: _Domain, ev: LifecycleEvent) -> list[Operation]:
         pair = (ev.event, ev.detail)
@@ -236,8 +239,7 @@ class Tracker:
         if pair == (EVENT_DEFINED, DETAIL_DEFINED_FROM_SNAPSHOT):
             # The last event of every revert, also of an offline one that had no other event.
             if op is not None and op.operation == "revert":
-                if op.end is None or ev.time >= op.end:
-                    op.end, op.end_source = ev.time, "event"
+                op.end, op.end_source = ev.time, "event"
             else:
                 d.revert_defined_at = ev.time
             return []
@@ -381,6 +383,8 @@ class Tracker:
             # after its job ends: wait for DEFINED, or give up on it after REVERT_SETTLE.
             settled = op.idle_since is not None and p.time - op.idle_since >= REVERT_SETTLE
             if op.end is not None or settled:
+                if op.rewritten_at is not None and (op.end is None or op.rewritten_at > op.end):
+                    op.end, op.end_source = op.rewritten_at, "metadata"
                 if op.end is None:
                     op.end, op.end_source = op.idle_since, "poll"
                     op.end_uncertainty = op.idle_since - (d.last_poll or op.idle_since)
@@ -532,13 +536,18 @@ class Tracker:
         written, change = d.files.get(snap.name, (p.time, "removed"))
         hi = min(snap.creation_time + 1.0, p.time, written if change != "removed" else p.time)
         # The first status XML save of the create's job, after whatever ran before it.
-        after = max(snap.creation_time, d.last_end if d.last_end is not None else -1e18)
+        after = max(snap.creation_time, self._after_last_end(d))
         saves = [t for t in d.status_saved if after <= t <= hi]
         if saves:
             return min(saves) - STATUS_LAG, "status", STATUS_LAG
         if lo > hi:
             lo = hi = min(snap.creation_time + 0.5, p.time)
         return (lo + hi) / 2, "creation_time", (hi - lo) / 2
+
+    @staticmethod
+    def _after_last_end(d: _Domain) -> float:
+        """Status saves after this can be the next job's; the last one's closing save is not."""
+        return d.last_end + CLOSING_SAVE if d.last_end is not None else -1e18
 
     def _unseen_start(self, d: _Domain, p: DomainPoll, end: float | None = None):
         """Start of an operation first noticed after it ended (at end, when a file said so)."""
@@ -551,7 +560,7 @@ class Tracker:
             # The status XML saved as its job began: the last save before its end, after
             # whatever ran before it; not before the last poll (a job it would have seen),
             # give or take the time a poll's answer waits to be read.
-            after = max(last - POLL_SLACK, d.last_end if d.last_end is not None else -1e18)
+            after = max(last - POLL_SLACK, self._after_last_end(d))
             saves = [t for t in d.status_saved if after < t < end]
             if saves:
                 return max(saves) - STATUS_LAG, "status", STATUS_LAG
