@@ -33,7 +33,7 @@ from pathlib import Path
 import libvirt
 from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter
 from libvirt_snapshot_exporter.metadata_watch import MetadataWatch
-from libvirt_snapshot_exporter.observations import to_record
+from libvirt_snapshot_exporter.observations import MetadataWatchState, to_record
 from lse_devtools import testbed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ class Recorder:
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _add(self, obs) -> None:
-        if getattr(obs, "domain", None) == self.domain:
+        if isinstance(obs, MetadataWatchState) or getattr(obs, "domain", None) == self.domain:
             with self._lock:
                 self.lines.append(to_record(obs))
 

@@ -31,7 +31,9 @@ from .observations import (
     DiskInfo,
     DomainGone,
     DomainPoll,
+    DomainStatusSaved,
     DomainUnchanged,
+    MetadataWatchState,
     Observation,
     Versions,
 )
@@ -237,7 +239,10 @@ class Collector:
         """Feed queued events to the tracker; the domains they name are polled at once."""
         woken = set()
         for obs in self._events.drain():
-            woken.add(obs.domain)
+            # A status save is also the start of any job (a revert's, before its first event):
+            # a poll then could take it for a delete. Nothing to poll for either of these.
+            if not isinstance(obs, DomainStatusSaved | MetadataWatchState):
+                woken.add(obs.domain)
             self._observe(obs)
         return woken
 

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from inotify_simple import INotify, flags
 
-from .observations import DomainStatusSaved, SnapshotFileEvent
+from .observations import DomainStatusSaved, MetadataWatchState, SnapshotFileEvent
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class MetadataWatch:
     """inotify on `<top>/<domain>/` of every domain; `ok` and `reason` say whether it works."""
 
     def __init__(self, top: str, status_directory: str,
-                 put: Callable[[SnapshotFileEvent | DomainStatusSaved], None]) -> None:
+                 put: Callable[[SnapshotFileEvent | DomainStatusSaved | MetadataWatchState], None],
+                 ) -> None:
         self.top = top
         self.status_directory = status_directory
         self._status_wd: int | None = None
@@ -104,6 +105,8 @@ class MetadataWatch:
                 raise FileNotFoundError(2, "removed", self.top)
             except Exception as exc:  # noqa: BLE001 - whatever it is, polls go on without us
                 self._close()
+                if self.ok:
+                    self._put(MetadataWatchState(time.time(), False))
                 self.ok = False
                 if not isinstance(exc, OSError):
                     log.exception("snapshot metadata watch failed")
@@ -139,6 +142,7 @@ class MetadataWatch:
         if not self.ok and self.reason != "not started":
             log.info("snapshot metadata directory %s watched again", self.top)
         self.ok, self.reason = True, ""
+        self._put(MetadataWatchState(time.time(), True))
 
     def _add_domain(self, domain: str, announce: bool) -> None:
         assert self._inotify is not None

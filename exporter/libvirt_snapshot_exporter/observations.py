@@ -142,15 +142,26 @@ class DomainStatusSaved:
     domain: str
 
 
+@dataclass(frozen=True)
+class MetadataWatchState:
+    """The metadata watch started or stopped seeing libvirt's files: while it sees them, a poll
+    that shows an operation ended before its file event arrived waits for that event."""
+
+    time: float
+    watching: bool
+
+
 Observation = (
     DomainPoll | DomainUnchanged | DomainGone | LifecycleEvent | JobCompletedEvent
     | BlockJobEvent | JobProgress | SnapshotFileEvent | DomainStatusSaved
+    | MetadataWatchState
 )
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (DomainPoll, DomainUnchanged, DomainGone, LifecycleEvent, JobCompletedEvent,
-                BlockJobEvent, JobProgress, SnapshotFileEvent, DomainStatusSaved)
+                BlockJobEvent, JobProgress, SnapshotFileEvent, DomainStatusSaved,
+                MetadataWatchState)
 }
 
 

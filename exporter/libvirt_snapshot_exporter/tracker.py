@@ -49,6 +49,7 @@ from .observations import (
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
+    MetadataWatchState,
     Observation,
     SnapshotFileEvent,
     SnapshotRecord,
@@ -57,6 +58,7 @@ from .observations import (
 PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
 DETAIL_SUSPENDED_API_ERROR = 6  # an API call failed while the guest was paused
 REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
+FILE_GRACE = 0.5  # seconds a poll ahead of the file events waits for them (they take ms)
 FILE_MEMORY = 10.0  # seconds file and status events are kept for the polls that explain them
 CLOSING_SAVE = 0.01  # a job's closing status save follows its file event by 1-3 ms (libvirt 9.0)
 POLL_SLACK = 0.25  # a poll is stamped when read, up to this long after libvirt answered it
@@ -135,6 +137,7 @@ class _Domain:
     files: dict[str, tuple[float, str]] = field(default_factory=dict)  # snapshot -> last change
     status_saved: list[float] = field(default_factory=list)  # recent status XML saves
     last_end: float | None = None  # end of the last operation finished here
+    ahead_since: float | None = None  # polls have shown an end whose file event is still due
 
 
 def depth_of(snapshots: dict[str, SnapshotRecord], name: str | None) -> int:
@@ -152,6 +155,7 @@ class Tracker:
 
     def __init__(self) -> None:
         self._domains: dict[str, _Domain] = {}
+        self._watching = False  # the metadata watch sees libvirt's files
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -178,6 +182,9 @@ class Tracker:
     # --- input ------------------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> list[Operation]:
+        if isinstance(obs, MetadataWatchState):
+            self._watching = obs.watching
+            return []
         if isinstance(obs, DomainPoll):
             return self._poll(obs)
         if isinstance(obs, DomainGone):
@@ -231,6 +238,9 @@ class Tracker:
         op = d.active
         if pair in REVERT_EVENTS:
             if op is None or op.operation != "revert":
+                if op is not None and op.operation == "delete" and not op.snapshot:
+                    # A job taken for a delete before anything went: it was this revert's.
+                    d.active = op = None
                 finished = self._finish(d, ev.time, "event", 0.0, "success") if op else []
                 d.active = Operation(ev.domain, "revert", ev.time, "event", 0.0)
                 d.revert_event = ev.time
@@ -304,6 +314,13 @@ class Tracker:
                 d.next_job_start = job_start
             elif d.job_start is None or abs(job_start - d.job_start) > 0.05:
                 d.job_start = job_start if d.job_start is None else min(d.job_start, job_start)
+        if not first and self._watching and self._ahead_of_files(d, before, now):
+            # libvirt answered before its file event reached us (it renames or removes the
+            # file and changes its list within a millisecond): wait for the exact end.
+            d.ahead_since = d.ahead_since if d.ahead_since is not None else p.time
+            if p.time - d.ahead_since < FILE_GRACE:
+                return []
+        d.ahead_since = None
         if first:
             finished += self._adopt(d, p, now, current)
         else:
@@ -404,8 +421,9 @@ class Tracker:
                 finished += self._finish_polled(d, p, "success")
                 finished += self._deleted_between_polls(d, p, gone, before)
                 gone = []
-            elif p.control_state != CONTROL_JOB:
-                d.active = None  # a job that deleted nothing: not a snapshot operation
+            elif p.control_state != CONTROL_JOB or (new and not op.snapshot):
+                # A job that deleted nothing, or that a new snapshot shows was a create.
+                d.active = None
             op = d.active
 
         if op is None:
@@ -543,6 +561,17 @@ class Tracker:
         if lo > hi:
             lo = hi = min(snap.creation_time + 0.5, p.time)
         return (lo + hi) / 2, "creation_time", (hi - lo) / 2
+
+    @staticmethod
+    def _ahead_of_files(d: _Domain, before: dict, now: dict) -> bool:
+        """A snapshot gone, or a create done, without the file event that ends it."""
+        op = d.active
+        creating = op.snapshot if op is not None and op.operation == "create" else None
+        change = {name: d.files.get(name, (0.0, ""))[1] for name in set(before) | set(now)}
+        deleted = [n for n in before if n not in now and n != creating and n not in d.failed]
+        created = [n for n, s in now.items() if s.current and (n not in before or n == creating)]
+        return (any(change[n] != "removed" for n in deleted)
+                or any(change[n] not in ("created", "rewritten") for n in created))
 
     @staticmethod
     def _after_last_end(d: _Domain) -> float:

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 from libvirt_snapshot_exporter.metadata_watch import MetadataWatch, default_directory
-from libvirt_snapshot_exporter.observations import DomainStatusSaved, SnapshotFileEvent
+from libvirt_snapshot_exporter.observations import (
+    DomainStatusSaved,
+    MetadataWatchState,
+    SnapshotFileEvent,
+)
 
 
 def write(path: Path, text: str = "<domainsnapshot/>") -> None:
@@ -22,10 +26,14 @@ def write(path: Path, text: str = "<domainsnapshot/>") -> None:
 class Watched:
     def __init__(self, top: Path, status: Path) -> None:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.states: list[bool] = []
         self.watch = MetadataWatch(str(top), str(status), self.events.put)
 
     def next(self, timeout: float = 5.0):
-        return self.events.get(timeout=timeout)
+        """The next file event or status save; the watch's own state goes to self.states."""
+        while isinstance(event := self.events.get(timeout=timeout), MetadataWatchState):
+            self.states.append(event.watching)
+        return event
 
     def wait_ok(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -58,6 +66,7 @@ def test_create_rewrite_and_delete_of_a_domain_that_appears_later(dirs, watched)
     before = time.time()
     write(top / "vm1" / "s1.xml")
     ev = watched.next()
+    assert watched.states == [True]  # said once it watches: the tracker then waits for files
     assert (ev.domain, ev.snapshot, ev.change) == ("vm1", "s1", "created")
     assert before <= ev.time <= time.time()
     write(top / "vm1" / "s1.xml")
@@ -76,7 +85,7 @@ def test_files_there_at_start_are_known_not_new(dirs) -> None:
     w.watch.start()
     try:
         w.wait_ok()
-        assert w.events.empty()
+        assert isinstance(w.events.get(timeout=1), MetadataWatchState) and w.events.empty()
         write(top / "vm1" / "old.xml")
         assert w.next().change == "rewritten"
     finally:
