@@ -10,8 +10,15 @@ snapshot in flight.
 from __future__ import annotations
 
 from libvirt_snapshot_exporter.host import HostSample
-from libvirt_snapshot_exporter.observations import DiskInfo, SnapshotRecord, Versions
+from libvirt_snapshot_exporter.observations import (
+    BlockStats,
+    DiskInfo,
+    GuestStats,
+    SnapshotRecord,
+    Versions,
+)
 from libvirt_snapshot_exporter.qemu_process import ProcessSample
+from libvirt_snapshot_exporter.records import FinishedOperation
 from libvirt_snapshot_exporter.state import (
     CollectorStatus,
     DomainView,
@@ -22,7 +29,6 @@ from libvirt_snapshot_exporter.state import (
 from libvirt_snapshot_exporter.tracker import Operation
 
 GIB = 1024**3
-KIB_PER_GIB = 1024**2
 IMAGES = "/var/lib/libvirt/images"
 
 
@@ -35,14 +41,13 @@ def _snapshots(now: float) -> tuple[SnapshotRecord, ...]:
 
 
 def _vm1(now: float, batches: int) -> DomainView:
-    stats = {
-        "cpu.time": 120 * 10**9 + batches * 10**9, "vcpu.current": 2,
-        "balloon.current": 8 * KIB_PER_GIB, "balloon.maximum": 8 * KIB_PER_GIB,
-        "balloon.available": 7 * KIB_PER_GIB, "balloon.usable": 3 * KIB_PER_GIB,
-        "balloon.unused": 3 * KIB_PER_GIB, "balloon.swap_in": 16, "balloon.swap_out": 32,
-        "balloon.major_fault": 5, "block.count": 1, "block.0.name": "vda",
-        "block.0.rd.bytes": 3 * 10**9, "block.0.wr.bytes": 7 * 10**9,
-    }
+    stats = GuestStats(
+        cpu_time_ns=120 * 10**9 + batches * 10**9, vcpus=2,
+        balloon_current_bytes=8 * GIB, balloon_maximum_bytes=8 * GIB,
+        available_bytes=7 * GIB, usable_bytes=3 * GIB, unused_bytes=3 * GIB,
+        swap_in_bytes=16 * 1024, swap_out_bytes=32 * 1024, major_faults=5,
+        disks=(BlockStats("vda", 3 * 10**9, 7 * 10**9),),
+    )
     return DomainView(
         name="vm1", uuid="00000000-0000-0000-0000-000000000001", state=1, reason=1,
         stats=stats, disks=(DiskInfo("vda", f"{IMAGES}/vm1.qcow2", "qcow2", "writeback"),),
@@ -55,15 +60,17 @@ def _vm1(now: float, batches: int) -> DomainView:
 def _vm2() -> DomainView:
     return DomainView(
         name="vm2", uuid="00000000-0000-0000-0000-000000000002", state=5, reason=1,
-        stats={}, disks=(DiskInfo("vda", f"{IMAGES}/vm2.qcow2", "qcow2", "none"),),
+        stats=GuestStats(), disks=(DiskInfo("vda", f"{IMAGES}/vm2.qcow2", "qcow2", "none"),),
         process=None, snapshots=(), image_size_bytes=None, filesystems={IMAGES: 5 * GIB},
     )
 
 
-def _entry(domain: str, operation: str, duration: float, end: float, **fields) -> dict:
+def _entry(domain: str, operation: str, duration: float, end: float,
+           **fields) -> FinishedOperation:
     entry = {
         "domain": domain, "operation": operation, "kind": "internal", "memory": True,
-        "depth": 3, "end": end, "duration_seconds": duration, "paused_seconds": 4.0,
+        "depth": 3, "start": end - duration, "end": end, "duration_seconds": duration,
+        "paused_seconds": 4.0,
         "outcome": "success", "host_memory_available_start_bytes": 2 * GIB,
         "host_memory_available_min_bytes": GIB, "host_memory_free_min_bytes": GIB // 8,
         "host_dirty_peak_bytes": GIB, "host_writeback_peak_bytes": GIB // 4,
@@ -72,7 +79,7 @@ def _entry(domain: str, operation: str, duration: float, end: float, **fields) -
         "guest_memory_used_bytes": 4 * GIB, "guest_cpu_ratio": 0.5,
     }
     entry.update(fields)
-    return entry
+    return FinishedOperation(**entry)
 
 
 def _host(batches: int) -> HostSample:
@@ -104,7 +111,7 @@ def store(now: float, batches: int = 1) -> StateStore:
         domains={"vm1": _vm1(now, batches), "vm2": _vm2()}, in_flight=_in_flight(now),
         collectors={
             name: CollectorStatus(True, 0.004, now - 0.5)
-            for name in ("domains", "guests", "host", "qemu_process")
+            for name in ("domains", "guests", "host", "qemu_process", "images")
         },
         reconnects=1, events={"lifecycle": 12, "job_completed": 1, "block_job": 2},
         oplog_write_ok=True, oplog_write_errors=0,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
+from libvirt_snapshot_exporter.qemu_process import read_qemu_pid
 
 URI = os.environ.get("LSE_TEST_URI", "qemu:///system")
 CACHE_DIR = Path(os.environ.get("LSE_TESTBED_CACHE", "/var/cache/libvirt-snapshot-exporter-testbed"))
@@ -267,8 +268,11 @@ def libvirtd_up() -> None:
 
 
 def qemu_pid(guest: Guest) -> int:
-    """The pid of the guest's QEMU, from the pid file its libvirtd wrote."""
-    return int((PID_DIRECTORY / f"{guest.name}.pid").read_text().strip())
+    """The pid of the guest's QEMU as the exporter reads it; a guest that should run has one."""
+    pid = read_qemu_pid(PID_DIRECTORY, guest.name)
+    if pid is None:
+        raise RuntimeError(f"{guest.name} has no QEMU pid in {PID_DIRECTORY}")
+    return pid
 
 
 def create_snapshot(conn, guest, name: str, xml: str | None = None, flags: int = 0) -> float:

@@ -21,14 +21,14 @@ from .tracker import depth_of
 D = ["domain"]
 
 GUEST_BALLOON = (
-    ("available", "balloon.available", "Guest-reported total usable memory."),
-    ("usable", "balloon.usable", "Guest-reported memory usable without swapping."),
-    ("unused", "balloon.unused", "Guest-reported free memory."),
+    ("available", "available_bytes", "Guest-reported total usable memory."),
+    ("usable", "usable_bytes", "Guest-reported memory usable without swapping."),
+    ("unused", "unused_bytes", "Guest-reported free memory."),
 )
 GUEST_COUNTERS = (
-    ("swap_in_bytes_total", "balloon.swap_in", 1024, "Guest swap-in."),
-    ("swap_out_bytes_total", "balloon.swap_out", 1024, "Guest swap-out."),
-    ("major_faults_total", "balloon.major_fault", 1, "Guest major page faults."),
+    ("swap_in_bytes_total", "swap_in_bytes", "Guest swap-in."),
+    ("swap_out_bytes_total", "swap_out_bytes", "Guest swap-out."),
+    ("major_faults_total", "major_faults", "Guest major page faults."),
 )
 NODE_MEMORY = (
     ("total", "MemTotal"), ("free", "MemFree"), ("available", "MemAvailable"),
@@ -79,6 +79,13 @@ class SnapshotCollector:
             v = view.versions
             versions.add_metric([v.library, v.daemon, v.hypervisor, view.uri], 1)
             yield versions
+        yield from self._source_metrics(view, now)
+        yield from self._state_metrics(view)
+
+    @staticmethod
+    def _source_metrics(view: View, now: float) -> Iterator[Metric]:
+        """Each source's own success, duration and age, as node_exporter's collectors have;
+        then the connection and the events that reach the exporter."""
         success = GaugeMetricFamily(
             "libvirt_snapshot_exporter_collector_success",
             "1 when the source's last collection worked.", labels=["collector"],
@@ -111,6 +118,10 @@ class SnapshotCollector:
         for kind, count in sorted(view.events.items()):
             events.add_metric([kind], count)
         yield events
+
+    @staticmethod
+    def _state_metrics(view: View) -> Iterator[Metric]:
+        """The operations log in the state directory: written, read back, entries refused."""
         oplog = GaugeMetricFamily(
             "libvirt_snapshot_exporter_state_write_success",
             "1 when the operations log was last written to the state directory.",
@@ -137,65 +148,70 @@ class SnapshotCollector:
     # --- guests -----------------------------------------------------------------------------
 
     def _domains(self, domains: dict[str, DomainView]) -> Iterator[Metric]:
-        def gauge(name: str, doc: str, labels: list[str] = D) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"libvirt_domain_{name}", doc, labels=labels)
+        yield from self._guest_families(domains)
+        yield from self._host_side_families(domains)
 
-        def counter(name: str, doc: str, labels: list[str] = D) -> CounterMetricFamily:
-            return CounterMetricFamily(f"libvirt_domain_{name}", doc, labels=labels)
-
-        info = gauge("info", "Domain identity.", ["domain", "uuid"])
-        state = gauge("state", "libvirt state code (1 running, 3 paused, 5 shut off...).")
-        reason = gauge("state_reason", "libvirt reason code of the state.")
-        cpu = counter("cpu_seconds", "Guest CPU time.")
-        vcpus = gauge("vcpus", "Virtual CPUs.")
-        cur = gauge("memory_balloon_current_bytes", "Balloon size (memory the guest has).")
-        maxi = gauge("memory_balloon_maximum_bytes", "Maximum memory.")
-        balloon = {k: gauge(f"memory_{k}_bytes", doc) for k, _, doc in GUEST_BALLOON}
-        guest_counters = {k: counter(f"memory_{k[:-6]}", doc) for k, _, _, doc in GUEST_COUNTERS}
-        used = gauge(
+    @staticmethod
+    def _guest_families(domains: dict[str, DomainView]) -> Iterator[Metric]:
+        """What libvirt reports of each guest: identity, state, CPU, memory, disk I/O."""
+        info = _gauge("info", "Domain identity.", ["domain", "uuid"])
+        state = _gauge("state", "libvirt state code (1 running, 3 paused, 5 shut off...).")
+        reason = _gauge("state_reason", "libvirt reason code of the state.")
+        cpu = _counter("cpu_seconds", "Guest CPU time.")
+        vcpus = _gauge("vcpus", "Virtual CPUs.")
+        cur = _gauge("memory_balloon_current_bytes", "Balloon size (memory the guest has).")
+        maxi = _gauge("memory_balloon_maximum_bytes", "Maximum memory.")
+        balloon = {k: _gauge(f"memory_{k}_bytes", doc) for k, _, doc in GUEST_BALLOON}
+        guest_counters = {k: _counter(f"memory_{k[:-6]}", doc) for k, _, doc in GUEST_COUNTERS}
+        used = _gauge(
             "memory_used_bytes", "Guest memory in use, and where the figure comes from.",
             ["domain", "source"],
         )
-        block_read = counter("block_read_bytes", "Bytes read from the disk.", ["domain", "target"])
-        block_write = counter("block_write_bytes", "Bytes written to the disk.",
-                              ["domain", "target"])
-        disk = gauge(
-            "disk_info", "Disk source, image format and cache mode.",
-            ["domain", "target", "source", "format", "cache"],
-        )
-        rss = gauge("qemu_resident_memory_bytes", "RSS of the domain's QEMU process.")
-        qread = counter("qemu_read_bytes", "Bytes the QEMU process read from storage.")
-        qwrite = counter("qemu_write_bytes", "Bytes the QEMU process wrote to storage.")
-        iosrc = gauge("qemu_io_source_info", "Where the QEMU I/O figures come from.",
-                      ["domain", "source"])
+        block_read = _counter("block_read_bytes", "Bytes read from the disk.", ["domain", "target"])
+        block_write = _counter("block_write_bytes", "Bytes written to the disk.",
+                               ["domain", "target"])
         for name, dom in sorted(domains.items()):
             s = dom.stats
             info.add_metric([name, dom.uuid], 1)
             state.add_metric([name], dom.state)
             reason.add_metric([name], dom.reason)
-            if "cpu.time" in s:
-                cpu.add_metric([name], s["cpu.time"] / 1e9)
-            if "vcpu.current" in s:
-                vcpus.add_metric([name], s["vcpu.current"])
-            if "balloon.current" in s:
-                cur.add_metric([name], s["balloon.current"] * 1024)
-            if "balloon.maximum" in s:
-                maxi.add_metric([name], s["balloon.maximum"] * 1024)
-            for key, stat, _ in GUEST_BALLOON:
-                if stat in s:
-                    balloon[key].add_metric([name], s[stat] * 1024)
-            for key, stat, scale, _ in GUEST_COUNTERS:
-                if stat in s:
-                    guest_counters[key].add_metric([name], s[stat] * scale)
+            if s.cpu_time_ns is not None:
+                cpu.add_metric([name], s.cpu_time_ns / 1e9)
+            if s.vcpus is not None:
+                vcpus.add_metric([name], s.vcpus)
+            if s.balloon_current_bytes is not None:
+                cur.add_metric([name], s.balloon_current_bytes)
+            if s.balloon_maximum_bytes is not None:
+                maxi.add_metric([name], s.balloon_maximum_bytes)
+            for families, table in ((balloon, GUEST_BALLOON), (guest_counters, GUEST_COUNTERS)):
+                for key, attribute, _ in table:
+                    value = getattr(s, attribute)
+                    if value is not None:
+                        families[key].add_metric([name], value)
             memory = guest_memory_used(dom.stats, dom.process)
             if memory is not None:
                 used.add_metric([name, memory[1]], memory[0])
-            for i in range(int(s.get("block.count", 0))):
-                target = s.get(f"block.{i}.name", str(i))
-                if f"block.{i}.rd.bytes" in s:
-                    block_read.add_metric([name, target], s[f"block.{i}.rd.bytes"])
-                if f"block.{i}.wr.bytes" in s:
-                    block_write.add_metric([name, target], s[f"block.{i}.wr.bytes"])
+            for disk in s.disks:
+                if disk.read_bytes is not None:
+                    block_read.add_metric([name, disk.target], disk.read_bytes)
+                if disk.write_bytes is not None:
+                    block_write.add_metric([name, disk.target], disk.write_bytes)
+        yield from (info, state, reason, cpu, vcpus, cur, maxi, *balloon.values(),
+                    *guest_counters.values(), used, block_read, block_write)
+
+    @staticmethod
+    def _host_side_families(domains: dict[str, DomainView]) -> Iterator[Metric]:
+        """What this host knows of each domain: its disks and its QEMU process."""
+        disk = _gauge(
+            "disk_info", "Disk source, image format and cache mode.",
+            ["domain", "target", "source", "format", "cache"],
+        )
+        rss = _gauge("qemu_resident_memory_bytes", "RSS of the domain's QEMU process.")
+        qread = _counter("qemu_read_bytes", "Bytes the QEMU process read from storage.")
+        qwrite = _counter("qemu_write_bytes", "Bytes the QEMU process wrote to storage.")
+        iosrc = _gauge("qemu_io_source_info", "Where the QEMU I/O figures come from.",
+                       ["domain", "source"])
+        for name, dom in sorted(domains.items()):
             for d in dom.disks:
                 disk.add_metric([name, d.target, d.source, d.format, d.cache], 1)
             if dom.process is not None:
@@ -206,9 +222,7 @@ class SnapshotCollector:
                 if p.write_bytes is not None:
                     qwrite.add_metric([name], p.write_bytes)
                 iosrc.add_metric([name, p.io_source], 1)
-        yield from (info, state, reason, cpu, vcpus, cur, maxi, *balloon.values(),
-                    *guest_counters.values(), used, block_read, block_write, disk, rss, qread,
-                    qwrite, iosrc)
+        yield from (disk, rss, qread, qwrite, iosrc)
 
     # --- host -------------------------------------------------------------------------------
 
@@ -283,3 +297,11 @@ class SnapshotCollector:
             for mountpoint, free_bytes in sorted(dom.filesystems.items()):
                 free.add_metric([name, mountpoint], free_bytes)
         yield from (count, depth, max_depth, oldest, current, image, free)
+
+
+def _gauge(name: str, doc: str, labels: list[str] = D) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"libvirt_domain_{name}", doc, labels=labels)
+
+
+def _counter(name: str, doc: str, labels: list[str] = D) -> CounterMetricFamily:
+    return CounterMetricFamily(f"libvirt_domain_{name}", doc, labels=labels)

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import logging
-import os
+import math
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from .config import Config
-from .context import ContextKeeper, write_rate
+from .context import ContextKeeper
 from .host import HostReader, HostSample
+from .images import image_usage
 from .inbox import Inbox
 from .libvirt_adapter import LibvirtAdapter, LibvirtUnavailable
 from .metadata_watch import MetadataWatch, default_directory
@@ -33,10 +34,12 @@ from .observations import (
     DomainPoll,
     DomainStatusSaved,
     DomainUnchanged,
+    GuestStats,
     MetadataWatchState,
     Observation,
     Versions,
 )
+from .operation_record import finished_operation, progress_estimate
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample
 from .state import (
@@ -65,7 +68,7 @@ STOP_WAIT = 5.0  # seconds stop() waits for the loop, whatever libvirt is doing
 class _DomainCache:
     uuid: str = ""
     poll: DomainPoll | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: GuestStats = GuestStats()
     cpu_sample: CpuReading | None = None
     cpu_ratio: float | None = None
     disks: tuple[DiskInfo, ...] = ()
@@ -128,6 +131,7 @@ class Collector:
         self._since: dict[str, float] = {}  # when a still-pending poll was first waited for
         self._failing: set[str] = set()  # sources whose last step raised
         self._failed_this_cycle: set[str] = set()  # a later success in the cycle keeps 0
+        self._woken: set[str] = set()  # domains named by events since the last poll round
         self._check_interval = config["collector.poll-interval"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
@@ -179,8 +183,7 @@ class Collector:
             self._publish()
 
     def _collect(self) -> None:
-        woken: set[str] = set()
-        self._isolated("domains", lambda: woken.update(self._drain_events()))
+        self._isolated("domains", self._drain_events)
         self._mark("metadata", self.watch.ok, 0.0)
         if not self.adapter.ensure_connected():
             if self._was_up:
@@ -193,7 +196,7 @@ class Collector:
         if not self._was_up:
             self._on_connect()
         now = time.time()
-        self._isolated("domains", lambda: self._poll_domains(now, woken))
+        self._isolated("domains", lambda: self._poll_domains(now))
         self._isolated("domains", self._drain_events)
         self._isolated("host", self._sample_host)
         if now >= self._next_stats:
@@ -235,16 +238,21 @@ class Collector:
             cache.poll = None
         self._next_stats = self._next_states = 0.0
 
-    def _drain_events(self) -> set[str]:
-        """Feed queued events to the tracker; the domains they name are polled at once."""
-        woken = set()
-        for obs in self._events.drain():
+    def _drain_events(self, until: float = math.inf) -> None:
+        """Feed the queued events stamped up to `until` to the tracker; the domains they name
+        are polled at once."""
+        for obs in self._events.drain_until(until):
             # A status save is also the start of any job (a revert's, before its first event):
             # a poll then could take it for a delete. Nothing to poll for either of these.
             if not isinstance(obs, DomainStatusSaved | MetadataWatchState):
-                woken.add(obs.domain)
+                self._woken.add(obs.domain)
             self._observe(obs)
-        return woken
+
+    def _observe_answer(self, obs: DomainPoll | DomainUnchanged | DomainGone) -> None:
+        """A poll's answer goes to the tracker after the events stamped before it and before
+        the later ones, which stay queued (see inbox.py)."""
+        self._drain_events(obs.time)
+        self._observe(obs)
 
     def _observe(self, obs: Observation) -> None:
         before = {op.key for op in self.tracker.in_flight()}
@@ -257,10 +265,11 @@ class Collector:
                 self._begin(op)
             self._record(op)
 
-    def _poll_domains(self, now: float, woken: set[str]) -> None:
+    def _poll_domains(self, now: float) -> None:
         """One NOWAIT state call for all domains; then, per domain, a full poll where
         something may have changed, else the two-call idle check when it is due."""
         start = time.time()
+        woken, self._woken = self._woken, set()
         check_interval = max(self.config["collector.poll-interval"],
                              2 * len(self._domains) / self.config["collector.max-calls-per-second"])
         # Lifecycle events announce state changes, definitions and removals: without one, the
@@ -280,7 +289,7 @@ class Collector:
         states = self._states
         for gone in [n for n in self._domains if n not in states]:
             self._pending.pop(gone, None)
-            self._observe(DomainGone(now, gone))
+            self._observe_answer(DomainGone(now, gone))
             self._forget(gone)
         ok = self._collect_polls(now)
         for name, state in states.items():
@@ -362,7 +371,7 @@ class Collector:
             if cache is None:
                 continue
             if kind == "check":
-                control, _ms, count = result
+                checked, control, _ms, count = result
                 if (control == CONTROL_JOB or cache.poll is None
                         or count != len(cache.poll.snapshots) or self.tracker.is_busy(name)):
                     try:
@@ -370,12 +379,12 @@ class Collector:
                     except LibvirtUnavailable:
                         cache.next_check = 0.0
                 else:
-                    self._observe(DomainUnchanged(time.time(), name))
+                    self._observe_answer(DomainUnchanged(checked, name))
                 continue
             cache.poll, cache.uuid = result, result.uuid
             cache.version += 1
             cache.next_resync = now + RESYNC_SECONDS
-            self._observe(result)
+            self._observe_answer(result)
             busy = self.tracker.is_busy(name)
             interval = self.config["collector.busy-interval"] if busy else self._check_interval
             cache.next_check = time.time() + interval
@@ -394,20 +403,20 @@ class Collector:
     def _collect_stats(self, now: float) -> None:
         self._stats_started = time.time()
         self._later("bulk_stats", self.adapter.bulk_stats, self._got_stats, "guests")
-        self._isolated("qemu_process", lambda: self._read_processes(now))
+        self._read_host_side(now)
 
-    def _read_processes(self, now: float) -> None:
+    def _read_host_side(self, now: float) -> None:
+        """What this host knows of each domain: its QEMU process, its disks, their images.
+        Per domain and per source: one whose figures cannot be read holds up nothing else."""
         start = time.time()
         for name, cache in self._domains.items():
-            # Per domain: one whose figures cannot be read does not hold up the others.
-            self._isolated("qemu_process", functools.partial(self._read_host_side, name, cache, now))
+            self._isolated("qemu_process", functools.partial(self._read_process, name, cache, now))
+            self._refresh_disks(name, cache, now)
         self._mark("qemu_process", True, time.time() - start)
-
-    def _read_host_side(self, name: str, cache: _DomainCache, now: float) -> None:
-        """What this host knows of one domain: its QEMU process, its disks and their images."""
-        self._read_process(name, cache, now)
-        self._refresh_disks(name, cache, now)
-        self._image_usage(cache)
+        start = time.time()
+        for name, cache in self._domains.items():
+            self._isolated("images", functools.partial(self._image_usage, name, cache))
+        self._mark("images", True, time.time() - start)
 
     def _got_stats(self, future: concurrent.futures.Future) -> None:
         now = time.time()
@@ -420,18 +429,15 @@ class Collector:
             cache = self._domains.get(name)
             if cache is None:
                 continue
-            if "balloon.available" in cache.stats and "balloon.available" not in values:
-                # A snapshot holds the domain: NOWAIT skipped the guest's figures. Keep the
-                # last ones rather than switch the used-memory source to QEMU's RSS and back.
-                values = {**{k: v for k, v in cache.stats.items() if k.startswith("balloon.")},
-                          **values}
+            # A snapshot holds the domain: NOWAIT skipped the guest's figures; keep the last.
+            values = values.keeping_guest_figures(cache.stats)
             if values != cache.stats:
                 cache.stats = values
                 cache.version += 1
             self._cpu_ratio(cache, now, values)
         self._mark("guests", ok, now - self._stats_started)
 
-    def _cpu_ratio(self, cache: _DomainCache, now: float, values: dict[str, Any]) -> None:
+    def _cpu_ratio(self, cache: _DomainCache, now: float, values: GuestStats) -> None:
         reading = cpu_reading(now, values)
         if reading is None:
             return
@@ -473,24 +479,15 @@ class Collector:
 
         self._later(f"xml:{name}", lambda: self.adapter.domain_disks(name), got, "domains")
 
-    def _image_usage(self, cache: _DomainCache) -> None:
-        paths = [d.source for d in cache.disks if d.source.startswith("/")]
+    def _image_usage(self, name: str, cache: _DomainCache) -> None:
+        paths = [d.source for d in cache.disks]
         if cache.poll is not None:
             paths += [s.memory_file for s in cache.poll.snapshots if s.memory_file]
-        size, free = 0, {}
-        for path in paths:
-            try:
-                size += os.stat(path).st_blocks * 512
-            except OSError:
-                continue
-            mount = _mountpoint(os.path.dirname(path))
-            if mount not in free:
-                with contextlib.suppress(OSError):
-                    fs = os.statvfs(mount)
-                    free[mount] = fs.f_bavail * fs.f_frsize
-        if (cache.image_size, cache.filesystems) != (size if paths else None, free):
-            cache.image_size = size if paths else None
-            cache.filesystems = free
+        usage = image_usage(paths)
+        if usage.errors:
+            raise OSError(f"images of {name}: {'; '.join(usage.errors)}")
+        if (cache.image_size, cache.filesystems) != (usage.size_bytes, usage.free_bytes):
+            cache.image_size, cache.filesystems = usage.size_bytes, usage.free_bytes
             cache.version += 1
 
     def _sample_host(self) -> None:
@@ -520,38 +517,16 @@ class Collector:
         return (used[0] if used else None), guest_memory_total(cache.stats)
 
     def _record(self, op: Operation) -> None:
-        ctx = self.contexts.finish(op.key).public()
-        duration = op.duration or 0.0
-        written = ctx.get("qemu_written_bytes")
         cache = self._domains.get(op.domain)
-        entry = {
-            "domain": op.domain,
-            "snapshot": op.snapshot,
-            "operation": op.operation,
-            "kind": op.kind,
-            "memory": op.memory,
-            "depth": op.depth,
-            "start": round(op.start, 3),
-            "end": round(op.end or op.start, 3),
-            "duration_seconds": round(duration, 3),
-            "paused_seconds": round(op.paused_seconds, 3),
-            "outcome": op.outcome,
-            "error": op.error,
-            "start_source": op.start_source,
-            "end_source": op.end_source,
-            "uncertainty_seconds": round(op.start_uncertainty + op.end_uncertainty, 3),
-            "qemu_version": self._versions.hypervisor if self._versions else "",
-            "disk_cache": sorted({d.cache for d in cache.disks}) if cache else [],
-            "job_time_elapsed_ms": op.job.get("time_elapsed"),
-            "job_downtime_ms": op.job.get("downtime"),
-            **ctx,
-            "qemu_write_rate_bytes_per_second": write_rate(written, duration),
-        }
+        record = finished_operation(
+            op, self.contexts.finish(op.key),
+            self._versions.hypervisor if self._versions else "",
+            tuple(sorted({d.cache for d in cache.disks})) if cache else ())
         log.info("%s %s of %s/%s: %.3f s (%s, start by %s, end by %s)", op.outcome,
-                 op.operation, op.domain, op.snapshot, duration, op.kind, op.start_source,
-                 op.end_source)
-        self.oplog.add(entry)
-        self.store.operations.record(entry)
+                 op.operation, op.domain, op.snapshot, record.duration_seconds, op.kind,
+                 op.start_source, op.end_source)
+        self.oplog.add(record)
+        self.store.operations.record(record)
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -566,17 +541,12 @@ class Collector:
         self._status[name] = CollectorStatus(success, duration, last)
 
     def in_flight(self) -> list[InFlight]:
+        """Copies: the tracker goes on changing its operations after the view is published."""
         items = []
         for op in self.tracker.in_flight():
             ctx = self.contexts.current(op.key)
-            estimate = None
-            if (
-                ctx is not None and op.operation == "create" and op.kind == "internal"
-                and op.memory and ctx.qemu_written_bytes is not None
-                and ctx.guest_memory_used_bytes
-            ):
-                estimate = min(1.0, ctx.qemu_written_bytes / ctx.guest_memory_used_bytes)
-            items.append(InFlight(op, ctx.public() if ctx else {}, estimate))
+            items.append(InFlight(copy.deepcopy(op), ctx.public() if ctx else {},
+                                  progress_estimate(op, ctx)))
         return items
 
     def _publish(self) -> None:
@@ -610,12 +580,3 @@ class Collector:
         )
         self._on_publish()
 
-
-def _mountpoint(path: str) -> str:
-    path = os.path.realpath(path)
-    while not os.path.ismount(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path

@@ -12,20 +12,20 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
-import queue
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
-from .libvirt_common import parse_domain_disks, read_versions
+from .calls import Deadlines, LibvirtUnavailable
+from .libvirt_common import guest_stats, parse_domain_disks, read_versions
 from .observations import (
     BlockJobEvent,
     DomainPoll,
+    GuestStats,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
@@ -34,6 +34,7 @@ from .observations import (
     Versions,
 )
 from .qemu_process import read_qemu_pid
+from .snapshot_xml import parse_snapshot_xml
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +45,6 @@ NOWAIT_STATS = (
     | libvirt.VIR_DOMAIN_STATS_VCPU
     | libvirt.VIR_DOMAIN_STATS_BLOCK
 )
-
-
-class LibvirtUnavailable(Exception):
-    """libvirtd cannot be reached, or a call did not answer before its deadline."""
-
-
-def parse_snapshot_xml(xml: str, current: bool) -> SnapshotRecord:
-    """A SnapshotRecord from snapshot XML (see libvirt's formatsnapshot)."""
-    root = ET.fromstring(xml)
-    memory = root.find("memory")
-    memory_mode = memory.get("snapshot") if memory is not None else None
-    state = root.findtext("state", "")
-    disk_modes = {d.get("snapshot") for d in root.findall("disks/disk")}
-    external = memory_mode == "external" or "external" in disk_modes
-    # Without a <memory> element (old libvirt) memory follows the state.
-    has_memory = state in ("running", "paused") if memory_mode is None else memory_mode != "no"
-    return SnapshotRecord(
-        name=root.findtext("name", ""),
-        parent=root.findtext("parent/name"),
-        creation_time=float(root.findtext("creationTime", "0")),
-        state=state,
-        memory=has_memory,
-        kind="external" if external else "internal",
-        current=current,
-        memory_file=memory.get("file") if memory is not None else None,
-    )
 
 
 _event_loop_started = threading.Lock()
@@ -92,64 +67,6 @@ def _start_event_loop() -> None:
         _event_loop_running = True
 
 
-class _DaemonWorkers:
-    """A fixed set of daemon threads running calls. Not a ThreadPoolExecutor: its workers are
-    joined at interpreter exit, so one call that never returns (a libvirtd that accepts the
-    connection and never answers) would keep the process alive after SIGTERM."""
-
-    def __init__(self, count: int, name: str) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        for number in range(count):
-            threading.Thread(target=self._work, name=f"{name}-{number}", daemon=True).start()
-
-    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((future, fn))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            future, fn = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-
-class _Deadlines:
-    """Runs calls on worker threads and stops waiting after a deadline.
-
-    A call that overruns keeps its key busy until it really returns, so a stuck domain costs one
-    worker, never more. libvirtd serves at most five calls at once per client connection.
-    """
-
-    def __init__(self, workers: int = 4) -> None:
-        self._pool = _DaemonWorkers(workers, "libvirt-call")
-        self._pending: dict[str, concurrent.futures.Future] = {}
-        self._lock = threading.Lock()
-
-    def submit(self, key: str, fn: Callable[[], Any]) -> concurrent.futures.Future:
-        """Start a call; refused while an earlier call with the same key has not returned."""
-        with self._lock:
-            pending = self._pending.get(key)
-            if pending is not None and not pending.done():
-                raise LibvirtUnavailable(f"{key}: an earlier call has not returned yet")
-            future = self._pool.submit(fn)
-            self._pending[key] = future
-            return future
-
-    def call(self, key: str, timeout: float, fn: Callable[[], Any]) -> Any:
-        future = self.submit(key, fn)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise LibvirtUnavailable(f"{key}: no answer within {timeout:g} s") from None
-
-
 class LibvirtAdapter:
     """A read-only libvirt connection that reports events and answers non-blocking polls."""
 
@@ -167,7 +84,7 @@ class LibvirtAdapter:
         self._conn: libvirt.virConnect | None = None
         self._side_conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
-        self._deadlines = _Deadlines()
+        self._deadlines = Deadlines()
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._snapshot_cache: dict[tuple[str, str], SnapshotRecord] = {}
@@ -312,13 +229,13 @@ class LibvirtAdapter:
 
     def bulk_stats(self) -> concurrent.futures.Future:
         """One getAllDomainStats call with NOWAIT, started on a worker: a busy domain just lacks
-        what needs QEMU. Its result: {domain: {stat: value}}."""
+        what needs QEMU. Its result: {domain: GuestStats}."""
 
-        def read(conn: libvirt.virConnect) -> dict[str, dict[str, Any]]:
+        def read(conn: libvirt.virConnect) -> dict[str, GuestStats]:
             stats = conn.getAllDomainStats(
                 NOWAIT_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
             )
-            return {dom.name(): {"uuid": dom.UUIDString(), **values} for dom, values in stats}
+            return {dom.name(): guest_stats(values) for dom, values in stats}
 
         return self._submit("bulk_stats", read)
 
@@ -343,12 +260,13 @@ class LibvirtAdapter:
         return self._submit("states", read)
 
     def check_domain(self, name: str, active: bool) -> concurrent.futures.Future:
-        """The cheap idle check, started on a worker: its result is (control state, its
-        milliseconds, snapshot count), two calls. A job shows in the control state; a finished
-        create or delete in the count."""
+        """The cheap idle check, started on a worker: its result is (when it looked, control
+        state, its milliseconds, snapshot count), two calls. A job shows in the control state;
+        a finished create or delete in the count. Nothing ran up to the time it looked."""
 
-        def read(_conn: libvirt.virConnect) -> tuple[int, int, int]:
+        def read(_conn: libvirt.virConnect) -> tuple[float, int, int, int]:
             dom = self._handles[name]
+            looked = time.time()
             control = (0, 0)
             if active:
                 try:
@@ -358,7 +276,7 @@ class LibvirtAdapter:
                     if exc.get_error_code() not in (libvirt.VIR_ERR_OPERATION_INVALID,
                                                     libvirt.VIR_ERR_NO_SUPPORT):
                         raise
-            return (*control, dom.snapshotNum())
+            return (looked, *control, dom.snapshotNum())
 
         return self._submit(f"poll:{name}", read)
 

@@ -1,15 +1,16 @@
 """What both libvirt adapters share: the exporter's read-only one (libvirt_adapter) and bench's
-read-write one (bench/control): libvirt's error output silenced once, the version figures, and
-the disks read from a domain's XML.
+read-write one (bench/control): libvirt's error output silenced once, the version figures, the
+disks read from a domain's XML and the guest statistics read from libvirt's bulk ones.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import libvirt
 
-from .observations import DiskInfo, Versions
+from .observations import BlockStats, DiskInfo, GuestStats, Versions
 
 # libvirt prints every error to stderr by default; the exporter logs them and bench reports
 # them on one line, themselves.
@@ -50,3 +51,33 @@ def parse_domain_disks(xml: str) -> list[DiskInfo]:
             )
         )
     return disks
+
+
+def _kib(values: dict[str, Any], key: str) -> int | None:
+    return int(values[key]) * 1024 if key in values else None
+
+
+def _int(values: dict[str, Any], key: str) -> int | None:
+    return int(values[key]) if key in values else None
+
+
+def guest_stats(values: dict[str, Any]) -> GuestStats:
+    """From one domain's getAllDomainStats record: libvirt reports memory in KiB (balloon.*),
+    CPU time in nanoseconds (cpu.time) and disks as block.N.* keys."""
+    return GuestStats(
+        cpu_time_ns=_int(values, "cpu.time"),
+        vcpus=_int(values, "vcpu.current"),
+        balloon_current_bytes=_kib(values, "balloon.current"),
+        balloon_maximum_bytes=_kib(values, "balloon.maximum"),
+        available_bytes=_kib(values, "balloon.available"),
+        usable_bytes=_kib(values, "balloon.usable"),
+        unused_bytes=_kib(values, "balloon.unused"),
+        swap_in_bytes=_kib(values, "balloon.swap_in"),
+        swap_out_bytes=_kib(values, "balloon.swap_out"),
+        major_faults=_int(values, "balloon.major_fault"),
+        disks=tuple(
+            BlockStats(str(values.get(f"block.{i}.name", i)), _int(values, f"block.{i}.rd.bytes"),
+                       _int(values, f"block.{i}.wr.bytes"))
+            for i in range(int(values.get("block.count", 0)))
+        ),
+    )

@@ -6,7 +6,7 @@ they can be recorded to JSON lines and replayed in unit tests.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # libvirt's numeric codes, repeated here so the tracker need not import libvirt.
@@ -37,6 +37,45 @@ class Versions:
     daemon: str
     hypervisor: str  # QEMU's, for the qemu:// driver
     daemon_number: int  # libvirtd's as libvirt encodes it: major * 1,000,000 + minor * 1,000 + micro
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    target: str
+    read_bytes: int | None
+    write_bytes: int | None
+
+
+@dataclass(frozen=True)
+class GuestStats:
+    """What libvirt's bulk statistics say of one guest, in bytes, nanoseconds and counts. None
+    where libvirt reported nothing: shut off, no balloon driver, or a job holding the domain
+    (NOWAIT then skips what needs QEMU)."""
+
+    cpu_time_ns: int | None = None
+    vcpus: int | None = None
+    balloon_current_bytes: int | None = None
+    balloon_maximum_bytes: int | None = None
+    available_bytes: int | None = None  # the guest's own figures, through its balloon driver
+    usable_bytes: int | None = None
+    unused_bytes: int | None = None
+    swap_in_bytes: int | None = None
+    swap_out_bytes: int | None = None
+    major_faults: int | None = None
+    disks: tuple[BlockStats, ...] = ()
+
+    def keeping_guest_figures(self, previous: GuestStats) -> GuestStats:
+        """These statistics, with the guest's own figures of `previous` where NOWAIT skipped
+        them: the used-memory source then stays the balloon instead of flipping to QEMU's RSS
+        for the length of a snapshot."""
+        if self.available_bytes is not None or previous.available_bytes is None:
+            return self
+        return replace(self, **{name: getattr(previous, name) for name in GUEST_FIGURES})
+
+
+GUEST_FIGURES = ("balloon_current_bytes", "balloon_maximum_bytes", "available_bytes",
+                 "usable_bytes", "unused_bytes", "swap_in_bytes", "swap_out_bytes",
+                 "major_faults")
 
 
 @dataclass(frozen=True)

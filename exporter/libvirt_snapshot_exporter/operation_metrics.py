@@ -90,17 +90,18 @@ def _last_operations(ops: DomainOperations) -> Iterator[Metric]:
     last_end = gauge("last_operation_end_timestamp_seconds", "When it ended.")
     last_success = gauge("last_operation_success", "1 if it succeeded, 0 if it failed.")
     last_depth = gauge("last_operation_depth",
-                       "Depth (level) of the snapshot it created, deleted or reverted to.")
+                       "Depth (the study's level) of the snapshot it created, deleted or reverted to.")
     context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_CONTEXT}
     for operation, entry in sorted(ops.last.items()):
-        labels = [entry["domain"], operation]
-        last_duration.add_metric(labels, entry["duration_seconds"])
-        last_end.add_metric(labels, entry["end"])
-        last_success.add_metric(labels, 1 if entry["outcome"] == "success" else 0)
-        last_depth.add_metric(labels, entry["depth"])
+        labels = [entry.domain, operation]
+        last_duration.add_metric(labels, entry.duration_seconds)
+        last_end.add_metric(labels, entry.end)
+        last_success.add_metric(labels, 1 if entry.outcome == "success" else 0)
+        if entry.depth is not None:
+            last_depth.add_metric(labels, entry.depth)
         for key, family in context.items():
-            if entry.get(key) is not None:
-                family.add_metric(labels, entry[key])
+            if getattr(entry, key) is not None:
+                family.add_metric(labels, getattr(entry, key))
     yield from (last_duration, last_end, last_success, last_depth, *context.values())
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .records import checked
+from .records import FinishedOperation
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class OperationsLog:
     def __init__(self, directory: str, size: int = 1000) -> None:
         self.directory = Path(directory) if directory else None
         self.size = size
-        self._entries: deque[dict[str, Any]] = deque(maxlen=size)
+        self._entries: deque[FinishedOperation] = deque(maxlen=size)
         self._lock = threading.Lock()
         self.write_errors = 0
         self.last_write_ok = True
@@ -127,7 +127,8 @@ class OperationsLog:
             try:
                 if line is None:
                     raise ValueError(f"longer than {MAX_LINE_BYTES} bytes")
-                entry = checked(json.loads(line.decode("utf-8"), parse_constant=_no_constants))
+                entry = FinishedOperation.from_json(
+                    json.loads(line.decode("utf-8"), parse_constant=_no_constants))
             except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
                 self.invalid_entries += 1
                 reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
@@ -138,7 +139,7 @@ class OperationsLog:
             log.warning("operations log %s: skipped %d of %d lines that are not valid entries "
                         "(first: %s)", self.path, self.invalid_entries, lines, first_error)
 
-    def add(self, entry: dict[str, Any]) -> None:
+    def add(self, entry: FinishedOperation) -> None:
         """Kept in memory at once; on disk at the next flush (the collection loop flushes
         once per cycle, so a burst of operations costs one write, not one each)."""
         with self._lock:
@@ -146,7 +147,7 @@ class OperationsLog:
             self.version += 1
             self._dirty = True
 
-    def page(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    def page(self, offset: int, limit: int) -> tuple[list[FinishedOperation], int]:
         """Up to limit entries from offset, newest first, and how many the log holds."""
         with self._lock:
             entries = list(itertools.islice(reversed(self._entries), offset, offset + limit))
@@ -169,7 +170,7 @@ class OperationsLog:
     def _flush_locked(self) -> None:
         if self.directory is None:
             return
-        text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self._entries)
+        text = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in self._entries)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".operations.", dir=self.directory)

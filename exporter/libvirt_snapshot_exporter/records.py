@@ -1,4 +1,5 @@
-"""What an operations log entry may hold: every entry read back from disk is checked here.
+"""A finished operation as it is recorded (FinishedOperation), and what its JSON form may hold:
+every entry read back from disk is checked here.
 
 The log file outlives the process and anyone with access to the state directory can edit it, so
 an entry is trusted only once it has the shape the collector writes: known fields, each of its
@@ -8,8 +9,10 @@ pages and the JSON API only ever see what they were written for.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 # Timestamps a calendar can show (time.localtime refuses beyond the year 9999).
@@ -88,7 +91,62 @@ OPTIONAL = {
 }
 
 
-def checked(entry: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FinishedOperation:
+    """One finished operation: what the log keeps, the metrics show and the API serves. Fields
+    that may be absent are None (an entry written by an older exporter, a figure not read)."""
+
+    domain: str
+    operation: str  # create | delete | revert
+    kind: str  # internal | external
+    memory: bool
+    start: float
+    end: float
+    duration_seconds: float
+    outcome: str  # success | failure
+    snapshot: str | None = None
+    depth: int | None = None  # in the snapshot tree, the root being 1 (the study's level)
+    paused_seconds: float | None = None
+    error: str | None = None
+    start_source: str | None = None
+    end_source: str | None = None
+    uncertainty_seconds: float | None = None
+    qemu_version: str | None = None
+    disk_cache: tuple[str, ...] | None = None
+    job_time_elapsed_ms: float | None = None
+    job_downtime_ms: float | None = None
+    # the host and guest around it (context.py)
+    host_memory_available_start_bytes: int | None = None
+    host_memory_free_start_bytes: int | None = None
+    host_memory_available_min_bytes: int | None = None
+    host_memory_free_min_bytes: int | None = None
+    host_cached_start_bytes: int | None = None
+    host_dirty_peak_bytes: int | None = None
+    host_writeback_peak_bytes: int | None = None
+    qemu_written_bytes: int | None = None
+    qemu_write_rate_bytes_per_second: int | None = None
+    memory_stall_seconds: float | None = None
+    io_stall_seconds: float | None = None
+    guest_memory_used_bytes: int | None = None
+    guest_memory_total_bytes: int | None = None
+    guest_cpu_ratio: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        entry = dataclasses.asdict(self)
+        if self.disk_cache is not None:
+            entry["disk_cache"] = list(self.disk_cache)
+        return entry
+
+    @classmethod
+    def from_json(cls, entry: Any) -> FinishedOperation:
+        """Raises InvalidRecord naming the first field that is wrong; unknown fields dropped."""
+        fields = _checked(entry)
+        if fields.get("disk_cache") is not None:
+            fields["disk_cache"] = tuple(fields["disk_cache"])
+        return cls(**fields)
+
+
+def _checked(entry: Any) -> dict[str, Any]:
     """The entry with its known fields only; InvalidRecord names the first field that is wrong."""
     if not isinstance(entry, dict):
         raise InvalidRecord(f"not an object but {type(entry).__name__}")

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .host import HostSample
-from .observations import DiskInfo, SnapshotRecord, Versions
+from .observations import DiskInfo, GuestStats, SnapshotRecord, Versions
 from .qemu_process import ProcessSample
+from .records import FinishedOperation
 from .tracker import Operation
 
 # Histogram buckets from 0.1 s to 1 h: real snapshots take from under a second to over 30 min.
@@ -26,20 +27,20 @@ class CollectorStatus:
     last_success: float | None
 
 
-def guest_memory_used(stats: dict[str, Any], process: ProcessSample | None
+def guest_memory_used(stats: GuestStats, process: ProcessSample | None
                       ) -> tuple[int, str] | None:
     """Memory the guest uses and its source: its balloon driver's figures (available - unused),
     else the QEMU process' RSS."""
-    if "balloon.available" in stats and "balloon.unused" in stats:
-        return (stats["balloon.available"] - stats["balloon.unused"]) * 1024, "balloon"
+    if stats.available_bytes is not None and stats.unused_bytes is not None:
+        return stats.available_bytes - stats.unused_bytes, "balloon"
     if process is not None:
         return process.rss_bytes, "qemu_rss"
     return None
 
 
-def guest_memory_total(stats: dict[str, Any]) -> int | None:
-    """The guest's memory as its balloon sets it (balloon.current, KiB)."""
-    return stats.get("balloon.current", 0) * 1024 or None
+def guest_memory_total(stats: GuestStats) -> int | None:
+    """The guest's memory as its balloon sets it."""
+    return stats.balloon_current_bytes or None
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,11 @@ class CpuReading:
     vcpus: int
 
 
-def cpu_reading(now: float, stats: dict[str, Any]) -> CpuReading | None:
-    """From libvirt's domain stats (cpu.time, vcpu.current); None without cpu.time (shut off)."""
-    if "cpu.time" not in stats:
+def cpu_reading(now: float, stats: GuestStats) -> CpuReading | None:
+    """None without a CPU time (shut off)."""
+    if stats.cpu_time_ns is None:
         return None
-    return CpuReading(now, int(stats["cpu.time"]), int(stats.get("vcpu.current", 1)))
+    return CpuReading(now, stats.cpu_time_ns, stats.vcpus or 1)
 
 
 def cpu_ratio(before: CpuReading, after: CpuReading) -> float | None:
@@ -73,7 +74,7 @@ class DomainView:
     uuid: str
     state: int
     reason: int
-    stats: dict[str, Any]
+    stats: GuestStats
     disks: tuple[DiskInfo, ...]
     process: ProcessSample | None
     snapshots: tuple[SnapshotRecord, ...]
@@ -147,7 +148,7 @@ class DomainOperations:
     version: int
     durations: HistogramTable
     paused: HistogramTable
-    last: dict[str, dict[str, Any]]  # operation -> log entry
+    last: dict[str, FinishedOperation]  # by operation
 
 
 @dataclass(frozen=True)
@@ -172,16 +173,15 @@ class OperationStats:
         self._domains: dict[str, DomainOperations] = {}
         self._host = HostOperations({}, {})
 
-    def record(self, entry: dict[str, Any]) -> None:
-        labels = (entry["operation"], entry["kind"], "true" if entry["memory"] else "false",
-                  entry["outcome"])
-        duration, paused = entry["duration_seconds"], entry["paused_seconds"]
+    def record(self, entry: FinishedOperation) -> None:
+        labels = (entry.operation, entry.kind, "true" if entry.memory else "false",
+                  entry.outcome)
+        duration, paused = entry.duration_seconds, entry.paused_seconds or 0.0
         with self._lock:
-            old = self._domains.get(entry["domain"]) or DomainOperations(
-                entry["domain"], 0, {}, {}, {})
-            self._domains[entry["domain"]] = DomainOperations(
+            old = self._domains.get(entry.domain) or DomainOperations(entry.domain, 0, {}, {}, {})
+            self._domains[entry.domain] = DomainOperations(
                 old.domain, old.version + 1, _observed(old.durations, labels, duration),
-                _observed(old.paused, labels, paused), {**old.last, entry["operation"]: entry})
+                _observed(old.paused, labels, paused), {**old.last, entry.operation: entry})
             self._host = HostOperations(_observed(self._host.durations, labels, duration),
                                         _observed(self._host.paused, labels, paused))
 

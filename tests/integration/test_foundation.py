@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -11,6 +12,7 @@ import time
 
 import libvirt
 import pytest
+from libvirt_snapshot_exporter.images import mountpoint
 from lse_devtools import testbed
 from lse_devtools.exporter_proc import ExporterProcess, free_port
 
@@ -121,6 +123,23 @@ def test_promtool_accepts_the_output(exporter, filler, conn):
         assert lint.returncode == 0 and lint.stdout == "" and lint.stderr == "", lint
     finally:
         testbed.delete_all_snapshots(conn, filler)
+
+
+def test_every_source_works_and_images_match_stat(exporter, filler):
+    """Each source reports its own success on a real host; the images source's figures are
+    the guest's disk as stat and statvfs see it."""
+    sources = ("domains", "guests", "host", "qemu_process", "images")
+    exporter.wait_for(lambda: all(exporter.value("libvirt_snapshot_exporter_collector_success",
+                                                 collector=c) == 1 for c in sources),
+                      30, "every collector_success 1")
+    exporter.wait_for(
+        lambda: exporter.value("libvirt_domain_image_size_bytes", domain=filler.name)
+        == os.stat(filler.disk).st_blocks * 512, 90, "the image size stat reports")
+    mount = mountpoint(str(filler.disk.parent))
+    free = exporter.value("libvirt_domain_image_filesystem_free_bytes", domain=filler.name,
+                          mountpoint=mount)
+    fs = os.statvfs(mount)
+    assert free == pytest.approx(fs.f_bavail * fs.f_frsize, rel=0.05)
 
 
 def test_scrape_answers_at_once_during_a_snapshot(exporter, filler, conn):

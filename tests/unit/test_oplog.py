@@ -14,7 +14,7 @@ from libvirt_snapshot_exporter.oplog import (
     OperationsLog,
     StateDirectoryInUse,
 )
-from libvirt_snapshot_exporter.records import InvalidRecord, checked
+from libvirt_snapshot_exporter.records import FinishedOperation, InvalidRecord
 
 GOOD = {
     "domain": "vm1", "snapshot": "s1", "operation": "create", "kind": "internal",
@@ -39,8 +39,9 @@ def _good(**changes) -> bytes:
 def test_valid_entries_come_back_as_written(tmp_path):
     log = _log_with(tmp_path, _good(snapshot="a"), _good(snapshot="b"))
     entries, total = log.page(0, 10)
-    assert total == 2 and [e["snapshot"] for e in entries] == ["b", "a"]
-    assert entries[1] == GOOD | {"snapshot": "a"}
+    assert total == 2 and [e.snapshot for e in entries] == ["b", "a"]
+    assert entries[1] == FinishedOperation.from_json(GOOD | {"snapshot": "a"})
+    assert {k: v for k, v in entries[1].to_json().items() if k in GOOD} == GOOD | {"snapshot": "a"}
     assert log.load_ok and log.invalid_entries == 0
 
 
@@ -53,7 +54,7 @@ def test_valid_entries_come_back_as_written(tmp_path):
 def test_bytes_that_are_not_utf8_are_skipped(tmp_path, line):
     log = _log_with(tmp_path, _good(snapshot="kept"), line)
     entries, total = log.page(0, 10)
-    assert [e["snapshot"] for e in entries] == ["kept"] and total == 1
+    assert [e.snapshot for e in entries] == ["kept"] and total == 1
     assert log.invalid_entries == 1 and log.load_ok
 
 
@@ -79,7 +80,7 @@ def test_bytes_that_are_not_utf8_are_skipped(tmp_path, line):
 def test_records_of_the_wrong_shape_are_skipped(tmp_path, line):
     log = _log_with(tmp_path, line, _good(snapshot="kept"))
     entries, _ = log.page(0, 10)
-    assert [e["snapshot"] for e in entries] == ["kept"]
+    assert [e.snapshot for e in entries] == ["kept"]
     assert log.invalid_entries == 1 and log.load_ok
 
 
@@ -91,9 +92,11 @@ def test_blank_lines_are_not_counted(tmp_path):
 def test_unknown_fields_are_dropped_and_old_entries_without_optional_ones_kept():
     old = {k: GOOD[k] for k in ("domain", "operation", "kind", "memory", "start", "end",
                                 "duration_seconds", "outcome")}
-    assert checked({**old, "extra": {"nested": [1]}}) == old
+    kept = FinishedOperation.from_json({**old, "extra": {"nested": [1]}}).to_json()
+    assert "extra" not in kept
+    assert {k: kept[k] for k in old} == old and kept["qemu_written_bytes"] is None
     with pytest.raises(InvalidRecord, match="'outcome'"):
-        checked({**old, "outcome": 1})
+        FinishedOperation.from_json({**old, "outcome": 1})
 
 
 def test_one_log_line_for_all_skipped_lines(tmp_path, caplog):
@@ -106,7 +109,7 @@ def test_one_log_line_for_all_skipped_lines(tmp_path, caplog):
 
 def test_skipped_lines_are_gone_after_the_next_write(tmp_path):
     log = _log_with(tmp_path, b"\xff", _good(snapshot="a"))
-    log.add({**GOOD, "snapshot": "b"})
+    log.add(FinishedOperation.from_json({**GOOD, "snapshot": "b"}))
     log.flush()
     written = (tmp_path / LOG_NAME).read_text().splitlines()
     assert [json.loads(line)["snapshot"] for line in written] == ["a", "b"]
@@ -152,7 +155,7 @@ def test_state_directory_that_is_a_file_is_served_through(tmp_path, caplog):
     assert not log.load_ok
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and str(state) in errors[0], errors
-    log.add(GOOD)
+    log.add(FinishedOperation.from_json(GOOD))
     log.flush()
     assert not log.last_write_ok and log.page(0, 10)[1] == 1
 
@@ -172,10 +175,10 @@ def test_memory_only_log_takes_no_lock(tmp_path):
 def test_pages_newest_first():
     log = OperationsLog("", size=50)
     for number in range(60):
-        log.add({**GOOD, "snapshot": str(number)})
+        log.add(FinishedOperation.from_json({**GOOD, "snapshot": str(number)}))
     entries, total = log.page(5, 3)
-    assert total == 50 and [e["snapshot"] for e in entries] == ["54", "53", "52"]
-    assert log.page(49, 10)[0][0]["snapshot"] == "10" and log.page(50, 10)[0] == []
+    assert total == 50 and [e.snapshot for e in entries] == ["54", "53", "52"]
+    assert log.page(49, 10)[0][0].snapshot == "10" and log.page(50, 10)[0] == []
 
 
 def test_lock_file_that_cannot_be_opened_still_lets_the_log_be_read(tmp_path, caplog):

@@ -9,12 +9,13 @@ import time
 from libvirt_snapshot_exporter.config import build
 from libvirt_snapshot_exporter.daemon import STOP_WAIT, Collector
 from libvirt_snapshot_exporter.oplog import LOG_NAME, OperationsLog
+from libvirt_snapshot_exporter.records import FinishedOperation
 from libvirt_snapshot_exporter.state import StateStore, View
 from lse_devtools.silent_libvirtd import SilentLibvirtd
 
-ENTRY = {"domain": "vm1", "snapshot": "s1", "operation": "create", "kind": "internal",
-         "memory": True, "start": 1700000000.0, "end": 1700000040.5, "duration_seconds": 40.5,
-         "outcome": "success"}
+ENTRY = FinishedOperation(domain="vm1", snapshot="s1", operation="create", kind="internal",
+                          memory=True, start=1700000000.0, end=1700000040.5,
+                          duration_seconds=40.5, outcome="success")
 
 
 def test_stop_writes_the_log_within_bounds_while_connect_hangs(tmp_path):

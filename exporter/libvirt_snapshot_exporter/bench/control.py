@@ -14,7 +14,7 @@ from pathlib import Path
 
 import libvirt
 
-from ..libvirt_common import parse_domain_disks, read_versions
+from ..libvirt_common import guest_stats, parse_domain_disks, read_versions
 from ..observations import DiskInfo, Versions
 from ..qemu_process import ProcessSample
 from ..state import CpuReading, cpu_reading, guest_memory_total, guest_memory_used
@@ -161,12 +161,13 @@ class Domain:
             ((_dom, stats),) = self._dom.connect().domainListGetStats([self._dom], GUEST_STATS)
         except libvirt.libvirtError as exc:
             raise ControlError(_message(exc)) from exc
-        cpu = cpu_reading(now, stats)
+        guest = guest_stats(stats)
+        cpu = cpu_reading(now, guest)
         if stats.get("state.state") == libvirt.VIR_DOMAIN_SHUTOFF or cpu is None:
             return None
-        used = guest_memory_used(stats, process)
+        used = guest_memory_used(guest, process)
         return GuestReading(cpu.time, cpu.cpu_time_ns, cpu.vcpus, used[0] if used else None,
-                            guest_memory_total(stats), used[1] if used else "none")
+                            guest_memory_total(guest), used[1] if used else "none")
 
 
 class Control:

@@ -1,0 +1,60 @@
+"""An operation's record and progress, from operations the tracker found in recorded
+sequences and contexts fed with samples."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from libvirt_snapshot_exporter.context import OperationContext
+from libvirt_snapshot_exporter.operation_record import finished_operation, progress_estimate
+from libvirt_snapshot_exporter.qemu_process import ProcessSample
+from libvirt_snapshot_exporter.records import FinishedOperation
+from lse_devtools.replay import replay
+
+SEQUENCES = Path(__file__).parent / "sequences"
+
+
+def _context(written: int | None, used: int | None) -> OperationContext:
+    ctx = OperationContext(guest_memory_used_bytes=used)
+    if written is not None:
+        ctx.add_process(ProcessSample(1, 1, 0, 1000, "proc_io"))
+        ctx.add_process(ProcessSample(1, 1, 0, 1000 + written, "proc_io"))
+    return ctx
+
+
+@pytest.mark.parametrize("sequence", sorted(p.stem for p in SEQUENCES.glob("*.jsonl")))
+def test_every_recorded_operation_gives_a_record_the_log_reads_back(sequence: str) -> None:
+    _, ops, _ = replay(SEQUENCES / f"{sequence}.jsonl")
+    for op in ops:
+        record = finished_operation(op, _context(4096, None), "7.2.0", ("none",))
+        assert FinishedOperation.from_json(record.to_json()) == record  # nothing dropped
+        assert record.duration_seconds == round(op.duration, 3)
+        assert record.end >= record.start
+
+
+def test_the_record_holds_every_context_figure() -> None:
+    """A figure context.py adds must have a field here, or it would be lost."""
+    context = set(OperationContext().public())
+    assert context <= {f.name for f in dataclasses.fields(FinishedOperation)}
+
+
+def test_entry_carries_the_write_rate_over_the_operation() -> None:
+    _, (op, *_), _ = replay(SEQUENCES / "internal_chain_running.jsonl")
+    record = finished_operation(op, _context(10_000_000, None), "7.2.0", ("writeback",))
+    assert record.qemu_written_bytes == 10_000_000
+    assert record.qemu_write_rate_bytes_per_second == round(10_000_000 / op.duration)
+    assert record.to_json()["disk_cache"] == ["writeback"] and record.qemu_version == "7.2.0"
+
+
+def test_progress_is_bytes_written_over_guest_memory_for_internal_memory_creates() -> None:
+    _, ops, _ = replay(SEQUENCES / "internal_chain_running.jsonl")
+    create = next(o for o in ops if o.operation == "create" and o.memory)
+    assert progress_estimate(create, _context(256, 1024)) == 0.25
+    assert progress_estimate(create, _context(4096, 1024)) == 1.0  # capped
+    assert progress_estimate(create, _context(None, 1024)) is None
+    assert progress_estimate(create, _context(256, None)) is None
+    assert progress_estimate(create, None) is None
+    other = next(o for o in ops if o.operation != "create")
+    assert progress_estimate(other, _context(256, 1024)) is None
