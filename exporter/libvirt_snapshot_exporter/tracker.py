@@ -62,7 +62,7 @@ FILE_GRACE = 0.5  # seconds a poll ahead of the file events waits for them (they
 FILE_MEMORY = 10.0  # seconds file and status events are kept for the polls that explain them
 CLOSING_SAVE = 0.01  # a job's closing status save follows its file event by 1-3 ms (libvirt 9.0)
 POLL_SLACK = 0.25  # a poll is stamped when read, up to this long after libvirt answered it
-STATUS_LAG = 0.005  # the status XML is saved 1.5-3 ms after a snapshot call begins (libvirt 9.0)
+STATUS_LAG = 0.005  # the status XML is saved 2-4 ms after a snapshot call begins (9.0 and 11.3)
 REVERT_EVENTS = {
     (EVENT_SUSPENDED, DETAIL_SUSPENDED_FROM_SNAPSHOT),
     (EVENT_STOPPED, DETAIL_STOPPED_FROM_SNAPSHOT),
@@ -586,13 +586,13 @@ class Tracker:
             return d.block_job_start, "event", 0.0
         last = d.last_poll if d.last_poll is not None else p.time
         if end is not None:
-            # The status XML saved as its job began: the last save before its end, after
-            # whatever ran before it; not before the last poll (a job it would have seen),
-            # give or take the time a poll's answer waits to be read.
+            # The status XML saved as its job began: the first save after whatever ran before
+            # (libvirt 11.3 saves again mid-job and just before the end) and not before the
+            # last poll (a job it would have seen), give or take the time an answer waits.
             after = max(last - POLL_SLACK, self._after_last_end(d))
             saves = [t for t in d.status_saved if after < t < end]
             if saves:
-                return max(saves) - STATUS_LAG, "status", STATUS_LAG
+                return min(saves) - STATUS_LAG, "status", STATUS_LAG
             return last, "poll", max(0.0, end - last)
         return last, "poll", p.time - last
 
