@@ -543,16 +543,22 @@ class Tracker:
         return any(s.parent == snap.name for s in now.values())
 
     def _create_start(self, d: _Domain, p: DomainPoll, snap: SnapshotRecord):
+        written, change = d.files.get(snap.name, (p.time, "removed"))
+        if change == "removed":
+            written = p.time
         if d.job_start is not None and d.job_start >= snap.creation_time - 1.0:
-            return d.job_start, "control", 0.0
+            if d.job_start < written:
+                return d.job_start, "control", 0.0
+            # A job begun after the snapshot's file was written: the next operation's (a
+            # delete 1 ms after a disk-only create, measured), kept for it.
+            d.next_job_start = d.job_start
         if d.suspend_at is not None and d.suspend_at >= snap.creation_time - 0.01:
             return d.suspend_at, "event", 0.0
         # creationTime is whole seconds, stamped as the create call began: intersect
         # [creationTime, creationTime + 1) with the time since the previous poll, and with
         # the time before its file appeared.
         lo = max(snap.creation_time, d.last_poll if d.last_poll is not None else -1e18)
-        written, change = d.files.get(snap.name, (p.time, "removed"))
-        hi = min(snap.creation_time + 1.0, p.time, written if change != "removed" else p.time)
+        hi = min(snap.creation_time + 1.0, p.time, written)
         # The first status XML save of the create's job, after whatever ran before it.
         after = max(snap.creation_time, self._after_last_end(d))
         saves = [t for t in d.status_saved if after <= t <= hi]

@@ -151,3 +151,23 @@ def test_a_revert_job_polled_before_its_first_event_is_one_revert() -> None:
     ops += tracker.observe(_poll(101.6, (_snap("m1", None, True), _snap("m3", "m1", False))))
     assert [(o.operation, o.snapshot, o.start_source) for o in ops] == [("revert", "m1", "control")]
     assert abs(ops[0].start - 100.005) < 0.001 and ops[0].end == 101.5
+
+
+def test_a_create_first_polled_inside_the_next_delete_keeps_its_own_start() -> None:
+    """A disk-only create (40 ms) and a delete 1 ms after it: the first poll that lists the
+    snapshot is inside the delete's job (integration run on libvirt 9.0)."""
+    tracker = Tracker()
+    ops = tracker.observe(MetadataWatchState(99.0, True))
+    ops += tracker.observe(_poll(100.0, ()))
+    ops += tracker.observe(DomainStatusSaved(100.503, "vm"))  # the create's job began
+    ops += tracker.observe(SnapshotFileEvent(100.540, "vm", "q", "created"))
+    ops += tracker.observe(DomainStatusSaved(100.541, "vm"))  # its closing save
+    ops += tracker.observe(DomainStatusSaved(100.544, "vm"))  # the delete's job began
+    snap = SnapshotRecord("q", None, 100.0, "disk-snapshot", False, "external", True)
+    ops += tracker.observe(_poll(100.550, (snap,), control=1, ms=9))
+    ops += tracker.observe(SnapshotFileEvent(100.590, "vm", "q", "removed"))
+    ops += tracker.observe(_poll(100.592, ()))
+    assert [(o.operation, o.start_source, o.end_source) for o in ops] == [
+        ("create", "status", "metadata"), ("delete", "control", "metadata")]
+    assert abs(ops[0].start - 100.5) < 0.005 and ops[0].end == 100.540
+    assert abs(ops[1].start - 100.541) < 0.001 and ops[1].end == 100.590
