@@ -55,27 +55,23 @@ def thinned(lines: list[dict], interval: float = 1.0) -> list[dict]:
     return kept
 
 
+LATE = 0.02  # s the inotify thread reads late (a create and its delete 1 ms apart: up to 20 ms)
+
+
 def late(lines: list[dict]) -> list[dict]:
-    """Each file event and status save fed after the poll that follows it (a poll answered
-    before the inotify thread's event reached the loop)."""
-    out, held = [], []
-    for record in lines:
-        if record["type"] in FILES:
-            held.append(record)
-            continue
-        out.append(record)
-        if record["type"] == "DomainPoll":
-            out += held
-            held = []
-    return out + held
+    """The inotify thread LATE behind (a loaded machine): every file event and status save
+    stamped LATE later, and all fed in the order of their stamps as the collection loop merges
+    them, so polls answered meanwhile come first."""
+    shifted = [{**r, "time": r["time"] + LATE} if r["type"] in FILES else r for r in lines]
+    return sorted(shifted, key=lambda r: r.get("time", r.get("start", 0)))
 
 
-def check_exact_ends(calls: list[dict], ops: list[Operation]) -> None:
+def check_exact_ends(calls: list[dict], ops: list[Operation], late_by: float = 0.0) -> None:
     for call, op in zip(calls, ops, strict=True):
         if op.end_source == "metadata":
-            assert abs(op.end - call["end"]) <= EXACT, (call, op)
+            assert abs(op.end - call["end"]) <= EXACT + late_by, (call, op)
         if op.start_source == "status":
-            assert abs(op.start - call["start"]) <= EXACT, (call, op)
+            assert abs(op.start - call["start"]) <= EXACT + late_by, (call, op)
 
 
 @pytest.mark.parametrize("path", SEQUENCES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -83,14 +79,14 @@ def check_exact_ends(calls: list[dict], ops: list[Operation]) -> None:
 def test_every_operation_and_exact_ends(path: Path, feed) -> None:
     calls, ops, tracker = run(feed(records(path)))
     assert_matches_client(calls, ops)
-    check_exact_ends(calls, ops)
+    check_exact_ends(calls, ops, LATE if feed is late else 0.0)
     assert tracker.in_flight() == []
     ok = [(c, o) for c, o in zip(calls, ops, strict=True) if c["ok"]]
     # Every successful operation that keeps metadata ends on its file (or an exact event).
     assert all(o.end_source in ("metadata", "event") for _, o in ok), ops
 
 
-@pytest.mark.parametrize("path", [p for p in SEQUENCES if "delete" in p.stem or "quick" in p.stem],
+@pytest.mark.parametrize("path", [p for p in SEQUENCES if "delete" in p.stem],
                          ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_deletes_no_poll_caught_are_timed_from_the_files(path: Path) -> None:
     calls, ops, _ = run(thinned(records(path), interval=5.0))
