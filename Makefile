@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
 	libvirt-dev libvirt-clients pkg-config gcc python3-dev python3-venv busybox-static cpio \
 	prometheus prometheus-node-exporter prometheus-alertmanager prometheus-libvirt-exporter \
-	victoria-metrics curl openssl systemd
+	victoria-metrics curl openssl systemd fuse3
 # Rootful podman and mmdebstrap, for the container test (scripts/container-base.sh).
 CONTAINER_PACKAGES := podman runc slirp4netns containernetworking-plugins \
 	golang-github-containernetworking-plugin-dnsname fuse-overlayfs uidmap iptables mmdebstrap
+# Headless Chromium, for the operation page's browser test (tests/unit).
+BROWSER_PACKAGES := chromium
 
 .PHONY: deps test-deps venv test lint unit demo bench clean
 
@@ -24,8 +26,8 @@ endef
 deps:  ## Debian packages: libvirt, QEMU, Prometheus tools
 	$(call install-missing,$(DEBIAN_PACKAGES))
 
-test-deps: deps  ## and podman for the container test
-	$(call install-missing,$(CONTAINER_PACKAGES))
+test-deps: deps  ## and podman for the container test, chromium for the page test
+	$(call install-missing,$(CONTAINER_PACKAGES) $(BROWSER_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -9,6 +9,8 @@ snapshot in flight.
 
 from __future__ import annotations
 
+import dataclasses
+
 from libvirt_snapshot_exporter.host import HostSample
 from libvirt_snapshot_exporter.observations import (
     BlockStats,
@@ -18,7 +20,7 @@ from libvirt_snapshot_exporter.observations import (
     Versions,
 )
 from libvirt_snapshot_exporter.qemu_process import ProcessSample
-from libvirt_snapshot_exporter.records import FinishedOperation
+from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
 from libvirt_snapshot_exporter.state import (
     CollectorStatus,
     DomainView,
@@ -120,6 +122,10 @@ def store(now: float, batches: int = 1) -> StateStore:
     for _ in range(batches):
         for duration in (50.0, 50.0, 50.0, 250.0):
             result.operations.record(_entry("vm1", "create", duration, now - 600))
+    slow = _entry("vm1", "create", 250.0, now - 600)
+    result.operations.judged(dataclasses.replace(slow, verdict=Verdict(
+        "storage-contended", 80.0, 3.125, {"storage-contended": 0.9, "cpu": 0.02},
+        ("dirty-throttling",), {"device_utilisation": 0.97, "other_writers_share": 0.5})))
     result.operations.record(_entry(
         "vm2", "delete", 0.02, now - 3000, kind="external", memory=False, depth=1,
         paused_seconds=0.0, outcome="failure", qemu_written_bytes=None,

@@ -10,10 +10,13 @@ import logging
 import signal
 import sys
 import threading
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .config import OPTIONS, Config, ConfigError, build, dest
+
+if TYPE_CHECKING:
+    from .flight_recorder import FlightRecorder
 
 PROG = "libvirt-snapshot-exporter"
 
@@ -77,13 +80,14 @@ class Exporter:
         store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {},
                                 0, {}, True, 0))
         renderer = MetricsRenderer(store, config["collector.domain-histograms"])
-        app = App(store, oplog, renderer.render, config["web.telemetry-path"])
+        recorder = _recorder(config)
+        app = App(store, oplog, renderer.render, config["web.telemetry-path"], recorder)
         try:
             self.server = serve(app, host, port, web_config)
         except OSError as exc:
             fail(f"web.listen-address: cannot listen on {config['web.listen-address']}: "
                  f"{exc.strerror or exc}")
-        self.collector = Collector(config, store, oplog, renderer.prepare)
+        self.collector = Collector(config, store, oplog, renderer.prepare, recorder)
 
     def serve(self) -> None:
         """Collect and serve until shutdown(); then stop collecting and flush the log."""
@@ -103,6 +107,18 @@ def build_app(argv: list[str]) -> Exporter:
     """The exporter from command-line flags, to serve in this process (benchmarks/scale.py)."""
     config, _ = load(argv)
     return Exporter(config, _web_config(config))
+
+
+def _recorder(config: Config) -> FlightRecorder | None:
+    """The flight recorder and its traces beside the operations log; none for 0 traces."""
+    from .flight_recorder import FlightRecorder
+    from .trace_store import TraceStore
+
+    if not config["trace.operations"]:
+        return None
+    store = TraceStore(config["state.directory"], config["trace.operations"],
+                       config["trace.max-bytes"])
+    return FlightRecorder(config["path.procfs"], config["libvirt.pid-directory"], store)
 
 
 def _web_config(config: Config) -> object:

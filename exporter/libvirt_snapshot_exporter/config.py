@@ -49,6 +49,11 @@ OPTIONS = (
            "where the operations log is kept; empty: keep it in memory only"),
     Option("operations.log-size", int, 1000, "operations kept in the log",
            bounds=(1, 100_000)),
+    Option("trace.operations", int, 100,
+           "operations whose trace (the flight recorder's samples around them) is kept; "
+           "0: no flight recorder", bounds=(0, 10_000)),
+    Option("trace.max-bytes", int, 64 * 2**20, "bytes the kept traces may take, in memory "
+           "or on disk; the oldest go first", bounds=(2**20, 2**36)),
     Option("collector.poll-interval", float, 1.0,
            "seconds between polls of idle domains (state, controlInfo, snapshot list)",
            bounds=(0.1, 600)),

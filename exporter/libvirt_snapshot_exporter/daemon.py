@@ -10,9 +10,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import math
+import queue
 import threading
 import time
 import zlib
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .context import ContextKeeper
+from .flight_recorder import FlightRecorder
 from .host import HostReader, HostSample
 from .images import image_usage
 from .inbox import Inbox
@@ -42,6 +45,7 @@ from .observations import (
 from .operation_record import finished_operation, progress_estimate
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader, ProcessSample
+from .records import FinishedOperation
 from .state import (
     CollectorStatus,
     CpuReading,
@@ -54,7 +58,9 @@ from .state import (
     guest_memory_total,
     guest_memory_used,
 )
+from .trace import Trace
 from .tracker import Operation, Tracker
+from .verdict import judge, reference_rate
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +99,10 @@ class Collector:
     """Owns the adapters, the tracker and the operations log; publishes views to the store."""
 
     def __init__(self, config: Config, store: StateStore, oplog: OperationsLog,
-                 on_publish: Callable[[], None] = lambda: None) -> None:
+                 on_publish: Callable[[], None] = lambda: None,
+                 recorder: FlightRecorder | None = None) -> None:
         self.config = config
+        self.recorder = recorder  # None: trace.operations is 0
         self.store = store
         self.oplog = oplog
         self._on_publish = on_publish
@@ -133,6 +141,9 @@ class Collector:
         self._failed_this_cycle: set[str] = set()  # a later success in the cycle keeps 0
         self._woken: set[str] = set()  # domains named by events since the last poll round
         self._check_interval = config["collector.poll-interval"]
+        self._traced: queue.SimpleQueue[tuple[Trace, FinishedOperation]] = queue.SimpleQueue()
+        if recorder is not None:
+            recorder.on_trace = self._on_trace
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
 
@@ -141,6 +152,8 @@ class Collector:
     def start(self) -> None:
         self.watch.start()
         self._thread.start()
+        if self.recorder is not None:
+            self.recorder.start()
 
     def stop(self) -> None:
         """Bounded whatever libvirtd does: the loop is given STOP_WAIT to end its cycle (it may be
@@ -148,6 +161,9 @@ class Collector:
         self._stop.set()
         self._events.wake()
         self._thread.join(timeout=STOP_WAIT)
+        if self.recorder is not None:
+            self.recorder.stop()  # finishes the traces of operations that ended
+            self._judge_traced()
         self.oplog.close()
         self.watch.stop()
         self.adapter.close()
@@ -178,6 +194,7 @@ class Collector:
         self._failed_this_cycle.clear()
         try:
             self._collect()
+            self._judge_traced()
         finally:
             self.oplog.flush()
             self._publish()
@@ -496,6 +513,8 @@ class Collector:
         sample = self.host.read()
         self.contexts.add_host(sample)
         self._host_sample = sample
+        if self.recorder is not None:
+            self.recorder.note_host(sample)
         self._mark("host", True, time.time() - start)
 
     def _job_progress(self) -> None:
@@ -511,6 +530,10 @@ class Collector:
         cache = self._domains.get(op.domain, _DomainCache())
         used, total = self._guest_memory(cache)
         self.contexts.begin(op.key, op.domain, op.start, used, total, cache.cpu_ratio)
+        if self.recorder is not None:
+            self.recorder.begin(op.key, op.domain, op.start,
+                                cache.poll.pid if cache.poll is not None else None,
+                                [d.source for d in cache.disks if d.source.startswith("/")])
 
     def _guest_memory(self, cache: _DomainCache) -> tuple[int | None, int | None]:
         used = guest_memory_used(cache.stats, cache.process)
@@ -527,6 +550,33 @@ class Collector:
                  op.start_source, op.end_source)
         self.oplog.add(record)
         self.store.operations.record(record)
+        if self.recorder is not None:
+            self.recorder.end(op.key, record)
+
+    def _on_trace(self, trace: Trace, record: FinishedOperation) -> None:
+        """From the recorder's thread: judged by the loop, which owns the log."""
+        self._traced.put((trace, record))
+        self._events.wake()
+
+    def _judge_traced(self) -> None:
+        """The verdict on each operation whose trace is complete (POST_SECONDS after its end),
+        against the rate this host's storage sustained in the operations logged before it."""
+        while not self._traced.empty():
+            trace, record = self._traced.get_nowait()
+            entries, _ = self.oplog.page(0, self.oplog.size)
+            rate = reference_rate(e for e in entries if e.id != record.id)
+            try:
+                judged = dataclasses.replace(record, verdict=judge(trace, record, rate))
+            except Exception as exc:  # noqa: BLE001 - a trace it cannot judge: no verdict
+                log.error("no verdict on %s of %s/%s: %s: %s", record.operation, record.domain,
+                          record.snapshot, type(exc).__name__, exc)
+                continue
+            log.info("verdict on %s of %s/%s: %s (slowdown %s)", record.operation,
+                     record.domain, record.snapshot, judged.verdict.pace_setter,
+                     "unknown" if judged.verdict.slowdown is None
+                     else f"{judged.verdict.slowdown:.2f}")
+            if self.oplog.amend(judged):
+                self.store.operations.judged(judged)
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -550,6 +600,8 @@ class Collector:
         return items
 
     def _publish(self) -> None:
+        if self.recorder is not None:
+            self.recorder.retain(op.key for op in self.tracker.in_flight())
         up = self._was_up and self.adapter.up
         domains = {}
         if up:

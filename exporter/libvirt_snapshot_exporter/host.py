@@ -50,9 +50,15 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return values
 
 
+def vmstat_fields(text: str) -> dict[str, int]:
+    """/proc/vmstat as it is: counts (mostly pages) per field name."""
+    return {name: int(value) for name, value in
+            (line.split() for line in text.splitlines() if line.count(" ") == 1)}
+
+
 def parse_vmstat(text: str) -> dict[str, int]:
     """pgpgout (KiB), nr_dirtied and nr_written (pages) from /proc/vmstat, as bytes."""
-    raw = dict(line.split() for line in text.splitlines() if line.count(" ") == 1)
+    raw = vmstat_fields(text)
     out = {}
     if "pgpgout" in raw:
         out["pageout"] = int(raw["pgpgout"]) * 1024

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client.core import (
+    CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
@@ -66,6 +67,13 @@ def host_operation_families(host: HostOperations) -> Iterator[Metric]:
                      f"{DURATION_DOC}, all domains.", host.durations)
     yield _histogram("libvirt_snapshot_operation_guest_paused_seconds",
                      f"{PAUSED_DOC}, all domains.", host.paused)
+    verdicts = CounterMetricFamily(
+        "libvirt_snapshot_operation_verdicts",
+        "Finished operations by what set their pace (their verdict), all domains.",
+        labels=["operation", "pace_setter"])
+    for (operation, pace), count in sorted(host.verdicts.items()):
+        verdicts.add_metric([operation, pace], count)
+    yield verdicts
 
 
 def domain_operation_families(ops: DomainOperations, buckets: bool) -> Iterator[Metric]:
@@ -92,6 +100,17 @@ def _last_operations(ops: DomainOperations) -> Iterator[Metric]:
     last_depth = gauge("last_operation_depth",
                        "Depth (the study's level) of the snapshot it created, deleted or reverted to.")
     context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_CONTEXT}
+    pace = GaugeMetricFamily(
+        "libvirt_snapshot_last_operation_verdict_info",
+        "What set the pace of the domain's last operation of this type (see README, Verdict).",
+        labels=[*DO, "pace_setter"])
+    conditions = GaugeMetricFamily(
+        "libvirt_snapshot_last_operation_condition_info",
+        "A condition present during it that did not set its pace (throttling, reclaim...).",
+        labels=[*DO, "condition"])
+    expected = gauge("last_operation_expected_duration_seconds",
+                     "How long it should have taken: its bytes at this host's usual rate.")
+    slowdown = gauge("last_operation_slowdown_ratio", "Its duration over the expected one.")
     for operation, entry in sorted(ops.last.items()):
         labels = [entry.domain, operation]
         last_duration.add_metric(labels, entry.duration_seconds)
@@ -102,7 +121,17 @@ def _last_operations(ops: DomainOperations) -> Iterator[Metric]:
         for key, family in context.items():
             if getattr(entry, key) is not None:
                 family.add_metric(labels, getattr(entry, key))
-    yield from (last_duration, last_end, last_success, last_depth, *context.values())
+        verdict = entry.verdict
+        if verdict is not None:
+            pace.add_metric([*labels, verdict.pace_setter], 1)
+            for condition in verdict.present:
+                conditions.add_metric([*labels, condition], 1)
+            if verdict.expected_seconds is not None:
+                expected.add_metric(labels, verdict.expected_seconds)
+            if verdict.slowdown is not None:
+                slowdown.add_metric(labels, verdict.slowdown)
+    yield from (last_duration, last_end, last_success, last_depth, *context.values(), pace,
+                conditions, expected, slowdown)
 
 
 def in_flight_families(view: View, now: float) -> Iterator[Metric]:

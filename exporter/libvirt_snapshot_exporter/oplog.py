@@ -18,13 +18,13 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .atomic_file import write_atomically
 from .records import FinishedOperation
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,18 @@ class OperationsLog:
             self.version += 1
             self._dirty = True
 
+    def amend(self, entry: FinishedOperation) -> bool:
+        """Replace the entry with the same id (its verdict came after it); False when it has
+        left the log."""
+        with self._lock:
+            for index in range(len(self._entries) - 1, -1, -1):
+                if self._entries[index].id == entry.id:
+                    self._entries[index] = entry
+                    self.version += 1
+                    self._dirty = True
+                    return True
+        return False
+
     def page(self, offset: int, limit: int) -> tuple[list[FinishedOperation], int]:
         """Up to limit entries from offset, newest first, and how many the log holds."""
         with self._lock:
@@ -172,17 +184,7 @@ class OperationsLog:
             return
         text = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in self._entries)
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".operations.", dir=self.directory)
-            try:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(text)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.directory / LOG_NAME)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(self.directory, LOG_NAME, text.encode(), fsync=True)
         except OSError as exc:
             self.write_errors += 1
             if self.last_write_ok:

@@ -35,6 +35,19 @@ def parse_io_stat(text: str) -> tuple[int, int]:
     return read, write
 
 
+def parse_task_stat(text: str) -> tuple[str, str]:
+    """(name, state) from /proc/PID/task/TID/stat; the name may hold spaces and parentheses
+    ("CPU 0/TCG"), so it ends at the last ')'."""
+    head, _, rest = text.rpartition(")")
+    return head.partition("(")[2], rest.split()[0]
+
+
+def parse_schedstat(text: str) -> int:
+    """Run delay in ns (time runnable but waiting for a CPU) from /proc/PID/task/TID/schedstat:
+    'cpu_ns run_delay_ns timeslices'."""
+    return int(text.split()[1])
+
+
 def read_qemu_pid(pid_directory: Path, domain: str) -> int | None:
     """The pid libvirt wrote to <pid_directory>/<domain>.pid; None when shut off."""
     try:

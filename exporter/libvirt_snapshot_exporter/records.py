@@ -10,9 +10,10 @@ pages and the JSON API only ever see what they were written for.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 # Timestamps a calendar can show (time.localtime refuses beyond the year 9999).
@@ -57,6 +58,68 @@ def _texts(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
+def _figures(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and (v is None or _number(v)) for k, v in value.items())
+
+
+PACE_SETTERS = ("size", "storage-slow", "storage-contended", "cpu", "cache-mode", "mixed",
+                "unknown")
+CONDITIONS = ("dirty-throttling", "direct-reclaim", "kswapd-reclaim", "memory-pressure",
+              "low-memfree-ample-memavailable")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What set an operation's pace, with the evidence (verdict.py makes it from the trace)."""
+
+    pace_setter: str  # one of PACE_SETTERS
+    expected_seconds: float | None  # from the bytes QEMU wrote at the rate this host sustains
+    slowdown: float | None  # duration / expected
+    shares: Mapping[str, float] = field(default_factory=dict)  # cause -> share of time (0-1)
+    present: tuple[str, ...] = ()  # CONDITIONS seen that did not set the pace
+    figures: Mapping[str, float | None] = field(default_factory=dict)  # what it rests on
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pace_setter": self.pace_setter,
+            "expected_seconds": _round(self.expected_seconds),
+            "slowdown": _round(self.slowdown),
+            "shares": {k: round(v, 3) for k, v in self.shares.items()},
+            "present": list(self.present),
+            "figures": {k: _round(v) for k, v in self.figures.items()},
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> Verdict:
+        if not isinstance(value, dict):
+            raise InvalidRecord(f"bad 'verdict': {_short(value)}")
+        checks = {
+            "pace_setter": _one_of(*PACE_SETTERS),
+            "expected_seconds": _optional(_non_negative),
+            "slowdown": _optional(_non_negative),
+            "shares": _figures,
+            "present": lambda v: isinstance(v, list) and all(c in CONDITIONS for c in v),
+            "figures": _figures,
+        }
+        for key, check in checks.items():
+            if key not in value or not check(value[key]):
+                raise InvalidRecord(f"bad 'verdict.{key}': {_short(value.get(key))}")
+        return cls(value["pace_setter"], value["expected_seconds"], value["slowdown"],
+                   dict(value["shares"]), tuple(value["present"]), dict(value["figures"]))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def operation_id(domain: str, snapshot: str, operation: str, start: float) -> str:
+    """A finished operation's id, derived from its log entry, so entries logged before traces
+    existed have one too; safe in a URL and a file name."""
+    key = f"{domain}\0{snapshot}\0{operation}\0{start:.3f}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 REQUIRED = {
     "domain": _text,
     "operation": _one_of("create", "delete", "revert"),
@@ -88,6 +151,7 @@ OPTIONAL = {
         "io_stall_seconds", "guest_memory_used_bytes", "guest_memory_total_bytes",
         "guest_cpu_ratio",
     )},
+    "verdict": lambda value: True,  # checked by Verdict.from_json
 }
 
 
@@ -130,11 +194,18 @@ class FinishedOperation:
     guest_memory_used_bytes: int | None = None
     guest_memory_total_bytes: int | None = None
     guest_cpu_ratio: float | None = None
+    verdict: Verdict | None = None  # once its trace is complete, a few seconds after its end
+
+    @property
+    def id(self) -> str:
+        return operation_id(self.domain, self.snapshot or "", self.operation, self.start)
 
     def to_json(self) -> dict[str, Any]:
-        entry = dataclasses.asdict(self)
+        entry = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.disk_cache is not None:
             entry["disk_cache"] = list(self.disk_cache)
+        if self.verdict is not None:
+            entry["verdict"] = self.verdict.to_json()
         return entry
 
     @classmethod
@@ -143,6 +214,8 @@ class FinishedOperation:
         fields = _checked(entry)
         if fields.get("disk_cache") is not None:
             fields["disk_cache"] = tuple(fields["disk_cache"])
+        if fields.get("verdict") is not None:
+            fields["verdict"] = Verdict.from_json(fields["verdict"])
         return cls(**fields)
 
 

@@ -6,6 +6,7 @@ collection loop, so it answers at once however long a snapshot holds a domain.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +158,7 @@ class HostOperations:
 
     durations: HistogramTable
     paused: HistogramTable
+    verdicts: dict[tuple[str, str], int] = field(default_factory=dict)  # (operation, pace)
 
 
 class OperationStats:
@@ -183,7 +185,24 @@ class OperationStats:
                 old.domain, old.version + 1, _observed(old.durations, labels, duration),
                 _observed(old.paused, labels, paused), {**old.last, entry.operation: entry})
             self._host = HostOperations(_observed(self._host.durations, labels, duration),
-                                        _observed(self._host.paused, labels, paused))
+                                        _observed(self._host.paused, labels, paused),
+                                        self._host.verdicts)
+
+    def judged(self, entry: FinishedOperation) -> None:
+        """An operation recorded before now has its verdict: counted for the hypervisor, and
+        shown as its domain's last operation if it still is."""
+        if entry.verdict is None:
+            return
+        key = (entry.operation, entry.verdict.pace_setter)
+        with self._lock:
+            self._host = dataclasses.replace(
+                self._host, verdicts={**self._host.verdicts, key: self._host.verdicts.get(key, 0)
+                                      + 1})
+            old = self._domains.get(entry.domain)
+            last = old.last.get(entry.operation) if old else None
+            if old is not None and last is not None and last.id == entry.id:
+                self._domains[entry.domain] = dataclasses.replace(
+                    old, version=old.version + 1, last={**old.last, entry.operation: entry})
 
     def forget_domain(self, domain: str) -> None:
         with self._lock:

@@ -1,4 +1,6 @@
-"""HTTP: /metrics (text from exposition.MetricsRenderer), the landing page, health, /api/operations.
+"""HTTP: /metrics (text from exposition.MetricsRenderer), the landing page, health, /api/operations
+and each operation's trace (/api/operations/<id>/trace, from the flight recorder), verdict and
+page (/operations/<id>, page.py) with the static files it needs (/static/).
 
 Served by wsgiref's threading server, hardened: optional TLS and basic auth from the web config
 file (webconfig.py), bounds on what slow, silent or garbage-speaking clients can hold, GET and
@@ -16,6 +18,7 @@ import html
 import io
 import json
 import logging
+import re
 import socket
 import socketserver
 import ssl
@@ -23,15 +26,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client.exposition import gzip_accepted
 
 from . import __version__
+from . import page as operation_page
 from .oplog import OperationsLog
+from .records import FinishedOperation, Verdict
 from .state import StateStore
+from .trace import Trace, from_json
+from .verdict import judge, reference_rate
 from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,18 @@ RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
 class BadRequest(ValueError):
     """A query parameter out of range; the message says which."""
 
+
+class Traces(Protocol):
+    """Where operation traces are found (the flight recorder)."""
+
+    def get(self, trace_id: str) -> bytes | None: ...
+
+
+TRACE_PATH = re.compile(r"/api/operations/([0-9a-f]{16})/(trace|verdict)")
+OPERATION_PATH = re.compile(r"/operations/([0-9a-f]{16})")
+STATIC_PATH = re.compile(r"/static/([A-Za-z0-9._-]+)")
+HTML = "text/html; charset=utf-8"
+
 STUDY_COLUMNS = (
     ("domain", "domain"), ("snapshot", "snapshot"), ("operation", "operation"),
     ("depth", "depth"), ("guest memory used", "guest_memory_used_bytes"),
@@ -66,7 +85,7 @@ STUDY_COLUMNS = (
     ("host MemAvailable min", "host_memory_available_min_bytes"),
     ("host MemFree min", "host_memory_free_min_bytes"),
     ("peak Dirty", "host_dirty_peak_bytes"), ("peak Writeback", "host_writeback_peak_bytes"),
-    ("QEMU wrote", "qemu_written_bytes"), ("ended", "end"),
+    ("QEMU wrote", "qemu_written_bytes"), ("ended", "end"), ("verdict", "verdict"),
 )
 
 
@@ -99,8 +118,10 @@ def _int_param(params: dict[str, list[str]], name: str, default: int, low: int, 
 
 class App:
     def __init__(self, store: StateStore, oplog: OperationsLog,
-                 render_metrics: RenderMetrics, telemetry_path: str) -> None:
+                 render_metrics: RenderMetrics, telemetry_path: str,
+                 traces: Traces | None = None) -> None:
         self.store = store
+        self.traces = traces
         self.oplog = oplog
         self.telemetry_path = telemetry_path
         self.render_metrics = render_metrics
@@ -124,8 +145,22 @@ class App:
                 return send(start_response, "400 Bad Request", "application/json", body)
             return send(start_response, "200 OK", "application/json", body)
         if path == "/":
-            return send(start_response, "200 OK", "text/html; charset=utf-8",
-                              self.landing().encode())
+            return send(start_response, "200 OK", HTML, self.landing().encode())
+        if (match := OPERATION_PATH.fullmatch(path)) and (judged := self._judged(match[1])):
+            return send(start_response, "200 OK", HTML, operation_page.render(*judged).encode())
+        if ((match := STATIC_PATH.fullmatch(path))
+                and (found := operation_page.static_file(match[1]))):
+            return send(start_response, "200 OK", found[1], found[0],
+                        [operation_page.STATIC_CACHE])
+        if (match := TRACE_PATH.fullmatch(path)) and self.traces is not None:
+            if match[2] == "trace":
+                body = self.traces.get(match[1])
+            else:
+                judged = self._judged(match[1])  # a trace there, a verdict on it
+                body = (None if judged is None or judged[1] is None or judged[2] is None else
+                        json.dumps({"id": match[1], **judged[2].to_json()}).encode())
+            if body is not None:
+                return send(start_response, "200 OK", "application/json", body)
         return send(start_response, "404 Not Found", "text/plain", b"not found\n")
 
     def _metrics(self, environ: dict, params: dict[str, list[str]],
@@ -174,7 +209,8 @@ class App:
         entries, total = self.oplog.page(offset, limit)
         following = offset + len(entries)
         page = json.dumps({
-            "operations": [e.to_json() for e in entries], "total": total, "offset": offset,
+            "operations": [{**e.to_json(), "id": e.id} for e in entries],
+            "total": total, "offset": offset,
             "limit": limit,
             "next_offset": following if following < total else None,
         }).encode()[1:-1]
@@ -184,6 +220,23 @@ class App:
                 del self._pages[next(iter(self._pages))]  # the oldest
             self._pages[key] = page
         return page
+
+    def _judged(self, trace_id: str) -> tuple[FinishedOperation, Trace | None,
+                                              Verdict | None] | None:
+        """A logged operation, its trace (None when not kept) and its verdict (None without
+        either a stored one or a trace); None when the operation has left the log."""
+        entries, _ = self.oplog.page(0, self.oplog.size)
+        entry = next((e for e in entries if e.id == trace_id), None)
+        if entry is None:
+            return None
+        body = self.traces.get(trace_id) if self.traces is not None else None
+        trace = from_json(json.loads(body)) if body is not None else None
+        # The verdict the collector gave once the trace was complete; judged here only for an
+        # operation logged before verdicts were (or whose trace was still being sampled).
+        verdict = entry.verdict
+        if verdict is None and trace is not None:
+            verdict = judge(trace, entry, reference_rate(e for e in entries if e.id != trace_id))
+        return entry, trace, verdict
 
     def landing(self) -> str:
         view = self.store.view
@@ -195,8 +248,11 @@ class App:
             cells[6] = f"running {entry['elapsed_seconds']:.1f} s"
             cells[10] = "in flight"
             rows.append("<tr class=running>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        for entry in (e.to_json() for e in finished):
+        for record in finished:
+            entry = record.to_json()
             cells = [html.escape(_fmt(key, entry.get(key))) for _, key in STUDY_COLUMNS]
+            cells[0] = f'<a href="/operations/{record.id}">{cells[0]}</a>'
+            cells[-1] = operation_page.verdict_cell(entry)
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         shown = (f"the {len(finished)} newest of {total}; all of them in "
                  f'<a href="/api/operations">/api/operations</a>' if total > len(finished) else "")
@@ -215,9 +271,10 @@ th{{background:#eee}}</style></head><body>
 <h2>Snapshot operations, newest first</h2>
 <p>{shown}</p>
 <table><tr>{head}</tr>
-{''.join(rows) or '<tr><td colspan=20>no snapshot operation seen yet</td></tr>'}
+{''.join(rows) or '<tr><td colspan=21>no snapshot operation seen yet</td></tr>'}
 </table></body></html>
 """
+
 
 
 def send(start_response: StartResponse, status: str, ctype: str, body: bytes,

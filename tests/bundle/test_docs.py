@@ -80,3 +80,10 @@ def test_readme_metric_tables_list_exactly_what_the_exposition_emits():
         wrong = {name: (kind, documented[name]) for name, kind in exposed.items()
                  if kind not in documented[name].split(" or ")}
         assert not wrong, f"exposed type vs README.md's: {wrong}"
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test files by their base name (no packages under tests/): two files of
+    one name in different folders stop the whole run at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

@@ -125,6 +125,11 @@ def test_times_a_real_snapshot_and_reads_qemu_io(service, libvirtd):
             "create", "in-container", "success")
         assert abs(op["duration_seconds"] - wall) <= 0.5, (op, wall)
         assert op["qemu_written_bytes"] > 100 * 2**20
+        # The operation page and the uPlot it needs ship in the image (package data).
+        with urllib.request.urlopen(f"{URL}/operations/{op['id']}", timeout=5) as response:
+            assert f"create of {guest.name} / in-container".encode() in response.read()
+        with urllib.request.urlopen(URL + "/static/uplot.iife.min.js", timeout=5) as response:
+            assert response.read().startswith(b"/*! https://github.com/leeoniya/uPlot")
     finally:
         testbed.destroy_guest(conn, guest)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from lse_devtools.exporter_proc import ExporterProcess, free_port
+from lse_devtools.handbuilt_trace import slow_trace
 from lse_devtools.silent_libvirtd import SilentLibvirtd
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
@@ -298,6 +299,43 @@ def test_landing_page_shows_the_newest_operations_only(served):
     status, _, body = request(served.port, path="/")
     assert status == 200
     assert body.count(b"<tr><td>") == 100 and b"the 100 newest of 2500" in body
+
+
+HOSTILE = '</script><script>alert(1)</script><img src=x onerror=alert(2)>&"\''
+
+
+def test_hostile_names_and_traces_on_disk_stay_text_on_the_pages(tmp_path):
+    """A log and traces anyone with the state directory may have written: names that are
+    markup, a trace whose device is markup, a trace file that is no trace."""
+    state = tmp_path / "state"
+    (state / "traces").mkdir(parents=True)
+    trace = slow_trace(HOSTILE, HOSTILE)
+    entry = {**ENTRY, "domain": HOSTILE, "snapshot": HOSTILE, "error": HOSTILE,
+             "start": trace.start, "end": trace.end, "duration_seconds": trace.end - trace.start}
+    broken = {**entry, "snapshot": "broken"}
+    (state / "operations.jsonl").write_text(json.dumps(entry) + "\n" + json.dumps(broken) + "\n")
+    (state / "traces" / f"{trace.id}.json").write_text(
+        json.dumps({**trace.to_json(), "device": HOSTILE}))
+    broken_id = slow_trace(HOSTILE, "broken").id
+    (state / "traces" / f"{broken_id}.json").write_text('{"version": 1, "t": [')
+    proc = exporter(state_dir=str(state), port=free_port()).start()
+    try:
+        status, _, landing = request(proc.port, path="/")
+        assert status == 200 and landing.count(b'<a href="/operations/') == 2
+        status, _, body = request(proc.port, path=f"/operations/{trace.id}")
+        assert status == 200 and b'data-state=loading' in body
+        for text in (landing, body):
+            assert b"<img" not in text and b"alert(1)</script>" not in text
+            assert b"&lt;/script&gt;&lt;script&gt;alert(1)" in text
+        assert body.count(b"<script") == 3
+        status, _, body = request(proc.port, path=f"/operations/{broken_id}")
+        assert status == 200 and b"No trace is kept for this operation" in body
+        status, headers, body = request(proc.port, path="/static/uplot.iife.min.js")
+        assert status == 200 and body.startswith(b"/*! https://github.com/leeoniya/uPlot")
+        assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    finally:
+        assert proc.stop() == 0
+    no_traceback(proc)
 
 
 def test_operations_readers_do_not_hold_up_scrapes(served):

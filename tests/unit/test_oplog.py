@@ -190,3 +190,39 @@ def test_lock_file_that_cannot_be_opened_still_lets_the_log_be_read(tmp_path, ca
     assert log.load_ok and log.page(0, 10)[1] == 1
     (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "cannot lock operations.lock" in error and "unnoticed" in error, error
+
+
+VERDICT = {"pace_setter": "storage-slow", "expected_seconds": 9.7, "slowdown": 3.1,
+           "shares": {"storage-slow": 0.9, "cpu": 0.01}, "present": ["dirty-throttling"],
+           "figures": {"samples": 240, "device_utilisation": 0.97, "slowdown": None}}
+
+
+def test_a_verdict_comes_back_as_written_and_a_bad_one_is_refused(tmp_path):
+    log = _log_with(tmp_path, _good(snapshot="judged", verdict=VERDICT),
+                    _good(snapshot="pending", verdict=None),
+                    *(_good(verdict={**VERDICT, key: value}) for key, value in (
+                        ("pace_setter", "gremlins"), ("slowdown", -1), ("present", ["haunted"]),
+                        ("shares", {"cpu": "lots"}), ("figures", [1]))),
+                    _good(verdict="slow"))
+    entries, total = log.page(0, 10)
+    assert [e.snapshot for e in entries] == ["pending", "judged"] and total == 2
+    assert entries[1].verdict.pace_setter == "storage-slow"
+    assert entries[1].to_json()["verdict"] == VERDICT
+    assert entries[0].verdict is None and log.invalid_entries == 6
+
+
+def test_amend_replaces_the_entry_with_the_same_id_and_is_written(tmp_path):
+    log = OperationsLog(str(tmp_path))
+    first = FinishedOperation.from_json(GOOD)
+    second = FinishedOperation.from_json({**GOOD, "snapshot": "s2", "start": GOOD["start"] + 1})
+    log.add(first)
+    log.add(second)
+    log.flush()
+    judged = FinishedOperation.from_json({**GOOD, "verdict": VERDICT})
+    assert judged.id == first.id != second.id
+    assert log.amend(judged)
+    assert not log.amend(FinishedOperation.from_json({**GOOD, "domain": "gone"}))
+    log.close()
+    again = OperationsLog(str(tmp_path))
+    entries, _ = again.page(0, 10)
+    assert [e.verdict for e in entries] == [None, judged.verdict]

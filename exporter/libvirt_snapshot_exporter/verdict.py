@@ -1,0 +1,184 @@
+"""A first verdict on an operation: what set its pace, from its trace (pure: no I/O, no clock).
+
+The starting model of issue 15's research brief on slow snapshots: the expected
+duration is E = T0 + V / B_ref, V the bytes QEMU wrote, B_ref the rate this host's storage
+sustains such writes, learned from its own past operations; the slowdown S = duration / E.
+A pace-setter is then named among size (S near 1: the bytes at the usual rate), storage (the
+writers waiting on a device that is busy most of the time: slow, or contended when others
+wrote a large part of its bytes), CPU (the writers runnable but not running), cache mode
+(direct I/O: no page cache ramp, the writers waiting on the device), mixed (the top two
+within 1.5x) and unknown (too few samples, or slower than expected with nothing standing
+out; with no past rate and nothing standing out, its size). Conditions that were
+present without setting the pace (the writer throttled by the dirty limits, reclaim, low
+MemFree with MemAvailable ample) are listed apart: they change where the writer waits, not
+how long the operation takes (the brief's measurements on a 40 MB/s device).
+The thresholds are the brief's starting points, to calibrate on induced conditions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from .records import FinishedOperation, Verdict
+from .trace import WRITER_ROLES, Point, Trace
+
+T0_SECONDS = 0.2  # a create's fixed cost (setup, pause, qcow2 snapshot table) before its bytes
+SIZE_SLOWDOWN = 1.3  # at most this much slower than expected: the size explains it
+MIXED_RATIO = 1.5  # the top two causes within this ratio: mixed
+MIN_SHARE = 0.2  # a cause explaining less of the time than this is no cause
+MIN_SAMPLES = 5  # fewer samples within the operation: unknown
+BUSY_DEVICE = 0.8  # utilisation above which the device is the bottleneck
+CONTENDED = 0.3  # other writers' share of the device's bytes above which it is contention
+CPU_STARVED = 0.25  # run delay over duration above which the writer is CPU starved
+THROTTLED = 0.1  # share of time in balance_dirty_pages that is worth saying
+LOW_FREE = 256 * 2**20
+AMPLE_AVAILABLE = 2**30
+PSI_MEMORY = 0.1  # PSI memory some over the duration that is memory pressure
+RATE_MIN_BYTES = 64 * 2**20  # operations that wrote less teach nothing about the rate
+RATE_QUANTILE = 0.75  # the unstressed operations are the faster ones
+
+WAIT_THROTTLED = ("balance_dirty_pages",)
+WAIT_RECLAIM = ("shrink_", "try_to_free", "__alloc_pages_slowpath", "reclaim", "compact")
+DIRECT_IO_CACHES = ("none", "directsync")
+
+
+def reference_rate(records: Iterable[FinishedOperation]) -> float | None:
+    """Bytes per second this host's storage sustains for a snapshot's writes, learned from its
+    past successful internal creates with memory: the upper quartile of their rates, since the
+    unstressed ones are the faster ones. None before there is any."""
+    rates = sorted(
+        r.qemu_written_bytes / r.duration_seconds for r in records
+        if r.operation == "create" and r.kind == "internal" and r.memory
+        and r.outcome == "success" and (r.qemu_written_bytes or 0) >= RATE_MIN_BYTES
+        and r.duration_seconds > 0)
+    if not rates:
+        return None
+    return rates[min(len(rates) - 1, int(RATE_QUANTILE * len(rates)))]
+
+
+def wait_class(key: str) -> str:
+    """running | throttled | reclaim | device | idle, from a 'role:state:wchan' key."""
+    _role, state, wchan = key.split(":", 2)
+    if state == "R":
+        return "running"
+    if wchan.startswith(WAIT_THROTTLED):
+        return "throttled"
+    if any(w in wchan for w in WAIT_RECLAIM):
+        return "reclaim"
+    if state == "D":
+        return "device"
+    return "idle"
+
+
+def writer_waits(point: Point) -> dict[str, int]:
+    """Samples of the point in which a writer thread was in each wait class (a sample with two
+    writers in the same class counts once, so a share never exceeds the point's samples)."""
+    counted: dict[str, int] = {}
+    for key, count in point.threads.items():
+        if key.split(":", 1)[0] in WRITER_ROLES:
+            cls = wait_class(key)
+            counted[cls] = counted.get(cls, 0) + count
+    return {cls: min(count, point.n) for cls, count in counted.items()}
+
+
+def _delta(points: Sequence[Point], key: str) -> float | None:
+    values = [p.counters[key] for p in points if key in p.counters]
+    return values[-1] - values[0] if len(values) >= 2 else None
+
+
+def _span(points: Sequence[Point], key: str) -> float | None:
+    values = [p.t for p in points if key in p.counters]
+    return values[-1] - values[0] if len(values) >= 2 else None
+
+
+def judge(trace: Trace, record: FinishedOperation, rate: float | None) -> Verdict:
+    """The verdict on one operation from its trace, its log entry and the learned rate."""
+    duration = record.duration_seconds
+    written = record.qemu_written_bytes
+    during = [p for p in trace.points if trace.start <= p.t <= trace.end and p.threads]
+    samples = sum(p.n for p in during)
+    after = [p for p in trace.points if p.t >= trace.start]  # the device drains after the end
+    figures: dict[str, float] = {"samples": samples}
+    expected = slowdown = None
+    if written is not None and rate:
+        expected = T0_SECONDS + written / rate
+        slowdown = duration / expected
+        figures.update(written_bytes=written, reference_rate_bytes_per_second=rate)
+
+    # Shares of time: a sample counts for a wait class when a writer thread is in it.
+    waits: dict[str, float] = {}
+    for p in during:
+        for cls, count in writer_waits(p).items():
+            waits[cls] = waits.get(cls, 0.0) + count
+    shares_of_time = {cls: v / samples for cls, v in waits.items()} if samples else {}
+    busy, span = _delta(after, "device_busy_ms"), _span(after, "device_busy_ms")
+    utilisation = min(1.0, busy / 1000 / span) if busy is not None and span else None
+    device_bytes, qemu_bytes = _delta(after, "device_write_bytes"), _delta(after,
+                                                                            "qemu_write_bytes")
+    others = None
+    if device_bytes and qemu_bytes is not None:
+        others = max(0.0, (device_bytes - qemu_bytes) / device_bytes)
+    delay = sum(v for k, v in _deltas(during, "run_delay_").items()
+                if k.removeprefix("run_delay_").removesuffix("_ns") in WRITER_ROLES)
+    cpu_share = min(1.0, delay / 1e9 / duration) if duration > 0 else 0.0
+    figures.update({f"writer_{k}_share": v for k, v in shares_of_time.items()})
+    figures.update(run_delay_share=cpu_share)
+    if utilisation is not None:
+        figures["device_utilisation"] = utilisation
+    if others is not None:
+        figures["other_writers_share"] = others
+
+    device_wait = shares_of_time.get("device", 0.0) + shares_of_time.get("throttled", 0.0)
+    direct = any(c in DIRECT_IO_CACHES for c in record.disk_cache or ())
+    shares: dict[str, float] = {"cpu": cpu_share}
+    storage = device_wait * (utilisation if utilisation is not None else 0.0)
+    if direct:
+        shares["cache-mode"] = device_wait
+    elif others is not None and others >= CONTENDED:
+        shares["storage-contended"] = storage
+    else:
+        shares["storage-slow"] = storage
+    present = _present(trace, during, shares_of_time, duration)
+
+    if samples < MIN_SAMPLES:
+        pace = "unknown"
+    elif slowdown is not None and slowdown <= SIZE_SLOWDOWN:
+        pace = "size"
+    else:
+        ranked = sorted(shares.items(), key=lambda kv: kv[1], reverse=True)
+        (top, best), (_, second) = ranked[0], (ranked[1] if len(ranked) > 1 else ("", 0.0))
+        if best < MIN_SHARE:
+            # Nothing held the writers back: with no past rate to compare with, its own bytes
+            # set the pace; slower than the past rate with no cause seen, it is not known why.
+            pace = "size" if slowdown is None else "unknown"
+        elif second * MIXED_RATIO >= best:
+            pace = "mixed"
+        else:
+            pace = top
+    return Verdict(pace, expected, slowdown, shares, present, figures)
+
+
+def _deltas(points: Sequence[Point], prefix: str) -> dict[str, float]:
+    keys = {k for p in points for k in p.counters if k.startswith(prefix)}
+    return {k: d for k in keys if (d := _delta(points, k)) is not None}
+
+
+def _present(trace: Trace, during: Sequence[Point], shares: Mapping[str, float],
+             duration: float) -> tuple[str, ...]:
+    """Conditions seen during the operation, said whether or not they set its pace."""
+    found = []
+    if shares.get("throttled", 0.0) >= THROTTLED:
+        found.append("dirty-throttling")
+    reclaim = sum(_delta(trace.points, k) or 0 for k in ("pgscan_direct", "allocstall"))
+    if reclaim > 0 or shares.get("reclaim", 0.0) > 0:
+        found.append("direct-reclaim")
+    elif (_delta(trace.points, "pgscan_kswapd") or 0) > 0:
+        found.append("kswapd-reclaim")
+    psi = _delta(during, "psi_memory_some")
+    if psi is not None and duration > 0 and psi / duration >= PSI_MEMORY:
+        found.append("memory-pressure")
+    free = [p.gauges["free"] for p in trace.points if "free" in p.gauges]
+    available = [p.gauges["available"] for p in trace.points if "available" in p.gauges]
+    if free and available and min(free) < LOW_FREE and min(available) >= AMPLE_AVAILABLE:
+        found.append("low-memfree-ample-memavailable")
+    return tuple(found)
