@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import logging
 import math
 import queue
@@ -41,6 +42,7 @@ from .observations import (
     MetadataWatchState,
     Observation,
     Versions,
+    to_record,
 )
 from .operation_record import finished_operation, progress_estimate
 from .oplog import OperationsLog
@@ -272,6 +274,8 @@ class Collector:
         self._observe(obs)
 
     def _observe(self, obs: Observation) -> None:
+        if log.isEnabledFor(logging.DEBUG):  # one replayable line (observations.from_record)
+            log.debug("observation %s", json.dumps(to_record(obs)))
         before = {op.key for op in self.tracker.in_flight()}
         finished = self.tracker.observe(obs)
         for op in self.tracker.in_flight():
