@@ -102,7 +102,7 @@ def main() -> int:
           " (TCG guest)")
     guest = testbed.create_guest(conn, "bench", memory_mib=args.fill_mib + 256,
                                  fill_mib=args.fill_mib)
-    ours = ExporterProcess()
+    ours = ExporterProcess("--log.level=debug")  # each observation logged, to replay
     debian = None
     try:
         guest.wait_ready(timeout=600)
@@ -143,13 +143,16 @@ def main() -> int:
                 time.sleep(2)
             time.sleep(2)
         ops = json.load(urllib.request.urlopen(ours.url + "/api/operations?limit=10000"))["operations"]
-        measured = {(o["operation"], o["snapshot"]): o["duration_seconds"] for o in ops
-                    if o["domain"] == guest.name}
+        measured = {(o["operation"], o["snapshot"]): o for o in ops if o["domain"] == guest.name}
         client = {("create", f"b{n}"): wall for n, wall in enumerate(walls, 1)} | other_walls
         signed: dict[str, list[float]] = {"create": [], "revert": [], "delete": []}
+        worst: dict[str, tuple[float, dict]] = {}
         for key, wall in client.items():
             if key in measured:
-                signed[key[0]].append(measured[key] - wall)
+                error = measured[key]["duration_seconds"] - wall
+                signed[key[0]].append(error)
+                if abs(error) >= abs(worst.get(key[0], (0.0, {}))[0]):
+                    worst[key[0]] = (error, measured[key])
         mine_during = [lat for s, e in windows for lat in mine.during(s, e)]
         print(f"\nsnapshots: {len(walls)} internal creates of a running guest with "
               f"{args.fill_mib} MiB of random data; wall time {summary(walls, 1, 's')}")
@@ -165,7 +168,12 @@ def main() -> int:
             performed = sum(1 for key in client if key[0] == operation)
             print(f"  {operation} duration error: {error_summary(errors)} (measured {len(errors)}"
                   f" of {performed})")
+            if operation in worst:
+                error, op = worst[operation]
+                print(f"    worst {error * 1000:+.1f} ms: {op['snapshot']}, start from "
+                      f"{op['start_source']}, end from {op['end_source']}")
         print(f"  shown in progress after: {summary(delays)} (scraping every 50 ms)")
+        print(f"exporter log (each observation at debug): {ours.log_path}")
         return 0
     finally:
         if debian:

@@ -120,7 +120,8 @@ def seen(exporter: ExporterProcess, domains: set[str], since: float) -> tuple[di
     """Operations the exporter recorded, by (operation, kind, outcome): from its log and from
     the histogram counts; and from its log by (domain, operation, snapshot)."""
     data = json.loads(exporter.get("/api/operations", timeout=30))
-    ops = [o for o in data["operations"] if o["domain"] in domains and o["start"] >= since]
+    # By end: a start bracketed by creationTime (whole seconds) can come before `since`.
+    ops = [o for o in data["operations"] if o["domain"] in domains and o["end"] >= since]
     logged = collections.Counter((o["operation"], o["kind"], o["outcome"]) for o in ops)
     named = collections.Counter((o["domain"], o["operation"], o["snapshot"]) for o in ops)
     counted: collections.Counter[tuple[str, str, str]] = collections.Counter()
@@ -190,7 +191,8 @@ def main() -> int:
         except AssertionError as exc:
             print(f"not all operations recorded: {str(exc).splitlines()[0]}")
         logged, counted, named = seen(exporter, domains, since)
-        in_flight = json.loads(exporter.get("/api/operations"))["in_flight"]
+        in_flight = [o for o in json.loads(exporter.get("/api/operations"))["in_flight"]
+                     if o["domain"] in domains]  # not other guests of the same libvirtd
         rss_end, cpu_end = process.memory_info().rss, sum(process.cpu_times()[:2])
     finally:
         exporter.stop()
