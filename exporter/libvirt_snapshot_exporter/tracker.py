@@ -11,7 +11,10 @@ Signals and what they mean (measured on libvirt 9.0 / QEMU 7.2, see README "Prec
 - SUSPENDED/RESUMED lifecycle events bracket the guest pause of a create;
 - *_FROM_SNAPSHOT lifecycle events mark a revert; DEFINED/FROM_SNAPSHOT is its last event;
 - JOB_COMPLETED (operation 6) carries libvirt's own elapsed time for an external memory snapshot;
-- a snapshot that vanishes is a delete (block-job events accompany an external one).
+- a snapshot that vanishes is a delete (block-job events accompany an external one);
+- libvirt's snapshot metadata files (metadata_watch): a create's file appearing, a revert's
+  rewritten current flags and a delete's file removed are each exact ends; the domain's status
+  XML saved as a job begins is the start of a delete no poll caught.
 When a start or end was not seen directly it is bracketed by polls and the bracket is recorded
 as the uncertainty.
 """
@@ -41,17 +44,25 @@ from .observations import (
     BlockJobEvent,
     DomainGone,
     DomainPoll,
+    DomainStatusSaved,
     DomainUnchanged,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
+    MetadataWatchState,
     Observation,
+    SnapshotFileEvent,
     SnapshotRecord,
 )
 
 PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
 DETAIL_SUSPENDED_API_ERROR = 6  # an API call failed while the guest was paused
 REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
+FILE_GRACE = 0.5  # seconds a poll ahead of the file events waits for them (they take ms)
+FILE_MEMORY = 10.0  # seconds file and status events are kept for the polls that explain them
+CLOSING_SAVE = 0.01  # a job's closing status save follows its file event by 1-3 ms (libvirt 9.0)
+POLL_SLACK = 0.25  # a poll is stamped when read, up to this long after libvirt answered it
+STATUS_LAG = 0.005  # the status XML is saved 2-4 ms after a snapshot call begins (9.0 and 11.3)
 REVERT_EVENTS = {
     (EVENT_SUSPENDED, DETAIL_SUSPENDED_FROM_SNAPSHOT),
     (EVENT_STOPPED, DETAIL_STOPPED_FROM_SNAPSHOT),
@@ -90,6 +101,8 @@ class Operation:
     resumed_at: float | None = None
     failed_at: float | None = None  # SUSPENDED/API_ERROR: the create call failed here
     idle_since: float | None = None
+    rewritten_at: float | None = None  # a revert's snapshot files rewritten: its end
+    defined_at: float | None = None  # a revert's DEFINED/FROM_SNAPSHOT, its last event
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
@@ -120,8 +133,14 @@ class _Domain:
     block_job_end: float | None = None
     revert_event: float | None = None
     revert_defined_at: float | None = None
+    defined_due: float | None = None  # end of a revert finished before its DEFINED event came
     state: int = 0
     failed: set[str] = field(default_factory=set)  # snapshots of failed creates, still listed
+    files: dict[str, tuple[float, str]] = field(default_factory=dict)  # snapshot -> last change
+    status_saved: list[float] = field(default_factory=list)  # recent status XML saves
+    last_end: float | None = None  # end of the last operation finished here
+    ahead_since: float | None = None  # polls have shown an end whose file event is still due
+    held: DomainPoll | None = None  # the latest such poll, applied once its file event comes
 
 
 def depth_of(snapshots: dict[str, SnapshotRecord], name: str | None) -> int:
@@ -139,6 +158,7 @@ class Tracker:
 
     def __init__(self) -> None:
         self._domains: dict[str, _Domain] = {}
+        self._watching = False  # the metadata watch sees libvirt's files
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -165,15 +185,23 @@ class Tracker:
     # --- input ------------------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> list[Operation]:
+        if isinstance(obs, MetadataWatchState):
+            self._watching = obs.watching
+            return []
         if isinstance(obs, DomainPoll):
             return self._poll(obs)
         if isinstance(obs, DomainGone):
             return self._gone(obs)
         if isinstance(obs, DomainUnchanged):
+            return self._unchanged(obs)
+        if isinstance(obs, SnapshotFileEvent | DomainStatusSaved):
             d = self._domains.get(obs.domain)
-            if d is not None and d.active is None and d.last_poll is not None:
-                d.last_poll = max(d.last_poll, obs.time)  # nothing ran up to now
-            return []
+            if d is None or d.last_poll is None:  # the first poll adopts what it shows
+                return []
+            finished = self._file_event(d, obs)
+            if d.held is not None and isinstance(obs, SnapshotFileEvent):
+                finished += self._poll(d.held)  # the file it waited for may be this one
+            return finished
         d = self._domains.setdefault(obs.domain, _Domain())
         if isinstance(obs, LifecycleEvent):
             return self._lifecycle(d, obs)
@@ -188,13 +216,80 @@ class Tracker:
             d.active.memory_remaining_bytes = obs.remaining_bytes
         return []
 
+    def _unchanged(self, obs: DomainUnchanged) -> list[Operation]:
+        """An idle check: nothing changed since the last poll, which may be one held for its
+        file event; past the grace it is applied without."""
+        d = self._domains.get(obs.domain)
+        if d is None:
+            return []
+        finished = []
+        if d.held is not None:
+            assert d.ahead_since is not None
+            if obs.time - d.ahead_since < FILE_GRACE:
+                return []
+            finished = self._poll(d.held, wait_for_files=False)
+        if d.active is None and d.last_poll is not None:
+            d.last_poll = max(d.last_poll, obs.time)  # nothing ran up to now
+        return finished
+
     # --- events -----------------------------------------------------------------------------
+
+    def _file_event(self, d: _Domain, ev: SnapshotFileEvent | DomainStatusSaved) -> list[Operation]:
+        """Kept for the poll that finds the operation; an operation in flight takes its end."""
+        if isinstance(ev, DomainStatusSaved):
+            d.status_saved.append(ev.time)
+            return []
+        created = d.files.get(ev.snapshot, (0.0, ""))
+        d.files[ev.snapshot] = (ev.time, ev.change)
+        op = d.active
+        if (ev.change == "removed" and created[1] == "created" and ev.snapshot not in d.snapshots
+                and (op is None or op.snapshot != ev.snapshot)):
+            return self._unpolled_pair(d, ev.domain, ev.snapshot, created[0], ev.time)
+        if op is None or ev.time < op.start:
+            return []
+        if op.operation == "create" and op.snapshot == ev.snapshot and ev.change != "removed":
+            op.end, op.end_source = ev.time, "metadata"
+        elif op.operation == "revert" and ev.change == "rewritten":
+            # The old and the new current snapshot's files are rewritten at the revert's end;
+            # it is closed by DEFINED/FROM_SNAPSHOT or the settle time as before, since libvirt
+            # sends the revert's last events after that.
+            op.rewritten_at = ev.time
+        return []
+
+    def _unpolled_pair(self, d: _Domain, domain: str, name: str, created: float,
+                       removed: float) -> list[Operation]:
+        """A snapshot created and deleted between two polls (a disk-only create and its delete
+        1 ms later take 50 ms together, measured on 11.3): both from the files. No poll listed
+        it, so its kind comes from the delete's block job (an external delete commits) and it
+        had no memory (a memory snapshot lasts long enough to be polled)."""
+        op = d.active
+        if op is not None:
+            return []
+        lo = max(d.last_poll or created, self._after_last_end(d))
+        saves = sorted(t for t in d.status_saved if lo <= t <= removed)
+        kind = "external" if d.block_job_start is not None else "internal"
+        ops = []
+        for operation, after, end in (("create", lo, created), ("delete", created, removed)):
+            starts = [t for t in saves if after + (CLOSING_SAVE if operation == "delete" else 0)
+                      <= t < end]
+            if starts:
+                start, source, unc = starts[0] - STATUS_LAG, "status", STATUS_LAG
+            else:
+                start, source, unc = after, "poll", end - after
+            d.active = Operation(domain, operation, start, source, unc, snapshot=name, kind=kind)
+            d.active.end, d.active.end_source = end, "metadata"
+            ops += self._finish(d, end, "metadata", 0.0, "success")
+        d.failed.add(name)  # a poll answered before it went must not count it again
+        return ops
 
     def _lifecycle(self, d: _Domain, ev: LifecycleEvent) -> list[Operation]:
         pair = (ev.event, ev.detail)
         op = d.active
         if pair in REVERT_EVENTS:
             if op is None or op.operation != "revert":
+                if op is not None and op.operation == "delete" and not op.snapshot:
+                    # A job taken for a delete before anything went: it was this revert's.
+                    d.active = op = None
                 finished = self._finish(d, ev.time, "event", 0.0, "success") if op else []
                 d.active = Operation(ev.domain, "revert", ev.time, "event", 0.0)
                 d.revert_event = ev.time
@@ -203,7 +298,11 @@ class Tracker:
         if pair == (EVENT_DEFINED, DETAIL_DEFINED_FROM_SNAPSHOT):
             # The last event of every revert, also of an offline one that had no other event.
             if op is not None and op.operation == "revert":
-                op.end, op.end_source = ev.time, "event"
+                op.end, op.end_source, op.defined_at = ev.time, "event", ev.time
+            elif d.defined_due is not None and ev.time - d.defined_due <= REVERT_SETTLE:
+                # The last event of a revert a poll already finished (its files rewritten,
+                # the event 2-12 ms later, measured on 9.0 and 11.3): not a second revert.
+                d.defined_due = None
             else:
                 d.revert_defined_at = ev.time
             return []
@@ -251,7 +350,7 @@ class Tracker:
         return self._finish(d, obs.time, "poll", self._bracket(d, obs.time), "failure",
                             "domain undefined")
 
-    def _poll(self, p: DomainPoll) -> list[Operation]:
+    def _poll(self, p: DomainPoll, wait_for_files: bool = True) -> list[Operation]:
         first = p.domain not in self._domains
         d = self._domains.setdefault(p.domain, _Domain())
         before = d.snapshots
@@ -268,6 +367,15 @@ class Tracker:
                 d.next_job_start = job_start
             elif d.job_start is None or abs(job_start - d.job_start) > 0.05:
                 d.job_start = job_start if d.job_start is None else min(d.job_start, job_start)
+        if (wait_for_files and not first and self._watching
+                and self._ahead_of_files(d, before, now)):
+            # libvirt answered before its file event reached us (it renames or removes the
+            # file and changes its list within a millisecond): wait for the exact end.
+            d.ahead_since = d.ahead_since if d.ahead_since is not None else p.time
+            if p.time - d.ahead_since < FILE_GRACE:
+                d.held = p
+                return []
+        d.ahead_since = d.held = None
         if first:
             finished += self._adopt(d, p, now, current)
         else:
@@ -278,6 +386,8 @@ class Tracker:
             d.current = current
         d.state = p.state
         d.last_poll = p.time
+        d.files = {k: v for k, v in d.files.items() if v[0] > p.time - FILE_MEMORY}
+        d.status_saved = [t for t in d.status_saved if t > p.time - FILE_MEMORY]
         if d.active is None and p.control_state != CONTROL_JOB:
             d.job_start = None
         return finished
@@ -318,7 +428,11 @@ class Tracker:
 
         if op is not None and op.operation == "create":
             snap = now.get(op.snapshot)
-            if snap is None:
+            if snap is None and op.end_source == "metadata":
+                # Its file was written, so it succeeded; a delete then took it (a disk-only
+                # create and its delete 1 ms apart, measured): that stays in gone.
+                finished += self._finish_polled(d, p, "success")
+            elif snap is None:
                 reason = "snapshot vanished before it became current"
                 if p.state == STATE_SHUTOFF and d.state != STATE_SHUTOFF:
                     reason = "domain stopped during the snapshot"
@@ -345,6 +459,8 @@ class Tracker:
             # after its job ends: wait for DEFINED, or give up on it after REVERT_SETTLE.
             settled = op.idle_since is not None and p.time - op.idle_since >= REVERT_SETTLE
             if op.end is not None or settled:
+                if op.rewritten_at is not None and (op.end is None or op.rewritten_at > op.end):
+                    op.end, op.end_source = op.rewritten_at, "metadata"
                 if op.end is None:
                     op.end, op.end_source = op.idle_since, "poll"
                     op.end_uncertainty = op.idle_since - (d.last_poll or op.idle_since)
@@ -360,11 +476,13 @@ class Tracker:
             if gone:
                 victim = gone.pop(0)
                 self._describe(op, victim, before)
+                self._removed_at(d, op)
                 finished += self._finish_polled(d, p, "success")
                 finished += self._deleted_between_polls(d, p, gone, before)
                 gone = []
-            elif p.control_state != CONTROL_JOB:
-                d.active = None  # a job that deleted nothing: not a snapshot operation
+            elif p.control_state != CONTROL_JOB or (new and not op.snapshot):
+                # A job that deleted nothing, or that a new snapshot shows was a create.
+                d.active = None
             op = d.active
 
         if op is None:
@@ -386,6 +504,9 @@ class Tracker:
                     or d.revert_defined_at is not None)
             start, source, unc = self._create_start(d, p, snap)
             op = self._new_op(p.domain, "create", snap, now, start, source, unc)
+            written, change = d.files.get(snap.name, (None, "removed"))
+            if change != "removed" and written is not None and written >= start:
+                op.end, op.end_source = written, "metadata"  # its file appeared as it ended
             if d.resume_at is not None and d.resume_at >= start:
                 op.paused_seconds, op.resumed_at = d.pause_before_active, d.resume_at
             d.suspend_at = d.resume_at = None
@@ -414,15 +535,23 @@ class Tracker:
 
     def _revert_between_polls(self, d: _Domain, p: DomainPoll, now: dict,
                               current: str | None) -> list[Operation]:
-        op = Operation(p.domain, "revert", *self._unseen_start(d, p))
+        since = d.last_poll if d.last_poll is not None else p.time
+        rewritten = [t for t, change in d.files.values() if change == "rewritten" and t >= since]
+        end, end_source = None, ""
+        if d.revert_defined_at is not None:
+            end, end_source = d.revert_defined_at, "event"
+        elif rewritten:  # the current flags rewritten: its end
+            end, end_source = max(rewritten), "metadata"
+        op = Operation(p.domain, "revert", *self._unseen_start(d, p, end))
         op.snapshot = current or ""
         target = now.get(op.snapshot)
         if target is not None:
             op.kind, op.memory = target.kind, target.memory
         op.depth = depth_of(now, current)
+        op.defined_at = d.revert_defined_at
         d.active = op
-        if d.revert_defined_at is not None:
-            op.end, op.end_source = d.revert_defined_at, "event"
+        if end is not None:
+            op.end, op.end_source = end, end_source
         d.revert_defined_at = None
         return self._finish_polled(d, p, "success")
 
@@ -431,16 +560,27 @@ class Tracker:
     ) -> list[Operation]:
         finished = []
         for snap in gone:
-            start, source, unc = self._unseen_start(d, p)
+            removed = d.files.get(snap.name, (None, ""))
+            end = removed[0] if removed[1] == "removed" else None
+            start, source, unc = self._unseen_start(d, p, end)
             op = Operation(p.domain, "delete", start, source, unc)
             self._describe(op, snap, before)
             d.active = op
             if d.block_job_end is not None and d.block_job_end >= start:
                 op.end, op.end_source = d.block_job_end, "event"
+            self._removed_at(d, op)
             finished += self._finish_polled(d, p, "success")
         return finished
 
     # --- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _removed_at(d: _Domain, op: Operation) -> None:
+        """A delete ends when libvirt removes the snapshot's file (exact, also for an external
+        delete, whose block job ends before it)."""
+        when, change = d.files.pop(op.snapshot, (None, ""))
+        if change == "removed" and when is not None and when >= op.start:
+            op.end, op.end_source, op.end_uncertainty = when, "metadata", 0.0
 
     @staticmethod
     def _describe(op: Operation, snap: SnapshotRecord, tree: dict) -> None:
@@ -463,25 +603,65 @@ class Tracker:
         return any(s.parent == snap.name for s in now.values())
 
     def _create_start(self, d: _Domain, p: DomainPoll, snap: SnapshotRecord):
+        written, change = d.files.get(snap.name, (p.time, "removed"))
+        if change == "removed":
+            written = p.time
         if d.job_start is not None and d.job_start >= snap.creation_time - 1.0:
-            return d.job_start, "control", 0.0
+            if d.job_start < written:
+                return d.job_start, "control", 0.0
+            # A job begun after the snapshot's file was written: the next operation's (a
+            # delete 1 ms after a disk-only create, measured), kept for it.
+            d.next_job_start = d.job_start
         if d.suspend_at is not None and d.suspend_at >= snap.creation_time - 0.01:
             return d.suspend_at, "event", 0.0
         # creationTime is whole seconds, stamped as the create call began: intersect
-        # [creationTime, creationTime + 1) with the time since the previous poll.
+        # [creationTime, creationTime + 1) with the time since the previous poll, and with
+        # the time before its file appeared.
         lo = max(snap.creation_time, d.last_poll if d.last_poll is not None else -1e18)
-        hi = min(snap.creation_time + 1.0, p.time)
+        hi = min(snap.creation_time + 1.0, p.time, written)
+        # The first status XML save of the create's job, after whatever ran before it.
+        after = max(snap.creation_time, self._after_last_end(d))
+        saves = [t for t in d.status_saved if after <= t <= hi]
+        if saves:
+            return min(saves) - STATUS_LAG, "status", STATUS_LAG
         if lo > hi:
             lo = hi = min(snap.creation_time + 0.5, p.time)
         return (lo + hi) / 2, "creation_time", (hi - lo) / 2
 
-    def _unseen_start(self, d: _Domain, p: DomainPoll):
-        """Start of an operation first noticed after it ended."""
+    @staticmethod
+    def _ahead_of_files(d: _Domain, before: dict, now: dict) -> bool:
+        """A snapshot gone, or a create done, without the file event that ends it."""
+        op = d.active
+        creating = op.snapshot if op is not None and op.operation == "create" else None
+        change = {name: d.files.get(name, (0.0, ""))[1] for name in set(before) | set(now)}
+        # Also the snapshot of a create in flight: it went either because the create failed
+        # (no file ever: this waits FILE_GRACE) or because a delete took it (its file removed).
+        deleted = [n for n in before if n not in now and n not in d.failed]
+        created = [n for n, s in now.items() if s.current and (n not in before or n == creating)]
+        return (any(change[n] != "removed" for n in deleted)
+                or any(change[n] not in ("created", "rewritten") for n in created))
+
+    @staticmethod
+    def _after_last_end(d: _Domain) -> float:
+        """Status saves after this can be the next job's; the last one's closing save is not."""
+        return d.last_end + CLOSING_SAVE if d.last_end is not None else -1e18
+
+    def _unseen_start(self, d: _Domain, p: DomainPoll, end: float | None = None):
+        """Start of an operation first noticed after it ended (at end, when a file said so)."""
         if d.job_start is not None:
             return d.job_start, "control", 0.0
         if d.block_job_start is not None:
             return d.block_job_start, "event", 0.0
         last = d.last_poll if d.last_poll is not None else p.time
+        if end is not None:
+            # The status XML saved as its job began: the first save after whatever ran before
+            # (libvirt 11.3 saves again mid-job and just before the end) and not before the
+            # last poll (a job it would have seen), give or take the time an answer waits.
+            after = max(last - POLL_SLACK, self._after_last_end(d))
+            saves = [t for t in d.status_saved if after < t < end]
+            if saves:
+                return min(saves) - STATUS_LAG, "status", STATUS_LAG
+            return last, "poll", max(0.0, end - last)
         return last, "poll", p.time - last
 
     @staticmethod
@@ -521,6 +701,8 @@ class Tracker:
             d.snapshots.pop(op.snapshot, None)
             d.failed.add(op.snapshot)
         d.active = None
+        d.last_end = done.end
+        d.defined_due = done.end if op.operation == "revert" and op.defined_at is None else None
         d.job_start, d.next_job_start = d.next_job_start, None
         d.block_job_start = d.block_job_end = None
         d.suspend_at = d.resume_at = d.revert_event = None
