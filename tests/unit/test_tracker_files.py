@@ -171,8 +171,9 @@ def test_a_create_first_polled_inside_the_next_delete_keeps_its_own_start() -> N
 
 # benchmarks/soak.py with the metadata watch: 4 guests driven at once for 2 min on libvirt 9.0
 # (266 operations) and 3 min on 11.3 (379) on a 2-core machine, as the exporter observed them (it
-# logs each observation at debug). libvirtd under that load starts a call's job up to ~90 ms after the client sent it,
-# so these check that every operation is found once, not the quiet recordings' exactness.
+# logs each observation at debug). libvirtd under that load starts a call's job up to ~90 ms after
+# the client sent it, so these check that every operation is found once, not the quiet recordings'
+# exactness.
 SOAK = sorted((UNIT / "sequences-soak").glob("*.jsonl"))
 
 
