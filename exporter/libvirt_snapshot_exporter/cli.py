@@ -67,9 +67,10 @@ class Exporter:
     def __init__(self, config: Config, web_config: object) -> None:
         from .daemon import CollectionLoop
         from .exposition import MetricsRenderer
+        from .http_server import serve
         from .oplog import OperationsLog, StateDirectoryInUse
         from .state import StateStore, View
-        from .web import App, serve
+        from .web import App
 
         self.config = config
         host, port = config.listen
