@@ -78,8 +78,7 @@ class Exporter:
             oplog = OperationsLog(config["state.directory"], config["operations.log-size"])
         except StateDirectoryInUse as exc:
             fail(str(exc))
-        store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {},
-                                0, {}, True, 0))
+        store = StateStore(View.initial(config["libvirt.uri"]))
         renderer = MetricsRenderer(store, config["collector.domain-histograms"])
         recorder = _recorder(config)
         app = App(store, oplog, renderer.render, config["web.telemetry-path"], recorder)

@@ -24,8 +24,7 @@ def test_stop_writes_the_log_within_bounds_while_connect_hangs(tmp_path):
     config = build({"libvirt_uri": f"qemu+unix:///system?socket={tmp_path / 'sock'}",
                     "libvirt_timeout": 60.0, "state_directory": str(tmp_path / "state")}, None)
     oplog = OperationsLog(config["state.directory"])
-    store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {},
-                            0, {}, True, 0))
+    store = StateStore(View.initial(config["libvirt.uri"]))
     loop = CollectionLoop(config, store, oplog)
     stopped = False
     try:
