@@ -29,7 +29,7 @@ IO_TIMEOUT = 30.0  # seconds any single read or write may stall
 MAX_CONNECTIONS = 128  # a scraper needs one at a time; each costs a thread while open
 
 
-class _Connection:
+class Connection:
     """One client connection; `sock` becomes the TLS socket once wrapped."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -46,10 +46,10 @@ class Connections:
         self.limit = limit
         self.head_timeout = head_timeout
         self._lock = threading.Lock()
-        self._open: set[_Connection] = set()
-        self._heading: dict[_Connection, float] = {}  # still sending the head; oldest first
+        self._open: set[Connection] = set()
+        self._heading: dict[Connection, float] = {}  # still sending the head; oldest first
 
-    def admit(self, conn: _Connection) -> bool:
+    def admit(self, conn: Connection) -> bool:
         with self._lock:
             if len(self._open) >= self.limit:
                 if not self._heading:
@@ -59,11 +59,11 @@ class Connections:
             self._heading[conn] = time.monotonic()
             return True
 
-    def head_read(self, conn: _Connection) -> None:
+    def head_read(self, conn: Connection) -> None:
         with self._lock:
             self._heading.pop(conn, None)
 
-    def closed(self, conn: _Connection) -> None:
+    def closed(self, conn: Connection) -> None:
         with self._lock:
             self._heading.pop(conn, None)
             self._open.discard(conn)
@@ -75,7 +75,7 @@ class Connections:
             for conn in [c for c, since in self._heading.items() if since < deadline]:
                 self._drop_locked(conn)
 
-    def _drop_locked(self, conn: _Connection) -> None:
+    def _drop_locked(self, conn: Connection) -> None:
         """Its thread sees end of file and ends; the slot is free now."""
         self._heading.pop(conn, None)
         self._open.discard(conn)
@@ -88,7 +88,7 @@ class _Handler(WSGIRequestHandler):
     sys_version = ""
 
     def setup(self) -> None:
-        self.conn: _Connection = self.request
+        self.conn: Connection = self.request
         self.request = self.conn.sock
         super().setup()
 
@@ -144,14 +144,14 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
-        conn = _Connection(request)
+        conn = Connection(request)
         if not self.connections.admit(conn):
             log.debug("%s: refused, %d connections busy", client_address, MAX_CONNECTIONS)
             self.shutdown_request(request)
             return
         super().process_request(conn, client_address)
 
-    def finish_request(self, conn: _Connection, client_address: Any) -> None:
+    def finish_request(self, conn: Connection, client_address: Any) -> None:
         conn.sock.settimeout(IO_TIMEOUT)
         if self.tls is not None:
             if _plain_http(conn.sock):  # answer as Go's net/http does
@@ -163,8 +163,8 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
             conn.sock.do_handshake()
         self.RequestHandlerClass(conn, client_address, self)
 
-    def shutdown_request(self, request: _Connection | socket.socket) -> None:
-        if isinstance(request, _Connection):
+    def shutdown_request(self, request: Connection | socket.socket) -> None:
+        if isinstance(request, Connection):
             self.connections.closed(request)
             request = request.sock
         super().shutdown_request(request)

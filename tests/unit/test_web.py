@@ -1,4 +1,5 @@
-"""The WSGI layers in front of the routes, and binding every address without IPv6."""
+"""The WSGI layers in front of the routes, the bounds on connections, and binding every
+address without IPv6."""
 
 from __future__ import annotations
 
@@ -105,3 +106,34 @@ def test_head_answers_carry_no_body_whichever_layer_answers():
         assert recorder.status.startswith("500")
     finally:
         server.server_close()
+
+
+def test_connections_make_room_by_dropping_the_oldest_still_sending_its_head():
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        conns = [http_server.Connection(ours) for ours, _ in pairs]
+        bounds = http_server.Connections(limit=2, head_timeout=5.0)
+        assert bounds.admit(conns[0]) and bounds.admit(conns[1])
+        bounds.head_read(conns[1])  # being answered: never dropped for room
+        assert bounds.admit(conns[2])  # conns[0] made room
+        assert pairs[0][1].recv(1) == b""  # its client sees the end
+        bounds.head_read(conns[2])
+        assert not bounds.admit(conns[3])  # all being answered: refused
+        bounds.closed(conns[1])
+        assert bounds.admit(conns[3])
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+def test_connections_whose_head_is_late_are_dropped():
+    ours, theirs = socket.socketpair()
+    try:
+        bounds = http_server.Connections(limit=8, head_timeout=0.0)
+        bounds.admit(http_server.Connection(ours))
+        bounds.reap()
+        assert theirs.recv(1) == b""
+    finally:
+        ours.close()
+        theirs.close()
