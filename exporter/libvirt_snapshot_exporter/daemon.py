@@ -22,17 +22,15 @@ from .domain_polls import DomainPolls
 from .flight_recorder import FlightRecorder
 from .host import HostReader
 from .inbox import Inbox
-from .later_calls import LaterCalls
 from .libvirt_adapter import LibvirtAdapter
+from .loop_parts import LoopParts
 from .observations import Observation, Versions
 from .operation_handoff import OperationHandoff
 from .operation_record import in_flight
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader
 from .sampling import Sampler
-from .source_health import SourceHealth
 from .state import StateStore, View
-from .tracker import Tracker
 from .verdict_keeper import VerdictKeeper
 
 log = logging.getLogger(__name__)
@@ -58,16 +56,13 @@ class CollectionLoop:
             config["libvirt.pid-directory"],
         )
         host = HostReader(config["path.procfs"])
-        self.tracker = Tracker()
+        parts = LoopParts.on(self.adapter)
+        self.domains, self.tracker = parts.domains, parts.tracker
+        self.health, self.later = parts.health, parts.later
         self.contexts = ContextKeeper()
-        self.health = SourceHealth()
-        self.later = LaterCalls(self.health)
-        self.domains: dict[str, DomainCache] = {}
-        self.polls = DomainPolls(self.adapter, config, self.domains, self.tracker, self.health,
-                                 self.later, self._observe_answer, self._forget)
-        self.sampler = Sampler(self.adapter, self.domains, self.tracker, self.health,
-                               self.later, host, ProcessReader(config["path.procfs"]),
-                               self.contexts, recorder)
+        self.polls = DomainPolls(parts, config, self._observe_answer, self._forget)
+        self.sampler = Sampler(parts, host, ProcessReader(config["path.procfs"]), self.contexts,
+                               recorder)
         self.handoff = OperationHandoff(self.contexts, oplog, store, recorder)
         self.verdicts = VerdictKeeper(oplog, store, self._events.wake)
         # node.hostname, else the name libvirtd reports once connected, else this host's.

@@ -14,12 +14,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from .calls import LibvirtUnavailable
 from .config import Config
 from .domain_cache import DomainCache
-from .later_calls import LaterCalls
+from .loop_parts import LoopParts
 from .observations import (
     CONTROL_JOB,
     STATE_SHUTOFF,
@@ -28,11 +28,6 @@ from .observations import (
     DomainUnchanged,
     Observation,
 )
-from .source_health import SourceHealth
-from .tracker import Tracker
-
-if TYPE_CHECKING:
-    from .libvirt_adapter import LibvirtAdapter
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +60,15 @@ def check_saw_change(cache: DomainCache, control: int, snapshot_count: int, busy
 
 
 class DomainPolls:
-    """Polls the domains in `domains`, adding those that appear and dropping those that vanish
+    """Polls the domains of `parts`, adding those that appear and dropping those that vanish
     (then `gone` is called), and hands every answer to `feed`, which gives it to the tracker in
     timestamp order."""
 
-    def __init__(self, adapter: LibvirtAdapter, config: Config, domains: dict[str, DomainCache],
-                 tracker: Tracker, health: SourceHealth, later: LaterCalls,
-                 feed: Callable[[Observation], None], gone: Callable[[str], None]) -> None:
-        self.adapter = adapter
+    def __init__(self, parts: LoopParts, config: Config, feed: Callable[[Observation], None],
+                 gone: Callable[[str], None]) -> None:
+        self.adapter, self.domains, self.tracker = parts.adapter, parts.domains, parts.tracker
+        self.health, self.later = parts.health, parts.later
         self.config = config
-        self.domains = domains
-        self.tracker = tracker  # asked only whether a domain is busy
-        self.health = health
-        self.later = later
         self.feed = feed
         self.gone = gone
         self._pending: dict[str, tuple[Call, concurrent.futures.Future]] = {}

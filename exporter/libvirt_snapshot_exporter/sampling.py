@@ -16,14 +16,11 @@ from .context import ContextKeeper
 from .domain_cache import DomainCache
 from .host import HostReader, HostSample
 from .images import image_usage
-from .later_calls import LaterCalls
+from .loop_parts import LoopParts
 from .qemu_process import ProcessReader
-from .source_health import SourceHealth
-from .tracker import Tracker
 
 if TYPE_CHECKING:
     from .flight_recorder import FlightRecorder
-    from .libvirt_adapter import LibvirtAdapter
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +28,14 @@ DISK_REFRESH_SECONDS = 60.0
 
 
 class Sampler:
-    """Fills in the figures of the domains in `domains` (the polls add and drop them) and
+    """Fills in the figures of the domains of `parts` (the polls add and drop them) and
     keeps the last host sample; hands the samples an operation's context needs to `contexts`,
     and the host's to the flight recorder, whose ring holds the seconds before an operation."""
 
-    def __init__(self, adapter: LibvirtAdapter, domains: dict[str, DomainCache],
-                 tracker: Tracker, health: SourceHealth, later: LaterCalls,
-                 host: HostReader, processes: ProcessReader, contexts: ContextKeeper,
-                 recorder: FlightRecorder | None) -> None:
-        self.adapter = adapter
-        self.domains = domains
-        self.tracker = tracker  # asked only whether a domain is busy
-        self.health = health
-        self.later = later
+    def __init__(self, parts: LoopParts, host: HostReader, processes: ProcessReader,
+                 contexts: ContextKeeper, recorder: FlightRecorder | None) -> None:
+        self.adapter, self.domains, self.tracker = parts.adapter, parts.domains, parts.tracker
+        self.health, self.later = parts.health, parts.later
         self.host = host
         self.processes = processes
         self.contexts = contexts

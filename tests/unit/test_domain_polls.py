@@ -15,8 +15,8 @@ from libvirt_snapshot_exporter.domain_polls import (
     check_saw_change,
     due_call,
 )
-from libvirt_snapshot_exporter.later_calls import LaterCalls
 from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter
+from libvirt_snapshot_exporter.loop_parts import LoopParts
 from libvirt_snapshot_exporter.observations import (
     CONTROL_JOB,
     CONTROL_OK,
@@ -26,8 +26,6 @@ from libvirt_snapshot_exporter.observations import (
     Observation,
     SnapshotRecord,
 )
-from libvirt_snapshot_exporter.source_health import SourceHealth
-from libvirt_snapshot_exporter.tracker import Tracker
 from lse_devtools.test_driver import URI, running_guest, snapshot
 
 NOW = 1_800_000_000.0
@@ -76,10 +74,9 @@ class Round:
         self.adapter = LibvirtAdapter(URI, lambda _obs: None)
         self.fed: list[Observation] = []
         self.gone: list[str] = []
-        self.health = SourceHealth()
-        self.domains: dict[str, DomainCache] = {}
-        self.polls = DomainPolls(self.adapter, build({"libvirt_uri": URI}, None), self.domains,
-                                 Tracker(), self.health, LaterCalls(self.health), self.fed.append,
+        parts = LoopParts.on(self.adapter)
+        self.health, self.domains = parts.health, parts.domains
+        self.polls = DomainPolls(parts, build({"libvirt_uri": URI}, None), self.fed.append,
                                  self.gone.append)
 
     def of(self, name: str) -> list[Observation]:

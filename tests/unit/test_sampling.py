@@ -16,16 +16,13 @@ import psutil
 import pytest
 from libvirt_snapshot_exporter.config import build
 from libvirt_snapshot_exporter.context import ContextKeeper
-from libvirt_snapshot_exporter.domain_cache import DomainCache
 from libvirt_snapshot_exporter.domain_polls import DomainPolls
 from libvirt_snapshot_exporter.host import HostReader
-from libvirt_snapshot_exporter.later_calls import LaterCalls
 from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter
+from libvirt_snapshot_exporter.loop_parts import LoopParts
 from libvirt_snapshot_exporter.observations import CONTROL_JOB
 from libvirt_snapshot_exporter.qemu_process import ProcessReader
 from libvirt_snapshot_exporter.sampling import Sampler
-from libvirt_snapshot_exporter.source_health import SourceHealth
-from libvirt_snapshot_exporter.tracker import Tracker
 from lse_devtools.test_driver import URI, running_guest
 
 PROC = Path(__file__).parent / "proc"
@@ -36,11 +33,8 @@ class Bed:
     adapter: LibvirtAdapter
     polls: DomainPolls
     sampler: Sampler
-    later: LaterCalls
-    health: SourceHealth
-    tracker: Tracker
+    parts: LoopParts
     contexts: ContextKeeper
-    domains: dict[str, DomainCache]
     pids: Path
     procfs: Path
 
@@ -65,13 +59,11 @@ def bed(tmp_path, request, monkeypatch) -> Iterator[Bed]:
     pids.mkdir()
     adapter = LibvirtAdapter(URI, lambda _obs: None, pid_directory=str(pids))
     assert adapter.ensure_connected()
-    health, tracker, contexts, domains = SourceHealth(), Tracker(), ContextKeeper(), {}
-    later = LaterCalls(health)
-    polls = DomainPolls(adapter, build({"libvirt_uri": URI}, None), domains, tracker, health,
-                        later, tracker.observe, lambda _name: None)
-    sampler = Sampler(adapter, domains, tracker, health, later, HostReader(str(procfs)),
-                      ProcessReader(), contexts, None)
-    yield Bed(adapter, polls, sampler, later, health, tracker, contexts, domains, pids, procfs)
+    parts, contexts = LoopParts.on(adapter), ContextKeeper()
+    polls = DomainPolls(parts, build({"libvirt_uri": URI}, None), parts.tracker.observe,
+                        lambda _name: None)
+    sampler = Sampler(parts, HostReader(str(procfs)), ProcessReader(), contexts, None)
+    yield Bed(adapter, polls, sampler, parts, contexts, pids, procfs)
     adapter.close()
 
 
@@ -84,13 +76,13 @@ def test_every_domain_gets_its_statistics_process_disks_and_images(bed, tmp_path
         now = time.time()
         bed.polls.poll(now)
         bed.sampler.sample_domains(now)
-        bed.later.finish(5.0)  # the bulk statistics and the disk XML answer
+        bed.parts.later.finish(5.0)  # the bulk statistics and the disk XML answer
         bed.sampler.sample_domains(now + 1)  # images: of the disks read meanwhile
-        cache = bed.domains[name]
+        cache = bed.parts.domains[name]
         assert cache.process.pid == os.getpid() and cache.process.io_source == "proc_io"
         assert [(d.target, d.source, d.cache) for d in cache.disks] == [("vda", str(image), "none")]
         assert cache.image_size == image.stat().st_blocks * 512 and cache.filesystems
-        statuses = bed.health.statuses()  # the test driver's bulk statistics hold the state only
+        statuses = bed.parts.health.statuses()  # the test driver's bulk statistics: state only
         assert all(statuses[s].success for s in ("guests", "qemu_process", "images")), statuses
 
 
@@ -103,11 +95,11 @@ def test_an_image_that_cannot_be_read_fails_images_alone_and_holds_up_no_other_d
         now = time.time()
         bed.polls.poll(now)
         bed.sampler.sample_domains(now)
-        bed.later.finish(5.0)
+        bed.parts.later.finish(5.0)
         bed.sampler.sample_domains(now + 1)
-        assert bed.domains[fine.name()].image_size == good.stat().st_blocks * 512
-        assert bed.domains[broken.name()].image_size is None
-        statuses = bed.health.statuses()
+        assert bed.parts.domains[fine.name()].image_size == good.stat().st_blocks * 512
+        assert bed.parts.domains[broken.name()].image_size is None
+        statuses = bed.parts.health.statuses()
         assert not statuses["images"].success and statuses["qemu_process"].success
 
 
@@ -118,12 +110,12 @@ def test_between_samplings_only_busy_domains_have_their_process_read(bed):
         bed.polls.poll(time.time())
         poll = bed.adapter.poll_domain(busy.name()).result()
         # As a poll during an async job reads it: controlInfo in JOB for half a second.
-        bed.tracker.observe(dataclasses.replace(poll, control_state=CONTROL_JOB,
+        bed.parts.tracker.observe(dataclasses.replace(poll, control_state=CONTROL_JOB,
                                                 control_time_ms=500))
-        assert bed.tracker.is_busy(busy.name())
+        assert bed.parts.tracker.is_busy(busy.name())
         bed.sampler.sample_busy_processes(time.time())
-        assert bed.domains[busy.name()].process.pid == os.getpid()
-        assert bed.domains[idle.name()].process is None
+        assert bed.parts.domains[busy.name()].process.pid == os.getpid()
+        assert bed.parts.domains[idle.name()].process is None
 
 
 @pytest.mark.parametrize("bed", ["captured"], indirect=True)
@@ -131,10 +123,10 @@ def test_the_host_sample_goes_to_the_contexts_and_is_none_while_it_fails(bed):
     bed.sampler.sample_host()
     sample = bed.sampler.host_sample
     assert sample.memory["cached"] == 285168 * 1024 and "memory_some" in sample.pressure
-    assert bed.health.statuses()["host"].success
+    assert bed.parts.health.statuses()["host"].success
     bed.contexts.begin("vm1/1", "vm1", sample.time - 1, None, None, None)
     assert bed.contexts.current("vm1/1").host_cached_start_bytes == 285168 * 1024
     (bed.procfs / "vmstat").unlink()
-    bed.health.new_cycle()
-    bed.health.run("host", bed.sampler.sample_host)
-    assert bed.sampler.host_sample is None and not bed.health.statuses()["host"].success
+    bed.parts.health.new_cycle()
+    bed.parts.health.run("host", bed.sampler.sample_host)
+    assert bed.sampler.host_sample is None and not bed.parts.health.statuses()["host"].success
