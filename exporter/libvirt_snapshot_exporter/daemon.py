@@ -9,6 +9,7 @@ every stats-interval (sampling.py). Each source runs isolated (source_health.py)
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -24,7 +25,8 @@ from .host import HostReader
 from .inbox import Inbox
 from .libvirt_adapter import LibvirtAdapter
 from .loop_parts import LoopParts
-from .observations import Observation, Versions
+from .metadata_watch import MetadataWatch, default_directory
+from .observations import DomainStatusSaved, MetadataWatchState, Observation, Versions, to_record
 from .operation_handoff import OperationHandoff
 from .operation_record import in_flight
 from .oplog import OperationsLog
@@ -55,6 +57,11 @@ class CollectionLoop:
             config["libvirt.uri"], self._events.put, config["libvirt.timeout"],
             config["libvirt.pid-directory"],
         )
+        directory = config["libvirt.snapshot-directory"]
+        self.watch = MetadataWatch(
+            default_directory(config["libvirt.uri"]) if directory == "auto" else directory,
+            config["libvirt.pid-directory"], self._events.put,
+        )
         host = HostReader(config["path.procfs"])
         parts = LoopParts.on(self.adapter)
         self.domains, self.tracker = parts.domains, parts.tracker
@@ -79,6 +86,7 @@ class CollectionLoop:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.watch.start()
         self._thread.start()
         if self.recorder is not None:
             self.recorder.start()
@@ -93,6 +101,7 @@ class CollectionLoop:
             self.recorder.stop()  # finishes the traces of operations that ended
             self.verdicts.judge_traced()
         self.oplog.close()
+        self.watch.stop()
         self.adapter.close()
 
     def _run(self) -> None:
@@ -128,6 +137,7 @@ class CollectionLoop:
 
     def _collect(self) -> None:
         self.health.run("domains", self._drain_events)
+        self.health.mark("metadata", self.watch.ok, 0.0)
         if not self.adapter.ensure_connected():
             if self._was_up:
                 log.warning("libvirt at %s unreachable: %s", self.adapter.uri,
@@ -169,7 +179,10 @@ class CollectionLoop:
         """Feed the queued events stamped up to `until` to the tracker; the domains they name
         are polled at once."""
         for obs in self._events.drain_until(until):
-            self.polls.wake(obs.domain)
+            # A status save is also the start of any job (a revert's, before its first event):
+            # a poll then could take it for a delete. Nothing to poll for either of these.
+            if not isinstance(obs, DomainStatusSaved | MetadataWatchState):
+                self.polls.wake(obs.domain)
             self._observe(obs)
 
     def _observe_answer(self, obs: Observation) -> None:
@@ -179,6 +192,8 @@ class CollectionLoop:
         self._observe(obs)
 
     def _observe(self, obs: Observation) -> None:
+        if log.isEnabledFor(logging.DEBUG):  # one replayable line (observations.from_record)
+            log.debug("observation %s", json.dumps(to_record(obs)))
         before = {op.key for op in self.tracker.in_flight()}
         finished = self.tracker.observe(obs)
         for op in self.tracker.in_flight():
