@@ -179,8 +179,8 @@ def _pace(samples: int, slowdown: float | None, shares: Mapping[str, float],
           direct: bool) -> str:
     """What set the pace. At about the usual rate its size did, unless its writes were direct:
     then the cache mode did (every write waits for the device, and QEMU writes more than
-    through the page cache: 1.29x the bytes and 1.31x the time of cache=writeback, measured on
-    the bed)."""
+    through the page cache: on the bed 1.24-1.27x the bytes and 1.20-1.31x the time of the same
+    guest's snapshot with cache=writeback)."""
     if samples < MIN_SAMPLES:
         return "unknown"
     usual = slowdown is not None and slowdown <= SIZE_SLOWDOWN

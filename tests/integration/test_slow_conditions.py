@@ -155,20 +155,23 @@ def test_size_at_the_device_rate(bed):
     taken = bed.snapshot("size")
     written, rate = taken.qemu_bytes, taken.figures["reference_rate_bytes_per_second"]
     expected = written / RATE
-    # Measured: 345 MB in 9.1-9.2 s (1.06 x bytes / rate; benchmarks/slow_conditions.py: 635 MB
-    # in 17.0 s, 1.07 x), a learned rate of 37.4-38.6 MB/s. Room for a loaded machine.
+    # Measured over 8 runs: 352-355 MB in 9.3-9.6 s (1.06-1.09 x bytes / rate;
+    # benchmarks/slow_conditions.py: 635 MB in 17.0 s, 1.07 x), a learned rate of 34.7-39.1 MB/s
+    # (20.7 once, when the log missed part of the first snapshot's bytes on a loaded machine:
+    # README, "Limits"); the local disk's would be 300 MB/s and more. Room for a loaded machine.
     assert written > 250e6, written
     assert taken.device_bytes >= 0.9 * written, (taken.device_bytes, written)
     assert 0.8 * expected <= taken.wall <= 2 * expected + 3, (taken.wall, expected)
     assert abs(taken.entry["duration_seconds"] - taken.wall) <= TOLERANCE, taken.entry
-    assert 0.5 * RATE <= rate <= 1.05 * RATE, rate
+    assert 0.25 * RATE <= rate <= 1.05 * RATE, rate
     assert taken.verdict["pace_setter"] == "size", taken.verdict
     assert not {"dirty-throttling", "memory-pressure"} & set(taken.verdict["present"]), taken.verdict
 
 
 def test_tight_dirty_limits_are_present_the_pace_is_still_size(bed):
     taken = bed.snapshot("dirty-limits", stressors.dirty_limits(64 * MiB, 16 * MiB))
-    # Measured: the writers in balance_dirty_pages 57 % of the time, 0.96 x the expected.
+    # Measured over 8 runs: the writers in balance_dirty_pages 55-64 % of the time, Dirty at
+    # most 23 MiB, 0.76-0.94 x the expected.
     assert taken.verdict["pace_setter"] == "size", taken.verdict
     assert "dirty-throttling" in taken.verdict["present"], taken.verdict
     assert taken.figures["writer_throttled_share"] >= 0.25, taken.figures
@@ -176,10 +179,11 @@ def test_tight_dirty_limits_are_present_the_pace_is_still_size(bed):
 
 def test_memory_hog_reclaim_is_present_not_memory_pressure(bed):
     # All free memory but 256 MiB taken, the page cache left: the snapshot's writes must reclaim
-    # it (leaving 3 GiB of MemAvailable, as benchmarks/slow_conditions.py does, left 1 GiB free
-    # in one run of five, and nothing was reclaimed).
+    # it (leaving 3 GiB of MemAvailable, as benchmarks/slow_conditions.py does, left up to
+    # 0.9 GiB free: nothing was reclaimed in 2 runs of 3).
     taken = bed.snapshot("memory-hog", stressors.memory_hog(256 * MiB, keep="MemFree"))
-    # Measured: kswapd scanned 94k pages and tasks 166 directly; PSI memory 1.2 %; 1.01 x.
+    # Measured over 5 runs: kswapd scanned 92-183k pages, tasks reclaimed directly in 4; PSI
+    # memory at most 2.2 %; 0.92-1.04 x the expected.
     assert taken.verdict["pace_setter"] == "size", taken.verdict
     assert {"direct-reclaim", "kswapd-reclaim"} & set(taken.verdict["present"]), taken.verdict
     assert "memory-pressure" not in taken.verdict["present"], taken.verdict
@@ -187,8 +191,8 @@ def test_memory_hog_reclaim_is_present_not_memory_pressure(bed):
 
 def test_competing_writer_is_contention_with_its_share(bed):
     taken = bed.snapshot("competing-writer", stressors.competing_writer(bed.storage.directory, 256))
-    # Measured: 3.8 x slower, the other writer 73 % of the device's bytes (2.0-3.3 x, 58-72 %
-    # for a 1 GiB guest), a device busy 99.7 % of the time.
+    # Measured over 8 runs: 2.71-2.97 x slower, the other writer 56-65 % of the device's bytes
+    # (2.0-3.3 x, 57-72 % for a 1 GiB guest), the device busy 99.8 % of the time or more.
     assert taken.verdict["pace_setter"] == "storage-contended", taken.verdict
     assert taken.figures["other_writers_share"] >= 0.4, taken.figures
     assert taken.verdict["slowdown"] >= 1.6, taken.verdict
@@ -196,8 +200,8 @@ def test_competing_writer_is_contention_with_its_share(bed):
 
 def test_rt_cpu_hog_is_cpu_starvation(bed):
     taken = bed.snapshot("rt-cpu-hog", stressors.rt_cpu_hog(testbed.qemu_pid(bed.guest)))
-    # Measured: 2.1 x slower, the writers' run delay longer than the snapshot (25 s in 20 s,
-    # summed over threads), the device busy 47 % of the time.
+    # Measured over 8 runs: 1.76-2.11 x slower, the writers' run delay 14-23 s in 17-21 s
+    # (summed over threads), the device busy 51-59 % of the time.
     assert taken.verdict["pace_setter"] == "cpu", taken.verdict
     assert taken.verdict["slowdown"] >= 1.5, taken.verdict
 
@@ -205,8 +209,9 @@ def test_rt_cpu_hog_is_cpu_starvation(bed):
 def test_cache_none_is_the_cache_mode(bed):
     with slow_guest(bed.conn, bed.storage, "nocache", disk_cache="none", **GUEST) as guest:
         taken = bed.snapshot("cache-none", guest=guest)
-    # Measured: 445 MB against 345 MB with cache=writeback (1.29 x), in 11.9 s against 9.1 s;
-    # the workers waiting in __iomap_dio_rw 60 % of the time.
+    # Measured over 8 runs: 1.24-1.27 x the bytes of the same guest with cache=writeback, in
+    # 1.20-1.31 x the time, at 0.97-1.02 x the usual rate per byte; the workers waiting in
+    # __iomap_dio_rw in 65-93 % of their samples.
     bytes_ratio = taken.qemu_bytes / bed.teach.qemu_bytes
     assert bytes_ratio >= 1.1, bytes_ratio
     assert taken.verdict["pace_setter"] == "cache-mode", taken.verdict
