@@ -259,7 +259,7 @@ def _read_write_connections() -> Iterator[list[libvirt.virConnect]]:
 
 
 def run_real(guests: int, idle_seconds: float) -> None:
-    import testbed
+    from lse_devtools import testbed
     from lse_devtools.exporter_proc import ExporterProcess, free_port
 
     testbed.libvirtd_up()

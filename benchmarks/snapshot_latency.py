@@ -4,8 +4,9 @@
 Prints, from real snapshots of a TCG guest holding random data:
 1. scrape latency (p50/p99/max) of this exporter over scrapes taken while a snapshot is in
    flight, and of Debian's prometheus-libvirt-exporter in the same run when it is installed;
-2. the error of the exporter's measured create duration against the client's wall time
-   (p50/p95/max over --snapshots creates), and the delay until the create shows in progress.
+2. the error of the exporter's measured create, revert and delete durations against the
+   client's wall time of each API call (p50/p95/max over --snapshots of each, and the mean
+   signed error), and the delay until the create shows in progress.
 
 Run as root with libvirtd up:  .venv/bin/python benchmarks/snapshot_latency.py [--snapshots 10]
 """
@@ -38,6 +39,21 @@ def summary(values: list[float], unit: float = 1000.0, suffix: str = "ms") -> st
         return "no samples"
     return (f"n={len(values)} p50={percentile(values, 50) * unit:.1f} {suffix} "
             f"p99={percentile(values, 99) * unit:.1f} {suffix} max={max(values) * unit:.1f} {suffix}")
+
+
+def error_summary(signed: list[float]) -> str:
+    """p50/p95/max of the absolute error, and the mean signed error (positive: too long)."""
+    if not signed:
+        return "no samples"
+    errors = [abs(e) for e in signed]
+    return (f"p50={percentile(errors, 50) * 1000:.1f} ms p95={percentile(errors, 95) * 1000:.1f} ms "
+            f"max={max(errors) * 1000:.1f} ms mean={sum(signed) / len(signed) * 1000:+.1f} ms")
+
+
+def timed(fn) -> tuple[float, float]:
+    start = time.time()
+    fn()
+    return start, time.time()
 
 
 class Scraper:
@@ -86,7 +102,7 @@ def main() -> int:
           " (TCG guest)")
     guest = testbed.create_guest(conn, "bench", memory_mib=args.fill_mib + 256,
                                  fill_mib=args.fill_mib)
-    ours = ExporterProcess()
+    ours = ExporterProcess("--log.level=debug")  # each observation logged, to replay
     debian = None
     try:
         guest.wait_ready(timeout=600)
@@ -100,7 +116,8 @@ def main() -> int:
             time.sleep(2)
         time.sleep(6)  # a full stats cycle of our exporter before the first snapshot
         dom = conn.lookupByName(guest.name)
-        walls, errors, delays, windows = [], [], [], []
+        walls, delays, windows = [], [], []
+        other_walls: dict[tuple[str, str], float] = {}
         with Scraper(ours.url + "/metrics") as mine, \
                 (Scraper(debian_url) if debian else _Null()) as theirs:
             for n in range(1, args.snapshots + 1):
@@ -117,15 +134,25 @@ def main() -> int:
                     lat = next(lat for t, lat, _ in mine.records if t == first)
                     delays.append(first + lat - start)
                 time.sleep(3)
-                dom.snapshotLookupByName(f"b{n}").delete()
+                snap = dom.snapshotLookupByName(f"b{n}")
+                start, end = timed(lambda s=snap: dom.revertToSnapshot(s))
+                other_walls[("revert", f"b{n}")] = end - start
+                time.sleep(2)
+                start, end = timed(snap.delete)
+                other_walls[("delete", f"b{n}")] = end - start
                 time.sleep(2)
             time.sleep(2)
-        ops = json.load(urllib.request.urlopen(ours.url + "/api/operations"))["operations"]
-        measured = {o["snapshot"]: o["duration_seconds"] for o in ops
-                    if o["domain"] == guest.name and o["operation"] == "create"}
-        for n, wall in enumerate(walls, 1):
-            if f"b{n}" in measured:
-                errors.append(abs(measured[f"b{n}"] - wall))
+        ops = json.load(urllib.request.urlopen(ours.url + "/api/operations?limit=10000"))["operations"]
+        measured = {(o["operation"], o["snapshot"]): o for o in ops if o["domain"] == guest.name}
+        client = {("create", f"b{n}"): wall for n, wall in enumerate(walls, 1)} | other_walls
+        signed: dict[str, list[float]] = {"create": [], "revert": [], "delete": []}
+        worst: dict[str, tuple[float, dict]] = {}
+        for key, wall in client.items():
+            if key in measured:
+                error = measured[key]["duration_seconds"] - wall
+                signed[key[0]].append(error)
+                if abs(error) >= abs(worst.get(key[0], (0.0, {}))[0]):
+                    worst[key[0]] = (error, measured[key])
         mine_during = [lat for s, e in windows for lat in mine.during(s, e)]
         print(f"\nsnapshots: {len(walls)} internal creates of a running guest with "
               f"{args.fill_mib} MiB of random data; wall time {summary(walls, 1, 's')}")
@@ -137,9 +164,16 @@ def main() -> int:
         else:
             print("  prometheus-libvirt-exporter: not installed, not measured")
         print("\nexporter timing against the client's wall time:")
-        print(f"  create duration error:  {summary(errors)} (measured {len(errors)} of "
-              f"{len(walls)})")
+        for operation, errors in signed.items():
+            performed = sum(1 for key in client if key[0] == operation)
+            print(f"  {operation} duration error: {error_summary(errors)} (measured {len(errors)}"
+                  f" of {performed})")
+            if operation in worst:
+                error, op = worst[operation]
+                print(f"    worst {error * 1000:+.1f} ms: {op['snapshot']}, start from "
+                      f"{op['start_source']}, end from {op['end_source']}")
         print(f"  shown in progress after: {summary(delays)} (scraping every 50 ms)")
+        print(f"exporter log (each observation at debug): {ours.log_path}")
         return 0
     finally:
         if debian:

@@ -21,12 +21,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import libvirt
 import psutil
 from lse_devtools import testbed
 from lse_devtools.exporter_proc import ExporterProcess
 
+OBSERVED = "observation "  # the daemon's debug line before each observation's JSON
 Step = tuple[str, str, str, Callable[[libvirt.virDomain], object]]  # op, kind, snapshot, call
 
 
@@ -118,7 +120,8 @@ def seen(exporter: ExporterProcess, domains: set[str], since: float) -> tuple[di
     """Operations the exporter recorded, by (operation, kind, outcome): from its log and from
     the histogram counts; and from its log by (domain, operation, snapshot)."""
     data = json.loads(exporter.get("/api/operations", timeout=30))
-    ops = [o for o in data["operations"] if o["domain"] in domains and o["start"] >= since]
+    # By end: a start bracketed by creationTime (whole seconds) can come before `since`.
+    ops = [o for o in data["operations"] if o["domain"] in domains and o["end"] >= since]
     logged = collections.Counter((o["operation"], o["kind"], o["outcome"]) for o in ops)
     named = collections.Counter((o["domain"], o["operation"], o["snapshot"]) for o in ops)
     counted: collections.Counter[tuple[str, str, str]] = collections.Counter()
@@ -127,6 +130,24 @@ def seen(exporter: ExporterProcess, domains: set[str], since: float) -> tuple[di
                 labels["domain"] in domains:
             counted[(labels["operation"], labels["kind"], labels["outcome"])] += int(value)
     return logged, counted, named
+
+
+def write_sequences(log: str, drivers: list[Driver], directory: Path) -> Path:
+    """One sequence file per guest in the form tests/unit replays (lse_devtools.replay): what
+    the exporter observed (it logs each observation at debug) and a ClientCall line per call."""
+    observed = [json.loads(line.split(OBSERVED, 1)[1]) for line in log.splitlines()
+                if OBSERVED in line]
+    directory.mkdir(exist_ok=True)
+    for driver in drivers:
+        name = driver.guest.name
+        calls = [{"type": "ClientCall", "domain": name, "operation": op, "ok": outcome == "success",
+                  "error": "", "start": start, "end": end}
+                 for op, _, outcome, start, end in driver.done]
+        lines = [r for r in observed if r.get("domain", name) == name] + calls
+        lines.sort(key=lambda r: r.get("start", r.get("time")))
+        (directory / f"{name}.jsonl").write_text(
+            "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
+    return directory
 
 
 def main() -> int:
@@ -143,7 +164,7 @@ def main() -> int:
     guests = [testbed.create_guest(conn, f"soak{i}", memory_mib=256, fill_mib=64)
               for i in range(3)]
     guests.append(testbed.create_guest(conn, "soakoff", memory_mib=128, start=False))
-    exporter = ExporterProcess("--operations.log-size=100000")
+    exporter = ExporterProcess("--operations.log-size=100000", "--log.level=debug")
     try:
         for guest in guests:
             guest.wait_ready(timeout=300)
@@ -170,7 +191,8 @@ def main() -> int:
         except AssertionError as exc:
             print(f"not all operations recorded: {str(exc).splitlines()[0]}")
         logged, counted, named = seen(exporter, domains, since)
-        in_flight = json.loads(exporter.get("/api/operations"))["in_flight"]
+        in_flight = [o for o in json.loads(exporter.get("/api/operations"))["in_flight"]
+                     if o["domain"] in domains]  # not other guests of the same libvirtd
         rss_end, cpu_end = process.memory_info().rss, sum(process.cpu_times()[:2])
     finally:
         exporter.stop()
@@ -197,6 +219,8 @@ def main() -> int:
     lost = [d.guest.name for d in drivers if d.lost]
     if lost:
         print(f"VOID: guests removed by someone else during the run: {', '.join(lost)}")
+    print(f"each guest's sequence, to replay in tests/unit: "
+          f"{write_sequences(exporter.log(), drivers, exporter.log_path.with_suffix(''))}/")
     print(f"exporter RSS: start {rss_start / 2**20:.1f} MiB, end {rss_end / 2**20:.1f} MiB")
     print(f"exporter CPU: {cpu_end - cpu_start:.1f} s over {args.minutes * 60:.0f} s "
           f"({(cpu_end - cpu_start) / (args.minutes * 60) * 100:.1f} % of one core)")

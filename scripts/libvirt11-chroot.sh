@@ -39,6 +39,7 @@ print_env() {
   echo "export LSE_LIBVIRTD_START='chroot $DIR libvirtd -d'"
   echo "export LSE_LIBVIRTD_UP='bash $(cd "$(dirname "$0")" && pwd)/libvirt11-chroot.sh up'"
   echo "export LSE_PID_DIRECTORY='$DIR/run/libvirt/qemu'"
+  echo "export LSE_SNAPSHOT_DIRECTORY='$DIR/var/lib/libvirt/qemu/snapshot'"
   echo "export LSE_TESTBED_IMAGES='$IMAGES'"
 }
 

@@ -22,8 +22,15 @@ remember_owner = 0
 CONF
   echo "changed $CONF: appended cgroup_controllers=[], security_driver=none, user/group=root, remember_owner=0"
 fi
-pgrep -x virtlogd >/dev/null || { virtlogd -d; echo "started virtlogd"; }
-pgrep -x libvirtd >/dev/null || { libvirtd -d; echo "started libvirtd"; }
+# The host's own daemon: its pid file names a live process rooted in /. A name match (pgrep)
+# also finds the libvirt 11.3 chroot's daemons (scripts/libvirt11-chroot.sh), which do not
+# answer on this URI.
+host_daemon() {
+  local pid
+  pid=$(cat "/run/$1.pid" 2>/dev/null) && [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = / ]
+}
+host_daemon virtlogd || { virtlogd -d; echo "started virtlogd"; }
+host_daemon libvirtd || { libvirtd -d; echo "started libvirtd"; }
 for _ in $(seq 1 60); do
   if virsh -c "$URI" version >/dev/null 2>&1; then
     echo "libvirtd answers on $URI"

@@ -4,7 +4,9 @@
 Each scenario drives a real libvirtd (TCG guests from lse_devtools.testbed) with libvirt-python,
 while the adapter polls the guest every 0.1 s and reports events. The observations, plus one
 `ClientCall` line per operation with the client's own wall-clock start and end, are written as
-JSON lines to tests/unit/sequences/<scenario>.jsonl. The tracker's unit tests replay them.
+JSON lines to tests/unit/sequences/<scenario>.jsonl. The tracker's unit tests replay them. The
+exporter's metadata watch runs beside it: libvirt's snapshot files and status saves are in the
+sequences too (LSE_SNAPSHOT_DIRECTORY and LSE_PID_DIRECTORY say where, for another libvirt).
 
 Run as root on a machine where libvirtd runs (scripts/libvirtd-up.sh):
     .venv/bin/python scripts/record-sequences.py [SCENARIO ...]
@@ -30,7 +32,8 @@ from pathlib import Path
 
 import libvirt
 from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter
-from libvirt_snapshot_exporter.observations import to_record
+from libvirt_snapshot_exporter.metadata_watch import MetadataWatch
+from libvirt_snapshot_exporter.observations import MetadataWatchState, to_record
 from lse_devtools import testbed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,10 +53,13 @@ class Recorder:
         self.adapter = LibvirtAdapter(testbed.URI, self._add,
                                       pid_directory=str(testbed.PID_DIRECTORY))
         assert self.adapter.ensure_connected()
+        # The snapshot metadata and status files, as the exporter watches them.
+        self.watch = MetadataWatch(str(testbed.SNAPSHOT_DIRECTORY), str(testbed.PID_DIRECTORY),
+                                   self._add)
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _add(self, obs) -> None:
-        if getattr(obs, "domain", None) == self.domain:
+        if isinstance(obs, MetadataWatchState) or getattr(obs, "domain", None) == self.domain:
             with self._lock:
                 self.lines.append(to_record(obs))
 
@@ -64,6 +70,7 @@ class Recorder:
             self._stop.wait(0.1)
 
     def __enter__(self) -> Recorder:
+        self.watch.start()
         self._thread.start()
         time.sleep(0.5)
         return self
@@ -72,9 +79,11 @@ class Recorder:
         time.sleep(1.0)
         self._stop.set()
         self._thread.join()
+        self.watch.stop()
+        assert self.watch.ok, self.watch.reason
         self.adapter.close()
 
-    def call(self, operation: str, fn: Callable[[], object]) -> bool:
+    def call(self, operation: str, fn: Callable[[], object], pause: float = 0.5) -> bool:
         start = time.time()
         ok, error = True, ""
         try:
@@ -87,7 +96,7 @@ class Recorder:
                 {"type": "ClientCall", "domain": self.domain, "operation": operation,
                  "start": start, "end": end, "ok": ok, "error": error}
             )
-        time.sleep(0.5)
+        time.sleep(pause)
         return ok
 
     def save(self, scenario: str) -> None:
@@ -191,12 +200,47 @@ def scenario_killed_mid_create(conn: libvirt.virConnect) -> None:
         testbed.destroy_guest(conn, guest)
 
 
+def scenario_deletes(conn: libvirt.virConnect) -> None:
+    """A chain of three internal snapshots; the middle one deleted, then the leaf, then the root."""
+    guest = testbed.create_guest(conn, "rec", memory_mib=512, fill_mib=256)
+    try:
+        guest.wait_ready()
+        dom = guest.domain(conn)
+        for name in ("d1", "d2", "d3"):
+            dom.snapshotCreateXML(internal_xml(name))
+        with Recorder(guest.name) as rec:
+            for name in ("d2", "d3", "d1"):
+                rec.call("delete", lambda n=name: dom.snapshotLookupByName(n).delete())
+        rec.save("deletes_middle_and_leaf")
+    finally:
+        testbed.destroy_guest(conn, guest)
+
+
+def scenario_external_quick(conn: libvirt.virConnect) -> None:
+    """Disk-only external creates each deleted at once: a create and a delete within a second."""
+    guest = testbed.create_guest(conn, "rec", memory_mib=256)
+    try:
+        dom = guest.domain(conn)
+        with Recorder(guest.name) as rec:
+            for n in range(3):
+                name = f"q{n}"
+                rec.call("create", lambda n=name: dom.snapshotCreateXML(
+                    testbed.external_snapshot_xml(guest, n, False),
+                    libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY), pause=0.0)
+                rec.call("delete", lambda n=name: dom.snapshotLookupByName(n).delete())
+        rec.save("external_quick")
+    finally:
+        testbed.destroy_guest(conn, guest)
+
+
 SCENARIOS = {
     "internal_chain_running": scenario_internal_chain,
     "internal_offline": scenario_offline,
     "external_running": scenario_external,
     "failure_disk_full": scenario_failure_disk_full,
     "killed_mid_create": scenario_killed_mid_create,
+    "deletes_middle_and_leaf": scenario_deletes,
+    "external_quick": scenario_external_quick,
 }
 
 

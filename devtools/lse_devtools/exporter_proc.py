@@ -26,10 +26,11 @@ def free_port() -> int:
 
 class ExporterProcess:
     def __init__(self, *flags: str, state_dir: str | None = None, uri: str | None = None,
-                 port: int | None = None):
+                 port: int | None = None, command_prefix: tuple[str, ...] = ()):
         # The libvirtd under test (lse_devtools.testbed reads the same variables).
         uri = uri or os.environ.get("LSE_TEST_URI", "qemu:///system")
         pid_dir = os.environ.get("LSE_PID_DIRECTORY")
+        snapshot_dir = os.environ.get("LSE_SNAPSHOT_DIRECTORY")
         self.port = port or free_port()
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="lse-state-")
         self.log_path = Path(tempfile.mkstemp(prefix="lse-exporter-", suffix=".log")[1])
@@ -38,8 +39,10 @@ class ExporterProcess:
             f"--state.directory={self.state_dir}",
             f"--libvirt.uri={uri}",
             *([f"--libvirt.pid-directory={pid_dir}"] if pid_dir else []),
+            *([f"--libvirt.snapshot-directory={snapshot_dir}"] if snapshot_dir else []),
             *flags,
         ]
+        self.command_prefix = command_prefix  # runs the exporter under it (setpriv, say)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -49,7 +52,7 @@ class ExporterProcess:
     def start(self) -> ExporterProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "libvirt_snapshot_exporter", *self.flags],
+            [*self.command_prefix, sys.executable, "-m", "libvirt_snapshot_exporter", *self.flags],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:

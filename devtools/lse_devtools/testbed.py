@@ -256,6 +256,9 @@ def start_libvirtd() -> None:
 LIBVIRTD_UP = os.environ.get("LSE_LIBVIRTD_UP", "").split()
 # Where the libvirtd under test writes <domain>.pid for each QEMU (a chroot's is under it).
 PID_DIRECTORY = Path(os.environ.get("LSE_PID_DIRECTORY", "/run/libvirt/qemu"))
+# Where it keeps snapshot metadata (<domain>/<snapshot>.xml); a chroot's is under it, and the
+# exporter cannot derive that from the URI, so it is given with --libvirt.snapshot-directory.
+SNAPSHOT_DIRECTORY = Path(os.environ.get("LSE_SNAPSHOT_DIRECTORY", "/var/lib/libvirt/qemu/snapshot"))
 
 
 def libvirtd_up() -> None:

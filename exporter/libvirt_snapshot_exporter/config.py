@@ -40,6 +40,10 @@ OPTIONS = (
            bounds=(0.1, 300)),
     Option("libvirt.pid-directory", str, "/run/libvirt/qemu",
            "where libvirt writes each QEMU's <domain>.pid"),
+    Option("libvirt.snapshot-directory", str, "auto",
+           "libvirt's snapshot metadata directory, watched for the exact end of each operation; "
+           "auto: from libvirt.uri (qemu:///system: /var/lib/libvirt/qemu/snapshot, "
+           "qemu:///session: ~/.config/libvirt/qemu/snapshot, other URIs: none); empty: none"),
     Option("path.procfs", str, "/proc", "procfs of the host (/host/proc in a container)"),
     Option("state.directory", str, "/var/lib/libvirt-snapshot-exporter",
            "where the operations log is kept; empty: keep it in memory only"),

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import logging
 import math
 import queue
@@ -28,16 +29,20 @@ from .host import HostReader, HostSample
 from .images import image_usage
 from .inbox import Inbox
 from .libvirt_adapter import LibvirtAdapter, LibvirtUnavailable
+from .metadata_watch import MetadataWatch, default_directory
 from .observations import (
     CONTROL_JOB,
     STATE_SHUTOFF,
     DiskInfo,
     DomainGone,
     DomainPoll,
+    DomainStatusSaved,
     DomainUnchanged,
     GuestStats,
+    MetadataWatchState,
     Observation,
     Versions,
+    to_record,
 )
 from .operation_record import finished_operation, progress_estimate
 from .oplog import OperationsLog
@@ -108,6 +113,11 @@ class Collector:
             config["libvirt.uri"], self._events.put, config["libvirt.timeout"],
             config["libvirt.pid-directory"],
         )
+        directory = config["libvirt.snapshot-directory"]
+        self.watch = MetadataWatch(
+            default_directory(config["libvirt.uri"]) if directory == "auto" else directory,
+            config["libvirt.pid-directory"], self._events.put,
+        )
         self.host = HostReader(config["path.procfs"])
         self.processes = ProcessReader(config["path.procfs"])
         self.tracker = Tracker()
@@ -142,6 +152,7 @@ class Collector:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.watch.start()
         self._thread.start()
         if self.recorder is not None:
             self.recorder.start()
@@ -156,6 +167,7 @@ class Collector:
             self.recorder.stop()  # finishes the traces of operations that ended
             self._judge_traced()
         self.oplog.close()
+        self.watch.stop()
         self.adapter.close()
 
     def _run(self) -> None:
@@ -191,6 +203,7 @@ class Collector:
 
     def _collect(self) -> None:
         self._isolated("domains", self._drain_events)
+        self._mark("metadata", self.watch.ok, 0.0)
         if not self.adapter.ensure_connected():
             if self._was_up:
                 log.warning("libvirt at %s unreachable: %s", self.adapter.uri,
@@ -248,7 +261,10 @@ class Collector:
         """Feed the queued events stamped up to `until` to the tracker; the domains they name
         are polled at once."""
         for obs in self._events.drain_until(until):
-            self._woken.add(obs.domain)
+            # A status save is also the start of any job (a revert's, before its first event):
+            # a poll then could take it for a delete. Nothing to poll for either of these.
+            if not isinstance(obs, DomainStatusSaved | MetadataWatchState):
+                self._woken.add(obs.domain)
             self._observe(obs)
 
     def _observe_answer(self, obs: DomainPoll | DomainUnchanged | DomainGone) -> None:
@@ -258,6 +274,8 @@ class Collector:
         self._observe(obs)
 
     def _observe(self, obs: Observation) -> None:
+        if log.isEnabledFor(logging.DEBUG):  # one replayable line (observations.from_record)
+            log.debug("observation %s", json.dumps(to_record(obs)))
         before = {op.key for op in self.tracker.in_flight()}
         finished = self.tracker.observe(obs)
         for op in self.tracker.in_flight():

@@ -11,134 +11,60 @@ Signals and what they mean (measured on libvirt 9.0 / QEMU 7.2, see README "Prec
 - SUSPENDED/RESUMED lifecycle events bracket the guest pause of a create;
 - *_FROM_SNAPSHOT lifecycle events mark a revert; DEFINED/FROM_SNAPSHOT is its last event;
 - JOB_COMPLETED (operation 6) carries libvirt's own elapsed time for an external memory snapshot;
-- a snapshot that vanishes is a delete (block-job events accompany an external one).
+- a snapshot that vanishes is a delete (block-job events accompany an external one);
+- libvirt's snapshot metadata files (metadata_watch): a create's file appearing, a revert's
+  rewritten current flags and a delete's file removed are each exact ends; the domain's status
+  XML saved as a job begins is the start of a delete no poll caught.
 When a start or end was not seen directly it is bracketed by polls and the bracket is recorded
 as the uncertainty.
+
+Modules: tracker_state (the operations, what is kept of each domain), tracker_events (the
+domain events), tracker_files (the metadata files and status saves), tracker_starts (starts no
+event or poll saw); this one the polls, which find and finish operations.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field, replace
-from typing import Any
-
 from .observations import (
     CONTROL_JOB,
-    DETAIL_DEFINED_FROM_SNAPSHOT,
-    DETAIL_RESUMED_FROM_SNAPSHOT,
-    DETAIL_STARTED_FROM_SNAPSHOT,
-    DETAIL_STOPPED_FROM_SNAPSHOT,
-    DETAIL_SUSPENDED_FROM_SNAPSHOT,
-    EVENT_DEFINED,
-    EVENT_RESUMED,
-    EVENT_STARTED,
-    EVENT_STOPPED,
-    EVENT_SUSPENDED,
-    JOB_OPERATION_SNAPSHOT,
     STATE_PAUSED,
     STATE_RUNNING,
     STATE_SHUTOFF,
-    BlockJobEvent,
     DomainGone,
     DomainPoll,
+    DomainStatusSaved,
     DomainUnchanged,
-    JobCompletedEvent,
-    JobProgress,
-    LifecycleEvent,
+    MetadataWatchState,
     Observation,
+    SnapshotFileEvent,
     SnapshotRecord,
 )
+from .tracker_events import REVERT_SETTLE, take_event
+from .tracker_files import (
+    FILE_GRACE,
+    ahead_of_files,
+    end_at_removal,
+    file_removed,
+    file_written,
+    forget_old_files,
+    last_rewrite,
+    take_file_event,
+)
+from .tracker_starts import create_start, unseen_start
+from .tracker_state import Operation, TrackedDomain, depth_of, finish, finish_polled
+
+__all__ = ["Operation", "Tracker", "depth_of"]
 
 PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
-DETAIL_SUSPENDED_API_ERROR = 6  # an API call failed while the guest was paused
-REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
-REVERT_EVENTS = {
-    (EVENT_SUSPENDED, DETAIL_SUSPENDED_FROM_SNAPSHOT),
-    (EVENT_STOPPED, DETAIL_STOPPED_FROM_SNAPSHOT),
-    (EVENT_STARTED, DETAIL_STARTED_FROM_SNAPSHOT),
-    (EVENT_RESUMED, DETAIL_RESUMED_FROM_SNAPSHOT),
-}
-
-
-_ids = itertools.count(1)
-
-
-@dataclass
-class Operation:
-    """One snapshot operation, in flight (end is None) or finished."""
-
-    domain: str
-    operation: str  # create | delete | revert
-    start: float
-    start_source: str  # control | event | job_completed | poll | creation_time
-    start_uncertainty: float
-    snapshot: str = ""
-    kind: str = "internal"
-    memory: bool = False
-    depth: int = 0
-    end: float | None = None
-    end_source: str = ""
-    end_uncertainty: float = 0.0
-    outcome: str = ""  # success | failure, once finished
-    error: str = ""
-    paused_seconds: float = 0.0
-    job: dict[str, Any] = field(default_factory=dict)
-    memory_processed_bytes: int | None = None
-    memory_remaining_bytes: int | None = None
-    # internal bookkeeping while in flight
-    paused_since: float | None = None
-    resumed_at: float | None = None
-    failed_at: float | None = None  # SUSPENDED/API_ERROR: the create call failed here
-    idle_since: float | None = None
-    id: int = field(default_factory=lambda: next(_ids))
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.end is None else max(0.0, self.end - self.start)
-
-    @property
-    def key(self) -> str:
-        """Stable while the operation runs, though its start may still be refined."""
-        return f"{self.domain}/{self.id}"
-
-
-@dataclass
-class _Domain:
-    """What the tracker remembers about one domain between observations."""
-
-    snapshots: dict[str, SnapshotRecord] = field(default_factory=dict)
-    current: str | None = None  # last non-empty current snapshot
-    last_poll: float | None = None
-    active: Operation | None = None
-    paused_since: float | None = None
-    suspend_at: float | None = None  # a SUSPENDED event no operation has claimed yet
-    pause_before_active: float = 0.0
-    resume_at: float | None = None
-    job_start: float | None = None  # exact start of an async job seen in controlInfo()
-    next_job_start: float | None = None  # a job begun after the active create's guest resumed
-    block_job_start: float | None = None
-    block_job_end: float | None = None
-    revert_event: float | None = None
-    revert_defined_at: float | None = None
-    state: int = 0
-    failed: set[str] = field(default_factory=set)  # snapshots of failed creates, still listed
-
-
-def depth_of(snapshots: dict[str, SnapshotRecord], name: str | None) -> int:
-    """Depth of a snapshot in its tree, the root being 1 (the study's "level"); 0 for none."""
-    depth, seen = 0, set()
-    while name is not None and name in snapshots and name not in seen:
-        seen.add(name)
-        depth += 1
-        name = snapshots[name].parent
-    return depth
+Snapshots = dict[str, SnapshotRecord]
 
 
 class Tracker:
     """Turns observations into operations. observe() returns the operations it finished."""
 
     def __init__(self) -> None:
-        self._domains: dict[str, _Domain] = {}
+        self._domains: dict[str, TrackedDomain] = {}
+        self._watching = False  # the metadata watch sees libvirt's files
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -165,95 +91,53 @@ class Tracker:
     # --- input ------------------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> list[Operation]:
+        if isinstance(obs, MetadataWatchState):
+            self._watching = obs.watching
+            return []
         if isinstance(obs, DomainPoll):
             return self._poll(obs)
         if isinstance(obs, DomainGone):
             return self._gone(obs)
         if isinstance(obs, DomainUnchanged):
+            return self._unchanged(obs)
+        if isinstance(obs, SnapshotFileEvent | DomainStatusSaved):
             d = self._domains.get(obs.domain)
-            if d is not None and d.active is None and d.last_poll is not None:
-                d.last_poll = max(d.last_poll, obs.time)  # nothing ran up to now
+            if d is None or d.last_poll is None:  # the first poll adopts what it shows
+                return []
+            finished = take_file_event(d, obs)
+            if d.held is not None and isinstance(obs, SnapshotFileEvent):
+                finished += self._poll(d.held)  # the file it waited for may be this one
+            return finished
+        return take_event(self._domains.setdefault(obs.domain, TrackedDomain()), obs)
+
+    def _unchanged(self, obs: DomainUnchanged) -> list[Operation]:
+        """An idle check: nothing changed since the last poll, which may be one held for its
+        file event; past the grace it is applied without."""
+        d = self._domains.get(obs.domain)
+        if d is None:
             return []
-        d = self._domains.setdefault(obs.domain, _Domain())
-        if isinstance(obs, LifecycleEvent):
-            return self._lifecycle(d, obs)
-        if isinstance(obs, JobCompletedEvent):
-            self._job_completed(d, obs)
-        elif isinstance(obs, BlockJobEvent):
-            if d.block_job_start is None:
-                d.block_job_start = obs.time
-            d.block_job_end = obs.time
-        elif isinstance(obs, JobProgress) and d.active is not None:
-            d.active.memory_processed_bytes = obs.processed_bytes
-            d.active.memory_remaining_bytes = obs.remaining_bytes
-        return []
-
-    # --- events -----------------------------------------------------------------------------
-
-    def _lifecycle(self, d: _Domain, ev: LifecycleEvent) -> list[Operation]:
-        pair = (ev.event, ev.detail)
-        op = d.active
-        if pair in REVERT_EVENTS:
-            if op is None or op.operation != "revert":
-                finished = self._finish(d, ev.time, "event", 0.0, "success") if op else []
-                d.active = Operation(ev.domain, "revert", ev.time, "event", 0.0)
-                d.revert_event = ev.time
-                return finished
-            return []
-        if pair == (EVENT_DEFINED, DETAIL_DEFINED_FROM_SNAPSHOT):
-            # The last event of every revert, also of an offline one that had no other event.
-            if op is not None and op.operation == "revert":
-                op.end, op.end_source = ev.time, "event"
-            else:
-                d.revert_defined_at = ev.time
-            return []
-        if ev.event == EVENT_SUSPENDED:
-            if ev.detail == DETAIL_SUSPENDED_API_ERROR and op is not None and op.operation == "create":
-                op.failed_at = op.failed_at or ev.time
-            # A second SUSPENDED (an API error while paused) does not restart the pause.
-            d.paused_since = d.paused_since or ev.time
-            if op is not None:
-                op.paused_since = op.paused_since or ev.time
-            else:
-                d.suspend_at = ev.time
-        elif ev.event == EVENT_RESUMED:
-            if op is not None and op.paused_since is not None:
-                op.paused_seconds += ev.time - op.paused_since
-                op.paused_since = None
-                op.resumed_at = ev.time
-            elif d.paused_since is not None and d.suspend_at is not None:
-                d.pause_before_active = ev.time - d.paused_since
-                d.resume_at = ev.time
-            d.paused_since = None
-        elif ev.event == EVENT_STOPPED and op is not None and op.operation == "create":
-            return self._finish(d, op.failed_at or ev.time, "event", 0.0, "failure",
-                                "domain stopped")
-        return []
-
-    def _job_completed(self, d: _Domain, ev: JobCompletedEvent) -> None:
-        if ev.params.get("operation") != JOB_OPERATION_SNAPSHOT:
-            return  # save, dump, migration...
-        elapsed = ev.params.get("time_elapsed")
-        op = d.active
-        if op is not None and op.operation == "create":
-            op.job = dict(ev.params)
-            if elapsed is not None and op.start_source not in ("control",):
-                op.start, op.start_source, op.start_uncertainty = (
-                    ev.time - elapsed / 1000.0, "job_completed", 0.0
-                )
-
-    # --- polls ------------------------------------------------------------------------------
+        finished = []
+        if d.held is not None:
+            assert d.ahead_since is not None
+            if obs.time - d.ahead_since < FILE_GRACE:
+                return []
+            finished = self._poll(d.held, wait_for_files=False)
+        if d.active is None and d.last_poll is not None:
+            d.last_poll = max(d.last_poll, obs.time)  # nothing ran up to now
+        return finished
 
     def _gone(self, obs: DomainGone) -> list[Operation]:
         d = self._domains.pop(obs.domain, None)
         if d is None or d.active is None:
             return []
-        return self._finish(d, obs.time, "poll", self._bracket(d, obs.time), "failure",
-                            "domain undefined")
+        bracket = obs.time - d.last_poll if d.last_poll is not None else 0.0
+        return finish(d, obs.time, "poll", bracket, "failure", "domain undefined")
 
-    def _poll(self, p: DomainPoll) -> list[Operation]:
+    # --- polls ------------------------------------------------------------------------------
+
+    def _poll(self, p: DomainPoll, wait_for_files: bool = True) -> list[Operation]:
         first = p.domain not in self._domains
-        d = self._domains.setdefault(p.domain, _Domain())
+        d = self._domains.setdefault(p.domain, TrackedDomain())
         before = d.snapshots
         now = {s.name: s for s in p.snapshots}
         current = next((s.name for s in p.snapshots if s.current), None)
@@ -268,6 +152,15 @@ class Tracker:
                 d.next_job_start = job_start
             elif d.job_start is None or abs(job_start - d.job_start) > 0.05:
                 d.job_start = job_start if d.job_start is None else min(d.job_start, job_start)
+        if (wait_for_files and not first and self._watching
+                and ahead_of_files(d, before, now)):
+            # libvirt answered before its file event reached us (it renames or removes the
+            # file and changes its list within a millisecond): wait for the exact end.
+            d.ahead_since = d.ahead_since if d.ahead_since is not None else p.time
+            if p.time - d.ahead_since < FILE_GRACE:
+                d.held = p
+                return []
+        d.ahead_since = d.held = None
         if first:
             finished += self._adopt(d, p, now, current)
         else:
@@ -278,11 +171,13 @@ class Tracker:
             d.current = current
         d.state = p.state
         d.last_poll = p.time
+        forget_old_files(d, p)
         if d.active is None and p.control_state != CONTROL_JOB:
             d.job_start = None
         return finished
 
-    def _adopt(self, d: _Domain, p: DomainPoll, now: dict, current: str | None) -> list[Operation]:
+    def _adopt(self, d: TrackedDomain, p: DomainPoll, now: Snapshots,
+               current: str | None) -> list[Operation]:
         """First sight of a domain (exporter start, reconnect): pick up an operation in flight."""
         busy = p.control_state == CONTROL_JOB or (
             p.state == STATE_PAUSED and p.reason in (PAUSED_SAVE, PAUSED_SNAPSHOT)
@@ -294,14 +189,14 @@ class Tracker:
                 start, source, unc = d.job_start, "control", 0.0
             else:
                 start, source, unc = newest.creation_time + 0.5, "creation_time", 0.5
-            d.active = self._new_op(p.domain, "create", newest, now, start, source, unc)
+            d.active = _describe(Operation(p.domain, "create", start, source, unc), newest, now)
         elif busy and p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP:
             d.active = Operation(p.domain, "revert", d.job_start or p.time, "control", 0.0)
         return []
 
-    def _advance(
-        self, d: _Domain, p: DomainPoll, before: dict, now: dict, current: str | None
-    ) -> list[Operation]:
+    def _advance(self, d: TrackedDomain, p: DomainPoll, before: Snapshots, now: Snapshots,
+                 current: str | None) -> list[Operation]:
+        """A poll after the first: move the operation in flight on, or find a new one."""
         finished: list[Operation] = []
         new = [s for name, s in now.items() if name not in before]
         gone = [s for name, s in before.items() if name not in now]
@@ -314,84 +209,109 @@ class Tracker:
             and not gone and not (op is not None and current == op.snapshot)
             and not any(s.name == current for s in new)
         )
-        revert_ended = False
-
         if op is not None and op.operation == "create":
-            snap = now.get(op.snapshot)
-            if snap is None:
-                reason = "snapshot vanished before it became current"
-                if p.state == STATE_SHUTOFF and d.state != STATE_SHUTOFF:
-                    reason = "domain stopped during the snapshot"
-                finished += self._finish_polled(d, p, "failure", reason)
-                gone = [s for s in gone if s.name != op.snapshot]
-            elif (snap.current or self._idle_without_becoming_current(p, snap, now) or moved
-                  or d.revert_defined_at is not None):
-                # Current, or has a child already, or a revert came after it: it is done.
-                finished += self._finish_polled(d, p, "success")
-            elif p.state == STATE_SHUTOFF and d.state not in (0, STATE_SHUTOFF):
-                finished += self._finish_polled(d, p, "failure", "domain stopped")
-            op = d.active
+            finished, gone = self._advance_create(d, p, now, gone, moved)
         elif op is not None and op.operation == "revert":
-            if d.job_start is not None and d.job_start < op.start:
-                op.start, op.start_source, op.start_uncertainty = d.job_start, "control", 0.0
-            reverting = p.control_state == CONTROL_JOB or (
-                p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP
-            )
-            if not reverting and op.idle_since is None:
-                op.idle_since = p.time
-            elif reverting:
-                op.idle_since = None
-            # libvirt sends the revert's last events (STARTED, RESUMED, DEFINED/FROM_SNAPSHOT)
-            # after its job ends: wait for DEFINED, or give up on it after REVERT_SETTLE.
-            settled = op.idle_since is not None and p.time - op.idle_since >= REVERT_SETTLE
-            if op.end is not None or settled:
-                if op.end is None:
-                    op.end, op.end_source = op.idle_since, "poll"
-                    op.end_uncertainty = op.idle_since - (d.last_poll or op.idle_since)
-                op.snapshot = current or ""
-                op.depth = depth_of(now, current)
-                target = now.get(current or "")
-                if target is not None:
-                    op.kind, op.memory = target.kind, target.memory
-                finished += self._finish_polled(d, p, "success")
-                revert_ended = True
-            op = d.active
-        elif op is not None and op.operation == "delete":
-            if gone:
-                victim = gone.pop(0)
-                self._describe(op, victim, before)
-                finished += self._finish_polled(d, p, "success")
-                finished += self._deleted_between_polls(d, p, gone, before)
-                gone = []
-            elif p.control_state != CONTROL_JOB:
-                d.active = None  # a job that deleted nothing: not a snapshot operation
-            op = d.active
-
-        if op is None:
+            finished = self._advance_revert(d, p, now, current)
             # A revert that just ended made the move itself: not a second one.
-            finished += self._detect(d, p, before, now, new, gone, current,
-                                     moved and not revert_ended)
+            moved = moved and not finished
+        elif op is not None and op.operation == "delete":
+            finished = self._advance_delete(d, p, before, new, gone)
+            gone = []  # the delete in flight and those after it took them all
+        if d.active is None:
+            finished += self._detect(d, p, before, now, new, gone, current, moved)
         return finished
 
+    def _advance_create(self, d: TrackedDomain, p: DomainPoll, now: Snapshots,
+                        gone: list[SnapshotRecord],
+                        moved: bool) -> tuple[list[Operation], list[SnapshotRecord]]:
+        """The create in flight: finished, and the vanished snapshots left for a delete."""
+        op = d.active
+        assert op is not None
+        snap = now.get(op.snapshot)
+        if snap is None and op.end_source == "metadata":
+            # Its file was written, so it succeeded; a delete then took it (a disk-only
+            # create and its delete 1 ms apart, measured): that stays in gone.
+            return finish_polled(d, p, "success"), gone
+        if snap is None:
+            reason = "snapshot vanished before it became current"
+            if p.state == STATE_SHUTOFF and d.state != STATE_SHUTOFF:
+                reason = "domain stopped during the snapshot"
+            return finish_polled(d, p, "failure", reason), [s for s in gone if s.name != op.snapshot]
+        if (snap.current or _has_child(snap, now) or moved
+                or d.revert_defined_at is not None):
+            # Current, or has a child already, or a revert came after it: it is done.
+            return finish_polled(d, p, "success"), gone
+        if p.state == STATE_SHUTOFF and d.state not in (0, STATE_SHUTOFF):
+            return finish_polled(d, p, "failure", "domain stopped"), gone
+        return [], gone
+
+    def _advance_revert(self, d: TrackedDomain, p: DomainPoll, now: Snapshots,
+                        current: str | None) -> list[Operation]:
+        """The revert in flight: finished at its last event, or REVERT_SETTLE after it looked
+        done without one."""
+        op = d.active
+        assert op is not None
+        if d.job_start is not None and d.job_start < op.start:
+            op.start, op.start_source, op.start_uncertainty = d.job_start, "control", 0.0
+        reverting = p.control_state == CONTROL_JOB or (
+            p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP
+        )
+        if not reverting and op.idle_since is None:
+            op.idle_since = p.time
+        elif reverting:
+            op.idle_since = None
+        # libvirt sends the revert's last events (STARTED, RESUMED, DEFINED/FROM_SNAPSHOT)
+        # after its job ends: wait for DEFINED, or give up on it after REVERT_SETTLE.
+        settled = op.idle_since is not None and p.time - op.idle_since >= REVERT_SETTLE
+        if op.end is None and not settled:
+            return []
+        if op.rewritten_at is not None and (op.end is None or op.rewritten_at > op.end):
+            op.end, op.end_source = op.rewritten_at, "metadata"
+        if op.end is None:
+            op.end, op.end_source = op.idle_since, "poll"
+            op.end_uncertainty = op.idle_since - (d.last_poll or op.idle_since)
+        _describe_revert(op, now, current)
+        return finish_polled(d, p, "success")
+
+    def _advance_delete(self, d: TrackedDomain, p: DomainPoll, before: Snapshots,
+                        new: list[SnapshotRecord], gone: list[SnapshotRecord]) -> list[Operation]:
+        """The delete in flight: confirmed by the first snapshot gone (the others went after it)."""
+        op = d.active
+        assert op is not None
+        if gone:
+            victim, *others = gone
+            _describe(op, victim, before)
+            end_at_removal(d, op)
+            return finish_polled(d, p, "success") + self._deleted_between_polls(d, p, others, before)
+        if p.control_state != CONTROL_JOB or (new and not op.snapshot):
+            # A job that deleted nothing, or that a new snapshot shows was a create.
+            d.active = None
+        return []
+
     def _detect(
-        self, d: _Domain, p: DomainPoll, before: dict, now: dict, new: list, gone: list,
-        current: str | None, switched: bool,
+        self, d: TrackedDomain, p: DomainPoll, before: Snapshots, now: Snapshots,
+        new: list[SnapshotRecord], gone: list[SnapshotRecord], current: str | None,
+        switched: bool,
     ) -> list[Operation]:
         """No operation in flight: find one that started, or one that ran between two polls."""
         finished: list[Operation] = []
-        creates = [s for s in new if not self._redefined(d, s) and s.name not in d.failed]
+        creates = [s for s in new if not _redefined(d, s) and s.name not in d.failed]
         for snap in sorted(creates, key=lambda s: s.creation_time):
             # Done when current, when it has a child, or when a revert moved current after it.
-            done = (snap.current or any(s.parent == snap.name for s in now.values()) or switched
+            done = (snap.current or _has_child(snap, now) or switched
                     or d.revert_defined_at is not None)
-            start, source, unc = self._create_start(d, p, snap)
-            op = self._new_op(p.domain, "create", snap, now, start, source, unc)
+            start, source, unc = create_start(d, p, snap)
+            op = _describe(Operation(p.domain, "create", start, source, unc), snap, now)
+            written = file_written(d, snap.name)
+            if written is not None and written >= start:
+                op.end, op.end_source = written, "metadata"  # its file appeared as it ended
             if d.resume_at is not None and d.resume_at >= start:
                 op.paused_seconds, op.resumed_at = d.pause_before_active, d.resume_at
             d.suspend_at = d.resume_at = None
             d.active = op
             if done:
-                finished += self._finish_polled(d, p, "success")
+                finished += finish_polled(d, p, "success")
             else:
                 if d.paused_since is not None:
                     op.paused_since = d.paused_since
@@ -412,117 +332,58 @@ class Tracker:
             d.suspend_at = None if d.paused_since is None else d.suspend_at
         return finished
 
-    def _revert_between_polls(self, d: _Domain, p: DomainPoll, now: dict,
+    def _revert_between_polls(self, d: TrackedDomain, p: DomainPoll, now: Snapshots,
                               current: str | None) -> list[Operation]:
-        op = Operation(p.domain, "revert", *self._unseen_start(d, p))
-        op.snapshot = current or ""
-        target = now.get(op.snapshot)
-        if target is not None:
-            op.kind, op.memory = target.kind, target.memory
-        op.depth = depth_of(now, current)
-        d.active = op
+        since = d.last_poll if d.last_poll is not None else p.time
+        rewritten = last_rewrite(d, since)
+        end, end_source = None, ""
         if d.revert_defined_at is not None:
-            op.end, op.end_source = d.revert_defined_at, "event"
+            end, end_source = d.revert_defined_at, "event"
+        elif rewritten is not None:  # the current flags rewritten: its end
+            end, end_source = rewritten, "metadata"
+        op = Operation(p.domain, "revert", *unseen_start(d, p, end))
+        _describe_revert(op, now, current)
+        op.defined_at = d.revert_defined_at
+        d.active = op
+        if end is not None:
+            op.end, op.end_source = end, end_source
         d.revert_defined_at = None
-        return self._finish_polled(d, p, "success")
+        return finish_polled(d, p, "success")
 
-    def _deleted_between_polls(
-        self, d: _Domain, p: DomainPoll, gone: list, before: dict
-    ) -> list[Operation]:
+    def _deleted_between_polls(self, d: TrackedDomain, p: DomainPoll, gone: list[SnapshotRecord],
+                               before: Snapshots) -> list[Operation]:
         finished = []
         for snap in gone:
-            start, source, unc = self._unseen_start(d, p)
-            op = Operation(p.domain, "delete", start, source, unc)
-            self._describe(op, snap, before)
+            start, source, unc = unseen_start(d, p, file_removed(d, snap.name))
+            op = _describe(Operation(p.domain, "delete", start, source, unc), snap, before)
             d.active = op
             if d.block_job_end is not None and d.block_job_end >= start:
                 op.end, op.end_source = d.block_job_end, "event"
-            finished += self._finish_polled(d, p, "success")
+            end_at_removal(d, op)
+            finished += finish_polled(d, p, "success")
         return finished
 
-    # --- helpers ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _describe(op: Operation, snap: SnapshotRecord, tree: dict) -> None:
-        op.snapshot, op.kind, op.memory = snap.name, snap.kind, snap.memory
-        op.depth = depth_of(tree, snap.name)
+def _redefined(d: TrackedDomain, snap: SnapshotRecord) -> bool:
+    """A snapshot stamped well before our previous poll was imported, not created now."""
+    return d.last_poll is not None and snap.creation_time < d.last_poll - 2.0
 
-    def _new_op(self, domain: str, kind: str, snap: SnapshotRecord, tree: dict, start: float,
-                source: str, unc: float) -> Operation:
-        op = Operation(domain, kind, start, source, unc)
-        self._describe(op, snap, tree)
-        return op
 
-    def _redefined(self, d: _Domain, snap: SnapshotRecord) -> bool:
-        """A snapshot stamped well before our previous poll was imported, not created now."""
-        return d.last_poll is not None and snap.creation_time < d.last_poll - 2.0
+def _describe(op: Operation, snap: SnapshotRecord, tree: Snapshots) -> Operation:
+    op.snapshot, op.kind, op.memory = snap.name, snap.kind, snap.memory
+    op.depth = depth_of(tree, snap.name)
+    return op
 
-    @staticmethod
-    def _idle_without_becoming_current(p: DomainPoll, snap: SnapshotRecord, now: dict) -> bool:
-        """A create whose snapshot has a child already finished, whatever current says."""
-        return any(s.parent == snap.name for s in now.values())
 
-    def _create_start(self, d: _Domain, p: DomainPoll, snap: SnapshotRecord):
-        if d.job_start is not None and d.job_start >= snap.creation_time - 1.0:
-            return d.job_start, "control", 0.0
-        if d.suspend_at is not None and d.suspend_at >= snap.creation_time - 0.01:
-            return d.suspend_at, "event", 0.0
-        # creationTime is whole seconds, stamped as the create call began: intersect
-        # [creationTime, creationTime + 1) with the time since the previous poll.
-        lo = max(snap.creation_time, d.last_poll if d.last_poll is not None else -1e18)
-        hi = min(snap.creation_time + 1.0, p.time)
-        if lo > hi:
-            lo = hi = min(snap.creation_time + 0.5, p.time)
-        return (lo + hi) / 2, "creation_time", (hi - lo) / 2
+def _describe_revert(op: Operation, now: Snapshots, current: str | None) -> None:
+    """A revert is of the snapshot it made current."""
+    op.snapshot = current or ""
+    op.depth = depth_of(now, current)
+    target = now.get(current or "")
+    if target is not None:
+        op.kind, op.memory = target.kind, target.memory
 
-    def _unseen_start(self, d: _Domain, p: DomainPoll):
-        """Start of an operation first noticed after it ended."""
-        if d.job_start is not None:
-            return d.job_start, "control", 0.0
-        if d.block_job_start is not None:
-            return d.block_job_start, "event", 0.0
-        last = d.last_poll if d.last_poll is not None else p.time
-        return last, "poll", p.time - last
 
-    @staticmethod
-    def _bracket(d: _Domain, t: float) -> float:
-        return t - d.last_poll if d.last_poll is not None else 0.0
-
-    def _finish_polled(
-        self, d: _Domain, p: DomainPoll, outcome: str, error: str = ""
-    ) -> list[Operation]:
-        op = d.active
-        assert op is not None
-        if op.end is not None:  # an event already gave the end
-            return self._finish(d, op.end, op.end_source, op.end_uncertainty, outcome, error)
-        if outcome == "failure" and op.failed_at is not None:
-            return self._finish(d, op.failed_at, "event", 0.0, outcome, error)
-        if op.resumed_at is not None and op.resumed_at >= op.start:
-            return self._finish(d, op.resumed_at, "event", 0.0, outcome, error)
-        last = d.last_poll if d.last_poll is not None and d.last_poll >= op.start else op.start
-        # Ended after the last poll that saw it running and before this one.
-        return self._finish(d, (last + p.time) / 2, "poll", (p.time - last) / 2, outcome, error)
-
-    def _finish(
-        self, d: _Domain, end: float, source: str, uncertainty: float, outcome: str,
-        error: str = "",
-    ) -> list[Operation]:
-        op = d.active
-        assert op is not None
-        if op.paused_since is not None:
-            op.paused_seconds += max(0.0, end - op.paused_since)
-        done = replace(
-            op, end=max(end, op.start), end_source=source, end_uncertainty=uncertainty,
-            outcome=outcome, error=error, paused_since=None,
-        )
-        if op.operation == "create" and outcome == "failure":
-            # Its snapshot is being removed: its disappearance is no delete, and a sighting
-            # of it before it goes is no new create.
-            d.snapshots.pop(op.snapshot, None)
-            d.failed.add(op.snapshot)
-        d.active = None
-        d.job_start, d.next_job_start = d.next_job_start, None
-        d.block_job_start = d.block_job_end = None
-        d.suspend_at = d.resume_at = d.revert_event = None
-        d.pause_before_active = 0.0
-        return [done]
+def _has_child(snap: SnapshotRecord, now: Snapshots) -> bool:
+    """A create whose snapshot has a child already finished, whatever current says."""
+    return any(s.parent == snap.name for s in now.values())

@@ -125,6 +125,8 @@ def test_exporter_service(config):
     assert mounts["/var/run/libvirt"]["read_only"] is True
     assert mounts["/host/proc"]["source"] == "/proc"
     assert mounts["/host/proc"]["read_only"] is True
+    snapshots = mounts["/var/lib/libvirt/qemu/snapshot"]  # the metadata watch's, at its default
+    assert snapshots["source"] == "/var/lib/libvirt/qemu/snapshot" and snapshots["read_only"] is True
     state = mounts["/var/lib/libvirt-snapshot-exporter"]
     assert state["type"] == "volume" and state["source"] == "exporter-state"
     assert "/-/healthy" in " ".join(exporter["healthcheck"]["test"])

@@ -33,8 +33,8 @@ def test_internal_chain_on_running_domain() -> None:
     assert [o.depth for o in creates] == [1, 2, 3]
     assert all(o.kind == "internal" and o.memory for o in creates)
     for op, call in zip(creates, calls, strict=False):
-        # start from controlInfo(), end from the RESUMED event: both exact
-        assert (op.start_source, op.end_source) == ("control", "event")
+        # start from controlInfo(), end from its metadata file (or the RESUMED event): exact
+        assert op.start_source == "control" and op.end_source in ("metadata", "event")
         assert abs(op.duration - (call["end"] - call["start"])) < 0.05
         # an internal create pauses the guest for its whole duration
         assert op.paused_seconds == pytest.approx(op.duration, abs=0.05)
