@@ -159,7 +159,8 @@ def run_bench(domain: str, state: Path) -> None:
     if bench.returncode != 0 and not stop:  # bench has printed its own one-line reason
         raise DemoError(f"the short bench failed (exit {bench.returncode}), see its line above")
     print(f"bench results: {state}/bench.csv, bench.json"
-          + (", bench.png" if "--plot" in outputs else ""), flush=True)
+          + (", bench.png and one bench-r1-l<level>-<operation>.png of each operation's trace"
+             if "--plot" in outputs else ""), flush=True)
 
 
 def one_line(exc: BaseException) -> str:

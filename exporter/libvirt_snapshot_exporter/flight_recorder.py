@@ -9,8 +9,10 @@ collection loop hands it the host sample it takes anyway (note_host(), every cyc
 each poll-interval), kept in a ring from which a new operation's trace takes the PRE_SECONDS
 before its start (an operation is recognised tens of milliseconds after it began: the ring
 covers that). Those samples carry memory and PSI memory/io only.
-Finished traces go to the TraceStore. The collection loop only calls begin(), end() and
-retain(), which read nothing but the images' device numbers: sampling never holds it up.
+Finished traces go to the TraceStore (the exporter's) and to on_trace (the collection loop
+judges them; bench, which keeps no store, judges and draws them). The collection loop only
+calls begin(), end() and retain(), which read nothing but the images' device numbers:
+sampling never holds it up.
 """
 
 from __future__ import annotations
@@ -208,13 +210,14 @@ def _read(path: str) -> str:
 
 
 class FlightRecorder:
-    """Starts a trace at begin(), finishes it POST_SECONDS after end(), keeps it in the store."""
+    """Starts a trace at begin(), finishes it POST_SECONDS after end(), keeps it in the store
+    (if any) and hands it to on_trace."""
 
-    def __init__(self, procfs: str, pid_directory: str, store: TraceStore,
+    def __init__(self, procfs: str, pid_directory: str, store: TraceStore | None,
                  max_points: int = MAX_POINTS) -> None:
         self.store = store
         # Told of each finished trace with its operation's record, from the recorder's thread
-        # (or from stop()): the collection loop judges it.
+        # (or from stop()): the collection loop (or bench) judges it.
         self.on_trace: Callable[[Trace, FinishedOperation], None] = lambda _t, _r: None
         self.max_points = max_points
         self.host = HostSampler(procfs)
@@ -269,6 +272,13 @@ class FlightRecorder:
             rec = self._recordings.get(key)
             if rec is not None:
                 rec.record = record
+
+    def recent(self, key: str, count: int) -> tuple[Point, ...]:
+        """The last `count` points of a recording not yet finished (bench's progress line);
+        empty for any other key."""
+        with self._lock:
+            rec = self._recordings.get(key)
+            return rec.builder.points()[-count:] if rec is not None else ()
 
     def note_host(self, sample: HostSample) -> None:
         """The collection loop's host sample, for the ring between operations (while one is
@@ -334,7 +344,8 @@ class FlightRecorder:
 
     def _finish(self, rec: _Recording) -> None:
         trace = self._trace(rec)
-        self.store.add(trace)
+        if self.store is not None:
+            self.store.add(trace)
         self.on_trace(trace, rec.record)
 
     def _trace(self, rec: _Recording) -> Trace:
@@ -357,4 +368,4 @@ class FlightRecorder:
             trace = self._trace(rec)
             if trace.id == trace_id:
                 return json.dumps(trace.to_json(), separators=(",", ":")).encode()
-        return self.store.get(trace_id)
+        return self.store.get(trace_id) if self.store is not None else None

@@ -21,7 +21,7 @@ from typing import Any
 import libvirt
 
 from .calls import Deadlines, LibvirtUnavailable
-from .libvirt_common import guest_stats, parse_domain_disks, read_versions
+from .libvirt_common import guest_stats, parse_domain_disks, read_versions, start_event_loop
 from .observations import (
     BlockJobEvent,
     DomainPoll,
@@ -45,26 +45,6 @@ NOWAIT_STATS = (
     | libvirt.VIR_DOMAIN_STATS_VCPU
     | libvirt.VIR_DOMAIN_STATS_BLOCK
 )
-
-
-_event_loop_started = threading.Lock()
-_event_loop_running = False
-
-
-def _start_event_loop() -> None:
-    """libvirt's default event loop on a daemon thread; must exist before any connection."""
-    global _event_loop_running
-    with _event_loop_started:
-        if _event_loop_running:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _event_loop_running = True
 
 
 class LibvirtAdapter:
@@ -92,7 +72,7 @@ class LibvirtAdapter:
         self.reconnects = 0
         self.last_error = ""
         self.events_received: dict[str, int] = {"lifecycle": 0, "job_completed": 0, "block_job": 0}
-        _start_event_loop()
+        start_event_loop()
 
     # --- connection -------------------------------------------------------------------------
 

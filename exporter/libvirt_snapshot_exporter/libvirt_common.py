@@ -1,10 +1,12 @@
 """What both libvirt adapters share: the exporter's read-only one (libvirt_adapter) and bench's
 read-write one (bench/control): libvirt's error output silenced once, the version figures, the
-disks read from a domain's XML and the guest statistics read from libvirt's bulk ones.
+disks read from a domain's XML, the guest statistics read from libvirt's bulk ones, and
+libvirt's event loop (both receive lifecycle events).
 """
 
 from __future__ import annotations
 
+import threading
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -15,6 +17,26 @@ from .observations import BlockStats, DiskInfo, GuestStats, Versions
 # libvirt prints every error to stderr by default; the exporter logs them and bench reports
 # them on one line, themselves.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_event_loop_started = threading.Lock()
+_event_loop_running = False
+
+
+def start_event_loop() -> None:
+    """libvirt's default event loop on a daemon thread; must exist before any connection whose
+    events are wanted. Once per process, whoever asks first."""
+    global _event_loop_running
+    with _event_loop_started:
+        if _event_loop_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_running = True
 
 
 def version_string(number: int) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from libvirt_snapshot_exporter.records import PACE_SETTERS
 from lse_devtools import testbed
 
 pytestmark = pytest.mark.libvirt
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.libvirt
 PID_DIRECTORY = os.environ.get("LSE_PID_DIRECTORY", "/run/libvirt/qemu")
 TOLERANCE = 0.5  # seconds between bench's client-side duration and the exporter's
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LEVEL_CELL = r"\d+\.\d+ s \((size|storage-slow|storage-contended|cpu|cache-mode|mixed|unknown)" \
+    r"( \d+\.\dx)?\)"
 
 
 def bench_command(*args: str) -> list[str]:
@@ -86,6 +89,14 @@ def files_of(guest: testbed.Guest) -> set[Path]:
     return set(guest.disk.parent.glob(f"{guest.name}*"))
 
 
+def definitions(conn: libvirt.virConnect, name: str) -> tuple[str, str, int]:
+    """The live definition (but its id, which a restart changes), the persistent one, the
+    state."""
+    dom = conn.lookupByName(name)
+    return (re.sub(r"^<domain type='qemu' id='\d+'>", "<domain type='qemu'>", dom.XMLDesc(0)),
+            dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.state()[0])
+
+
 class AsFound:
     """What the domain looks like before bench; check() asserts it looks the same after."""
 
@@ -94,12 +105,20 @@ class AsFound:
         self.snapshots = sorted(conn.lookupByName(guest.name).snapshotListNames())
         self.sources = disk_sources(conn, guest.name)
         self.files = files_of(guest)
+        self.definitions = definitions(conn, guest.name)
 
     def check(self) -> None:
         dom = self.conn.lookupByName(self.guest.name)
         assert sorted(dom.snapshotListNames()) == self.snapshots
         assert disk_sources(self.conn, self.guest.name) == self.sources
         assert files_of(self.guest) == self.files
+        assert definitions(self.conn, self.guest.name) == self.definitions
+        assert not dom.hasManagedSaveImage()
+
+
+def live_cache(conn: libvirt.virConnect, name: str) -> str:
+    driver = ET.fromstring(conn.lookupByName(name).XMLDesc(0)).find("devices/disk/driver")
+    return driver.get("cache", "default")
 
 
 def one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
@@ -169,14 +188,17 @@ def test_two_level_run_matches_the_exporter_and_leaves_nothing(exporter, small, 
     assert result.returncode == 0, result.stderr
     found.check()
 
-    # the study's table, and no progress display: stdout is not a terminal
+    # the study's table, each create with its verdict, and no progress display: stdout is not
+    # a terminal; one setting: no comparison
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split("|")[1:6] == [" run ", " guest memory used / total (GiB) ",
-                                        " guest CPU % ", " level 1 ", " level 2 "], lines[0]
+    assert len(lines) == 3, result.stdout
+    assert [c.strip() for c in lines[0].split("|")[1:6]] == [
+        "run", "guest memory used / total (GiB)", "guest CPU %", "level 1", "level 2"], lines[0]
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     assert cells[0] == "1" and cells[6] == "internal" and cells[7] == "writeback", cells
     assert re.fullmatch(r"0\.2\d / 0\.50", cells[1]), cells  # 256 MiB used of 512
-    assert all(re.fullmatch(r"\d+\.\d+ s", c) for c in cells[3:6]), cells
+    assert all(re.fullmatch(LEVEL_CELL, c) for c in cells[3:5]), cells
+    assert re.fullmatch(r"\d+\.\d+ s", cells[5]), cells
     assert "\r" not in result.stdout and "\033" not in result.stdout
 
     rows = list(csv.DictReader(out_csv.open()))
@@ -191,8 +213,17 @@ def test_two_level_run_matches_the_exporter_and_leaves_nothing(exporter, small, 
         assert int(r["guest_memory_used_bytes"]) > 200 * 2**20
         assert int(r["guest_memory_used_after_bytes"]) > 200 * 2**20
         assert r["qemu_version"] and r["host_memory_total_bytes"]
-    for r in rows[:2]:  # an internal create writes the guest's RAM into the qcow2
+        assert r["pace_setter"] in PACE_SETTERS, r
+        assert (tmp_path / r["trace_plot"]).read_bytes().startswith(PNG_MAGIC)
+    for r in rows[:2]:  # an internal create writes the guest's RAM into the qcow2, paused
         assert int(r["qemu_written_bytes"]) > 200 * 2**20, r
+        assert 0.5 * float(r["duration_seconds"]) < float(r["paused_seconds"]) <= float(
+            r["duration_seconds"]) + 0.05, r
+    # the first create taught the rate the second is judged against, as the collector does
+    assert rows[0]["expected_seconds"] == rows[0]["slowdown"] == "", rows[0]
+    assert float(rows[1]["slowdown"]) == pytest.approx(
+        float(rows[1]["duration_seconds"]) / float(rows[1]["expected_seconds"]), abs=0.01)
+    assert float(rows[2]["paused_seconds"]) < 0.2  # a delete does not pause the guest
 
     # the exporter timed the same creates on its own
     def exporter_creates() -> dict[str, float]:
@@ -205,19 +236,25 @@ def test_two_level_run_matches_the_exporter_and_leaves_nothing(exporter, small, 
     for r in rows[:2]:
         assert abs(seen[r["snapshot"]] - float(r["duration_seconds"])) <= TOLERANCE, (r, seen)
 
-    # raw samples at least twice a second, before, during and after every operation
+    # each operation's trace: 8 Hz from before its start to 3 s after its end, with the
+    # device under the image and QEMU's threads; the whole verdict
     data = json.loads(out_json.read_text())
-    host = [s["time"] for s in data["samples"]["host"]]
-    assert len(host) / (host[-1] - host[0]) >= 2
-    for r in rows:
-        start, end = float(r["start"]), float(r["end"])
-        assert any(start - 1 <= t < start for t in host) and any(end < t <= end + 1 for t in host)
-    assert {"available", "free", "cached", "dirty", "writeback"} <= set(data["samples"]["host"][0])
-    assert any(s["write_rate_bytes_per_second"] for s in data["samples"]["qemu"])
-    assert data["setting"]["domain"] == small.name and len(data["operations"]) == 4
+    assert data["run"]["domain"] == small.name and len(data["operations"]) == 4
+    for op in data["operations"]:
+        trace = op["trace"]
+        start, end = op["start"], op["end"]
+        within = [t for t in trace["t"] if start <= t <= end]
+        assert trace["t"][0] < start - 1 and trace["t"][-1] >= end + 2.9, op["snapshot"]
+        assert len(within) >= 5 * (end - start) - 2, (len(within), end - start)
+        assert trace["device"] and any(k.startswith("main:") for k in trace["threads"])
+        assert {"dirty", "writeback", "cached", "free"} <= set(trace["gauges"])
+        assert op["verdict"]["pace_setter"] == op["pace_setter"]
+    assert max(data["operations"][0]["trace"]["counters"]["qemu_write_bytes"]) > 200 * 2**20
 
     png = out_png.read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 1000
+    assert sorted(p.name for p in tmp_path.glob("r-*.png")) == [
+        "r-r1-l1-create.png", "r-r1-l1-delete.png", "r-r1-l2-create.png", "r-r1-l2-delete.png"]
 
 
 def test_ctrl_c_during_a_create_waits_then_cleans_up(big, conn):
@@ -256,29 +293,93 @@ def test_second_ctrl_c_leaves_and_prints_the_commands_that_clean_up(big, conn):
     found.check()
 
 
-def test_external_live_and_disk_only_runs_leave_the_domain_as_found(small, conn, tmp_path):
+def comparison_rows(stdout: str) -> list[list[str]]:
+    """The cells of the comparison table's rows (after the study's table)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| kind / flags "))
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in lines[start + 2:]]
+
+
+def test_internal_against_external_live_and_disk_only_leave_the_domain_as_found(small, conn,
+                                                                                 tmp_path):
     found = AsFound(conn, small)
-    result = run_bench(small.name, "--kind", "external", "--live", "--levels", "1", "--repeat",
-                       "1", "--yes", "--output", str(tmp_path / "live.csv"))
+    result = run_bench(small.name, "--kind", "internal,external", "--live", "--levels", "1",
+                       "--repeat", "1", "--yes", "--output", str(tmp_path / "live.csv"))
     assert result.returncode == 0, result.stderr
-    assert "external --live" in result.stdout
     rows = list(csv.DictReader((tmp_path / "live.csv").open()))
-    assert [(r["operation"], r["kind"], r["flags"], r["outcome"]) for r in rows] == [
-        ("create", "external", "--live", "success"), ("delete", "external", "--live", "success")]
+    assert [(r["run"], r["operation"], r["kind"], r["flags"], r["outcome"]) for r in rows] == [
+        ("1", "create", "internal", "", "success"), ("1", "delete", "internal", "", "success"),
+        ("2", "create", "external", "--live", "success"),
+        ("2", "delete", "external", "--live", "success")]
     found.check()  # overlay committed and removed, memory file removed, disk source as before
+    # side by side: an internal create pauses the guest throughout, a live one briefly
+    internal, live = comparison_rows(result.stdout)
+    assert (internal[:3], live[:3]) == (["internal", "writeback", "1"],
+                                        ["external --live", "writeback", "1"]), result.stdout
+    paused = {r["kind"]: float(r["paused_seconds"]) for r in rows if r["operation"] == "create"}
+    durations = {r["kind"]: float(r["duration_seconds"]) for r in rows
+                 if r["operation"] == "create"}
+    assert paused["internal"] > 0.5 * durations["internal"], (paused, durations)
+    # libvirt pauses a live one only around the disk switch, at the end (here 0.2-0.8 s)
+    assert 0 < paused["external"] < durations["external"] - 0.1, (paused, durations)
 
     # on a terminal: a progress line rewritten in place, then the table
-    code, output, stderr = run_on_terminal(small.name, "--kind", "disk-only", "--levels", "2",
+    code, output, stderr = run_on_terminal(small.name, "--kind", "disk-only", "--levels", "1",
                                            "--repeat", "1", "--yes")
     assert code == 0, stderr
-    assert "\r\033[Krun 1/1 level 2/2  sampling  MemFree " in output, output
-    assert "\r\033[Krun 1/1 level 2/2 create bench-" in output, output
+    assert "\r\033[Krun 1/1 level 1/1  tracing  MemFree " in output, output
+    assert "\r\033[Krun 1/1 level 1/1 create bench-" in output, output
+    assert re.search(r"\r\033\[Krun 1/1 level 1/1 create bench-\S+: verdict [a-z]", output), output
     assert re.search(r"\| 1 +\| .* \| disk-only +\| writeback ", output), output
     found.check()
 
 
-def test_failed_create_is_reported_and_cleaned_up(conn, tmp_path):
-    """The disk fills while the second level's memory is written: libvirt fails that create."""
+def test_cache_modes_compared_then_put_back_and_the_commands_left_after_a_second_ctrl_c(
+        small, conn, tmp_path):
+    found = AsFound(conn, small)
+    # to none, then back to the mode it was found in for the second setting
+    result = run_bench(small.name, "--cache", "none,writeback", "--levels", "1", "--repeat",
+                       "1", "--yes", "--output", str(tmp_path / "r.csv"))
+    assert result.returncode == 0, result.stderr
+    found.check()  # the same definitions, running, no managed save image left
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [(r["run"], r["operation"], r["disk_cache"]) for r in rows] == [
+        ("1", "create", "none"), ("1", "delete", "none"), ("2", "create", "writeback"),
+        ("2", "delete", "writeback")]
+    # the guest kept its memory through each save and restore
+    assert all(int(r["guest_memory_used_bytes"]) > 200 * 2**20 for r in rows), rows
+    assert [row[:3] for row in comparison_rows(result.stdout)] == [
+        ["internal", "none", "1"], ["internal", "writeback", "1"]], result.stdout
+
+    # Ctrl-C twice while a create runs under cache=none: bench leaves at once and prints the
+    # commands that delete the snapshot and put the definition back; they do
+    proc = start_bench(small.name, "--cache", "none", "--levels", "2", "--repeat", "1", "--yes")
+    dom = conn.lookupByName(small.name)
+    deadline = time.monotonic() + 60
+    while not (dom.isActive() and live_cache(conn, small.name) == "none"):  # saved, restarted
+        assert time.monotonic() < deadline and proc.poll() is None, "never ran with cache=none"
+        time.sleep(0.05)
+    snapshot = create_in_flight(conn, small.name, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert f"domain {small.name} runs with cache=none (found writeback)" in stderr, stderr
+    commands = [line.strip() for line in stderr.splitlines()
+                if line.startswith(("  virsh ", "  rm "))]
+    assert commands[0] == f"virsh -c {testbed.URI} snapshot-delete {small.name} {snapshot}"
+    assert [c.split()[3] for c in commands[1:4]] == ["managedsave", "managedsave-define",
+                                                     "start"], commands
+    wait_idle(conn, small.name)
+    for command in commands:
+        subprocess.run(shlex.split(command), check=True, capture_output=True)
+    found.check()
+
+
+def test_failed_create_under_another_cache_mode_is_reported_and_put_back(conn, tmp_path):
+    """The disk fills while the second level's memory is written: libvirt fails that create;
+    bench deletes the first and puts the cache mode back."""
     mount = Path(tempfile.mkdtemp(prefix="lse-bench-full-"))
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=250m", "tmpfs", str(mount)], check=True)
     guest = testbed.create_guest(conn, "bench-full", memory_mib=384, fill_mib=128,
@@ -286,16 +387,17 @@ def test_failed_create_is_reported_and_cleaned_up(conn, tmp_path):
     try:
         guest.wait_ready(timeout=300)
         found = AsFound(conn, guest)
-        result = run_bench(guest.name, "--levels", "3", "--repeat", "1", "--yes", "--output",
-                           str(tmp_path / "r.csv"))
+        result = run_bench(guest.name, "--cache", "unsafe", "--levels", "3", "--repeat", "1",
+                           "--yes", "--output", str(tmp_path / "r.csv"))
         assert result.returncode == 1, (result.stdout, result.stderr)
         rows = list(csv.DictReader((tmp_path / "r.csv").open()))
-        assert [(r["level"], r["operation"], r["outcome"]) for r in rows] == [
-            ("1", "create", "success"), ("2", "create", "failure")], rows
+        assert [(r["level"], r["operation"], r["outcome"], r["disk_cache"]) for r in rows] == [
+            ("1", "create", "success", "unsafe"), ("2", "create", "failure", "unsafe")], rows
         assert f"create of {rows[1]['snapshot']} failed: " in result.stderr
         assert "Traceback" not in result.stderr
         assert "| failed " in result.stdout
         found.check()
+        assert live_cache(conn, guest.name) == "writeback"
     finally:
         testbed.destroy_guest(conn, guest)
         subprocess.run(["umount", str(mount)], check=False)
@@ -310,6 +412,12 @@ def test_refusals_name_the_problem_and_exit_2(shutoff, conn, tmp_path):
     one_error_line(run_bench(shutoff.name, "--kind", "external", "--yes"),
                    "is shut off: it has no memory to save")
     one_error_line(run_bench(shutoff.name, "--live", "--yes"), "--live needs --kind external")
+    one_error_line(run_bench(shutoff.name, "--cache", "none", "--yes"),
+                   "--cache needs a running or paused domain")
+    one_error_line(run_bench(shutoff.name, "--cache", "none,fast", "--yes"),
+                   "--cache: not a cache mode: 'fast'")
+    one_error_line(run_bench(shutoff.name, "--kind", "internal,internal", "--yes"),
+                   "--kind: a kind is named twice")
     one_error_line(run_bench(shutoff.name), "without confirmation: no terminal to ask on; "
                    "pass --yes")
     one_error_line(run_bench(shutoff.name, "--levels", "0"), "--levels: must be at least 1")
@@ -339,7 +447,7 @@ def test_refusals_name_the_problem_and_exit_2(shutoff, conn, tmp_path):
                    f"'{shutoff.name}' already has 1 snapshot(s) (theirs); delete them or pass "
                    "--allow-existing")
     found = AsFound(conn, shutoff)
-    result = run_bench(shutoff.name, "--yes", "--allow-existing", "--levels", "2", "--repeat", "1")
+    result = run_bench(shutoff.name, "--yes", "--allow-existing", "--levels", "1", "--repeat", "1")
     assert result.returncode == 0, result.stderr
     assert "internal (shut off)" in result.stdout
     found.check()

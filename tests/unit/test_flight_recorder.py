@@ -161,3 +161,24 @@ def test_the_ring_keeps_one_loop_sample_per_active_interval(tmp_path):
     (trace_id,) = recorder.store.ids()
     points = from_json(json.loads(recorder.store.get(trace_id))).points
     assert len(points) == 8  # 1 s at 8 Hz
+
+
+def test_without_a_store_the_trace_goes_to_on_trace_and_recent_shows_the_last_points(tmp_path):
+    recorder = FlightRecorder("/proc", str(tmp_path), None)  # bench's: it keeps its own
+    finished = []
+    recorder.on_trace = lambda trace, record: finished.append((trace, record))
+    recorder.start()
+    try:
+        now = time.time()
+        recorder.begin("vm/1", "vm", now, os.getpid(), [])
+        wait(lambda: len(recorder.recent("vm/1", 2)) == 2)
+        last = recorder.recent("vm/1", 2)
+        assert last[1].t > last[0].t and "qemu_write_bytes" in last[1].counters
+        assert recorder.recent("vm/2", 2) == ()
+        recorder.end("vm/1", entry(now, time.time()))
+        wait(lambda: finished, timeout=POST_SECONDS + 2)
+    finally:
+        recorder.stop()
+    (trace, record), = finished
+    assert trace.id == record.id and recorder.get(trace.id) is None  # nothing kept
+    assert recorder.recent("vm/1", 2) == ()  # finished

@@ -13,9 +13,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..cli import OneLineParser
-from ..observations import Versions
+from ..observations import DiskInfo, Versions
 from . import plot
-from .control import EXTERNAL_DELETE_VERSION, KINDS, Domain
+from .control import EXTERNAL_DELETE_VERSION, Domain
+from .settings import cache_modes, kinds
 
 PROG = "libvirt-snapshot-exporter bench"
 EXIT_USAGE = 2
@@ -46,14 +47,22 @@ def parser() -> argparse.ArgumentParser:
                    "(default: /run/libvirt/qemu)")
     p.add_argument("--levels", type=_positive, default=3, help="snapshots per chain (default: 3)")
     p.add_argument("--repeat", type=_positive, default=5, help="chains to time (default: 5)")
-    p.add_argument("--kind", choices=KINDS, default="internal",
+    p.add_argument("--kind", type=kinds, default=["internal"], metavar="KIND[,KIND...]",
                    help="internal (memory and disks inside the qcow2), external (memory file and "
-                   "overlays next to each disk image) or disk-only (overlays only)")
+                   "overlays next to each disk image) or disk-only (overlays only); several, "
+                   "comma-separated, are compared (default: internal)")
+    p.add_argument("--cache", type=cache_modes, metavar="MODE[,MODE...]",
+                   help="run under each of these disk cache modes (none, writethrough, "
+                   "writeback, directsync, unsafe), comma-separated, and compare them; the "
+                   "domain is saved and started again for each (managed save) and put back as "
+                   "found (default: as found)")
     p.add_argument("--live", action="store_true",
                    help="with --kind external: copy memory while the guest runs")
     p.add_argument("--output", type=Path, metavar="CSV", help="one row per operation")
-    p.add_argument("--json", type=Path, metavar="JSON", help="operations and every raw sample")
-    p.add_argument("--plot", type=Path, metavar="PNG", help="durations and host memory (matplotlib)")
+    p.add_argument("--json", type=Path, metavar="JSON", help="operations with their verdicts and "
+                   "traces")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="durations and host memory, and beside "
+                   "it one PNG of each operation's trace (matplotlib)")
     p.add_argument("--yes", action="store_true", help="do not ask before snapshotting the domain")
     p.add_argument("--allow-existing", action="store_true",
                    help="run on a domain that already has snapshots (they are left alone)")
@@ -61,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    if args.live and args.kind != "external":
+    if args.live and "external" not in args.kind:
         raise UsageError("--live needs --kind external: libvirt copies memory live only to an "
                          "external memory file")
     if args.plot and not plot.available():
@@ -91,27 +100,40 @@ def preflight(domain: Domain, args: argparse.Namespace, versions: Versions) -> N
     disks = domain.disks()
     if not disks:
         raise UsageError(f"domain {domain.name!r} has no disk to snapshot")
-    if args.kind == "internal":
+    for kind in args.kind:
+        _preflight_kind(kind, disks, versions)
+    if args.live and state != "running":
+        raise UsageError(f"--live needs a running domain; {domain.name!r} is "
+                         f"{'shut off' if state == 'shutoff' else state}")
+    if "external" in args.kind and state == "shutoff":
+        raise UsageError(f"domain {domain.name!r} is shut off: it has no memory to save; "
+                         "use --kind disk-only or internal")
+    if args.cache and state == "shutoff":
+        raise UsageError(f"--cache needs a running or paused domain; {domain.name!r} is shut "
+                         "off, and its snapshots are made by qemu-img, which does not use the "
+                         "domain's cache mode")
+    if args.cache and not domain.persistent():
+        raise UsageError(f"--cache needs a persistent domain: {domain.name!r} is transient, and "
+                         "its cache mode can only be changed through a managed save (libvirt "
+                         "cannot change it live)")
+
+
+def _preflight_kind(kind: str, disks: list[DiskInfo], versions: Versions) -> None:
+    if kind == "internal":
         other = [d for d in disks if d.format != "qcow2"]
         if other:
             raise UsageError("internal snapshots need every disk in qcow2: " + ", ".join(
                 f"{d.target} is {d.format or 'of unknown format'} ({d.source})" for d in other))
         return
     if versions.daemon_number < EXTERNAL_DELETE_VERSION:
-        raise UsageError(f"--kind {args.kind} needs libvirt >= 9.0 to delete external snapshots "
+        raise UsageError(f"--kind {kind} needs libvirt >= 9.0 to delete external snapshots "
                          f"again (this daemon is {versions.daemon})")
     for d in disks:
         if not Path(d.source).is_file():
-            raise UsageError(f"--kind {args.kind} needs file-backed disks: {d.target} is "
+            raise UsageError(f"--kind {kind} needs file-backed disks: {d.target} is "
                              f"{d.source or 'without a source'}")
         if not os.access(Path(d.source).parent, os.W_OK):
-            raise UsageError(f"--kind {args.kind}: cannot write overlays next to {d.source}")
-    if args.live and state != "running":
-        raise UsageError(f"--live needs a running domain; {domain.name!r} is "
-                         f"{'shut off' if state == 'shutoff' else state}")
-    if args.kind == "external" and state == "shutoff":
-        raise UsageError(f"domain {domain.name!r} is shut off: it has no memory to save; "
-                         "use --kind disk-only or internal")
+            raise UsageError(f"--kind {kind}: cannot write overlays next to {d.source}")
 
 
 def confirm(domain: Domain, args: argparse.Namespace) -> bool:
@@ -122,12 +144,18 @@ def confirm(domain: Domain, args: argparse.Namespace) -> bool:
         raise UsageError(f"refusing to snapshot {domain.name!r} without confirmation: no "
                          "terminal to ask on; pass --yes")
     state = domain.state()
-    pause = {
-        "internal": "the guest is paused during each create",
-        "external": "the guest is paused briefly" if args.live else
-        "the guest is paused while its memory is saved",
-        "disk-only": "the guest keeps running",
-    }[args.kind] if state == "running" else f"the domain is {state}"
-    print(f"{PROG}: {args.repeat} x {args.levels} {args.kind} snapshots of {domain.name!r} will be "
-          f"created and deleted ({pause}). Continue? [y/N] ", end="", file=sys.stderr, flush=True)
+    pause = "; ".join({
+        "internal": "internal: the guest is paused during each create",
+        "external": "external: the guest is paused briefly" if args.live else
+        "external: the guest is paused while its memory is saved",
+        "disk-only": "disk-only: the guest keeps running",
+    }[kind] for kind in args.kind) if state == "running" else f"the domain is {state}"
+    caches = ""
+    if args.cache:
+        caches = (f" under cache {', '.join(args.cache)}: for each, the domain is saved and "
+                  "started again (managed save; its guest waits meanwhile), and put back as "
+                  "found at the end,")
+    print(f"{PROG}: {args.repeat} x {args.levels} {'/'.join(args.kind)} snapshots of {domain.name!r} will be "
+          f"created and deleted{caches} ({pause}). Continue? [y/N] ", end="", file=sys.stderr,
+          flush=True)
     return sys.stdin.readline().strip().lower() in ("y", "yes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from .cache_mode import SAVING, STARTING
 from .checks import PROG
 
 
@@ -34,10 +35,13 @@ class Interrupts:
                     f"{self.doing.split()[-1]} to finish, then deleting")
         elif self.doing.startswith("create"):
             what = f"waiting for the create of {self.doing.split()[-1]} to finish, then deleting"
+        elif self.doing.startswith((SAVING, STARTING)):
+            what = f"waiting for {self.doing} to finish, then deleting"
         else:
             what = "deleting"
-        print(f"\n{PROG}: interrupted: {what} the snapshots made so far "
-              "(Ctrl-C again to leave without cleaning up)", file=sys.stderr, flush=True)
+        print(f"\n{PROG}: interrupted: {what} the snapshots made so far and putting the domain "
+              "back as found (Ctrl-C again to leave without cleaning up)", file=sys.stderr,
+              flush=True)
 
 
 class Progress:

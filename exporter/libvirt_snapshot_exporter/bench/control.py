@@ -2,24 +2,28 @@
 libvirt.
 
 The exporter itself stays read-only; only bench, which an operator runs on purpose, creates and
-deletes snapshots. Everything here is a thin call with libvirt's errors turned into
-ControlError, so bench.command can decide what to tell the operator. Versions, disks and the
-guest's figures are read as the exporter reads them (libvirt_common, state).
+deletes snapshots, and saves and starts a domain to change its cache mode (cache_mode.py).
+Everything here is a thin call with libvirt's errors turned into ControlError, so
+bench.command can decide what to tell the operator. Versions, disks and the guest's figures
+are read as the exporter reads them (libvirt_common, state), and the guest's pauses from
+libvirt's lifecycle events, as the exporter times them.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
-from ..libvirt_common import guest_stats, parse_domain_disks, read_versions
+from ..libvirt_common import guest_stats, parse_domain_disks, read_versions, start_event_loop
 from ..observations import DiskInfo, Versions
 from ..qemu_process import ProcessSample
 from ..state import CpuReading, cpu_reading, guest_memory_total, guest_memory_used
 
-KINDS = ("internal", "external", "disk-only")
 STATES = {
     libvirt.VIR_DOMAIN_RUNNING: "running",
     libvirt.VIR_DOMAIN_PAUSED: "paused",
@@ -90,12 +94,42 @@ def plan_snapshot(domain: str, name: str, kind: str, live: bool, disks: list[Dis
     return SnapshotPlan(name, xml, flags, memory_file, overlays)
 
 
+# A guest's pause ends with any of these (a create resumes it; a failure may stop it).
+PAUSE_ENDS = (libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_STOPPED,
+              libvirt.VIR_DOMAIN_EVENT_SHUTDOWN)
+
+
 class Domain:
-    """One domain on a read-write connection."""
+    """One domain on a read-write connection, its guest's pauses heard as they happen."""
 
     def __init__(self, dom: libvirt.virDomain) -> None:
         self._dom = dom
         self.name = dom.name()
+        self._lock = threading.Lock()
+        self._pauses: list[list[float | None]] = []  # [suspended, resumed or None]
+        try:
+            dom.connect().domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def _on_lifecycle(self, _conn: Any, dom: libvirt.virDomain, event: int, _detail: int,
+                      _opaque: Any) -> None:
+        """From libvirt's event thread: the times the guest was paused and resumed."""
+        if dom.name() != self.name:
+            return
+        now = time.time()
+        with self._lock:
+            open_pause = bool(self._pauses) and self._pauses[-1][1] is None
+            if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED and not open_pause:
+                self._pauses.append([now, None])
+            elif event in PAUSE_ENDS and open_pause:
+                self._pauses[-1][1] = now
+
+    def pauses(self) -> list[tuple[float, float | None]]:
+        """(suspended, resumed) of each pause heard; resumed None while it lasts."""
+        with self._lock:
+            return [(start, end) for start, end in self._pauses]
 
     def state(self) -> str:
         try:
@@ -141,6 +175,31 @@ class Domain:
         except libvirt.libvirtError as exc:
             raise ControlError(_message(exc)) from exc
 
+    def definition(self) -> str:
+        """The persistent definition (what a cache mode comparison must leave as found)."""
+        try:
+            return self._dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def save(self) -> str:
+        """A managed save (the domain shut off, to start again running or paused as it was);
+        returns the definition the save image holds, secrets included."""
+        try:
+            self._dom.managedSave(0)
+            return self._dom.managedSaveGetXMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
+    def start_saved(self, xml: str) -> None:
+        """Start the domain from its managed save, with `xml` as its definition (libvirt
+        refuses one that differs in what the guest sees)."""
+        try:
+            self._dom.managedSaveDefineXML(xml, 0)
+            self._dom.create()
+        except libvirt.libvirtError as exc:
+            raise ControlError(_message(exc)) from exc
+
     def create(self, plan: SnapshotPlan) -> None:
         try:
             self._dom.snapshotCreateXML(plan.xml, plan.flags)
@@ -175,6 +234,7 @@ class Control:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        start_event_loop()  # before the connection: its events are wanted
         try:
             self._conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
