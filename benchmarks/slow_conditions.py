@@ -7,7 +7,9 @@ smaller guest, a competing writer, a real-time CPU hog on QEMU's CPU, tight dirt
 memory hog and cache=none, it takes --runs internal snapshots of a filled TCG guest whose disk
 lives on the bed, samples the host and QEMU's threads at --hz itself (the exporter's own flight
 recorder is not this), and prints one row per snapshot: the client's duration and the
-exporter's, the bytes QEMU and the device wrote, the Dirty peak, PSI io/memory/cpu over the
+exporter's, the exporter's verdict (what set the pace, and the conditions present; its log
+holds this run's snapshots alone, the first teaching it the bed's rate), the bytes QEMU and
+the device wrote, the Dirty peak, PSI io/memory/cpu over the
 snapshot, the QEMU main thread's run delay, and the share of samples in which a QEMU thread
 sat in balance_dirty_pages, in reclaim, or waiting on the device (and the main thread was
 runnable), with the commonest wait channel.
@@ -149,6 +151,7 @@ class Row:
     condition: str
     wall: float
     exporter: float | None
+    verdict: str  # the exporter's: pace-setter (+ conditions present)
     qemu_written: int
     device_written: int
     device_busy: float  # share of the time the device had requests in flight
@@ -183,21 +186,27 @@ def measure(conn: libvirt.virConnect, exporter: ExporterProcess, storage: SlowSt
         wall = testbed.create_snapshot(conn, guest, snapshot)
     psi1, disk1, wb1 = psi_totals(), diskstats(storage.device), write_bytes(pid)
     delays1 = {t: run_delay_ns(pid, t) for t in os.listdir(f"/proc/{pid}/task")}
-    ops = exporter.wait_for(
-        lambda: [o for o in operations(exporter, guest.name, since) if o["snapshot"] == snapshot],
-        30, f"the exporter's record of {snapshot}")
+    ops = exporter.wait_for(  # judged once its trace is complete, 3 s after its end
+        lambda: [o for o in operations(exporter, guest.name, since)
+                 if o["snapshot"] == snapshot and o["verdict"]],
+        30, f"the exporter's verdict on {snapshot}")
     dom = conn.lookupByName(guest.name)
     start = time.monotonic()
     dom.snapshotLookupByName(snapshot).delete()
     delete = time.monotonic() - start
     psi = {k: (psi1[k] - psi0[k]) / 1e6 / wall for k in psi0}
-    return Row(condition, wall, ops[-1]["duration_seconds"], wb1 - wb0,
+    return Row(condition, wall, ops[-1]["duration_seconds"], _verdict(ops[-1]["verdict"]),
+               wb1 - wb0,
                (disk1["sectors_written"] - disk0["sectors_written"]) * 512,
                (disk1["io_ticks_ms"] - disk0["io_ticks_ms"]) / 1000 / wall,
                disk1["writes"] - disk0["writes"], sampler.result, psi,
                (delays1.get(str(pid), 0) - delays0[pid]) / 1e9,
                sum(delays1[str(t)] - d for t, d in delays0.items() if str(t) in delays1) / 1e9,
                delete)
+
+
+def _verdict(verdict: dict) -> str:
+    return " + ".join([verdict["pace_setter"], *verdict["present"]])
 
 
 def qemu_cpu_hog(guest: testbed.Guest) -> contextlib.AbstractContextManager:
@@ -224,7 +233,7 @@ def percent(value: float) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ("condition", "wall s", "exporter s", "QEMU MB", "device MB", "device busy",
+    head = ("condition", "wall s", "exporter s", "verdict", "QEMU MB", "device MB", "device busy",
             "request KiB", "Dirty peak MB",
             "PSI io some/full", "PSI mem some", "PSI cpu some", "main run delay s (all)",
             "throttled", "reclaim", "device wait", "main R", "top D wchan", "delete s")
@@ -235,6 +244,7 @@ def print_table(rows: list[Row]) -> None:
         top = s.wchans.most_common(1)[0][0] if s.wchans else "-"
         lines.append((
             r.condition, f"{r.wall:.1f}", "-" if r.exporter is None else f"{r.exporter:.2f}",
+            r.verdict,
             f"{r.qemu_written / 1e6:,.0f}", f"{r.device_written / 1e6:,.0f}",
             percent(r.device_busy), f"{r.device_written / 1024 / max(1, r.device_writes):.0f}",
             f"{s.dirty_peak / 1e6:,.0f}",
@@ -278,9 +288,10 @@ def main() -> int:
                                 time.sleep(2)  # the stressor at work before the snapshot
                                 row = measure(conn, exporter, storage, guest, name, run, args.hz)
                             rows.append(row)
-                            print(f"{name} run {run}: {row.wall:.1f} s", flush=True)
+                            print(f"{name} run {run}: {row.wall:.1f} s, {row.verdict}", flush=True)
     finally:
         exporter.stop()
+        print(f"the exporter's log and traces: {exporter.state_dir}")
         print(f"load average at end: {Path('/proc/loadavg').read_text().strip()}")
         print_table(rows)  # what was measured, also when a condition failed
     return 0

@@ -140,26 +140,28 @@ def mem_available() -> int:
 
 HOG = """
 import mmap, sys
-leave, chunk = int(sys.argv[1]), 256 << 20
-def available():
+leave, field, chunk = int(sys.argv[1]), sys.argv[2], 256 << 20
+def left():
     with open("/proc/meminfo") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
-held = []
-while available() - chunk > leave:  # MAP_POPULATE: resident at once, anonymous (no swap here)
-    held.append(mmap.mmap(-1, chunk, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE))
-print(len(held) * chunk, flush=True)
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
+held = []  # anonymous (no swap here), resident at once (MAP_POPULATE)
+while (size := min(chunk, left() - leave)) >= 16 << 20:
+    held.append(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE))
+print(sum(len(m) for m in held), flush=True)
 sys.stdin.read()
 """
 
 
 @contextlib.contextmanager
-def memory_hog(leave_bytes: int) -> Iterator[int]:
-    """Anonymous memory held for the block so that about leave_bytes stay available: the page
-    cache and the dirty thresholds (a ratio of dirtyable memory) shrink. The hog is the first
-    the OOM killer takes, and dies with the test process. Yields the bytes it holds."""
+def memory_hog(leave_bytes: int, keep: str = "MemAvailable") -> Iterator[int]:
+    """Anonymous memory held for the block so that about leave_bytes of the /proc/meminfo
+    field `keep` stay: of MemAvailable, the page cache and the dirty thresholds (a ratio of
+    dirtyable memory) shrink; of MemFree, the page cache stays and whatever is written next
+    must reclaim it. The hog is the first the OOM killer takes, and dies with the test
+    process. Yields the bytes it holds."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOG, str(leave_bytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True, start_new_session=True, preexec_fn=_die_with_parent())
+        [sys.executable, "-c", HOG, str(leave_bytes), keep], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_die_with_parent())
     try:
         Path(f"/proc/{proc.pid}/oom_score_adj").write_text("1000")
         held = proc.stdout.readline().strip()

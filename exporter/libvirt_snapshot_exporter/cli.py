@@ -65,11 +65,12 @@ class Exporter:
     """The exporter assembled: collection loop, operations log, HTTP server (bound already)."""
 
     def __init__(self, config: Config, web_config: object) -> None:
-        from .daemon import Collector
+        from .daemon import CollectionLoop
         from .exposition import MetricsRenderer
+        from .http_server import serve
         from .oplog import OperationsLog, StateDirectoryInUse
         from .state import StateStore, View
-        from .web import App, serve
+        from .web import App
 
         self.config = config
         host, port = config.listen
@@ -77,8 +78,7 @@ class Exporter:
             oplog = OperationsLog(config["state.directory"], config["operations.log-size"])
         except StateDirectoryInUse as exc:
             fail(str(exc))
-        store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {},
-                                0, {}, True, 0))
+        store = StateStore(View.initial(config["libvirt.uri"]))
         renderer = MetricsRenderer(store, config["collector.domain-histograms"])
         recorder = _recorder(config)
         app = App(store, oplog, renderer.render, config["web.telemetry-path"], recorder)
@@ -87,17 +87,17 @@ class Exporter:
         except OSError as exc:
             fail(f"web.listen-address: cannot listen on {config['web.listen-address']}: "
                  f"{exc.strerror or exc}")
-        self.collector = Collector(config, store, oplog, renderer.prepare, recorder)
+        self.loop = CollectionLoop(config, store, oplog, renderer.prepare, recorder)
 
     def serve(self) -> None:
         """Collect and serve until shutdown(); then stop collecting and flush the log."""
-        self.collector.start()
+        self.loop.start()
         logging.getLogger(PROG).info(
             "listening on %s%s, libvirt %s", self.server.address_text,
             self.config["web.telemetry-path"], self.config["libvirt.uri"])
         self.server.serve_forever()
         self.server.server_close()
-        self.collector.stop()
+        self.loop.stop()
 
     def shutdown(self) -> None:
         threading.Thread(target=self.server.shutdown, daemon=True).start()

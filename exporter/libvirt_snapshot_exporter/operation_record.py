@@ -4,8 +4,11 @@ domain."""
 
 from __future__ import annotations
 
+import copy
+
 from .context import OperationContext, write_rate
 from .records import FinishedOperation
+from .state import InFlight
 from .tracker import Operation
 
 
@@ -45,3 +48,9 @@ def progress_estimate(op: Operation, ctx: OperationContext | None) -> float | No
             or ctx.qemu_written_bytes is None or not ctx.guest_memory_used_bytes):
         return None
     return min(1.0, ctx.qemu_written_bytes / ctx.guest_memory_used_bytes)
+
+
+def in_flight(op: Operation, ctx: OperationContext | None) -> InFlight:
+    """An operation in flight as the view publishes it: a copy, since the tracker goes on
+    changing its operations after the view is published."""
+    return InFlight(copy.deepcopy(op), ctx.public() if ctx else {}, progress_estimate(op, ctx))

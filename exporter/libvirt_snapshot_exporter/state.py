@@ -125,6 +125,13 @@ class View:
     oplog_load_ok: bool = True
     oplog_invalid_entries: int = 0
 
+    @classmethod
+    def initial(cls, uri: str) -> View:
+        """What a scrape finds before the first cycle: libvirt not up, nothing collected."""
+        return cls(up=False, uri=uri, hostname="", kernel="", versions=None, host=None,
+                   domains={}, in_flight=(), collectors={}, reconnects=0, events={},
+                   oplog_write_ok=True, oplog_write_errors=0)
+
 
 # (operation, kind, memory, outcome): the labels of an operation's histograms, domain aside.
 OperationLabels = tuple[str, str, str, str]

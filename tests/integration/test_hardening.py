@@ -26,7 +26,7 @@ from pathlib import Path
 import bcrypt
 import psutil
 import pytest
-from libvirt_snapshot_exporter import web
+from libvirt_snapshot_exporter import http_server
 from lse_devtools import testbed
 from lse_devtools.driving import Timed, in_flight, operations, wait_operations
 from lse_devtools.exporter_proc import ExporterProcess, free_port
@@ -333,7 +333,7 @@ def test_hostile_clients_do_not_stop_metrics():
         half_open = _half_open(exporter.port, 60)
         answers = [_exchange(exporter.port, BAD_REQUESTS[i % len(BAD_REQUESTS)]())
                    for i in range(200)]
-        half_closed = _close_times(half_open, web.HEAD_TIMEOUT + 3)
+        half_closed = _close_times(half_open, http_server.HEAD_TIMEOUT + 3)
         for thread in slow:
             thread.join(timeout=15)
 
@@ -344,7 +344,7 @@ def test_hostile_clients_do_not_stop_metrics():
         time.sleep(0.5)
         during_burst = len(probe.latencies)
         burst_threads = process.num_threads()
-        burst_closed = _close_times(burst, web.HEAD_TIMEOUT + 3)
+        burst_closed = _close_times(burst, http_server.HEAD_TIMEOUT + 3)
         time.sleep(1)
     finally:
         probe.done.set()
@@ -360,14 +360,14 @@ def test_hostile_clients_do_not_stop_metrics():
         assert all(e or a == b"" for e, a in zip(errors, answers, strict=True)), [
             a[:200] for e, a in zip(errors, answers, strict=True) if not (e or a == b"")][:3]
         assert sum(e is not None for e in errors) > len(answers) / 2, "most garbage unanswered"
-        assert max(half_closed) < web.HEAD_TIMEOUT + 2, half_closed
+        assert max(half_closed) < http_server.HEAD_TIMEOUT + 2, half_closed
         assert slow_answers == [], slow_answers[:2]  # no slow head ever got served
-        assert len(drops) >= 50 and max(drops) < web.HEAD_TIMEOUT + 2, drops
-        assert burst_threads <= threads + web.MAX_CONNECTIONS + 5, burst_threads
+        assert len(drops) >= 50 and max(drops) < http_server.HEAD_TIMEOUT + 2, drops
+        assert burst_threads <= threads + http_server.MAX_CONNECTIONS + 5, burst_threads
         # dropped early for newer ones (the server reaps the rest after HEAD_TIMEOUT)
-        evicted = sum(c < web.HEAD_TIMEOUT - 1 for c in burst_closed)
-        assert evicted >= 200 - web.MAX_CONNECTIONS - 5, (evicted, burst_took, burst_closed)
-        assert max(burst_closed) < web.HEAD_TIMEOUT + 2, burst_closed
+        evicted = sum(c < http_server.HEAD_TIMEOUT - 1 for c in burst_closed)
+        assert evicted >= 200 - http_server.MAX_CONNECTIONS - 5, (evicted, burst_took, burst_closed)
+        assert max(burst_closed) < http_server.HEAD_TIMEOUT + 2, burst_closed
         exporter.wait_for(lambda: process.num_threads() <= threads + 2
                           and process.num_fds() <= fds + 2, 10, "threads and fds back")
         assert "Traceback" not in exporter.log()
@@ -529,7 +529,7 @@ def test_same_web_config_same_answers_as_node_exporter(pki, tmp_path):
                     sock = socket.create_connection(("127.0.0.1", pair.exporter.port))
                     sock.sendall(start)
                     stalled[sock] = time.monotonic()
-                assert max(_close_times(stalled, web.HEAD_TIMEOUT + 3)) < web.HEAD_TIMEOUT + 2
+                assert max(_close_times(stalled, http_server.HEAD_TIMEOUT + 3)) < http_server.HEAD_TIMEOUT + 2
     # what the last two cases negotiated, as seen by the client
     assert ours[3:] == ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"), ours
 

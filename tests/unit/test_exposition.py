@@ -119,7 +119,8 @@ REACH_LIBVIRT = {"libvirt_adapter", "libvirt_common", "daemon", "__main__"}
 def test_only_the_adapter_side_imports_libvirt():
     modules = [m.name for m in pkgutil.walk_packages(libvirt_snapshot_exporter.__path__)
                if m.name not in REACH_LIBVIRT and not m.name.startswith("bench")]
-    assert {"tracker", "records", "inbox", "web", "collector", "calls"} <= set(modules)
+    assert {"tracker", "records", "inbox", "web", "http_server", "collector", "calls", "domain_polls",
+            "sampling"} <= set(modules)
     code = "import sys; sys.modules['libvirt'] = None\n" + "".join(
         f"import libvirt_snapshot_exporter.{name}\n" for name in modules)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -100,8 +100,7 @@ def test_the_trace_endpoint_and_the_ids_in_the_operations_api(tmp_path):
     oplog = OperationsLog(str(tmp_path))
     start = 1795646016.123
     oplog.add(entry(start, start + 2))
-    store = StateStore(View(False, "test:///default", "", "", None, None, {}, (), {}, 0, {},
-                            True, 0))
+    store = StateStore(View.initial("test:///default"))
     traces = TraceStore(str(tmp_path), 5, 2**22)
     recorder = FlightRecorder("/proc", str(tmp_path), traces)
     recorder.begin("vm/1", "vm", start, None, [])

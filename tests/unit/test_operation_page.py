@@ -8,7 +8,8 @@ import json
 import re
 
 import pytest
-from libvirt_snapshot_exporter import page, web
+from libvirt_snapshot_exporter import operation_page as page
+from libvirt_snapshot_exporter import web
 from libvirt_snapshot_exporter.oplog import OperationsLog
 from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
 from libvirt_snapshot_exporter.state import StateStore, View
@@ -203,7 +204,7 @@ def test_the_page_route_and_its_static_files(app):
 
 @pytest.mark.parametrize("path", [
     "/operations/0000000000000000", "/operations/" + slow_trace().id + "/",
-    "/operations/../api/operations", "/static/", "/static/page.py", "/static/../page.py",
+    "/operations/../api/operations", "/static/", "/static/operation_page.py", "/static/../operation_page.py",
     "/static/%2e%2e/web.py", "/static/.", "/static/__init__.py",
 ])
 def test_other_paths_are_404(app, path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy
 import pytest
-from libvirt_snapshot_exporter import web
+from libvirt_snapshot_exporter import http_server, web
 from libvirt_snapshot_exporter.flight_recorder import POST_SECONDS, FlightRecorder
 from libvirt_snapshot_exporter.host import HostReader
 from libvirt_snapshot_exporter.oplog import OperationsLog
@@ -37,7 +37,7 @@ FIRST_BLUE = (0x1F, 0x77, 0xB4)  # the first series' stroke in operation-page.js
 
 @contextlib.contextmanager
 def serve(app: web.App) -> Iterator[str]:
-    server = web.serve(app, "127.0.0.1", 0)
+    server = http_server.serve(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://{server.address_text}"

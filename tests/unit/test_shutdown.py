@@ -1,4 +1,4 @@
-"""Collector.stop() is bounded and writes the log whatever libvirtd does: here a libvirtd that
+"""CollectionLoop.stop() is bounded and writes the log whatever libvirtd does: here a libvirtd that
 accepts the connection and never answers, so the connect call never returns."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import time
 
 from libvirt_snapshot_exporter.config import build
-from libvirt_snapshot_exporter.daemon import STOP_WAIT, Collector
+from libvirt_snapshot_exporter.daemon import STOP_WAIT, CollectionLoop
 from libvirt_snapshot_exporter.oplog import LOG_NAME, OperationsLog
 from libvirt_snapshot_exporter.records import FinishedOperation
 from libvirt_snapshot_exporter.state import StateStore, View
@@ -24,20 +24,19 @@ def test_stop_writes_the_log_within_bounds_while_connect_hangs(tmp_path):
     config = build({"libvirt_uri": f"qemu+unix:///system?socket={tmp_path / 'sock'}",
                     "libvirt_timeout": 60.0, "state_directory": str(tmp_path / "state")}, None)
     oplog = OperationsLog(config["state.directory"])
-    store = StateStore(View(False, config["libvirt.uri"], "", "", None, None, {}, (), {},
-                            0, {}, True, 0))
-    collector = Collector(config, store, oplog)
+    store = StateStore(View.initial(config["libvirt.uri"]))
+    loop = CollectionLoop(config, store, oplog)
     stopped = False
     try:
-        collector.start()
+        loop.start()
         deadline = time.monotonic() + 15
         while not silent.accepted and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert silent.accepted, "the collector never connected"
+        assert silent.accepted, "the loop never connected"
         time.sleep(1)  # the loop is now inside a connect that waits up to 60 s
         oplog.add(ENTRY)
         started = time.monotonic()
-        collector.stop()
+        loop.stop()
         stopped = True
         took = time.monotonic() - started
         assert took < STOP_WAIT + 5, took
@@ -45,5 +44,5 @@ def test_stop_writes_the_log_within_bounds_while_connect_hangs(tmp_path):
         assert [json.loads(line)["snapshot"] for line in written] == ["s1"]
     finally:
         if not stopped:
-            collector.stop()
+            loop.stop()
         silent.close()  # the hung connect gets end of file and its worker returns

@@ -1,4 +1,5 @@
-"""The WSGI layers in front of the pages, and binding every address without IPv6."""
+"""The WSGI layers in front of the routes, the bounds on connections, and binding every
+address without IPv6."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import socketserver
 
 import bcrypt
 import pytest
-from libvirt_snapshot_exporter import web
+from libvirt_snapshot_exporter import http_server, wsgi_layers
 from libvirt_snapshot_exporter.webconfig import WebConfig
 
 
@@ -34,9 +35,9 @@ def failing_app(_environ: dict, start_response) -> list[bytes]:
 
 def test_an_exception_is_a_500_and_one_log_line_without_traceback(caplog):
     recorder = Recorder()
-    body = web.Safe(failing_app)(environ(path="/x\n"), recorder)
+    body = wsgi_layers.Safe(failing_app)(environ(path="/x\n"), recorder)
     assert recorder.status.startswith("500") and body == [b"Internal Server Error\n"]
-    assert web.SERVER in recorder.headers
+    assert wsgi_layers.SERVER in recorder.headers
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.exc_info is None and "\n" not in record.getMessage()
     assert "KeyError" in record.getMessage() and "'/x\\n'" in record.getMessage()
@@ -48,15 +49,15 @@ def test_head_keeps_headers_and_drops_the_body():
         return [b"hello"]
 
     recorder = Recorder()
-    assert web.Methods(app)(environ("HEAD"), recorder) == []
+    assert wsgi_layers.Methods(app)(environ("HEAD"), recorder) == []
     assert recorder.headers == [("Content-Length", "5")]
-    assert web.Methods(app)(environ("GET"), recorder) == [b"hello"]
+    assert wsgi_layers.Methods(app)(environ("GET"), recorder) == [b"hello"]
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH", "get", "", "CONNECT"])
 def test_other_methods_are_405(method):
     recorder = Recorder()
-    web.Methods(failing_app)(environ(method), recorder)
+    wsgi_layers.Methods(failing_app)(environ(method), recorder)
     assert recorder.status.startswith("405") and ("Allow", "GET, HEAD") in recorder.headers
 
 
@@ -71,7 +72,7 @@ def test_every_address_falls_back_to_ipv4_where_there_is_no_ipv6(monkeypatch, ca
 
     monkeypatch.setattr(socketserver.socket, "socket", NoIPv6)
     caplog.set_level(logging.INFO)
-    server = web._bind("", 0, None)
+    server = http_server.bind("", 0, None)
     try:
         assert server.address_family == socket.AF_INET
         assert server.address_text.startswith("0.0.0.0:")
@@ -82,7 +83,7 @@ def test_every_address_falls_back_to_ipv4_where_there_is_no_ipv6(monkeypatch, ca
 
 def test_every_address_is_one_dual_stack_socket():
     try:
-        server = web._bind("", 0, None)
+        server = http_server.bind("", 0, None)
     except OSError:
         pytest.skip("no IPv6 here")
     try:
@@ -96,12 +97,43 @@ def test_every_address_is_one_dual_stack_socket():
 def test_head_answers_carry_no_body_whichever_layer_answers():
     """As serve() stacks them: a HEAD refused by basic auth, or failing below, has no body."""
     users = {"alice": bcrypt.hashpw(b"secret", bcrypt.gensalt(4))}
-    server = web.serve(failing_app, "127.0.0.1", 0, WebConfig(users=users))
+    server = http_server.serve(failing_app, "127.0.0.1", 0, WebConfig(users=users))
     try:
         recorder = Recorder()
         assert server.get_app()(environ("HEAD"), recorder) == []
         assert recorder.status.startswith("401")
-        assert web.Safe(failing_app)(environ("HEAD"), recorder) == []
+        assert wsgi_layers.Safe(failing_app)(environ("HEAD"), recorder) == []
         assert recorder.status.startswith("500")
     finally:
         server.server_close()
+
+
+def test_connections_make_room_by_dropping_the_oldest_still_sending_its_head():
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        conns = [http_server.Connection(ours) for ours, _ in pairs]
+        bounds = http_server.Connections(limit=2, head_timeout=5.0)
+        assert bounds.admit(conns[0]) and bounds.admit(conns[1])
+        bounds.head_read(conns[1])  # being answered: never dropped for room
+        assert bounds.admit(conns[2])  # conns[0] made room
+        assert pairs[0][1].recv(1) == b""  # its client sees the end
+        bounds.head_read(conns[2])
+        assert not bounds.admit(conns[3])  # all being answered: refused
+        bounds.closed(conns[1])
+        assert bounds.admit(conns[3])
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+def test_connections_whose_head_is_late_are_dropped():
+    ours, theirs = socket.socketpair()
+    try:
+        bounds = http_server.Connections(limit=8, head_timeout=0.0)
+        bounds.admit(http_server.Connection(ours))
+        bounds.reap()
+        assert theirs.recv(1) == b""
+    finally:
+        ours.close()
+        theirs.close()

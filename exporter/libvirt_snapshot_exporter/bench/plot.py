@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..page import charts, pace_sentence
+from ..operation_page import charts, pace_sentence
 from ..trace import Point
 from .report import GIB, OperationRecord, RunInfo, duration_text, plot_name, verdict_text
 

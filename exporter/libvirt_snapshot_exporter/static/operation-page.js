@@ -1,6 +1,7 @@
-// The operation page's charts: one uPlot per chart of the inlined trace data (page.py derives
-// every figure; this only draws), the operation shaded from its start to its end. When done,
-// #charts says data-state="drawn"; on any error it says so in words instead of a blank page.
+// The operation page's charts: one uPlot per chart of the inlined trace data
+// (operation_page.py derives every figure; this only draws), the operation shaded from its
+// start to its end. When done, #charts says data-state="drawn"; on any error it says so in
+// words instead of a blank page.
 "use strict";
 (function () {
   const box = document.getElementById("charts");

@@ -238,7 +238,7 @@ def present_sentences(verdict: Verdict, record: FinishedOperation,
                         "time, but did not set the pace: they only changed where the writers "
                         "waited.")
         elif condition == "direct-reclaim":
-            said.append("Memory was reclaimed by the writing tasks themselves (direct reclaim), "
+            said.append("Tasks short of free memory reclaimed it themselves (direct reclaim), "
                         "but that did not set the pace.")
         elif condition == "kswapd-reclaim":
             said.append("kswapd reclaimed memory in the background, but that did not set the "

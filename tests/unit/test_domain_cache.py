@@ -1,0 +1,87 @@
+"""What the loop knows of one domain: its version moves exactly when something published about
+it changes, so its view (and the text rendered from it) is rebuilt only then."""
+
+from __future__ import annotations
+
+from libvirt_snapshot_exporter.domain_cache import RESYNC_SECONDS, DomainCache
+from libvirt_snapshot_exporter.observations import DiskInfo, DomainPoll, GuestStats, SnapshotRecord
+from libvirt_snapshot_exporter.qemu_process import ProcessSample
+
+NOW = 1_800_000_000.0
+GIB = 2**30
+SNAPSHOT = SnapshotRecord("s1", None, NOW - 60, "running", True, "external", True,
+                          memory_file="/var/lib/libvirt/qemu/snapshot/vm1.s1.mem")
+DISKS = (DiskInfo("vda", "/var/lib/libvirt/images/vm1.qcow2", "qcow2", "writeback"),
+         DiskInfo("vdb", "/var/lib/libvirt/images/vm1-data.qcow2", "qcow2", "none"),
+         DiskInfo("vdc", "pool/vm1-ceph", "raw", "writeback"))
+
+
+def polled(snapshots: tuple[SnapshotRecord, ...] = (SNAPSHOT,), pid: int | None = 4242) -> DomainCache:
+    cache = DomainCache()
+    cache.update_poll(DomainPoll(NOW, "vm1", "uuid-1", 1, 1, 0, 0, snapshots, pid), NOW)
+    return cache
+
+
+def test_no_view_before_the_first_poll():
+    assert DomainCache().view("vm1") is None
+
+
+def test_the_view_is_the_same_object_until_something_changes():
+    cache = polled()
+    view = cache.view("vm1")
+    assert (view.name, view.uuid, view.state, view.snapshots) == ("vm1", "uuid-1", 1, (SNAPSHOT,))
+    cache.update_disks(DISKS, NOW)
+    cache.update_process(None)  # none before, none now
+    cache.update_images(None, {})
+    assert cache.view("vm1") is not view and cache.view("vm1").disks == DISKS
+    again = cache.view("vm1")
+    cache.update_disks(DISKS, NOW + 60)  # read again, the same disks
+    assert cache.view("vm1") is again and cache.disks_read_at == NOW + 60
+    cache.update_images(3 * GIB, {"/": 10 * GIB})
+    assert cache.view("vm1").image_size_bytes == 3 * GIB
+
+
+def test_a_poll_is_a_new_version_and_puts_off_the_resync():
+    cache = polled()
+    assert cache.next_resync == NOW + RESYNC_SECONDS and cache.pid == 4242
+    version = cache.version
+    cache.update_poll(DomainPoll(NOW + 1, "vm1", "uuid-1", 3, 9, 1, 5, (), None), NOW + 1)
+    assert cache.version == version + 1 and cache.view("vm1").reason == 9 and cache.pid is None
+
+
+def test_the_first_polls_of_many_domains_spread_over_the_resync_period():
+    resyncs = {DomainCache.first_seen(f"vm{i}", NOW).next_resync for i in range(100)}
+    assert len(resyncs) > 90 and all(NOW <= r < NOW + RESYNC_SECONDS for r in resyncs)
+    assert DomainCache.first_seen("vm1", NOW).next_resync == DomainCache.first_seen("vm1", NOW).next_resync
+
+
+def test_guest_figures_skipped_by_nowait_are_kept_and_the_cpu_ratio_follows_cpu_time():
+    cache = DomainCache()
+    balloon = GuestStats(cpu_time_ns=10**9, vcpus=2, balloon_current_bytes=4 * GIB,
+                         available_bytes=4 * GIB, unused_bytes=3 * GIB)
+    cache.update_stats(NOW, balloon)
+    assert cache.cpu_ratio is None  # one reading: no ratio yet
+    held = GuestStats(cpu_time_ns=2 * 10**9, vcpus=2)  # a snapshot holds the domain
+    cache.update_stats(NOW + 1, held)
+    assert cache.stats.available_bytes == 4 * GIB and cache.stats.cpu_time_ns == 2 * 10**9
+    assert cache.cpu_ratio == 0.5  # 1 s of CPU in 1 s over 2 vCPUs
+    assert cache.guest_memory() == (GIB, 4 * GIB)
+    version = cache.version
+    cache.update_stats(NOW + 1, held)  # the same again
+    assert cache.version == version
+
+
+def test_guest_memory_falls_back_to_qemu_rss_without_a_balloon_driver():
+    cache = DomainCache()
+    assert cache.guest_memory() == (None, None)
+    cache.update_process(ProcessSample(4242, 2 * GIB, 0, 0, "proc_io"))
+    assert cache.guest_memory() == (2 * GIB, None)
+
+
+def test_paths_of_disks_and_memory_files():
+    cache = polled()
+    cache.update_disks(DISKS, NOW)
+    assert cache.image_paths() == [d.source for d in DISKS] + [SNAPSHOT.memory_file]
+    assert cache.local_disk_paths() == [d.source for d in DISKS[:2]]
+    assert cache.disk_cache_modes() == ("none", "writeback")
+    assert DomainCache().disk_cache_modes() == () and DomainCache().image_paths() == []

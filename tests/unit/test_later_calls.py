@@ -1,0 +1,68 @@
+"""Calls handled once they answer: in this cycle when they do at once, in a later one when
+they do not, never twice, and a handler that raises fails its own source only."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from libvirt_snapshot_exporter.calls import LibvirtUnavailable
+from libvirt_snapshot_exporter.later_calls import LaterCalls
+from libvirt_snapshot_exporter.source_health import SourceHealth
+
+
+def answered(value: object) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+def test_an_answer_is_handled_once_in_the_cycle_it_came():
+    later, handled = LaterCalls(SourceHealth()), []
+    later.start("states", lambda: answered({"vm1": (1, 1)}), lambda f: handled.append(f.result()),
+                "domains")
+    assert later.calls_out
+    later.finish(0.0)
+    later.finish(0.0)
+    assert handled == [{"vm1": (1, 1)}] and not later.calls_out
+
+
+def test_a_call_that_has_not_answered_waits_for_a_later_cycle_and_is_not_made_twice():
+    later, handled, made = LaterCalls(SourceHealth()), [], []
+    pending: concurrent.futures.Future = concurrent.futures.Future()
+
+    def submit() -> concurrent.futures.Future:
+        made.append(1)
+        return pending
+
+    later.start("bulk_stats", submit, lambda f: handled.append(f.result()), "guests")
+    later.finish(0.01)
+    later.start("bulk_stats", submit, lambda f: handled.append(f.result()), "guests")
+    assert handled == [] and made == [1] and later.calls_out
+    pending.set_result("stats")
+    later.finish(0.0)
+    assert handled == ["stats"]
+
+
+def test_a_handler_that_raises_fails_its_source():
+    health = SourceHealth()
+    later = LaterCalls(health)
+    later.start("xml:vm1", lambda: answered("<domain/>"), lambda f: 1 / 0, "domains")
+    later.finish(0.0)
+    assert health.statuses()["domains"].success is False and not later.calls_out
+
+
+def test_a_call_that_cannot_start_is_not_out():
+    def busy() -> concurrent.futures.Future:
+        raise LibvirtUnavailable("an earlier call of this key still runs")
+
+    later = LaterCalls(SourceHealth())
+    later.start("states", busy, lambda f: None, "domains")
+    assert not later.calls_out
+
+
+def test_clear_forgets_the_calls_of_an_old_connection():
+    later, handled = LaterCalls(SourceHealth()), []
+    later.start("states", lambda: answered(1), handled.append, "domains")
+    later.clear()
+    later.finish(0.0)
+    assert handled == [] and not later.calls_out

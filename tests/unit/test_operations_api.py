@@ -1,0 +1,96 @@
+"""/api/operations and the lookup of one operation, without HTTP: pages of the log and where
+the next starts, the operations in flight before them, a page rendered once per version of the
+log, parameters out of range, and the verdict kept, judged from the trace, or absent."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+from libvirt_snapshot_exporter.context import OperationContext
+from libvirt_snapshot_exporter.operation_record import in_flight
+from libvirt_snapshot_exporter.operations_api import BadRequest, OperationsApi, int_param
+from libvirt_snapshot_exporter.oplog import OperationsLog
+from libvirt_snapshot_exporter.records import FinishedOperation
+from libvirt_snapshot_exporter.state import StateStore, View
+from libvirt_snapshot_exporter.trace_store import TraceStore
+from libvirt_snapshot_exporter.tracker import Operation
+from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
+
+START = 1_800_000_000.0
+
+
+def entry(i: int) -> FinishedOperation:
+    return FinishedOperation("vm1", "create", "internal", True, START + 60 * i,
+                             START + 60 * i + 2, 2.0, "success", snapshot=f"s{i}")
+
+
+def api_of(entries: list[FinishedOperation], traces: TraceStore | None = None) -> OperationsApi:
+    oplog = OperationsLog(None)
+    for e in entries:
+        oplog.add(e)
+    return OperationsApi(StateStore(View.initial("test:///default")), oplog, traces)
+
+
+def page(api: OperationsApi, query: str = "") -> dict:
+    params = dict(p.split("=") for p in query.split("&")) if query else {}
+    return json.loads(api.operations_json({k: [v] for k, v in params.items()}))
+
+
+def test_pages_of_the_log_newest_first_and_where_the_next_starts():
+    api = api_of([entry(i) for i in range(25)])
+    first = page(api, "limit=10")
+    assert [o["snapshot"] for o in first["operations"]] == [f"s{i}" for i in range(24, 14, -1)]
+    assert (first["total"], first["offset"], first["limit"], first["next_offset"]) == (25, 0, 10, 10)
+    assert all(o["id"] == entry(int(o["snapshot"][1:])).id for o in first["operations"])
+    last = page(api, "offset=20&limit=10")
+    assert len(last["operations"]) == 5 and last["next_offset"] is None
+    assert page(api, "offset=9999")["operations"] == [] and page(api)["limit"] == 1000
+
+
+def test_a_page_is_rendered_once_per_version_of_the_log(monkeypatch):
+    api = api_of([entry(0)])
+    reads = []
+    read = api.oplog.page
+    monkeypatch.setattr(api.oplog, "page", lambda *args: reads.append(args) or read(*args))
+    assert api.operations_json({}) == api.operations_json({})
+    assert reads == [(0, 1000)]
+    api.oplog.add(entry(1))
+    assert page(api)["total"] == 2 and len(reads) == 2
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=10001", "limit=-1", "limit=1e3",
+                                   "limit=abc", "offset=-5", "offset=" + "9" * 5000, "limit=\0",
+                                   "limit=\u0663"])
+def test_parameters_out_of_range_are_refused_by_name(query):
+    name, value = query.split("=")
+    with pytest.raises(BadRequest, match=f"^{name} must be an integer from"):
+        int_param({name: [value]}, name, 1, 1 if name == "limit" else 0, 10_000)
+
+
+def test_operations_in_flight_come_first_as_they_stand_now():
+    api = api_of([entry(0)])
+    op = Operation("vm2", "create", time.time() - 3, "control", 0.0, snapshot="big", memory=True)
+    ctx = OperationContext(qemu_written_bytes=2**29, guest_memory_used_bytes=2**30)
+    api.store.publish(dataclasses.replace(api.store.view, in_flight=(in_flight(op, ctx),)))
+    (running,) = page(api)["in_flight"]
+    assert (running["domain"], running["snapshot"], running["progress_estimate"]) == \
+        ("vm2", "big", 0.5)
+    assert 3 <= running["elapsed_seconds"] < 13 and running["qemu_written_bytes"] == 2**29
+
+
+def test_the_verdict_kept_judged_from_the_trace_or_none(tmp_path):
+    traces = TraceStore(str(tmp_path), 5, 2**24)
+    traces.add(slow_trace())
+    api = api_of([*history(), slow_create()], traces)
+    record, trace, verdict = api.judged(slow_create().id)
+    assert record == slow_create() and trace is not None and verdict.pace_setter == "storage-slow"
+    assert json.loads(api.verdict_json(slow_create().id))["pace_setter"] == "storage-slow"
+    assert json.loads(api.trace_json(slow_create().id))["id"] == slow_create().id
+    untraced = history()[0]
+    assert api.judged(untraced.id) == (untraced, None, None)
+    assert api.verdict_json(untraced.id) is None and api.judged("0" * 16) is None
+    kept = dataclasses.replace(untraced, verdict=verdict)
+    assert api_of([kept]).judged(kept.id) == (kept, None, verdict)

@@ -1,0 +1,55 @@
+"""Verdicts given once an operation's trace is complete: the trace arrives from another thread,
+wakes the loop, and the loop judges it against the operations logged before it and keeps the
+verdict in the log entry; a trace it cannot judge leaves the entry as it was."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+from libvirt_snapshot_exporter.oplog import OperationsLog
+from libvirt_snapshot_exporter.state import StateStore, View
+from libvirt_snapshot_exporter.trace import Point
+from libvirt_snapshot_exporter.verdict_keeper import VerdictKeeper
+from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
+
+
+def keeper() -> tuple[VerdictKeeper, threading.Event]:
+    oplog = OperationsLog(None)
+    for entry in [*history(), slow_create()]:
+        oplog.add(entry)
+    woken = threading.Event()
+    store = StateStore(View.initial("test:///default"))
+    return VerdictKeeper(oplog, store, woken.set), woken
+
+
+def logged(k: VerdictKeeper):
+    return next(e for e in k.oplog.page(0, 10)[0] if e.id == slow_create().id)
+
+
+def test_a_complete_trace_is_judged_on_the_loop_and_kept_in_the_log():
+    k, woken = keeper()
+    thread = threading.Thread(target=k.traced, args=(slow_trace(), slow_create()))
+    thread.start()
+    thread.join()
+    assert woken.is_set() and logged(k).verdict is None  # not judged on the recorder's thread
+    version = k.oplog.version
+    k.judge_traced()
+    verdict = logged(k).verdict
+    assert verdict.pace_setter == "storage-slow" and 2.5 < verdict.slowdown < 3.5
+    assert k.oplog.version > version
+    assert k.store.operations.host.verdicts == {("create", "storage-slow"): 1}
+    k.judge_traced()  # nothing more came in
+    assert k.store.operations.host.verdicts == {("create", "storage-slow"): 1}
+
+
+def test_a_trace_it_cannot_judge_leaves_no_verdict_and_one_log_line(caplog):
+    k, _ = keeper()
+    # Points whose times are no numbers: judge() fails comparing them with the start.
+    broken = dataclasses.replace(slow_trace(), points=tuple(Point("?", 1) for _ in range(3)))
+    k.traced(broken, slow_create())
+    k.judge_traced()
+    assert logged(k).verdict is None and k.store.operations.host.verdicts == {}
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith("no verdict on create of vm1/s1: TypeError")

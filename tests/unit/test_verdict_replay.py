@@ -1,0 +1,133 @@
+"""verdict.judge replayed on real traces: the flight recorder's trace and the log entry of each
+condition induced on the slow-storage bed (40 MB/s) by tests/integration/test_slow_conditions.py,
+recorded with LSE_RECORD_TRACES=tests/unit/traces on a build machine (libvirt 9.0, QEMU 7.2,
+2026-12-01; late-first-sample.json is another run's first snapshot, with the machine loaded),
+and in tests/unit/traces-libvirt11 against libvirt 11.3, QEMU 10.0 (scripts/libvirt11-chroot.sh).
+The calibration is covered here without the bed: what each condition must give, and what would
+change it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
+from libvirt_snapshot_exporter.trace import Trace, from_json
+from libvirt_snapshot_exporter.verdict import judge, reference_rate
+
+TRACES = Path(__file__).parent / "traces"
+TRACES_LIBVIRT11 = Path(__file__).parent / "traces-libvirt11"
+RATE = 40e6  # the bed's device
+MiB = 1 << 20
+
+
+def recorded(condition: str, traces: Path = TRACES) -> tuple[Trace, FinishedOperation,
+                                                             float | None]:
+    """The trace, the log entry, and the rate the exporter had learned when it judged it."""
+    data = json.loads((traces / f"{condition}.json").read_text())
+    entry = FinishedOperation.from_json(data["entry"])
+    return from_json(data["trace"]), entry, entry.verdict.figures.get(
+        "reference_rate_bytes_per_second")
+
+
+def replay(condition: str, traces: Path = TRACES, **changes: object) -> Verdict:
+    """judge() on the recorded trace and entry, with the recorded rate unless `rate` is given."""
+    trace, entry, rate = recorded(condition, traces)
+    rate = changes.pop("rate", rate)
+    return judge(trace, dataclasses.replace(entry, **changes), rate)
+
+
+RECLAIM = {"direct-reclaim", "kswapd-reclaim"}
+
+
+@pytest.mark.parametrize("traces", [TRACES, TRACES_LIBVIRT11], ids=["libvirt9", "libvirt11"])
+@pytest.mark.parametrize(("condition", "pace", "present", "one_of"), [
+    ("size", "size", set(), set()),
+    ("dirty-limits", "size", {"dirty-throttling"}, set()),
+    ("memory-hog", "size", {"low-memfree-ample-memavailable"}, RECLAIM),
+    ("competing-writer", "storage-contended", set(), set()),
+    ("rt-cpu-hog", "cpu", set(), set()),
+    ("cache-none", "cache-mode", set(), set()),
+])
+def test_each_condition_gives_the_verdict_its_measurements_support(traces, condition, pace,
+                                                                   present, one_of):
+    """The pace-setter, and exactly the conditions present (one of `one_of` among them)."""
+    verdict = replay(condition, traces)
+    assert verdict.pace_setter == pace, verdict
+    assert len(set(verdict.present) & one_of) == (1 if one_of else 0), verdict
+    assert set(verdict.present) - one_of == present, verdict
+    _, entry, _ = recorded(condition, traces)
+    assert entry.verdict.pace_setter == pace  # the exporter's, on the bed
+    assert verdict.figures["samples"] >= 8 * 0.9 * entry.duration_seconds
+
+
+def test_the_rate_learned_from_these_creates_is_the_devices():
+    entries = [recorded(c)[1] for c in ("teach", "size", "dirty-limits", "memory-hog",
+                                        "competing-writer", "rt-cpu-hog")]
+    # 9.0-9.5 s for 352 MB unstressed; the stressed ones slower, below the upper quartile
+    assert 0.9 * RATE <= reference_rate(entries) <= RATE
+
+
+def test_without_a_learned_rate_the_first_snapshot_is_slow_storage():
+    """The bed's first snapshot: nothing to compare with, and the writers waited on a device
+    busy 95 % of the time in 93 % of their samples."""
+    verdict = replay("teach")
+    assert verdict.expected_seconds is None
+    assert verdict.pace_setter == "storage-slow", verdict
+    assert verdict.figures["device_utilisation"] >= 0.9
+
+
+def test_size_against_a_faster_hosts_rate_is_slow_storage():
+    verdict = replay("size", rate=3 * RATE)
+    assert verdict.pace_setter == "storage-slow" and verdict.slowdown > 2.5, verdict
+
+
+def test_tight_dirty_limits_move_the_wait_not_the_pace():
+    verdict = replay("dirty-limits")
+    assert verdict.figures["writer_throttled_share"] >= 0.5  # balance_dirty_pages, 60 %
+    assert verdict.slowdown <= 1.0  # 9.0 s against 9.3 s without the limits
+
+
+def test_the_memory_hog_reclaims_without_memory_pressure():
+    verdict = replay("memory-hog")
+    assert "memory-pressure" not in verdict.present
+    assert verdict.slowdown == pytest.approx(1.0, abs=0.1)
+
+
+def test_the_competing_writer_takes_most_of_the_device():
+    verdict = replay("competing-writer")
+    assert verdict.figures["other_writers_share"] == pytest.approx(0.57, abs=0.02)
+    assert verdict.figures["device_utilisation"] >= 0.99
+    assert verdict.slowdown >= 2.5  # 26.4 s for what takes 9.3 s alone
+
+
+def test_cpu_starvation_leaves_the_device_idle_much_of_the_time():
+    verdict = replay("rt-cpu-hog")
+    assert verdict.shares["cpu"] >= 0.9  # run delay summed over the writer threads, capped at 1
+    assert verdict.figures["device_utilisation"] <= 0.7 and verdict.slowdown >= 2
+    assert replay("rt-cpu-hog", rate=None).pace_setter == "cpu"  # also with nothing to compare
+
+
+def test_cache_none_is_the_cache_mode_only_for_direct_io():
+    """Its bytes went at the device's usual rate (slowdown 1.0): as cache=writeback the same
+    trace would be its size; with cache=none QEMU wrote 27 % more than the same guest through
+    the page cache, and every write waited for the device."""
+    verdict = replay("cache-none")
+    assert verdict.slowdown == pytest.approx(1.0, abs=0.1)
+    assert replay("cache-none", disk_cache=("writeback",)).pace_setter == "size"
+    none, writeback = recorded("cache-none")[1], recorded("teach")[1]
+    assert none.qemu_written_bytes >= 1.2 * writeback.qemu_written_bytes
+
+
+def test_bytes_written_before_the_first_sample_are_no_other_writer():
+    """Recognised 0.48 s after its start on a loaded machine: QEMU's counter was first read
+    with 276 MiB of the vmstate already in the page cache, which the device wrote within the
+    trace. Counted as another writer's, that made this lone create 82 % others: contended."""
+    trace, entry, _ = recorded("late-first-sample")
+    first = next(p for p in trace.points if "qemu_write_bytes" in p.counters)
+    assert first.t - trace.start >= 0.4 and first.gauges["dirty"] >= 200 * MiB
+    verdict = replay("late-first-sample")
+    assert verdict.figures["other_writers_share"] <= 0.05, verdict
+    assert verdict.pace_setter == "storage-slow", verdict
