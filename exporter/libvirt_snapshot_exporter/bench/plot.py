@@ -1,6 +1,7 @@
 """The bench's pictures: durations by level beside the host's memory and writeback over the
 run, and one picture of each operation's trace with the charts of the exporter's operation
-page (page.charts: the same series, derived by the same code) and its verdict in words.
+page (operation_page.charts: the same series, derived by the same code) and its verdict in
+words.
 
 matplotlib is an optional extra (`pip install 'libvirt-snapshot-exporter[plot]'`): the exporter
 and a bench without --plot never need it.
@@ -62,39 +63,59 @@ def _timeline(records: Sequence[OperationRecord]) -> list[Point | None]:
     return timeline
 
 
-def write_plot(path: Path, records: list[OperationRecord], info: RunInfo) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplot_mosaic([["level", "memory"], ["level", "dirty"]], figsize=(13, 7),
-                                   width_ratios=(1, 2), sharex=False)
-    left, memory, dirty = axes["level"], axes["memory"], axes["dirty"]
+NAN = float("nan")
+
+
+def _durations(axis: Any, records: list[OperationRecord], info: RunInfo) -> None:
+    """Each run's creates and deletes by level, a colour per run."""
     levels = list(range(1, info.levels + 1))
     for run in sorted({r.run for r in records}):
         ops = [r for r in records if r.run == run]
         for operation, style in (("create", "o-"), ("delete", "x--")):
             done = {r.level: r for r in ops if r.operation == operation and r.outcome == "success"}
             xs = [n for n in levels if n in done]
-            if xs:  # a colour per run, its creates and deletes alike
-                left.plot(xs, [done[n].duration for n in xs], style, color=f"C{(run - 1) % 10}",
+            if xs:
+                axis.plot(xs, [done[n].duration for n in xs], style, color=f"C{(run - 1) % 10}",
                           label=f"run {run} {operation} ({ops[0].setting.label(info.offline)}, "
                           f"cache {ops[0].disk_cache})")
-    left.set_xticks(levels)
-    left.set_xlabel("snapshot level")
-    left.set_ylabel("duration (s)")
-    left.set_ylim(bottom=0)
-    left.set_title(f"{info.domain}\nQEMU {info.qemu_version}", fontsize="medium")
-    left.legend(fontsize="x-small")
+    axis.set_xticks(levels)
+    axis.set_xlabel("snapshot level")
+    axis.set_ylabel("duration (s)")
+    axis.set_ylim(bottom=0)
+    axis.set_title(f"{info.domain}\nQEMU {info.qemu_version}", fontsize="medium")
+    axis.legend(fontsize="x-small")
 
+
+def _qemu_rate(timeline: list[Point | None], t0: float) -> tuple[list[float], list[float]]:
+    """QEMU's write rate (MiB/s) between the points of the run: none across a gap, or across
+    a restart of QEMU (its counter starts again)."""
+    qemu = [p for p in timeline if p is None or "qemu_write_bytes" in p.counters]
+    xs, ys = [], []
+    for a, b in zip(qemu, qemu[1:], strict=False):
+        written = None if a is None or b is None else (
+            b.counters["qemu_write_bytes"] - a.counters["qemu_write_bytes"])
+        ok = written is not None and written >= 0 and b.t > a.t
+        xs.append(b.t - t0 if ok else NAN)
+        ys.append(written / (b.t - a.t) / MIB if ok else NAN)
+    return xs, ys
+
+
+def write_plot(path: Path, records: list[OperationRecord], info: RunInfo) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplot_mosaic([["level", "memory"], ["level", "dirty"]], figsize=(13, 7),
+                                   width_ratios=(1, 2), sharex=False)
+    memory, dirty = axes["memory"], axes["dirty"]
+    _durations(axes["level"], records, info)
     t0 = info.started
     timeline = _timeline(records)
-    nan = float("nan")
-    times = [nan if p is None else p.t - t0 for p in timeline]
+    times = [NAN if p is None else p.t - t0 for p in timeline]
     for axis, unit, scale, keys in (
         (memory, "GiB", GIB, (("available", "MemAvailable"), ("free", "MemFree"),
                               ("cached", "Cached"))),
         (dirty, "MiB", MIB, (("dirty", "Dirty"), ("writeback", "Writeback"))),
     ):
         for key, label in keys:
-            axis.plot(times, [p.gauges[key] / scale if p is not None and key in p.gauges else nan
+            axis.plot(times, [p.gauges[key] / scale if p is not None and key in p.gauges else NAN
                               for p in timeline], label=label)
         for r in records:
             colour = "tab:red" if r.operation == "create" else "tab:grey"
@@ -105,16 +126,7 @@ def write_plot(path: Path, records: list[OperationRecord], info: RunInfo) -> Non
     memory.legend(fontsize="small", loc="lower left")
     dirty.set_xlabel("seconds since start")
     rate = dirty.twinx()
-    qemu = [p for p in timeline if p is None or "qemu_write_bytes" in p.counters]
-    xs, ys = [], []
-    for a, b in zip(qemu, qemu[1:], strict=False):
-        # a gap, or QEMU restarted (its counter starts again): no rate across
-        written = None if a is None or b is None else (
-            b.counters["qemu_write_bytes"] - a.counters["qemu_write_bytes"])
-        ok = written is not None and written >= 0 and b.t > a.t
-        xs.append(b.t - t0 if ok else nan)
-        ys.append(written / (b.t - a.t) / MIB if ok else nan)
-    rate.plot(xs, ys, ":", color="black", label="QEMU writes (MiB/s)")
+    rate.plot(*_qemu_rate(timeline, t0), ":", color="black", label="QEMU writes (MiB/s)")
     rate.set_ylabel("QEMU writes (MiB/s)")
     rate.set_ylim(bottom=0)
     handles, labels = dirty.get_legend_handles_labels()
@@ -135,7 +147,7 @@ def write_trace_plot(path: Path, record: OperationRecord, info: RunInfo) -> None
                              sharex=True, squeeze=False)
     for axis, chart in zip(axes[:, 0], panels, strict=True):
         for series in chart["series"]:
-            axis.plot(data["x"], [float("nan") if v is None else v for v in series["values"]],
+            axis.plot(data["x"], [NAN if v is None else v for v in series["values"]],
                       label=series["label"])
         axis.axvspan(0, data["end"], color="tab:red", alpha=0.12, lw=0)
         axis.set_ylabel(chart["unit"])
