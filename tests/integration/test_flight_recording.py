@@ -81,9 +81,10 @@ def test_trace_covers_a_real_snapshot_and_survives_a_restart(filler, conn):
                      if o["id"] == op["id"]]
         assert logged["snapshot"] == "traced"
         verdict = json.loads(again.get(f"/api/operations/{op['id']}/verdict"))
-        # The log's only create: no past rate to compare with, and nothing held its writers
-        # back on this fast local disk, so its own bytes set its pace.
-        assert verdict["pace_setter"] == "size", verdict
+        # The verdict the first exporter gave, served again. Which one it is depends on this
+        # machine's disk: with no past rate, `size`, or `storage-slow` where the writers waited
+        # on the device (seen on a CI machine).
+        assert verdict["pace_setter"] == pace, verdict
         assert verdict["slowdown"] is None and verdict["figures"]["samples"] >= 5
         # The verdict kept in the log is the one served.
         assert logged["verdict"] == judged == {k: v for k, v in verdict.items() if k != "id"}
