@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from libvirt_snapshot_exporter.operation_page import CAUSES
 from lse_devtools import testbed
 from lse_devtools.driving import wait_operations
 from lse_devtools.exporter_proc import ExporterProcess
@@ -81,14 +82,16 @@ def test_trace_covers_a_real_snapshot_and_survives_a_restart(filler, conn):
                      if o["id"] == op["id"]]
         assert logged["snapshot"] == "traced"
         verdict = json.loads(again.get(f"/api/operations/{op['id']}/verdict"))
-        # The log's only create: no past rate to compare with, and nothing held its writers
-        # back on this fast local disk, so its own bytes set its pace.
-        assert verdict["pace_setter"] == "size", verdict
+        # The verdict the first exporter gave, served again. Which one it is depends on this
+        # machine's disk: with no past rate, `size`, or `storage-slow` where the writers waited
+        # on the device (seen on a CI machine).
+        assert verdict["pace_setter"] == pace, verdict
         assert verdict["slowdown"] is None and verdict["figures"]["samples"] >= 5
         # The verdict kept in the log is the one served.
         assert logged["verdict"] == judged == {k: v for k, v in verdict.items() if k != "id"}
         page = again.get(f"/operations/{op['id']}")  # drawn in tests/unit's Chromium test
-        assert "<h2>Verdict: size</h2>" in page and "Size set the pace: nothing held" in page
+        assert f"<h2>Verdict: {CAUSES.get(pace, pace)}</h2>" in page
+        assert pace != "size" or "Size set the pace: nothing held" in page
         assert "id=trace-data" in page and "No trace is kept" not in page
     finally:
         again.stop()

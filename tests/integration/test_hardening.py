@@ -47,8 +47,9 @@ def _series_gone(exporter: ExporterProcess, domain: str) -> bool:
 def test_libvirtd_restarted_during_a_snapshot(libvirtd):
     """Found on libvirt 9.0: on SIGTERM libvirtd drops its clients at once (the caller gets
     'End of file') but finishes the running snapshot job before it exits, so the snapshot
-    exists afterwards. The exporter must then record that one create as a success ended by
-    poll, with an uncertainty that covers the outage, and keep nothing in flight."""
+    exists afterwards. The exporter must then record that one create as a success, ended by its
+    metadata file (the watch reads libvirt's directory, not libvirtd, so it sees the file written
+    as the job finishes during the outage), and keep nothing in flight."""
     conn = libvirtd.get()
     guest = testbed.create_guest(conn, "restart", memory_mib=768, fill_mib=512)
     exporter = ExporterProcess()
@@ -71,7 +72,7 @@ def test_libvirtd_restarted_during_a_snapshot(libvirtd):
         assert dom.snapshotCurrent().getName() == "across"  # libvirt finished the job
         (op,) = wait_operations(exporter, guest.name, 1)
         assert (op["operation"], op["snapshot"], op["outcome"]) == ("create", "across", "success")
-        assert op["start"] <= down_at and op["end_source"] == "poll", op
+        assert op["start"] <= down_at and op["end_source"] == "metadata", op
         assert op["end"] <= up_at and op["uncertainty_seconds"] <= up_at - down_at + 1, op
         exporter.wait_for(lambda: _series_gone(exporter, guest.name), 10, "no in-progress series")
         assert in_flight(exporter, guest.name) == []
