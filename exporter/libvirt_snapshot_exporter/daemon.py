@@ -157,6 +157,7 @@ class CollectionLoop:
             self.sampler.sample_domains(now)
         else:
             self.health.run("qemu_process", lambda: self.sampler.sample_busy_processes(now))
+            self.sampler.refresh_outdated_disks(now)
         self.later.finish(0.0)
         self.health.run("domains", self.polls.job_progress)
 

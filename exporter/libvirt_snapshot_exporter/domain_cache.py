@@ -31,6 +31,7 @@ class DomainCache:
     cpu_ratio: float | None = None
     disks: tuple[DiskInfo, ...] = ()
     disks_read_at: float = 0.0
+    disks_pid: int | None = None  # the QEMU process whose disks they are (its cache modes)
     process: ProcessSample | None = None
     image_size: int | None = None
     filesystems: dict[str, int] = field(default_factory=dict)
@@ -72,8 +73,8 @@ class DomainCache:
             self.process = process
             self.version += 1
 
-    def update_disks(self, disks: tuple[DiskInfo, ...], now: float) -> None:
-        self.disks_read_at = now
+    def update_disks(self, disks: tuple[DiskInfo, ...], now: float, pid: int | None) -> None:
+        self.disks_read_at, self.disks_pid = now, pid
         if disks != self.disks:
             self.disks = disks
             self.version += 1
@@ -98,7 +99,15 @@ class DomainCache:
         """The disks the flight recorder can find a device under."""
         return [d.source for d in self.disks if d.source.startswith("/")]
 
+    def disks_outdated(self) -> bool:
+        """Read under another QEMU process: a start, a restore, a managed save's start can
+        change the disks and their cache modes (bench switches them so)."""
+        return self.disks_pid != self.pid
+
     def disk_cache_modes(self) -> tuple[str, ...]:
+        """None known while the disks are outdated: an old mode would mislead the verdict."""
+        if self.disks_outdated():
+            return ()
         return tuple(sorted({d.cache for d in self.disks}))
 
     def guest_memory(self) -> tuple[int | None, int | None]:

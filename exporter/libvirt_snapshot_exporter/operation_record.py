@@ -36,6 +36,7 @@ def finished_operation(op: Operation, ctx: OperationContext, qemu_version: str,
         disk_cache=disk_cache,
         job_time_elapsed_ms=op.job.get("time_elapsed"),
         job_downtime_ms=op.job.get("downtime"),
+        job_memory_processed_bytes=op.job.get("memory_processed", op.memory_processed_bytes),
         **ctx.public(),
         qemu_write_rate_bytes_per_second=write_rate(ctx.qemu_written_bytes, duration),
     )

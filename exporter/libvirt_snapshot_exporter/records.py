@@ -143,6 +143,7 @@ OPTIONAL = {
     "disk_cache": _optional(_texts),
     "job_time_elapsed_ms": _optional(_number),
     "job_downtime_ms": _optional(_number),
+    "job_memory_processed_bytes": _optional(_number),
     **{key: _optional(_number) for key in (
         "host_memory_available_start_bytes", "host_memory_free_start_bytes",
         "host_memory_available_min_bytes", "host_memory_free_min_bytes",
@@ -179,6 +180,8 @@ class FinishedOperation:
     disk_cache: tuple[str, ...] | None = None
     job_time_elapsed_ms: float | None = None
     job_downtime_ms: float | None = None
+    # an external memory snapshot's guest memory, written by libvirt's iohelper, not QEMU
+    job_memory_processed_bytes: int | None = None
     # the host and guest around it (context.py)
     host_memory_available_start_bytes: int | None = None
     host_memory_free_start_bytes: int | None = None

@@ -59,6 +59,13 @@ class Sampler:
             self.health.run("images", functools.partial(self._read_images, name, cache))
         self.health.mark("images", True, time.time() - start)
 
+    def refresh_outdated_disks(self, now: float) -> None:
+        """Between samplings, the disks of domains whose QEMU changed: a create right after a
+        start (bench's cache switch) is to carry the cache modes it runs with."""
+        for name, cache in self.domains.items():
+            if cache.disks_outdated():
+                self._refresh_disks(name, cache, now)
+
     def sample_busy_processes(self, now: float) -> None:
         """Between full samplings, the processes of domains with an operation in flight: what
         QEMU writes during it."""
@@ -96,8 +103,10 @@ class Sampler:
 
     def _refresh_disks(self, name: str, cache: DomainCache, now: float) -> None:
         """Disk XML only while the domain is idle: from libvirt 11.0 it waits for a snapshot."""
-        if self.tracker.is_busy(name) or now - cache.disks_read_at < DISK_REFRESH_SECONDS:
+        if self.tracker.is_busy(name) or (now - cache.disks_read_at < DISK_REFRESH_SECONDS
+                                          and not cache.disks_outdated()):
             return
+        pid = cache.pid
 
         def got(future: concurrent.futures.Future) -> None:
             try:
@@ -105,7 +114,7 @@ class Sampler:
             except Exception as exc:  # noqa: BLE001
                 log.debug("disks of %s: %s", name, exc)
                 return
-            cache.update_disks(disks, now)
+            cache.update_disks(disks, now, pid)
 
         self.later.start(f"xml:{name}", lambda: self.adapter.domain_disks(name), got, "domains")
 

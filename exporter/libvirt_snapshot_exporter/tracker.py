@@ -172,8 +172,10 @@ class Tracker:
         d.state = p.state
         d.last_poll = p.time
         forget_old_files(d, p)
-        if d.active is None and p.control_state != CONTROL_JOB:
-            d.job_start = None
+        if p.control_state != CONTROL_JOB:
+            d.restored_at = None  # the restore's job is over
+            if d.active is None:
+                d.job_start = None
         return finished
 
     def _adopt(self, d: TrackedDomain, p: DomainPoll, now: Snapshots,
@@ -323,7 +325,7 @@ class Tracker:
             finished += self._deleted_between_polls(d, p, gone, before)
         elif switched or d.revert_defined_at is not None:
             finished += self._revert_between_polls(d, p, now, current)
-        elif d.job_start is not None and p.state == STATE_RUNNING and now:
+        elif d.job_start is not None and p.state == STATE_RUNNING and now and not d.restored_at:
             # An async job on a running domain that created nothing and is no revert: the
             # only snapshot operation left is a delete. It is confirmed when a snapshot goes.
             d.active = Operation(p.domain, "delete", d.job_start, "control", 0.0)

@@ -8,6 +8,7 @@ from .observations import (
     DETAIL_DEFINED_FROM_SNAPSHOT,
     DETAIL_RESUMED_FROM_SNAPSHOT,
     DETAIL_STARTED_FROM_SNAPSHOT,
+    DETAIL_STARTED_RESTORED,
     DETAIL_STOPPED_FROM_SNAPSHOT,
     DETAIL_SUSPENDED_FROM_SNAPSHOT,
     EVENT_DEFINED,
@@ -55,7 +56,14 @@ def take_event(d: TrackedDomain, ev: DomainEvent) -> list[Operation]:
 def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
     pair = (ev.event, ev.detail)
     op = d.active
-    if pair in REVERT_EVENTS:
+    if pair == (EVENT_STARTED, DETAIL_STARTED_RESTORED):
+        # A start from a saved image (restore, managed save): libvirt sends its resume as
+        # RESUMED/FROM_SNAPSHOT, as it does a revert's (it maps RUNNING_RESTORED so).
+        d.restored_at = ev.time
+        return []
+    restore_resumed = (pair == (EVENT_RESUMED, DETAIL_RESUMED_FROM_SNAPSHOT)
+                       and d.restored_at is not None)
+    if pair in REVERT_EVENTS and not restore_resumed:
         if op is None or op.operation != "revert":
             if op is not None and op.operation == "delete" and not op.snapshot:
                 # A job taken for a delete before anything went: it was this revert's.
@@ -94,7 +102,10 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
             d.pause_before_active = ev.time - d.paused_since
             d.resume_at = ev.time
         d.paused_since = None
-    elif ev.event == EVENT_STOPPED and op is not None and op.operation == "create":
+    elif ev.event == EVENT_STOPPED:
+        d.restored_at = None
+        if op is None or op.operation != "create":
+            return []
         # Not necessarily a failure: virsh destroy waits for the create's job, which may
         # finish (libvirt 9.0: SUSPENDED/API_ERROR, the file written, STOPPED 13 ms later), and
         # the file event can reach us after this one. The next poll's list says which; a

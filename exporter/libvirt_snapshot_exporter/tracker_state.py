@@ -72,6 +72,7 @@ class TrackedDomain:
     block_job_end: float | None = None
     revert_event: float | None = None
     revert_defined_at: float | None = None
+    restored_at: float | None = None  # STARTED/RESTORED: started from a saved image, no revert
     defined_due: float | None = None  # end of a revert finished before its DEFINED event came
     state: int = 0
     failed: set[str] = field(default_factory=set)  # snapshots of failed creates, still listed

@@ -96,14 +96,13 @@ def judge(trace: Trace, record: FinishedOperation, rate: float | None) -> Verdic
     during = [p for p in trace.points if trace.start <= p.t <= trace.end and p.threads]
     samples = sum(p.n for p in during)
     figures: dict[str, float] = {"samples": samples}
-    figures.update(_evidence(trace, during, samples, record.duration_seconds,
-                             record.qemu_written_bytes))
+    written = written_bytes(record)
+    figures.update(_evidence(trace, during, samples, record.duration_seconds, written))
     expected = slowdown = None
-    if record.qemu_written_bytes is not None and rate:
-        expected = T0_SECONDS + record.qemu_written_bytes / rate
+    if written is not None and rate:
+        expected = T0_SECONDS + written / rate
         slowdown = record.duration_seconds / expected
-        figures.update(written_bytes=record.qemu_written_bytes,
-                       reference_rate_bytes_per_second=rate)
+        figures.update(written_bytes=written, reference_rate_bytes_per_second=rate)
     direct = any(c in DIRECT_IO_CACHES for c in record.disk_cache or ())
     shares = _cause_shares(figures, direct)
     present = _present(trace, during, figures, record.duration_seconds)
@@ -111,8 +110,17 @@ def judge(trace: Trace, record: FinishedOperation, rate: float | None) -> Verdic
                    present, figures)
 
 
+def written_bytes(record: FinishedOperation) -> int | None:
+    """The operation's bytes: QEMU's, or the memory its job processed where more. libvirt
+    hands an external snapshot's memory stream to its iohelper, which writes the file: QEMU's
+    write counter showed 0 bytes for those (libvirt 9.0)."""
+    known = [b for b in (record.qemu_written_bytes, record.job_memory_processed_bytes)
+             if b is not None]
+    return max(known) if known else None
+
+
 def _evidence(trace: Trace, during: Sequence[Point], samples: int, duration: float,
-              qemu_written: int | None) -> dict[str, float]:
+              written: int | None) -> dict[str, float]:
     """The figures the causes are weighed by: the share of the writers' samples in each wait
     class (a sample counts for a class when any writer thread is in it, so the main thread
     idling in poll while a worker writes does not hide the worker's wait), the device's
@@ -128,19 +136,20 @@ def _evidence(trace: Trace, during: Sequence[Point], samples: int, duration: flo
     busy, span = _delta(during, "device_busy_ms"), _span(during, "device_busy_ms")
     if busy is not None and span:
         found["device_utilisation"] = min(1.0, busy / 1000 / span)
-    others = _other_writers_share(trace, qemu_written)
+    others = _other_writers_share(trace, written)
     if others is not None:
         found["other_writers_share"] = others
     return found
 
 
-def _other_writers_share(trace: Trace, qemu_written: int | None) -> float | None:
+def _other_writers_share(trace: Trace, written: int | None) -> float | None:
     """The share of the device's bytes that others wrote, from the first QEMU sample to the
     end of the trace (the device may still write the operation's pages after it ends). An
     operation is recognised a moment after it starts, under load seconds after, and by then
     QEMU may have put most of a vmstate in the page cache: bytes the device writes in the
-    window but QEMU's counter does not show. QEMU's are therefore the larger of the log's
-    bytes and the trace's plus the dirty data that grew between the start and that sample."""
+    window but QEMU's counter does not show. The operation's are therefore the larger of the
+    log's (written_bytes) and QEMU's in the trace plus the dirty data that grew between the
+    start and that sample."""
     sampled = [p for p in trace.points if p.t >= trace.start
                and "qemu_write_bytes" in p.counters and "device_write_bytes" in p.counters]
     if len(sampled) < 2:
@@ -152,7 +161,7 @@ def _other_writers_share(trace: Trace, qemu_written: int | None) -> float | None
     before = [p for p in trace.points if p.t <= trace.start and "dirty" in p.gauges]
     grown = _unwritten(sampled[0]) - (_unwritten(before[-1]) if before else 0)
     qemu = last["qemu_write_bytes"] - first["qemu_write_bytes"] + max(0, grown)
-    return max(0.0, (device - max(qemu, qemu_written or 0)) / device)
+    return max(0.0, (device - max(qemu, written or 0)) / device)
 
 
 def _unwritten(point: Point) -> int:
@@ -204,20 +213,24 @@ def _deltas(points: Sequence[Point], prefix: str) -> dict[str, float]:
 
 def _present(trace: Trace, during: Sequence[Point], figures: Mapping[str, float],
              duration: float) -> tuple[str, ...]:
-    """Conditions seen during the operation, said whether or not they set its pace."""
+    """Conditions seen during the operation, said whether or not they set its pace: from the
+    last point before it began to its end, not the ring's earlier seconds (the previous
+    operation's tail) nor the writeback after it."""
     found = []
+    began = max((p.t for p in trace.points if p.t <= trace.start), default=trace.start)
+    window = [p for p in trace.points if began <= p.t <= trace.end]
     if figures.get("writer_throttled_share", 0.0) >= THROTTLED:
         found.append("dirty-throttling")
-    reclaim = sum(_delta(trace.points, k) or 0 for k in ("pgscan_direct", "allocstall"))
+    reclaim = sum(_delta(window, k) or 0 for k in ("pgscan_direct", "allocstall"))
     if reclaim > 0 or figures.get("writer_reclaim_share", 0.0) > 0:
         found.append("direct-reclaim")
-    elif (_delta(trace.points, "pgscan_kswapd") or 0) > 0:
+    elif (_delta(window, "pgscan_kswapd") or 0) > 0:
         found.append("kswapd-reclaim")
     psi = _delta(during, "psi_memory_some")
     if psi is not None and duration > 0 and psi / duration >= PSI_MEMORY:
         found.append("memory-pressure")
-    free = [p.gauges["free"] for p in trace.points if "free" in p.gauges]
-    available = [p.gauges["available"] for p in trace.points if "available" in p.gauges]
+    free = [p.gauges["free"] for p in window if "free" in p.gauges]
+    available = [p.gauges["available"] for p in window if "available" in p.gauges]
     if free and available and min(free) < LOW_FREE and min(available) >= AMPLE_AVAILABLE:
         found.append("low-memfree-ample-memavailable")
     return tuple(found)

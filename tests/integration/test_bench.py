@@ -21,6 +21,7 @@ import libvirt
 import pytest
 from libvirt_snapshot_exporter.records import PACE_SETTERS
 from lse_devtools import testbed
+from lse_devtools.driving import wait_operations
 
 pytestmark = pytest.mark.libvirt
 
@@ -335,8 +336,9 @@ def test_internal_against_external_live_and_disk_only_leave_the_domain_as_found(
 
 
 def test_cache_modes_compared_then_put_back_and_the_commands_left_after_a_second_ctrl_c(
-        small, conn, tmp_path):
+        exporter, small, conn, tmp_path):
     found = AsFound(conn, small)
+    since = time.time()
     # to none, then back to the mode it was found in for the second setting
     result = run_bench(small.name, "--cache", "none,writeback", "--levels", "1", "--repeat",
                        "1", "--yes", "--output", str(tmp_path / "r.csv"))
@@ -350,6 +352,13 @@ def test_cache_modes_compared_then_put_back_and_the_commands_left_after_a_second
     assert all(int(r["guest_memory_used_bytes"]) > 200 * 2**20 for r in rows), rows
     assert [row[:3] for row in comparison_rows(result.stdout)] == [
         ["internal", "none", "1"], ["internal", "writeback", "1"]], result.stdout
+    # The exporter beside it: the starts from the managed saves are no reverts (libvirt
+    # resumes a restored guest with RESUMED/FROM_SNAPSHOT), and each create has the cache
+    # mode its QEMU ran with, read again after each start.
+    ops = sorted(wait_operations(exporter, small.name, 4, since), key=lambda o: o["start"])
+    assert [(o["operation"], o["disk_cache"]) for o in ops] == [
+        ("create", ["none"]), ("delete", ["none"]), ("create", ["writeback"]),
+        ("delete", ["writeback"])], ops
 
     # Ctrl-C twice while a create runs under cache=none: bench leaves at once and prints the
     # commands that delete the snapshot and put the definition back; they do

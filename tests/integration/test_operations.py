@@ -207,6 +207,10 @@ def test_external_live_snapshot_pauses_briefly(exporter, conn):
         assert copying > 0.1
         assert live["paused_seconds"] <= live["duration_seconds"] - copying + 0.1
         assert live["paused_seconds"] >= live["job_downtime_ms"] / 1000
+        # The memory its job wrote (the guest's 512 MiB of random data, and more: a live copy
+        # sends pages again), which the verdict counts as the operation's bytes.
+        assert live["job_memory_processed_bytes"] >= 450 * 2**20, live
+        assert disk["job_memory_processed_bytes"] in (None, 0), disk
         assert exporter.value("libvirt_snapshot_domain_operation_guest_paused_seconds_sum",
                               domain=guest.name, kind="external", memory="true",
                               outcome="success") == pytest.approx(

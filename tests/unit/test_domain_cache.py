@@ -30,12 +30,12 @@ def test_the_view_is_the_same_object_until_something_changes():
     cache = polled()
     view = cache.view("vm1")
     assert (view.name, view.uuid, view.state, view.snapshots) == ("vm1", "uuid-1", 1, (SNAPSHOT,))
-    cache.update_disks(DISKS, NOW)
+    cache.update_disks(DISKS, NOW, 4242)
     cache.update_process(None)  # none before, none now
     cache.update_images(None, {})
     assert cache.view("vm1") is not view and cache.view("vm1").disks == DISKS
     again = cache.view("vm1")
-    cache.update_disks(DISKS, NOW + 60)  # read again, the same disks
+    cache.update_disks(DISKS, NOW + 60, 4242)  # read again, the same disks
     assert cache.view("vm1") is again and cache.disks_read_at == NOW + 60
     cache.update_images(3 * GIB, {"/": 10 * GIB})
     assert cache.view("vm1").image_size_bytes == 3 * GIB
@@ -80,8 +80,20 @@ def test_guest_memory_falls_back_to_qemu_rss_without_a_balloon_driver():
 
 def test_paths_of_disks_and_memory_files():
     cache = polled()
-    cache.update_disks(DISKS, NOW)
+    cache.update_disks(DISKS, NOW, 4242)
     assert cache.image_paths() == [d.source for d in DISKS] + [SNAPSHOT.memory_file]
     assert cache.local_disk_paths() == [d.source for d in DISKS[:2]]
     assert cache.disk_cache_modes() == ("none", "writeback")
     assert DomainCache().disk_cache_modes() == () and DomainCache().image_paths() == []
+
+
+def test_disks_read_under_an_earlier_qemu_are_outdated_and_their_cache_modes_unknown():
+    # A managed save's start (bench's cache switch) gives a new QEMU with other cache modes.
+    cache = polled(pid=4242)
+    cache.update_disks(DISKS, NOW, 4242)
+    assert not cache.disks_outdated()
+    cache.update_poll(DomainPoll(NOW + 5, "vm1", "uuid-1", 1, 3, 0, 0, (SNAPSHOT,), 5151), NOW + 5)
+    assert cache.disks_outdated() and cache.disk_cache_modes() == ()
+    assert cache.image_paths()[:3] == [d.source for d in DISKS]  # the files are still these
+    cache.update_disks(DISKS[1:2], NOW + 6, 5151)
+    assert not cache.disks_outdated() and cache.disk_cache_modes() == ("none",)

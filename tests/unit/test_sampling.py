@@ -86,6 +86,30 @@ def test_every_domain_gets_its_statistics_process_disks_and_images(bed, tmp_path
         assert all(statuses[s].success for s in ("guests", "qemu_process", "images")), statuses
 
 
+def test_disks_are_read_again_at_once_under_a_new_qemu(bed, tmp_path):
+    """A start from a managed save (bench's cache switch) gives a new QEMU: its disks, and so
+    the cache mode the next create is judged by, are read before the next sampling."""
+    image = tmp_path / "vm.img"
+    image.write_bytes(b"\0" * 4096)
+    with running_guest(str(image)) as dom:
+        name = dom.name()
+        pid_file = bed.pids / f"{name}.pid"
+        pid_file.write_text(f"{os.getpid()}\n")
+        now = time.time()
+        bed.polls.poll(now)
+        bed.sampler.sample_domains(now)
+        bed.parts.later.finish(5.0)
+        cache = bed.parts.domains[name]
+        assert cache.disks_pid == os.getpid() and cache.disk_cache_modes() == ("none",)
+        pid_file.write_text(f"{os.getppid()}\n")  # restarted: another process
+        cache.next_resync = 0.0  # its next poll is a full one, as after a lifecycle event
+        bed.polls.poll(now + 1)
+        assert cache.pid == os.getppid() and cache.disk_cache_modes() == ()
+        bed.sampler.refresh_outdated_disks(now + 1)
+        bed.parts.later.finish(5.0)
+        assert cache.disks_pid == os.getppid() and cache.disk_cache_modes() == ("none",)
+
+
 def test_an_image_that_cannot_be_read_fails_images_alone_and_holds_up_no_other_domain(bed,
                                                                                      tmp_path):
     good, loop = tmp_path / "good.img", tmp_path / "loop.img"

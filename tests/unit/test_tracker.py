@@ -1,4 +1,5 @@
-"""The tracker replayed on observation sequences recorded from a real libvirtd 9.0 / QEMU 7.2.
+"""The tracker replayed on observation sequences recorded from a real libvirtd 9.0 / QEMU 7.2
+(and, where a test says so, 11.3 / QEMU 10.0).
 
 Each sequence (tests/unit/sequences, written by scripts/record-sequences.py) holds what the
 exporter's adapter saw, polling every 0.1 s, plus the client's own wall-clock time of each call.
@@ -14,9 +15,10 @@ from libvirt_snapshot_exporter.observations import (
     DomainPoll,
     LifecycleEvent,
     SnapshotRecord,
+    from_record,
 )
 from libvirt_snapshot_exporter.tracker import Operation, Tracker, depth_of
-from lse_devtools.replay import assert_matches_client
+from lse_devtools.replay import assert_matches_client, records
 from lse_devtools.replay import replay as replay_file
 
 SEQUENCES = Path(__file__).parent / "sequences"
@@ -80,6 +82,34 @@ def test_qemu_killed_mid_create_is_one_failure_and_no_delete() -> None:
     assert_matches_client(calls, ops)
     assert [(o.operation, o.outcome) for o in ops] == [("create", "failure")]
     assert tracker.in_flight() == []
+
+
+def test_guest_destroyed_mid_create_is_what_the_call_returned() -> None:
+    """virsh destroy waits for the create's job: on libvirt 9.0 it can succeed, and its file
+    event may reach the loop after STOPPED (test_tracker_files' late replay)."""
+    for directory in ("sequences", "sequences-libvirt11"):
+        calls, ops, tracker = replay_file(SEQUENCES.parent / directory / "destroyed_mid_create.jsonl")
+        assert_matches_client(calls, ops)
+        assert tracker.in_flight() == []
+
+
+@pytest.mark.parametrize("directory", ["sequences", "sequences-libvirt11"])
+def test_managed_save_and_restore_are_no_snapshot_operations(directory: str) -> None:
+    """A start from a saved image resumes with RESUMED/FROM_SNAPSHOT, as a revert does; nothing
+    is in flight outside the client's snapshot calls (each given the 1.5 s an event-started
+    revert's start waits for its poll)."""
+    path = SEQUENCES.parent / directory / "managed_save.jsonl"
+    calls = [r for r in records(path) if r["type"] == "ClientCall"]
+    tracker, ops = Tracker(), []
+    for record in records(path):
+        if record["type"] == "ClientCall":
+            continue
+        ops += tracker.observe(from_record(record))
+        inside = any(c["start"] <= record["time"] <= c["end"] + 1.5 for c in calls)
+        assert inside or tracker.in_flight() == [], (record, tracker.in_flight())
+    assert_matches_client(calls, ops)
+    assert [(o.operation, o.snapshot) for o in ops] == [("create", "m1"), ("revert", "m1"),
+                                                        ("delete", "m1")]
 
 
 def _snap(name: str, parent: str | None, current: bool, t: float = 100.0) -> SnapshotRecord:

@@ -233,14 +233,16 @@ class Bench:
             run, level, operation, name, start, end, "failure" if error else "success",
             setting, self._disk_cache, str(error or ""), before, after,
             _guest_cpu_ratio(first, before))
-        record.entry = self._entry(record)
+        memory_written = (self.domain.memory_written()
+                          if creating and error is None and setting.kind == "external" else None)
+        record.entry = self._entry(record, memory_written)
         self.recorder.end(key, record.entry)
         self.records.append(record)
         self.progress.line(f"{self._where} {operation} {name}: {record.duration:.2f} s"
                            f"{'' if error is None else ' FAILED: ' + str(error)}")
         return record
 
-    def _entry(self, record: OperationRecord) -> FinishedOperation:
+    def _entry(self, record: OperationRecord, memory_written: int | None) -> FinishedOperation:
         """The operation as the exporter's log would have it, before its trace is complete."""
         kind = record.setting.kind
         guest = record.guest_before
@@ -255,7 +257,7 @@ class Bench:
             disk_cache=tuple(record.disk_cache.split(",")),
             guest_memory_used_bytes=guest.memory_used_bytes if guest else None,
             guest_memory_total_bytes=guest.memory_total_bytes if guest else None,
-            guest_cpu_ratio=record.guest_cpu_ratio)
+            guest_cpu_ratio=record.guest_cpu_ratio, job_memory_processed_bytes=memory_written)
 
     def _existing(self) -> list[str]:
         _s, _e, names, error = self._call("listing snapshots", self.domain.snapshot_names)
