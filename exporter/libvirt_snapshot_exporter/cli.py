@@ -17,6 +17,7 @@ from .config import OPTIONS, Config, ConfigError, build, dest
 
 if TYPE_CHECKING:
     from .flight_recorder import FlightRecorder
+    from .records import FinishedOperation
 
 PROG = "libvirt-snapshot-exporter"
 
@@ -64,7 +65,8 @@ def load(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 class Exporter:
     """The exporter assembled: collection loop, operations log, HTTP server (bound already)."""
 
-    def __init__(self, config: Config, web_config: object) -> None:
+    def __init__(self, config: Config, web_config: object,
+                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
         from .daemon import CollectionLoop
         from .exposition import MetricsRenderer
         from .http_server import serve
@@ -81,13 +83,14 @@ class Exporter:
         store = StateStore(View.initial(config["libvirt.uri"]))
         renderer = MetricsRenderer(store, config["collector.domain-histograms"])
         recorder = _recorder(config)
-        app = App(store, oplog, renderer.render, config["web.telemetry-path"], recorder)
+        app = App(store, oplog, renderer.render, config["web.telemetry-path"], recorder,
+                  rate_seed)
         try:
             self.server = serve(app, host, port, web_config)
         except OSError as exc:
             fail(f"web.listen-address: cannot listen on {config['web.listen-address']}: "
                  f"{exc.strerror or exc}")
-        self.loop = CollectionLoop(config, store, oplog, renderer.prepare, recorder)
+        self.loop = CollectionLoop(config, store, oplog, renderer.prepare, recorder, rate_seed)
 
     def serve(self) -> None:
         """Collect and serve until shutdown(); then stop collecting and flush the log."""
@@ -106,7 +109,7 @@ class Exporter:
 def build_app(argv: list[str]) -> Exporter:
     """The exporter from command-line flags, to serve in this process (benchmarks/scale.py)."""
     config, _ = load(argv)
-    return Exporter(config, _web_config(config))
+    return Exporter(config, _web_config(config), _rate_seed(config))
 
 
 def _recorder(config: Config) -> FlightRecorder | None:
@@ -119,6 +122,16 @@ def _recorder(config: Config) -> FlightRecorder | None:
     store = TraceStore(config["state.directory"], config["trace.operations"],
                        config["trace.max-bytes"])
     return FlightRecorder(config["path.procfs"], config["libvirt.pid-directory"], store)
+
+
+def _rate_seed(config: Config) -> tuple[FinishedOperation, ...]:
+    from .rate_seed import load_rate_seed
+
+    path = config["verdict.rate-seed"]
+    try:
+        return load_rate_seed(path) if path else ()
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def _web_config(config: Config) -> object:
@@ -138,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(bench_main(argv[1:]))
     config, args = load(argv)
     web_config = _web_config(config)
+    rate_seed = _rate_seed(config)
     if args.check_config:
         print(f"{PROG}: configuration is valid")
         return
@@ -145,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         level=config["log.level"].upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    exporter = Exporter(config, web_config)
+    exporter = Exporter(config, web_config, rate_seed)
     stopping = threading.Event()
 
     def shutdown(signum: int, _frame: object) -> None:

@@ -69,6 +69,9 @@ OPTIONS = (
     Option("collector.domain-histograms", bool, False,
            "per-domain duration and paused-time histogram buckets; without, each domain has "
            "counts and sums and the buckets are per hypervisor"),
+    Option("verdict.rate-seed", str, "",
+           "a bench --json output from this host: its creates seed the rate the verdict "
+           "expects, beside the operations log's (default: the log's alone)"),
     Option("node.hostname", str, "", "host name in libvirt_node_info (default: the name libvirtd reports)"),
     Option("log.level", str, "info", "log level", choices=("debug", "info", "warning", "error")),
 )

@@ -31,6 +31,7 @@ from .operation_handoff import OperationHandoff
 from .operation_record import in_flight
 from .oplog import OperationsLog
 from .qemu_process import ProcessReader
+from .records import FinishedOperation
 from .sampling import Sampler
 from .state import StateStore, View
 from .verdict_keeper import VerdictKeeper
@@ -46,7 +47,8 @@ class CollectionLoop:
 
     def __init__(self, config: Config, store: StateStore, oplog: OperationsLog,
                  on_publish: Callable[[], None] = lambda: None,
-                 recorder: FlightRecorder | None = None) -> None:
+                 recorder: FlightRecorder | None = None,
+                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
         self.config = config
         self.recorder = recorder  # None: trace.operations is 0
         self.store = store
@@ -71,7 +73,7 @@ class CollectionLoop:
         self.sampler = Sampler(parts, host, ProcessReader(config["path.procfs"]), self.contexts,
                                recorder)
         self.handoff = OperationHandoff(self.contexts, oplog, store, recorder)
-        self.verdicts = VerdictKeeper(oplog, store, self._events.wake)
+        self.verdicts = VerdictKeeper(oplog, store, self._events.wake, rate_seed)
         # node.hostname, else the name libvirtd reports once connected, else this host's.
         self.hostname = host.hostname(config["node.hostname"])
         self.kernel = host.kernel()

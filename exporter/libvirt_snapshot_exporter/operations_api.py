@@ -51,9 +51,11 @@ def int_param(params: dict[str, list[str]], name: str, default: int, low: int, h
 
 class OperationsApi:
     def __init__(self, store: StateStore, oplog: OperationsLog,
-                 traces: Traces | None = None) -> None:
+                 traces: Traces | None = None,
+                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
         self.store = store
         self.oplog = oplog
+        self.rate_seed = rate_seed  # a bench run's creates (rate_seed.py)
         self.traces = traces  # None: trace.operations is 0
         self._pages_lock = threading.Lock()
         self._pages: dict[tuple[int, int, int], bytes] = {}  # (log version, offset, limit)
@@ -128,5 +130,6 @@ class OperationsApi:
         # for an operation logged before verdicts were (or whose trace was still being sampled).
         verdict = entry.verdict
         if verdict is None and trace is not None:
-            verdict = judge(trace, entry, reference_rate(e for e in entries if e.id != trace_id))
+            earlier = [*self.rate_seed, *(e for e in entries if e.id != trace_id)]
+            verdict = judge(trace, entry, reference_rate(earlier))
         return entry, trace, verdict

@@ -22,8 +22,10 @@ class VerdictKeeper:
     """Traces arrive on the flight recorder's thread; they are judged on the collection loop's,
     which owns the operations log."""
 
-    def __init__(self, oplog: OperationsLog, store: StateStore, wake: Callable[[], None]) -> None:
+    def __init__(self, oplog: OperationsLog, store: StateStore, wake: Callable[[], None],
+                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
         self.oplog = oplog
+        self.rate_seed = rate_seed  # a bench run's creates (rate_seed.py)
         self.store = store
         self._wake = wake
         self._traced: queue.SimpleQueue[tuple[Trace, FinishedOperation]] = queue.SimpleQueue()
@@ -39,7 +41,7 @@ class VerdictKeeper:
         while not self._traced.empty():
             trace, record = self._traced.get_nowait()
             entries, _ = self.oplog.page(0, self.oplog.size)
-            rate = reference_rate(e for e in entries if e.id != record.id)
+            rate = reference_rate([*self.rate_seed, *(e for e in entries if e.id != record.id)])
             try:
                 judged = dataclasses.replace(record, verdict=judge(trace, record, rate))
             except Exception as exc:  # noqa: BLE001 - a trace it cannot judge: no verdict

@@ -17,6 +17,7 @@ from prometheus_client.exposition import gzip_accepted
 from . import landing_page, operation_page
 from .operations_api import BadRequest, OperationsApi, Traces
 from .oplog import OperationsLog
+from .records import FinishedOperation
 from .state import StateStore
 from .wsgi_layers import StartResponse, send
 
@@ -34,12 +35,13 @@ RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
 class App:
     def __init__(self, store: StateStore, oplog: OperationsLog,
                  render_metrics: RenderMetrics, telemetry_path: str,
-                 traces: Traces | None = None) -> None:
+                 traces: Traces | None = None,
+                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
         self.store = store
         self.oplog = oplog
         self.render_metrics = render_metrics
         self.telemetry_path = telemetry_path
-        self.api = OperationsApi(store, oplog, traces)
+        self.api = OperationsApi(store, oplog, traces, rate_seed)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")

@@ -53,3 +53,19 @@ def test_a_trace_it_cannot_judge_leaves_no_verdict_and_one_log_line(caplog):
     assert logged(k).verdict is None and k.store.operations.host.verdicts == {}
     (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.startswith("no verdict on create of vm1/s1: TypeError")
+
+
+def test_a_bench_runs_creates_seed_the_rate_when_the_log_has_none():
+    """A new exporter's first create is judged against the rate bench measured (rate_seed)."""
+    oplog = OperationsLog(None)
+    oplog.add(slow_create())
+    store = StateStore(View.initial("test:///default"))
+    unseeded = VerdictKeeper(oplog, store, lambda: None)
+    unseeded.traced(slow_trace(), slow_create())
+    unseeded.judge_traced()
+    assert logged(unseeded).verdict.slowdown is None  # no past rate: nothing to compare with
+    seeded = VerdictKeeper(oplog, store, lambda: None, rate_seed=tuple(history()))
+    seeded.traced(slow_trace(), slow_create())
+    seeded.judge_traced()
+    verdict = logged(seeded).verdict
+    assert verdict.pace_setter == "storage-slow" and 2.5 < verdict.slowdown < 3.5
