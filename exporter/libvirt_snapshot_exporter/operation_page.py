@@ -38,7 +38,8 @@ STATIC_CACHE = ("Cache-Control", "public, max-age=31536000, immutable")
 
 CAUSES = {
     "size": "size", "storage-slow": "slow storage", "storage-contended": "contended storage",
-    "cpu": "CPU starvation", "cache-mode": "the disk cache mode", "mixed": "mixed",
+    "cpu": "CPU starvation", "cache-mode": "the disk cache mode",
+    "qcow2-metadata": "qcow2 metadata", "mixed": "mixed",
     "unknown": "unknown",
 }
 SHARE_WINDOW = 1.0  # seconds of thread samples each point of the thread chart sums

@@ -63,8 +63,8 @@ def _figures(value: Any) -> bool:
         isinstance(k, str) and (v is None or _number(v)) for k, v in value.items())
 
 
-PACE_SETTERS = ("size", "storage-slow", "storage-contended", "cpu", "cache-mode", "mixed",
-                "unknown")
+PACE_SETTERS = ("size", "storage-slow", "storage-contended", "cpu", "cache-mode",
+                "qcow2-metadata", "mixed", "unknown")
 CONDITIONS = ("dirty-throttling", "direct-reclaim", "kswapd-reclaim", "memory-pressure",
               "low-memfree-ample-memavailable")
 
