@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import libvirt
-from libvirt_snapshot_exporter.flight_recorder import FlightRecorder
-from libvirt_snapshot_exporter.host import HostReader
-from libvirt_snapshot_exporter.records import FinishedOperation
-from libvirt_snapshot_exporter.trace import operation_id
-from libvirt_snapshot_exporter.trace_store import TraceStore
+from libvirt_snapshot_exporter.model.operation import FinishedOperation
+from libvirt_snapshot_exporter.model.trace import operation_id
+from libvirt_snapshot_exporter.sources.host import HostReader
+from libvirt_snapshot_exporter.store.trace_store import TraceStore
+from libvirt_snapshot_exporter.verdict.recorder import FlightRecorder
 from lse_devtools import testbed
 from lse_devtools.exporter_proc import ExporterProcess
 

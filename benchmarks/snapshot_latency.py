@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 import libvirt
-from libvirt_snapshot_exporter.libvirt_common import version_string
+from libvirt_snapshot_exporter.sources.libvirt.common import version_string
 from lse_devtools import testbed
 from lse_devtools.exporter_proc import ExporterProcess, free_port
 

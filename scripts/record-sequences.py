@@ -31,9 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
-from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter
-from libvirt_snapshot_exporter.metadata_watch import MetadataWatch
-from libvirt_snapshot_exporter.observations import MetadataWatchState, to_record
+from libvirt_snapshot_exporter.model.observations import MetadataWatchState, to_record
+from libvirt_snapshot_exporter.sources.libvirt.adapter import LibvirtAdapter
+from libvirt_snapshot_exporter.sources.metadata_watch import MetadataWatch
 from lse_devtools import testbed
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import random
 
-from libvirt_snapshot_exporter.records import FinishedOperation, operation_id
-from libvirt_snapshot_exporter.trace import Point, Trace
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, operation_id
+from libvirt_snapshot_exporter.model.trace import Point, Trace
 
 MIB = 2**20
 GIB = 2**30

@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 
-from libvirt_snapshot_exporter.host import HostSample
-from libvirt_snapshot_exporter.observations import (
+from libvirt_snapshot_exporter.model.observations import (
     BlockStats,
     DiskInfo,
     GuestStats,
     SnapshotRecord,
     Versions,
 )
-from libvirt_snapshot_exporter.qemu_process import ProcessSample
-from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
-from libvirt_snapshot_exporter.state import (
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
+from libvirt_snapshot_exporter.sources.host import HostSample
+from libvirt_snapshot_exporter.sources.qemu_process import ProcessSample
+from libvirt_snapshot_exporter.store.view import (
     CollectorStatus,
     DomainView,
     InFlight,
     StateStore,
     View,
 )
-from libvirt_snapshot_exporter.tracker import Operation
+from libvirt_snapshot_exporter.tracker.tracker import Operation
 
 GIB = 1024**3
 IMAGES = "/var/lib/libvirt/images"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from libvirt_snapshot_exporter.observations import from_record
-from libvirt_snapshot_exporter.tracker import Operation, Tracker
+from libvirt_snapshot_exporter.model.observations import from_record
+from libvirt_snapshot_exporter.tracker.tracker import Operation, Tracker
 
 
 def records(path: Path) -> list[dict]:

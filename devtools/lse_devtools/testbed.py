@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
-from libvirt_snapshot_exporter.qemu_process import read_qemu_pid
+from libvirt_snapshot_exporter.sources.qemu_process import read_qemu_pid
 
 URI = os.environ.get("LSE_TEST_URI", "qemu:///system")
 CACHE_DIR = Path(os.environ.get("LSE_TESTBED_CACHE", "/var/cache/libvirt-snapshot-exporter-testbed"))

@@ -16,8 +16,8 @@ from . import __version__
 from .config import OPTIONS, Config, ConfigError, build, dest
 
 if TYPE_CHECKING:
-    from .flight_recorder import FlightRecorder
-    from .records import FinishedOperation
+    from .model.operation import FinishedOperation
+    from .verdict.recorder import FlightRecorder
 
 PROG = "libvirt-snapshot-exporter"
 
@@ -67,12 +67,12 @@ class Exporter:
 
     def __init__(self, config: Config, web_config: object,
                  rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
-        from .daemon import CollectionLoop
-        from .exposition import MetricsRenderer
-        from .http_server import serve
-        from .oplog import OperationsLog, StateDirectoryInUse
-        from .state import StateStore, View
-        from .web import App
+        from .exposition.renderer import MetricsRenderer
+        from .loop.loop import CollectionLoop
+        from .store.oplog import OperationsLog, StateDirectoryInUse
+        from .store.view import StateStore, View
+        from .web.routes import App
+        from .web.server import serve
 
         self.config = config
         host, port = config.listen
@@ -114,8 +114,8 @@ def build_app(argv: list[str]) -> Exporter:
 
 def _recorder(config: Config) -> FlightRecorder | None:
     """The flight recorder and its traces beside the operations log; none for 0 traces."""
-    from .flight_recorder import FlightRecorder
-    from .trace_store import TraceStore
+    from .store.trace_store import TraceStore
+    from .verdict.recorder import FlightRecorder
 
     if not config["trace.operations"]:
         return None
@@ -125,7 +125,7 @@ def _recorder(config: Config) -> FlightRecorder | None:
 
 
 def _rate_seed(config: Config) -> tuple[FinishedOperation, ...]:
-    from .rate_seed import load_rate_seed
+    from .verdict.rate_seed import load_rate_seed
 
     path = config["verdict.rate-seed"]
     try:
@@ -135,7 +135,7 @@ def _rate_seed(config: Config) -> tuple[FinishedOperation, ...]:
 
 
 def _web_config(config: Config) -> object:
-    from .webconfig import load as load_web_config
+    from .web.webconfig import load as load_web_config
 
     try:
         return load_web_config(config["web.config.file"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from libvirt_snapshot_exporter.exposition import MetricsRenderer
+from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer
 from lse_devtools import handbuilt_view
 from lse_devtools.bundle import (
     PROM,

@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 import yaml
-from libvirt_snapshot_exporter.exposition import MetricsRenderer
+from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer
 from lse_devtools import handbuilt_view
 from lse_devtools.bundle import PROM, alerting_rules, load_yaml, recording_rules, tool
 from lse_devtools.dashboard import as_sent_at_all, expressions

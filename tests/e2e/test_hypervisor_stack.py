@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.records import PACE_SETTERS
+from libvirt_snapshot_exporter.model.operation import PACE_SETTERS
 from lse_devtools import dashboard, derived, testbed
 from lse_devtools.driving import Ran, run_recorded
 from lse_devtools.exporter_proc import ExporterProcess, free_port

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from libvirt_snapshot_exporter.records import PACE_SETTERS
+from libvirt_snapshot_exporter.model.operation import PACE_SETTERS
 from lse_devtools import testbed
 from lse_devtools.driving import wait_operations
 

@@ -12,7 +12,7 @@ import time
 
 import libvirt
 import pytest
-from libvirt_snapshot_exporter.images import mountpoint
+from libvirt_snapshot_exporter.sources.images import mountpoint
 from lse_devtools import testbed
 from lse_devtools.exporter_proc import ExporterProcess, free_port
 

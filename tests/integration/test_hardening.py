@@ -26,7 +26,7 @@ from pathlib import Path
 import bcrypt
 import psutil
 import pytest
-from libvirt_snapshot_exporter import http_server
+from libvirt_snapshot_exporter.web import server as http_server
 from lse_devtools import testbed
 from lse_devtools.driving import Timed, in_flight, operations, wait_operations
 from lse_devtools.exporter_proc import ExporterProcess, free_port

@@ -16,8 +16,8 @@ from libvirt_snapshot_exporter.bench.cache_mode import with_cache
 from libvirt_snapshot_exporter.bench.control import GuestReading
 from libvirt_snapshot_exporter.bench.report import OperationRecord, RunInfo, row, table
 from libvirt_snapshot_exporter.bench.settings import Setting, cache_modes, kinds, settings
-from libvirt_snapshot_exporter.libvirt_common import parse_domain_disks
-from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
+from libvirt_snapshot_exporter.sources.libvirt.common import parse_domain_disks
 from lse_devtools import handbuilt_trace
 
 MIB = 2**20

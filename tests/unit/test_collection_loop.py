@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 from libvirt_snapshot_exporter.config import build
-from libvirt_snapshot_exporter.daemon import CollectionLoop
-from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.state import StateStore, View
+from libvirt_snapshot_exporter.loop.loop import CollectionLoop
+from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.view import StateStore, View
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
 from lse_devtools.test_driver import URI, running_guest, snapshot
 

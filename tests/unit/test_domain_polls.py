@@ -8,16 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 from libvirt_snapshot_exporter.config import build
-from libvirt_snapshot_exporter.domain_cache import DomainCache
-from libvirt_snapshot_exporter.domain_polls import (
+from libvirt_snapshot_exporter.loop.domain_cache import DomainCache
+from libvirt_snapshot_exporter.loop.domain_polls import (
     DomainPolls,
     check_interval,
     check_saw_change,
     due_call,
 )
-from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter
-from libvirt_snapshot_exporter.loop_parts import LoopParts
-from libvirt_snapshot_exporter.observations import (
+from libvirt_snapshot_exporter.loop.parts import LoopParts
+from libvirt_snapshot_exporter.model.observations import (
     CONTROL_JOB,
     CONTROL_OK,
     DomainGone,
@@ -26,6 +25,7 @@ from libvirt_snapshot_exporter.observations import (
     Observation,
     SnapshotRecord,
 )
+from libvirt_snapshot_exporter.sources.libvirt.adapter import LibvirtAdapter
 from lse_devtools.test_driver import URI, running_guest, snapshot
 
 NOW = 1_800_000_000.0

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import libvirt_snapshot_exporter
 import pytest
-from libvirt_snapshot_exporter import exposition
-from libvirt_snapshot_exporter.exposition import MetricsRenderer
+from libvirt_snapshot_exporter.exposition import renderer as exposition
+from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer
 from lse_devtools import handbuilt_view
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -102,8 +102,9 @@ def test_hypervisor_histograms_outlive_an_undefined_domain():
 def test_the_store_exposition_and_web_never_import_libvirt():
     code = ("import sys; sys.modules['libvirt'] = None\n"
             "from lse_devtools import handbuilt_view\n"
-            "from libvirt_snapshot_exporter import oplog, state, web\n"
-            "from libvirt_snapshot_exporter.exposition import MetricsRenderer\n"
+            "from libvirt_snapshot_exporter.store import oplog, view as state\n"
+            "from libvirt_snapshot_exporter.web import routes as web\n"
+            "from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer\n"
             "body, _ = MetricsRenderer(handbuilt_view.store(0.0)).render()\n"
             "assert b'libvirt_snapshot_operation_duration_seconds_bucket' in body\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from libvirt_snapshot_exporter.flight_recorder import HostSampler, block_device
-from libvirt_snapshot_exporter.host import PAGE_SIZE, parse_meminfo, parse_pressure, vmstat_fields
-from libvirt_snapshot_exporter.qemu_process import parse_schedstat, parse_task_stat
+from libvirt_snapshot_exporter.sources.host import PAGE_SIZE, parse_meminfo, parse_pressure, vmstat_fields
+from libvirt_snapshot_exporter.sources.qemu_process import parse_schedstat, parse_task_stat
+from libvirt_snapshot_exporter.verdict.recorder import HostSampler, block_device
 
 PROC = Path(__file__).parent / "proc"
 

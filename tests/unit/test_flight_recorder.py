@@ -8,19 +8,19 @@ import os
 import time
 from pathlib import Path
 
-from libvirt_snapshot_exporter.flight_recorder import (
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, operation_id
+from libvirt_snapshot_exporter.model.trace import from_json
+from libvirt_snapshot_exporter.sources.host import HostReader
+from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.trace_store import TraceStore
+from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.verdict.recorder import (
     ACTIVE_INTERVAL,
     POST_SECONDS,
     PRE_SECONDS,
     FlightRecorder,
 )
-from libvirt_snapshot_exporter.host import HostReader
-from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.records import FinishedOperation, operation_id
-from libvirt_snapshot_exporter.state import StateStore, View
-from libvirt_snapshot_exporter.trace import from_json
-from libvirt_snapshot_exporter.trace_store import TraceStore
-from libvirt_snapshot_exporter.web import App
+from libvirt_snapshot_exporter.web.routes import App
 
 
 def wait(check, timeout: float = 5.0):

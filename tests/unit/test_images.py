@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.images import image_usage, mountpoint
+from libvirt_snapshot_exporter.sources.images import image_usage, mountpoint
 
 
 def test_size_is_allocated_bytes_and_free_space_is_per_mount(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.inbox import Inbox
-from libvirt_snapshot_exporter.observations import DomainPoll, LifecycleEvent, from_record
-from libvirt_snapshot_exporter.tracker import Tracker
+from libvirt_snapshot_exporter.loop.inbox import Inbox
+from libvirt_snapshot_exporter.model.observations import DomainPoll, LifecycleEvent, from_record
+from libvirt_snapshot_exporter.tracker.tracker import Tracker
 from lse_devtools.replay import records, replay
 
 SEQUENCES = sorted((Path(__file__).parent).glob("sequences*/*.jsonl"))

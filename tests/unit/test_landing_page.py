@@ -8,10 +8,10 @@ import dataclasses
 import re
 import time
 
-from libvirt_snapshot_exporter import landing_page
-from libvirt_snapshot_exporter.observations import Versions
-from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
-from libvirt_snapshot_exporter.state import View
+from libvirt_snapshot_exporter.model.observations import Versions
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
+from libvirt_snapshot_exporter.store.view import View
+from libvirt_snapshot_exporter.web import landing_page
 
 HOSTILE = '<script>alert(1)</script>&"\''
 START = 1_800_000_000.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from libvirt_snapshot_exporter.calls import LibvirtUnavailable
-from libvirt_snapshot_exporter.later_calls import LaterCalls
-from libvirt_snapshot_exporter.source_health import SourceHealth
+from libvirt_snapshot_exporter.loop.later_calls import LaterCalls
+from libvirt_snapshot_exporter.loop.source_health import SourceHealth
+from libvirt_snapshot_exporter.sources.libvirt.calls import LibvirtUnavailable
 
 
 def answered(value: object) -> concurrent.futures.Future:

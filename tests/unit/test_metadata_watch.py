@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.metadata_watch import MetadataWatch, default_directory
-from libvirt_snapshot_exporter.observations import (
+from libvirt_snapshot_exporter.model.observations import (
     DomainStatusSaved,
     MetadataWatchState,
     SnapshotFileEvent,
 )
+from libvirt_snapshot_exporter.sources.metadata_watch import MetadataWatch, default_directory
 
 
 def write(path: Path, text: str = "<domainsnapshot/>") -> None:
@@ -102,7 +102,7 @@ def test_status_saves_of_running_domains(dirs, watched) -> None:
 
 
 def test_missing_directory_is_reported_and_watched_once_it_exists(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("libvirt_snapshot_exporter.metadata_watch.RETRY_SECONDS", 0.1)
+    monkeypatch.setattr("libvirt_snapshot_exporter.sources.metadata_watch.RETRY_SECONDS", 0.1)
     top = tmp_path / "snapshot"
     w = Watched(top, tmp_path)
     w.watch.start()

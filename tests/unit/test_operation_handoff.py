@@ -4,14 +4,14 @@ loop knows of its domain (QEMU's version, the disks' cache modes)."""
 
 from __future__ import annotations
 
-from libvirt_snapshot_exporter.context import ContextKeeper
-from libvirt_snapshot_exporter.domain_cache import DomainCache
-from libvirt_snapshot_exporter.host import HostSample
-from libvirt_snapshot_exporter.observations import DiskInfo, GuestStats
-from libvirt_snapshot_exporter.operation_handoff import OperationHandoff
-from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.state import StateStore, View
-from libvirt_snapshot_exporter.tracker import Operation
+from libvirt_snapshot_exporter.loop.context import ContextKeeper
+from libvirt_snapshot_exporter.loop.domain_cache import DomainCache
+from libvirt_snapshot_exporter.loop.handoff import OperationHandoff
+from libvirt_snapshot_exporter.model.observations import DiskInfo, GuestStats
+from libvirt_snapshot_exporter.sources.host import HostSample
+from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.tracker.tracker import Operation
 
 NOW = 1_800_000_000.0
 GIB = 2**30

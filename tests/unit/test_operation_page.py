@@ -8,14 +8,14 @@ import json
 import re
 
 import pytest
-from libvirt_snapshot_exporter import operation_page as page
-from libvirt_snapshot_exporter import web
-from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
-from libvirt_snapshot_exporter.state import StateStore, View
-from libvirt_snapshot_exporter.trace import Point, Trace
-from libvirt_snapshot_exporter.trace_store import TraceStore
-from libvirt_snapshot_exporter.verdict import judge, reference_rate
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
+from libvirt_snapshot_exporter.model.trace import Point, Trace
+from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.trace_store import TraceStore
+from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.verdict.judge import judge, reference_rate
+from libvirt_snapshot_exporter.web import operation_page as page
+from libvirt_snapshot_exporter.web import routes as web
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
 
 MIB = 2**20

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy
 import pytest
-from libvirt_snapshot_exporter import http_server, web
-from libvirt_snapshot_exporter.flight_recorder import POST_SECONDS, FlightRecorder
-from libvirt_snapshot_exporter.host import HostReader
-from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.records import FinishedOperation
-from libvirt_snapshot_exporter.state import StateStore, View
-from libvirt_snapshot_exporter.trace_store import TraceStore
+from libvirt_snapshot_exporter.model.operation import FinishedOperation
+from libvirt_snapshot_exporter.sources.host import HostReader
+from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.trace_store import TraceStore
+from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.verdict.recorder import POST_SECONDS, FlightRecorder
+from libvirt_snapshot_exporter.web import routes as web
+from libvirt_snapshot_exporter.web import server as http_server
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
 from PIL import Image
 

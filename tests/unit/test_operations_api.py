@@ -9,14 +9,14 @@ import json
 import time
 
 import pytest
-from libvirt_snapshot_exporter.context import OperationContext
-from libvirt_snapshot_exporter.operation_record import in_flight
-from libvirt_snapshot_exporter.operations_api import BadRequest, OperationsApi, int_param
-from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.records import FinishedOperation
-from libvirt_snapshot_exporter.state import StateStore, View
-from libvirt_snapshot_exporter.trace_store import TraceStore
-from libvirt_snapshot_exporter.tracker import Operation
+from libvirt_snapshot_exporter.loop.context import OperationContext
+from libvirt_snapshot_exporter.loop.operation_record import in_flight
+from libvirt_snapshot_exporter.model.operation import FinishedOperation
+from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.trace_store import TraceStore
+from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.tracker.tracker import Operation
+from libvirt_snapshot_exporter.web.api import BadRequest, OperationsApi, int_param
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
 
 START = 1_800_000_000.0

@@ -8,13 +8,13 @@ import os
 import threading
 
 import pytest
-from libvirt_snapshot_exporter.oplog import (
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, InvalidRecord
+from libvirt_snapshot_exporter.store.oplog import (
     LOG_NAME,
     MAX_LINE_BYTES,
     OperationsLog,
     StateDirectoryInUse,
 )
-from libvirt_snapshot_exporter.records import FinishedOperation, InvalidRecord
 
 GOOD = {
     "domain": "vm1", "snapshot": "s1", "operation": "create", "kind": "internal",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from libvirt_snapshot_exporter.host import PAGE_SIZE, parse_meminfo, parse_pressure, parse_vmstat
-from libvirt_snapshot_exporter.libvirt_common import parse_domain_disks
-from libvirt_snapshot_exporter.qemu_process import parse_io_stat
-from libvirt_snapshot_exporter.snapshot_xml import parse_snapshot_xml
+from libvirt_snapshot_exporter.sources.host import PAGE_SIZE, parse_meminfo, parse_pressure, parse_vmstat
+from libvirt_snapshot_exporter.sources.libvirt.common import parse_domain_disks
+from libvirt_snapshot_exporter.sources.libvirt.snapshot_xml import parse_snapshot_xml
+from libvirt_snapshot_exporter.sources.qemu_process import parse_io_stat
 
 PROC = Path(__file__).parent / "proc"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from libvirt_snapshot_exporter.config import ConfigError
-from libvirt_snapshot_exporter.rate_seed import load_rate_seed
-from libvirt_snapshot_exporter.verdict import reference_rate
+from libvirt_snapshot_exporter.verdict.judge import reference_rate
+from libvirt_snapshot_exporter.verdict.rate_seed import load_rate_seed
 
 SIX = Path(__file__).parent / "bench" / "six-settings.json"
 

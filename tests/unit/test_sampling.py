@@ -15,14 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 from libvirt_snapshot_exporter.config import build
-from libvirt_snapshot_exporter.context import ContextKeeper
-from libvirt_snapshot_exporter.domain_polls import DomainPolls
-from libvirt_snapshot_exporter.host import HostReader
-from libvirt_snapshot_exporter.libvirt_adapter import LibvirtAdapter
-from libvirt_snapshot_exporter.loop_parts import LoopParts
-from libvirt_snapshot_exporter.observations import CONTROL_JOB
-from libvirt_snapshot_exporter.qemu_process import ProcessReader
-from libvirt_snapshot_exporter.sampling import Sampler
+from libvirt_snapshot_exporter.loop.context import ContextKeeper
+from libvirt_snapshot_exporter.loop.domain_polls import DomainPolls
+from libvirt_snapshot_exporter.loop.parts import LoopParts
+from libvirt_snapshot_exporter.loop.sampling import Sampler
+from libvirt_snapshot_exporter.model.observations import CONTROL_JOB
+from libvirt_snapshot_exporter.sources.host import HostReader
+from libvirt_snapshot_exporter.sources.libvirt.adapter import LibvirtAdapter
+from libvirt_snapshot_exporter.sources.qemu_process import ProcessReader
 from lse_devtools.test_driver import URI, running_guest
 
 PROC = Path(__file__).parent / "proc"

@@ -9,11 +9,11 @@ from pathlib import Path
 import libvirt
 import pytest
 from libvirt_snapshot_exporter.bench.control import GuestReading
-from libvirt_snapshot_exporter.context import write_rate
-from libvirt_snapshot_exporter.libvirt_common import guest_stats, read_versions, version_string
-from libvirt_snapshot_exporter.observations import BlockStats, GuestStats
-from libvirt_snapshot_exporter.qemu_process import ProcessSample, read_qemu_pid
-from libvirt_snapshot_exporter.state import (
+from libvirt_snapshot_exporter.loop.context import write_rate
+from libvirt_snapshot_exporter.model.observations import BlockStats, GuestStats
+from libvirt_snapshot_exporter.sources.libvirt.common import guest_stats, read_versions, version_string
+from libvirt_snapshot_exporter.sources.qemu_process import ProcessSample, read_qemu_pid
+from libvirt_snapshot_exporter.store.view import (
     CpuReading,
     cpu_ratio,
     cpu_reading,

@@ -7,10 +7,10 @@ import json
 import time
 
 from libvirt_snapshot_exporter.config import build
-from libvirt_snapshot_exporter.daemon import STOP_WAIT, CollectionLoop
-from libvirt_snapshot_exporter.oplog import LOG_NAME, OperationsLog
-from libvirt_snapshot_exporter.records import FinishedOperation
-from libvirt_snapshot_exporter.state import StateStore, View
+from libvirt_snapshot_exporter.loop.loop import STOP_WAIT, CollectionLoop
+from libvirt_snapshot_exporter.model.operation import FinishedOperation
+from libvirt_snapshot_exporter.store.oplog import LOG_NAME, OperationsLog
+from libvirt_snapshot_exporter.store.view import StateStore, View
 from lse_devtools.silent_libvirtd import SilentLibvirtd
 
 ENTRY = FinishedOperation(domain="vm1", snapshot="s1", operation="create", kind="internal",

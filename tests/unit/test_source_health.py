@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from libvirt_snapshot_exporter.source_health import SourceHealth
+from libvirt_snapshot_exporter.loop.source_health import SourceHealth
 
 
 def fail() -> None:

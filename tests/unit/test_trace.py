@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-from libvirt_snapshot_exporter.records import operation_id
-from libvirt_snapshot_exporter.trace import (
+from libvirt_snapshot_exporter.model.operation import operation_id
+from libvirt_snapshot_exporter.model.trace import (
     Point,
     RunDelays,
     Trace,
@@ -17,7 +17,7 @@ from libvirt_snapshot_exporter.trace import (
     thread_key,
     thread_role,
 )
-from libvirt_snapshot_exporter.trace_store import TraceStore
+from libvirt_snapshot_exporter.store.trace_store import TraceStore
 
 
 def point(t: float, free: int = 100, dirty: int = 0, written: float = 0.0,

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.observations import (
+from libvirt_snapshot_exporter.model.observations import (
     DomainGone,
     DomainPoll,
     LifecycleEvent,
     SnapshotRecord,
     from_record,
 )
-from libvirt_snapshot_exporter.tracker import Operation, Tracker, depth_of
+from libvirt_snapshot_exporter.tracker.tracker import Operation, Tracker, depth_of
 from lse_devtools.replay import assert_matches_client, records
 from lse_devtools.replay import replay as replay_file
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.observations import (
+from libvirt_snapshot_exporter.model.observations import (
     DomainPoll,
     DomainStatusSaved,
     LifecycleEvent,
@@ -16,7 +16,7 @@ from libvirt_snapshot_exporter.observations import (
     SnapshotRecord,
     from_record,
 )
-from libvirt_snapshot_exporter.tracker import Operation, Tracker
+from libvirt_snapshot_exporter.tracker.tracker import Operation, Tracker
 from lse_devtools.replay import assert_matches_client, records
 
 UNIT = Path(__file__).parent

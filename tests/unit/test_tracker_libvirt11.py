@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.observations import (
+from libvirt_snapshot_exporter.model.observations import (
     EVENT_STOPPED,
     EVENT_SUSPENDED,
 )
-from libvirt_snapshot_exporter.tracker import Operation, Tracker
+from libvirt_snapshot_exporter.tracker.tracker import Operation, Tracker
 from lse_devtools.replay import assert_matches_client
 from lse_devtools.replay import records as read_records
 from lse_devtools.replay import replay as replay_file

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from libvirt_snapshot_exporter.records import FinishedOperation
-from libvirt_snapshot_exporter.trace import Point, Trace
-from libvirt_snapshot_exporter.verdict import judge, reference_rate
+from libvirt_snapshot_exporter.model.operation import FinishedOperation
+from libvirt_snapshot_exporter.model.trace import Point, Trace
+from libvirt_snapshot_exporter.verdict.judge import judge, reference_rate
 
 HZ = 8
 MB = 10**6

@@ -8,10 +8,10 @@ import dataclasses
 import logging
 import threading
 
-from libvirt_snapshot_exporter.oplog import OperationsLog
-from libvirt_snapshot_exporter.state import StateStore, View
-from libvirt_snapshot_exporter.trace import Point
-from libvirt_snapshot_exporter.verdict_keeper import VerdictKeeper
+from libvirt_snapshot_exporter.model.trace import Point
+from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.verdict.keeper import VerdictKeeper
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
 
 

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.records import FinishedOperation, Verdict
-from libvirt_snapshot_exporter.trace import Trace, from_json
-from libvirt_snapshot_exporter.verdict import judge, reference_rate
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
+from libvirt_snapshot_exporter.model.trace import Trace, from_json
+from libvirt_snapshot_exporter.verdict.judge import judge, reference_rate
 
 TRACES = Path(__file__).parent / "traces"
 TRACES_LIBVIRT11 = Path(__file__).parent / "traces-libvirt11"

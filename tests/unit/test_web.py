@@ -11,8 +11,9 @@ import socketserver
 
 import bcrypt
 import pytest
-from libvirt_snapshot_exporter import http_server, wsgi_layers
-from libvirt_snapshot_exporter.webconfig import WebConfig
+from libvirt_snapshot_exporter.web import layers as wsgi_layers
+from libvirt_snapshot_exporter.web import server as http_server
+from libvirt_snapshot_exporter.web.webconfig import WebConfig
 
 
 class Recorder:

@@ -15,7 +15,7 @@ import time
 import bcrypt
 import pytest
 from libvirt_snapshot_exporter.config import ConfigError
-from libvirt_snapshot_exporter.webconfig import BasicAuth, load
+from libvirt_snapshot_exporter.web.webconfig import BasicAuth, load
 
 HASH_4 = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..cli import OneLineParser
-from ..observations import DiskInfo, Versions
+from ..model.observations import DiskInfo, Versions
 from . import plot
 from .control import EXTERNAL_DELETE_VERSION, Domain
 from .settings import cache_modes, kinds

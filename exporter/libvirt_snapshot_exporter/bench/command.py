@@ -10,8 +10,8 @@ import argparse
 import sys
 import time
 
-from ..host import HostReader
-from ..observations import Versions
+from ..model.observations import Versions
+from ..sources.host import HostReader
 from . import comparison, plot
 from .checks import EXIT_USAGE, PROG, UsageError, check_arguments, confirm, parser, preflight
 from .console import Abandoned, Interrupts, Progress

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..operation_page import charts, pace_sentence
-from ..trace import Point
+from ..model.trace import Point
+from ..web.operation_page import charts, pace_sentence
 from .report import GIB, OperationRecord, RunInfo, duration_text, plot_name, verdict_text
 
 MIB = 2**20

@@ -15,12 +15,12 @@ import queue
 import time
 from collections.abc import Sequence
 
-from ..context import OperationContext, write_rate
-from ..flight_recorder import FlightRecorder
-from ..host import HostSample
-from ..records import FinishedOperation
-from ..trace import Point, Trace
-from ..verdict import judge, reference_rate
+from ..loop.context import OperationContext, write_rate
+from ..model.operation import FinishedOperation
+from ..model.trace import Point, Trace
+from ..sources.host import HostSample
+from ..verdict.judge import judge, reference_rate
+from ..verdict.recorder import FlightRecorder
 
 MIB = 2**20
 MEMORY_GAUGES = ("free", "available", "cached", "dirty", "writeback")

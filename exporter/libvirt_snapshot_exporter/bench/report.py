@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..records import FinishedOperation
-from ..trace import Trace
+from ..model.operation import FinishedOperation
+from ..model.trace import Trace
 from .control import GuestReading
 from .settings import Setting
 

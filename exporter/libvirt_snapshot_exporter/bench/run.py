@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..flight_recorder import POST_SECONDS
-from ..qemu_process import ProcessReader, read_qemu_pid
-from ..records import FinishedOperation
-from ..state import cpu_ratio
+from ..model.operation import FinishedOperation
+from ..sources.qemu_process import ProcessReader, read_qemu_pid
+from ..store.view import cpu_ratio
+from ..verdict.recorder import POST_SECONDS
 from . import recording
 from .cache_mode import CacheSwitch
 from .checks import PROG

@@ -1,0 +1,162 @@
+"""Metric families of snapshot operations: finished ones (histograms, per-domain counts and sums,
+the last operation's figures) and those in flight.
+
+Histogram buckets live where they are aggregated: per hypervisor, without a domain label
+(`libvirt_snapshot_operation_*`). Each domain has a count and a sum of the same observations
+(`libvirt_snapshot_domain_operation_*`, a summary without quantiles), or, with
+`collector.domain-histograms`, a histogram of that name with its buckets: the queries of
+`_count` and `_sum` read either alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+
+from ..store.view import DURATION_BUCKETS, DomainOperations, HistogramTable, HostOperations, View
+
+OPERATION_LABELS = ["operation", "kind", "memory", "outcome"]
+DO = ["domain", "operation"]
+DURATION_DOC = "Duration of each finished snapshot operation"
+PAUSED_DOC = "How long each snapshot operation kept the guest paused"
+LAST_CONTEXT = (
+    ("host_memory_available_start_bytes", "Host MemAvailable when the operation began."),
+    ("host_memory_available_min_bytes", "Lowest host MemAvailable while it ran."),
+    ("host_memory_free_min_bytes", "Lowest host MemFree while it ran."),
+    ("host_dirty_peak_bytes", "Highest host Dirty while it ran."),
+    ("host_writeback_peak_bytes", "Highest host Writeback while it ran."),
+    ("qemu_written_bytes", "Bytes the QEMU process wrote while it ran."),
+    ("qemu_write_rate_bytes_per_second", "Bytes the QEMU process wrote per second of it."),
+    ("memory_stall_seconds", "Host PSI memory 'some' stall accumulated while it ran."),
+    ("io_stall_seconds", "Host PSI io 'some' stall accumulated while it ran."),
+    ("guest_memory_used_bytes", "Guest memory in use when it began."),
+    ("guest_cpu_ratio", "Guest CPU use (share of its vCPUs) just before it began."),
+)
+
+
+def _histogram(name: str, doc: str, table: HistogramTable, domain: str | None = None
+               ) -> Metric:
+    """A histogram family of the table; one domain's (with a domain label) if given."""
+    prefix = [] if domain is None else [domain]
+    family = HistogramMetricFamily(name, doc, labels=["domain"] * len(prefix) + OPERATION_LABELS)
+    for labels, hist in sorted(table.items()):
+        buckets = [(repr(float(b)), c) for b, c in zip(DURATION_BUCKETS, hist.buckets,
+                                                       strict=True)]
+        buckets.append(("+Inf", hist.count))
+        family.add_metric([*prefix, *labels], buckets, hist.total)
+    return family
+
+
+def _summary(name: str, doc: str, table: HistogramTable, domain: str) -> Metric:
+    family = SummaryMetricFamily(name, doc, labels=["domain", *OPERATION_LABELS])
+    for labels, hist in sorted(table.items()):
+        family.add_metric([domain, *labels], hist.count, hist.total)
+    return family
+
+
+def host_operation_families(host: HostOperations) -> Iterator[Metric]:
+    """The hypervisor's histograms: every domain's operations, buckets 0.1 s to 1 h."""
+    yield _histogram("libvirt_snapshot_operation_duration_seconds",
+                     f"{DURATION_DOC}, all domains.", host.durations)
+    yield _histogram("libvirt_snapshot_operation_guest_paused_seconds",
+                     f"{PAUSED_DOC}, all domains.", host.paused)
+    verdicts = CounterMetricFamily(
+        "libvirt_snapshot_operation_verdicts",
+        "Finished operations by what set their pace (their verdict), all domains.",
+        labels=["operation", "pace_setter"])
+    for (operation, pace), count in sorted(host.verdicts.items()):
+        verdicts.add_metric([operation, pace], count)
+    yield verdicts
+
+
+def domain_operation_families(ops: DomainOperations, buckets: bool) -> Iterator[Metric]:
+    """One domain's counts and sums (with buckets if asked) and its last operations."""
+    for name, doc, table in (
+        ("libvirt_snapshot_domain_operation_duration_seconds", DURATION_DOC, ops.durations),
+        ("libvirt_snapshot_domain_operation_guest_paused_seconds", PAUSED_DOC, ops.paused),
+    ):
+        if buckets:
+            yield _histogram(name, f"{doc}, per domain.", table, ops.domain)
+        else:
+            yield _summary(name, f"{doc}, per domain (count and sum).", table, ops.domain)
+    yield from _last_operations(ops)
+
+
+def _last_operations(ops: DomainOperations) -> Iterator[Metric]:
+    def gauge(name: str, doc: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"libvirt_snapshot_{name}", doc, labels=DO)
+
+    last_duration = gauge("last_operation_duration_seconds",
+                          "Duration of the domain's last finished operation of this type.")
+    last_end = gauge("last_operation_end_timestamp_seconds", "When it ended.")
+    last_success = gauge("last_operation_success", "1 if it succeeded, 0 if it failed.")
+    last_depth = gauge("last_operation_depth",
+                       "Depth (the study's level) of the snapshot it created, deleted or reverted to.")
+    context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_CONTEXT}
+    pace = GaugeMetricFamily(
+        "libvirt_snapshot_last_operation_verdict_info",
+        "What set the pace of the domain's last operation of this type (see README, Verdict).",
+        labels=[*DO, "pace_setter"])
+    conditions = GaugeMetricFamily(
+        "libvirt_snapshot_last_operation_condition_info",
+        "A condition present during it that did not set its pace (throttling, reclaim...).",
+        labels=[*DO, "condition"])
+    expected = gauge("last_operation_expected_duration_seconds",
+                     "How long it should have taken: its bytes at this host's usual rate.")
+    slowdown = gauge("last_operation_slowdown_ratio", "Its duration over the expected one.")
+    for operation, entry in sorted(ops.last.items()):
+        labels = [entry.domain, operation]
+        last_duration.add_metric(labels, entry.duration_seconds)
+        last_end.add_metric(labels, entry.end)
+        last_success.add_metric(labels, 1 if entry.outcome == "success" else 0)
+        if entry.depth is not None:
+            last_depth.add_metric(labels, entry.depth)
+        for key, family in context.items():
+            if getattr(entry, key) is not None:
+                family.add_metric(labels, getattr(entry, key))
+        verdict = entry.verdict
+        if verdict is not None:
+            pace.add_metric([*labels, verdict.pace_setter], 1)
+            for condition in verdict.present:
+                conditions.add_metric([*labels, condition], 1)
+            if verdict.expected_seconds is not None:
+                expected.add_metric(labels, verdict.expected_seconds)
+            if verdict.slowdown is not None:
+                slowdown.add_metric(labels, verdict.slowdown)
+    yield from (last_duration, last_end, last_success, last_depth, *context.values(), pace,
+                conditions, expected, slowdown)
+
+
+def in_flight_families(view: View, now: float) -> Iterator[Metric]:
+    """Operations running now: their series exist only while they run."""
+    def gauge(name: str, doc: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"libvirt_snapshot_{name}", doc, labels=DO)
+
+    running = gauge("operation_in_progress", "1 while a snapshot operation runs.")
+    started = gauge("operation_start_timestamp_seconds", "When the running operation began.")
+    elapsed = gauge("operation_elapsed_seconds", "How long the running operation has run.")
+    processed = gauge("operation_memory_processed_bytes",
+                      "External snapshot memory phase: bytes copied so far.")
+    remaining = gauge("operation_memory_remaining_bytes",
+                      "External snapshot memory phase: bytes left.")
+    estimate = gauge("operation_progress_estimate_ratio",
+                     "Internal create: bytes QEMU wrote since the start / guest memory used.")
+    for item in view.in_flight:
+        op = item.operation
+        labels = [op.domain, op.operation]
+        running.add_metric(labels, 1)
+        started.add_metric(labels, op.start)
+        elapsed.add_metric(labels, max(0.0, now - op.start))
+        if op.memory_processed_bytes is not None:
+            processed.add_metric(labels, op.memory_processed_bytes)
+            remaining.add_metric(labels, op.memory_remaining_bytes or 0)
+        if item.progress_estimate is not None:
+            estimate.add_metric(labels, item.progress_estimate)
+    yield from (running, started, elapsed, processed, remaining, estimate)

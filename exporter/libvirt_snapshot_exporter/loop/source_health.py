@@ -1,0 +1,52 @@
+"""Each source's health, as `collector_success{collector=...}` and its duration and age publish
+it: a source whose step raises fails alone, with one log line until it works again, and the
+collection cycle goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ..store.view import CollectorStatus
+
+log = logging.getLogger(__name__)
+
+
+class SourceHealth:
+    def __init__(self) -> None:
+        self._status: dict[str, CollectorStatus] = {}
+        self._failing: set[str] = set()  # sources whose last step raised
+        self._failed_this_cycle: set[str] = set()  # a later success in the cycle keeps 0
+
+    def new_cycle(self) -> None:
+        self._failed_this_cycle.clear()
+
+    def run(self, source: str, step: Callable[[], None]) -> None:
+        """Run one step of a source; an exception sets that source's success to 0 for the
+        rest of the cycle and is logged once until the source works again."""
+        start = time.time()
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is that source's alone
+            if source not in self._failing:
+                log.error("collector %s failed: %s: %s (logged once until it recovers)",
+                          source, type(exc).__name__, exc)
+                self._failing.add(source)
+            self._failed_this_cycle.add(source)
+            self.mark(source, False, time.time() - start)
+
+    def mark(self, source: str, success: bool, duration: float) -> None:
+        if success and source in self._failed_this_cycle:
+            return  # a step of this source failed earlier in the cycle: that stands
+        if success and source in self._failing:
+            self._failing.discard(source)
+            log.info("collector %s works again", source)
+        previous = self._status.get(source)
+        last = time.time() if success else (previous.last_success if previous else None)
+        self._status[source] = CollectorStatus(success, duration, last)
+
+    def statuses(self) -> dict[str, CollectorStatus]:
+        """A copy, for the published view."""
+        return dict(self._status)

@@ -1,0 +1,217 @@
+"""The operations log: the last N finished operations, kept in memory and on disk.
+
+The file is JSON lines, rewritten whole through a temporary file and a rename, so a crash leaves
+either the old or the new log, never half of one. A state directory that cannot be read or
+written is reported (one log line and a metric) and serving goes on with the history in memory;
+the write is tried again at the next flush. Whatever the file holds (bytes that are not UTF-8,
+lines that are not entries, a directory, a FIFO or a device in its place), reading it back never
+stops the start: bad lines are skipped and counted. A lock file keeps a second exporter off the
+same directory, which would silently overwrite half of the history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import logging
+import os
+import stat
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..model.operation import FinishedOperation
+from .atomic_file import write_atomically
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "operations.jsonl"
+LOCK_NAME = "operations.lock"
+MAX_LINE_BYTES = 64 * 1024  # an entry is under 2 KiB; a longer line is not one
+
+
+class StateDirectoryInUse(Exception):
+    """Another process holds the state directory's lock; the message is one line."""
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class OperationsLog:
+    def __init__(self, directory: str, size: int = 1000) -> None:
+        self.directory = Path(directory) if directory else None
+        self.size = size
+        self._entries: deque[FinishedOperation] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self.write_errors = 0
+        self.last_write_ok = True
+        self.load_ok = True  # False when the log could not be read back at start
+        self.invalid_entries = 0  # lines skipped when it was read back
+        self.version = 0  # bumped by every add(): what was rendered from it can be cached
+        self._dirty = False
+        self._lock_fd: int | None = None
+        if self.directory is not None:
+            problems = [p for p in (self._take_lock(), self._load()) if p]
+            if problems:
+                log.error("state directory %s: %s", self.directory, "; ".join(problems))
+
+    @property
+    def path(self) -> Path | None:
+        return self.directory / LOG_NAME if self.directory else None
+
+    def _take_lock(self) -> str:
+        """'' once the lock is held, else why it could not be taken; raises
+        StateDirectoryInUse when another process holds it."""
+        path = self.directory / LOCK_NAME
+        flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
+        except OSError as exc:
+            try:  # a read-only file system still lets an existing file be locked
+                fd = os.open(path, os.O_RDONLY | flags)
+            except OSError:
+                return _unlocked(exc)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise StateDirectoryInUse(
+                f"state.directory {self.directory}: in use by another exporter"
+                f"{f' (pid {holder})' if holder.isdigit() else ''}") from None
+        except OSError as exc:
+            os.close(fd)
+            return _unlocked(exc)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd  # held until close()
+        return ""
+
+    def _load(self) -> str:
+        """'' when the log was read back (or there is none yet), else why it was not."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            self.load_ok = False
+            return _unread(exc.strerror)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self.load_ok = False
+            return _unread("not a regular file")
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                self._read(handle)
+            except OSError as exc:
+                self.load_ok = False
+                return _unread(exc.strerror)
+        return ""
+
+    def _read(self, handle: BinaryIO) -> None:
+        first_error = ""
+        lines = 0
+        for number, line in enumerate(_lines(handle), 1):
+            lines = number
+            if line is not None and not line.strip():
+                continue
+            try:
+                if line is None:
+                    raise ValueError(f"longer than {MAX_LINE_BYTES} bytes")
+                entry = FinishedOperation.from_json(
+                    json.loads(line.decode("utf-8"), parse_constant=_no_constants))
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                self.invalid_entries += 1
+                reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+                first_error = first_error or f"line {number}: {reason[:80]}"
+                continue
+            self._entries.append(entry)
+        if self.invalid_entries:
+            log.warning("operations log %s: skipped %d of %d lines that are not valid entries "
+                        "(first: %s)", self.path, self.invalid_entries, lines, first_error)
+
+    def add(self, entry: FinishedOperation) -> None:
+        """Kept in memory at once; on disk at the next flush (the collection loop flushes
+        once per cycle, so a burst of operations costs one write, not one each)."""
+        with self._lock:
+            self._entries.append(entry)
+            self.version += 1
+            self._dirty = True
+
+    def amend(self, entry: FinishedOperation) -> bool:
+        """Replace the entry with the same id (its verdict came after it); False when it has
+        left the log."""
+        with self._lock:
+            for index in range(len(self._entries) - 1, -1, -1):
+                if self._entries[index].id == entry.id:
+                    self._entries[index] = entry
+                    self.version += 1
+                    self._dirty = True
+                    return True
+        return False
+
+    def page(self, offset: int, limit: int) -> tuple[list[FinishedOperation], int]:
+        """Up to limit entries from offset, newest first, and how many the log holds."""
+        with self._lock:
+            entries = list(itertools.islice(reversed(self._entries), offset, offset + limit))
+            return entries, len(self._entries)
+
+    def flush(self) -> None:
+        """Write the log if anything was added since the last write."""
+        with self._lock:
+            if self._dirty:
+                self._flush_locked()
+
+    def close(self) -> None:
+        """Write what is pending and let the state directory go to the next exporter."""
+        self.flush()
+        with self._lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the descriptor releases its flock
+                self._lock_fd = None
+
+    def _flush_locked(self) -> None:
+        if self.directory is None:
+            return
+        text = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in self._entries)
+        try:
+            write_atomically(self.directory, LOG_NAME, text.encode(), fsync=True)
+        except OSError as exc:
+            self.write_errors += 1
+            if self.last_write_ok:
+                log.error("cannot write operations log in %s: %s (history kept in memory)",
+                          self.directory, exc)
+            self.last_write_ok = False
+            return
+        if not self.last_write_ok:
+            log.info("operations log in %s writable again", self.directory)
+        self.last_write_ok = True
+        self._dirty = False
+
+
+def _unlocked(exc: OSError) -> str:
+    return f"cannot lock {LOCK_NAME} ({exc.strerror}): a second exporter on it would go unnoticed"
+
+
+def _unread(why: str) -> str:
+    return f"cannot read {LOG_NAME} ({why}): the history starts empty, kept in memory"
+
+
+def _lines(handle: BinaryIO) -> Iterator[bytes | None]:
+    """The file's lines; None for one longer than MAX_LINE_BYTES, which is skipped unread."""
+    while line := handle.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES:
+            while line and not line.endswith(b"\n"):
+                line = handle.readline(MAX_LINE_BYTES)
+            yield None
+        else:
+            yield line

@@ -1,0 +1,238 @@
+"""The state a scrape reads: an immutable view, replaced whole by the collection loop.
+
+A scrape takes the current view and renders it; it never calls libvirt and never waits for the
+collection loop, so it answers at once however long a snapshot holds a domain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..model.observations import DiskInfo, GuestStats, SnapshotRecord, Versions
+from ..model.operation import FinishedOperation
+from ..sources.host import HostSample
+from ..sources.qemu_process import ProcessSample
+from ..tracker.tracker import Operation
+
+# Histogram buckets from 0.1 s to 1 h: real snapshots take from under a second to over 30 min.
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+@dataclass(frozen=True)
+class CollectorStatus:
+    success: bool
+    duration: float
+    last_success: float | None
+
+
+def guest_memory_used(stats: GuestStats, process: ProcessSample | None
+                      ) -> tuple[int, str] | None:
+    """Memory the guest uses and its source: its balloon driver's figures (available - unused),
+    else the QEMU process' RSS."""
+    if stats.available_bytes is not None and stats.unused_bytes is not None:
+        return stats.available_bytes - stats.unused_bytes, "balloon"
+    if process is not None:
+        return process.rss_bytes, "qemu_rss"
+    return None
+
+
+def guest_memory_total(stats: GuestStats) -> int | None:
+    """The guest's memory as its balloon sets it."""
+    return stats.balloon_current_bytes or None
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """A guest's CPU time at one moment: two of them give its CPU ratio."""
+
+    time: float
+    cpu_time_ns: int
+    vcpus: int
+
+
+def cpu_reading(now: float, stats: GuestStats) -> CpuReading | None:
+    """None without a CPU time (shut off)."""
+    if stats.cpu_time_ns is None:
+        return None
+    return CpuReading(now, stats.cpu_time_ns, stats.vcpus or 1)
+
+
+def cpu_ratio(before: CpuReading, after: CpuReading) -> float | None:
+    """Share of its vCPUs the guest used between two readings (1.0: all of them, all the
+    time); None when no time passed."""
+    if after.time <= before.time:
+        return None
+    seconds = (after.cpu_time_ns - before.cpu_time_ns) / 1e9
+    return max(0.0, seconds / (after.time - before.time) / max(1, after.vcpus))
+
+
+@dataclass(frozen=True)
+class DomainView:
+    name: str
+    uuid: str
+    state: int
+    reason: int
+    stats: GuestStats
+    disks: tuple[DiskInfo, ...]
+    process: ProcessSample | None
+    snapshots: tuple[SnapshotRecord, ...]
+    image_size_bytes: int | None
+    filesystems: dict[str, int]  # mountpoint -> free bytes
+
+
+@dataclass(frozen=True)
+class InFlight:
+    operation: Operation
+    context: dict[str, Any]
+    progress_estimate: float | None
+
+
+@dataclass
+class Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if value <= bound:
+                self.buckets[i] += 1
+        self.count += 1
+        self.total += value
+
+    def copy(self) -> Histogram:
+        return Histogram(list(self.buckets), self.count, self.total)
+
+
+@dataclass(frozen=True)
+class View:
+    up: bool
+    uri: str
+    hostname: str
+    kernel: str
+    versions: Versions | None
+    host: HostSample | None
+    domains: dict[str, DomainView]
+    in_flight: tuple[InFlight, ...]
+    collectors: dict[str, CollectorStatus]
+    reconnects: int
+    events: dict[str, int]
+    oplog_write_ok: bool
+    oplog_write_errors: int
+    oplog_load_ok: bool = True
+    oplog_invalid_entries: int = 0
+
+    @classmethod
+    def initial(cls, uri: str) -> View:
+        """What a scrape finds before the first cycle: libvirt not up, nothing collected."""
+        return cls(up=False, uri=uri, hostname="", kernel="", versions=None, host=None,
+                   domains={}, in_flight=(), collectors={}, reconnects=0, events={},
+                   oplog_write_ok=True, oplog_write_errors=0)
+
+
+# (operation, kind, memory, outcome): the labels of an operation's histograms, domain aside.
+OperationLabels = tuple[str, str, str, str]
+HistogramTable = dict[OperationLabels, Histogram]
+
+
+def _observed(table: HistogramTable, labels: OperationLabels, value: float) -> HistogramTable:
+    """A copy of table with value observed under labels (tables are replaced, never changed,
+    so a scrape may read the old one while the next is built)."""
+    table = {k: h.copy() for k, h in table.items()}
+    table.setdefault(labels, Histogram()).observe(value)
+    # The other outcome's series starts at 0 beside it, so that increase() sees the first
+    # failure (or success) as one, not as a series appearing.
+    table.setdefault((*labels[:3], "failure" if labels[3] == "success" else "success"),
+                     Histogram())
+    return table
+
+
+@dataclass(frozen=True)
+class DomainOperations:
+    domain: str
+    version: int
+    durations: HistogramTable
+    paused: HistogramTable
+    last: dict[str, FinishedOperation]  # by operation
+
+
+@dataclass(frozen=True)
+class HostOperations:
+    """Every operation of the hypervisor, whatever its domain: where histograms are summed."""
+
+    durations: HistogramTable
+    paused: HistogramTable
+    verdicts: dict[tuple[str, str], int] = field(default_factory=dict)  # (operation, pace)
+
+
+class OperationStats:
+    """Duration and paused-time histograms of finished operations, per domain and for the whole
+    hypervisor, bounded to label sets that occurred, and each domain's last operations.
+
+    Each domain's figures carry a version that changes when an operation of it is recorded,
+    so its rendered exposition can be cached until then. The hypervisor's outlive the domains
+    (an undefined domain's operations stay counted), so its counters never go back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._domains: dict[str, DomainOperations] = {}
+        self._host = HostOperations({}, {})
+
+    def record(self, entry: FinishedOperation) -> None:
+        labels = (entry.operation, entry.kind, "true" if entry.memory else "false",
+                  entry.outcome)
+        duration, paused = entry.duration_seconds, entry.paused_seconds or 0.0
+        with self._lock:
+            old = self._domains.get(entry.domain) or DomainOperations(entry.domain, 0, {}, {}, {})
+            self._domains[entry.domain] = DomainOperations(
+                old.domain, old.version + 1, _observed(old.durations, labels, duration),
+                _observed(old.paused, labels, paused), {**old.last, entry.operation: entry})
+            self._host = HostOperations(_observed(self._host.durations, labels, duration),
+                                        _observed(self._host.paused, labels, paused),
+                                        self._host.verdicts)
+
+    def judged(self, entry: FinishedOperation) -> None:
+        """An operation recorded before now has its verdict: counted for the hypervisor, and
+        shown as its domain's last operation if it still is."""
+        if entry.verdict is None:
+            return
+        key = (entry.operation, entry.verdict.pace_setter)
+        with self._lock:
+            self._host = dataclasses.replace(
+                self._host, verdicts={**self._host.verdicts, key: self._host.verdicts.get(key, 0)
+                                      + 1})
+            old = self._domains.get(entry.domain)
+            last = old.last.get(entry.operation) if old else None
+            if old is not None and last is not None and last.id == entry.id:
+                self._domains[entry.domain] = dataclasses.replace(
+                    old, version=old.version + 1, last={**old.last, entry.operation: entry})
+
+    def forget_domain(self, domain: str) -> None:
+        with self._lock:
+            self._domains.pop(domain, None)
+
+    def domains(self) -> dict[str, DomainOperations]:
+        """An immutable snapshot: each value is replaced, never changed, by record()."""
+        with self._lock:
+            return dict(self._domains)
+
+    @property
+    def host(self) -> HostOperations:
+        return self._host  # replaced whole by record()
+
+
+class StateStore:
+    def __init__(self, initial: View) -> None:
+        self._view = initial
+        self.operations = OperationStats()
+
+    @property
+    def view(self) -> View:
+        return self._view
+
+    def publish(self, view: View) -> None:
+        self._view = view  # one reference swap: readers see the old view or the new one

@@ -1,0 +1,135 @@
+"""What the routes answer about operations: /api/operations (in flight, then one page of the
+log, newest first) and one logged operation with its trace and verdict (its page, and
+/api/operations/<id>/trace and /verdict).
+
+Each page's JSON is rendered once per version of the log, so clients looping on the API cost
+little more than the bytes they fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Protocol
+
+from ..model.operation import FinishedOperation, Verdict
+from ..model.trace import Trace, from_json
+from ..store.oplog import OperationsLog
+from ..store.view import StateStore
+from ..verdict.judge import judge, reference_rate
+
+PAGE_DEFAULT = 1000  # operations per /api/operations page unless ?limit= says otherwise
+PAGE_MAXIMUM = 10_000
+OFFSET_MAXIMUM = 10**9  # beyond any log size: answers an empty page
+PAGE_CACHE_SIZE = 16  # pages of the current log kept rendered
+
+Judged = tuple[FinishedOperation, Trace | None, Verdict | None]
+
+
+class BadRequest(ValueError):
+    """A query parameter out of range; the message says which."""
+
+
+class Traces(Protocol):
+    """Where operation traces are found (the flight recorder)."""
+
+    def get(self, trace_id: str) -> bytes | None: ...
+
+
+def int_param(params: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    """The last value given for name, digits only, from low to high; else BadRequest."""
+    values = params.get(name)
+    if not values:
+        return default
+    text = values[-1]
+    if (not (text.isascii() and text.isdigit()) or len(text) > len(str(high))
+            or not low <= int(text) <= high):
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(text)
+
+
+class OperationsApi:
+    def __init__(self, store: StateStore, oplog: OperationsLog,
+                 traces: Traces | None = None,
+                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
+        self.store = store
+        self.oplog = oplog
+        self.rate_seed = rate_seed  # a bench run's creates (rate_seed.py)
+        self.traces = traces  # None: trace.operations is 0
+        self._pages_lock = threading.Lock()
+        self._pages: dict[tuple[int, int, int], bytes] = {}  # (log version, offset, limit)
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Operations in flight, as they stand now."""
+        now = time.time()
+        in_flight = []
+        for item in self.store.view.in_flight:
+            op = item.operation
+            in_flight.append({
+                "domain": op.domain, "snapshot": op.snapshot, "operation": op.operation,
+                "kind": op.kind, "memory": op.memory, "depth": op.depth,
+                "start": round(op.start, 3), "elapsed_seconds": round(now - op.start, 3),
+                "start_source": op.start_source, "progress_estimate": item.progress_estimate,
+                "memory_processed_bytes": op.memory_processed_bytes,
+                "memory_remaining_bytes": op.memory_remaining_bytes,
+                **item.context,
+            })
+        return in_flight
+
+    def operations_json(self, params: dict[str, list[str]]) -> bytes:
+        """In flight (always all of them, a handful), then the page of the log that `offset`
+        and `limit` ask for; `next_offset` is where the next page starts (null after the last)."""
+        offset = int_param(params, "offset", 0, 0, OFFSET_MAXIMUM)
+        limit = int_param(params, "limit", PAGE_DEFAULT, 1, PAGE_MAXIMUM)
+        in_flight = json.dumps(self.in_flight()).encode()
+        return b'{"in_flight": ' + in_flight + b", " + self._log_page(offset, limit) + b"}"
+
+    def _log_page(self, offset: int, limit: int) -> bytes:
+        """The '"operations": [...], ...' part, rendered once per version of the log."""
+        key = (self.oplog.version, offset, limit)
+        with self._pages_lock:
+            page = self._pages.get(key)
+        if page is not None:
+            return page
+        entries, total = self.oplog.page(offset, limit)
+        following = offset + len(entries)
+        page = json.dumps({
+            "operations": [{**e.to_json(), "id": e.id} for e in entries],
+            "total": total, "offset": offset,
+            "limit": limit,
+            "next_offset": following if following < total else None,
+        }).encode()[1:-1]
+        with self._pages_lock:
+            self._pages = {k: v for k, v in self._pages.items() if k[0] == key[0]}
+            if len(self._pages) >= PAGE_CACHE_SIZE:
+                del self._pages[next(iter(self._pages))]  # the oldest
+            self._pages[key] = page
+        return page
+
+    def trace_json(self, trace_id: str) -> bytes | None:
+        return self.traces.get(trace_id) if self.traces is not None else None
+
+    def verdict_json(self, trace_id: str) -> bytes | None:
+        """The verdict on an operation whose trace is kept; None without either."""
+        judged = self.judged(trace_id)
+        if judged is None or judged[1] is None or judged[2] is None:
+            return None
+        return json.dumps({"id": trace_id, **judged[2].to_json()}).encode()
+
+    def judged(self, trace_id: str) -> Judged | None:
+        """A logged operation, its trace (None when not kept) and its verdict (None without
+        either a stored one or a trace); None when the operation has left the log."""
+        entries, _ = self.oplog.page(0, self.oplog.size)
+        entry = next((e for e in entries if e.id == trace_id), None)
+        if entry is None:
+            return None
+        body = self.trace_json(trace_id)
+        trace = from_json(json.loads(body)) if body is not None else None
+        # The verdict the collection loop gave once the trace was complete; judged here only
+        # for an operation logged before verdicts were (or whose trace was still being sampled).
+        verdict = entry.verdict
+        if verdict is None and trace is not None:
+            earlier = [*self.rate_seed, *(e for e in entries if e.id != trace_id)]
+            verdict = judge(trace, entry, reference_rate(earlier))
+        return entry, trace, verdict

@@ -1,0 +1,90 @@
+"""The routes: which answer each path gets. /metrics (text from exposition.MetricsRenderer),
+the landing page (landing_page.py), health, /api/operations and each operation's trace and
+verdict (operations_api.py), the page of one operation (operation_page.py) and the static files
+it needs. Served by http_server.py behind the layers of wsgi_layers.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from urllib.parse import parse_qs
+
+from prometheus_client.exposition import gzip_accepted
+
+from ..model.operation import FinishedOperation
+from ..store.oplog import OperationsLog
+from ..store.view import StateStore
+from . import landing_page, operation_page
+from .api import BadRequest, OperationsApi, Traces
+from .layers import StartResponse, send
+
+GZIP_LEVEL = 6  # zlib's default: most of level 9's gain for a fraction of its CPU
+
+TRACE_PATH = re.compile(r"/api/operations/([0-9a-f]{16})/(trace|verdict)")
+OPERATION_PATH = re.compile(r"/operations/([0-9a-f]{16})")
+STATIC_PATH = re.compile(r"/static/([A-Za-z0-9._-]+)")
+HTML = "text/html; charset=utf-8"
+JSON = "application/json"
+
+RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
+
+
+class App:
+    def __init__(self, store: StateStore, oplog: OperationsLog,
+                 render_metrics: RenderMetrics, telemetry_path: str,
+                 traces: Traces | None = None,
+                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
+        self.store = store
+        self.oplog = oplog
+        self.render_metrics = render_metrics
+        self.telemetry_path = telemetry_path
+        self.api = OperationsApi(store, oplog, traces, rate_seed)
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        params = parse_qs(environ.get("QUERY_STRING", ""))
+        if path == self.telemetry_path:
+            return self._metrics(environ, params, start_response)
+        if path == "/-/healthy":
+            return send(start_response, "200 OK", "text/plain", b"OK\n")
+        if path == "/api/operations":
+            try:
+                return send(start_response, "200 OK", JSON, self.api.operations_json(params))
+            except BadRequest as exc:
+                body = json.dumps({"error": str(exc)}).encode()
+                return send(start_response, "400 Bad Request", JSON, body)
+        if path == "/":
+            return send(start_response, "200 OK", HTML, self.landing().encode())
+        if (match := OPERATION_PATH.fullmatch(path)) and (judged := self.api.judged(match[1])):
+            return send(start_response, "200 OK", HTML, operation_page.render(*judged).encode())
+        if ((match := STATIC_PATH.fullmatch(path))
+                and (found := operation_page.static_file(match[1]))):
+            return send(start_response, "200 OK", found[1], found[0],
+                        [operation_page.STATIC_CACHE])
+        if match := TRACE_PATH.fullmatch(path):
+            body = (self.api.trace_json(match[1]) if match[2] == "trace"
+                    else self.api.verdict_json(match[1]))
+            if body is not None:
+                return send(start_response, "200 OK", JSON, body)
+        return send(start_response, "404 Not Found", "text/plain", b"not found\n")
+
+    def _metrics(self, environ: dict, params: dict[str, list[str]],
+                 start_response: StartResponse) -> Iterable[bytes]:
+        """Content negotiation, `name[]` filters and gzip as prometheus_client's own
+        exposition does them."""
+        body, ctype = self.render_metrics(environ.get("HTTP_ACCEPT", ""), params.get("name[]", []))
+        headers = [("Content-Type", ctype)]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
+
+    def landing(self) -> str:
+        finished, total = self.oplog.page(0, landing_page.ROWS)
+        return landing_page.render(self.store.view, self.api.in_flight(), finished, total,
+                                   self.telemetry_path)

@@ -1,0 +1,203 @@
+"""The HTTP server: wsgiref's threading server, hardened. Optional TLS from the web config
+file, and bounds on what slow, silent or garbage-speaking clients can hold: a deadline for the
+request head, one for every read and write, and a cap on open connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from .layers import Guard, Methods, Safe
+from .webconfig import WebConfig
+
+log = logging.getLogger(__name__)
+
+HEAD_TIMEOUT = 5.0  # seconds a client has to send its request head, TLS handshake included
+IO_TIMEOUT = 30.0  # seconds any single read or write may stall
+MAX_CONNECTIONS = 128  # a scraper needs one at a time; each costs a thread while open
+
+
+class Connection:
+    """One client connection; `sock` becomes the TLS socket once wrapped."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
+class Connections:
+    """Bounds what clients can hold: a request head (TLS handshake included) must arrive within
+    HEAD_TIMEOUT, and at MAX_CONNECTIONS the oldest connection still sending its head is dropped
+    for the new one, so slow or half-open clients cannot starve a scrape, nor grow threads and
+    file descriptors without bound. wsgiref serves one request per connection."""
+
+    def __init__(self, limit: int, head_timeout: float) -> None:
+        self.limit = limit
+        self.head_timeout = head_timeout
+        self._lock = threading.Lock()
+        self._open: set[Connection] = set()
+        self._heading: dict[Connection, float] = {}  # still sending the head; oldest first
+
+    def admit(self, conn: Connection) -> bool:
+        with self._lock:
+            if len(self._open) >= self.limit:
+                if not self._heading:
+                    return False
+                self._drop_locked(next(iter(self._heading)))
+            self._open.add(conn)
+            self._heading[conn] = time.monotonic()
+            return True
+
+    def head_read(self, conn: Connection) -> None:
+        with self._lock:
+            self._heading.pop(conn, None)
+
+    def closed(self, conn: Connection) -> None:
+        with self._lock:
+            self._heading.pop(conn, None)
+            self._open.discard(conn)
+
+    def reap(self) -> None:
+        """Drop connections whose head is late."""
+        deadline = time.monotonic() - self.head_timeout
+        with self._lock:
+            for conn in [c for c, since in self._heading.items() if since < deadline]:
+                self._drop_locked(conn)
+
+    def _drop_locked(self, conn: Connection) -> None:
+        """Its thread sees end of file and ends; the slot is free now."""
+        self._heading.pop(conn, None)
+        self._open.discard(conn)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(WSGIRequestHandler):
+    server_version = "libvirt-snapshot-exporter"  # no Python version for scanners
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.conn: Connection = self.request
+        self.request = self.conn.sock
+        super().setup()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the headers too
+        self.server.connections.head_read(self.conn)
+        return parsed
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def get_stderr(self) -> io.TextIOBase:
+        """Where wsgiref writes the traceback of a response it could not send (a client that
+        stopped reading until the write timed out): the debug log, not stderr."""
+        return _DebugStream()
+
+
+class _DebugStream(io.TextIOBase):
+    """A text stream into the debug log."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.debug("%s", text.rstrip())
+        return len(text)
+
+
+def _plain_http(sock: socket.socket) -> bool:
+    """A TLS record starts with 0x16; an HTTP request with a method's capital letter."""
+    first = sock.recv(1, socket.MSG_PEEK)
+    return first.isalpha() and first.isupper()
+
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        self.connections = Connections(MAX_CONNECTIONS, HEAD_TIMEOUT)
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:  # "::" takes IPv4 too, as Go's net does
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                                   0 if self.server_address[0] == "::" else 1)
+        super().server_bind()
+
+    @property
+    def address_text(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        conn = Connection(request)
+        if not self.connections.admit(conn):
+            log.debug("%s: refused, %d connections busy", client_address, MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(conn, client_address)
+
+    def finish_request(self, conn: Connection, client_address: Any) -> None:
+        conn.sock.settimeout(IO_TIMEOUT)
+        if self.tls is not None:
+            if _plain_http(conn.sock):  # answer as Go's net/http does
+                conn.sock.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n"
+                                  b"Client sent an HTTP request to an HTTPS server.\n")
+                return
+            conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
+                                             do_handshake_on_connect=False)
+            conn.sock.do_handshake()
+        self.RequestHandlerClass(conn, client_address, self)
+
+    def shutdown_request(self, request: Connection | socket.socket) -> None:
+        if isinstance(request, Connection):
+            self.connections.closed(request)
+            request = request.sock
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that vanish, time out or speak garbage are their problem: no traceback."""
+        log.debug("%s: %s", client_address, sys.exc_info()[1])
+
+    def service_actions(self) -> None:
+        self.connections.reap()
+
+
+NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+
+
+def bind(host: str, port: int, tls: ssl.SSLContext | None) -> ThreadingWSGIServer:
+    """host '' is every address: one IPv6 socket that takes IPv4 too, or IPv4 alone on a
+    machine without IPv6."""
+    if host:
+        return ThreadingWSGIServer((host, port), tls)
+    try:
+        return ThreadingWSGIServer(("::", port), tls)
+    except OSError as exc:
+        if exc.errno not in NO_IPV6:
+            raise
+        log.info("no IPv6 (%s): listening on IPv4 only", exc.strerror)
+        return ThreadingWSGIServer(("0.0.0.0", port), tls)
+
+
+def serve(app: Callable, host: str, port: int, web: WebConfig | None = None) -> ThreadingWSGIServer:
+    """Bind now (so a bad address fails at startup); the caller runs serve_forever()."""
+    if web is not None and (web.users or web.headers):
+        app = Guard(app, web)
+    server = bind(host, port, web.tls if web else None)
+    server.set_app(Safe(Methods(app)))  # Methods outside Guard: a HEAD answered 401 has no body
+    return server
