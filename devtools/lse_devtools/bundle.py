@@ -67,17 +67,18 @@ def recorded_names() -> set[str]:
     return {r["record"] for r in recording_rules()}
 
 
-README_ROW = re.compile(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|\s*(\w+(?: or \w+)?)\s*\|([^|]*)\|")
+METRICS_DOC = ROOT / "docs" / "metrics.md"
+METRIC_ROW = re.compile(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*)`\s*\|\s*(\w+(?: or \w+)?)\s*\|([^|]*)\|")
 SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
 
 
 def documented_metrics() -> dict[str, str]:
-    """Metric names of README.md's metric tables (the exporter's contract) with their types
+    """Metric names of docs/metrics.md's tables (the exporter's contract) with their types
     ("summary or histogram": either, as an option chooses); histograms and summaries add their
     _bucket, _sum and _count series."""
     names: dict[str, str] = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
-        m = README_ROW.match(line)
+    for line in METRICS_DOC.read_text().splitlines():
+        m = METRIC_ROW.match(line)
         if not m:
             continue
         name, kind, _ = m.groups()
@@ -89,10 +90,10 @@ def documented_metrics() -> dict[str, str]:
 
 
 def documented_labels() -> dict[str, set[str]]:
-    """The labels README.md's metric tables give each metric (and its series)."""
+    """The labels docs/metrics.md's tables give each metric (and its series)."""
     labels: dict[str, set[str]] = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
-        m = README_ROW.match(line)
+    for line in METRICS_DOC.read_text().splitlines():
+        m = METRIC_ROW.match(line)
         if m:
             name, kind, cell = m.groups()
             found = set(re.findall(r"`(\w+)`", cell))
