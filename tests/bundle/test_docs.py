@@ -1,10 +1,14 @@
-"""docs/bundle.md documents every alert, recording rule and threshold as they are."""
+"""The docs say what is: docs/bundle.md every alert, recording rule and threshold,
+docs/metrics.md every metric emitted, docs/configuration.md every key of OPTIONS, and every
+relative link of README.md and docs/ names a file that exists."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+from libvirt_snapshot_exporter.config import OPTIONS
 from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer
 from lse_devtools import handbuilt_view
 from lse_devtools.bundle import (
@@ -58,8 +62,80 @@ def _thresholds_line(record: str) -> str:
     return next(line for line in text.splitlines() if f"record: {record}" in line)
 
 
+README = (ROOT / "README.md").read_text()
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
 def test_readme_links_the_bundle_docs():
-    assert "docs/bundle.md" in (ROOT / "README.md").read_text()
+    """The README is short and points at the rest: every document of docs/ (research through
+    its own pages) is linked from it."""
+    linked = {(ROOT / target.split("#")[0]).resolve() for target in LINK.findall(README)}
+    for doc in DOCS:
+        if "research" not in doc.relative_to(ROOT / "docs").parts:
+            assert doc.resolve() in linked, f"README.md does not link {doc.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("path", [ROOT / "README.md", ROOT / "RUNBOOK.md", ROOT / "CHANGELOG.md",
+                                  *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_name_files_that_exist(path: Path):
+    """Every relative link names an existing file, and its #anchor a heading of that file."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        name, _, anchor = target.partition("#")
+        linked = (path.parent / name) if name else path
+        assert linked.exists(), f"{path.name}: {target}"
+        if anchor and linked.suffix == ".md":
+            assert anchor in _anchors(linked), f"{path.name}: {target}"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    headings = re.findall(r"^#+ (.*)$", re.sub(r"```.*?```", "", path.read_text(), flags=re.S),
+                          re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_no_document_gives_module_line_counts():
+    """Module sizes went stale with every change; the docs describe folders, not line counts."""
+    for path in [ROOT / "README.md", *DOCS]:
+        assert not re.search(r"\|\s*lines\s*\|", path.read_text()), path.name
+
+
+CONFIG_DOC = (ROOT / "docs" / "configuration.md").read_text()
+CONFIG_ROW = re.compile(r"^\|\s*`([a-z][a-z.-]*)`\s*\|\s*([^|]*?)\s*\|", re.M)
+
+
+def _default_text(option) -> str | None:
+    """How the doc writes an option's default (None: in words, as for an empty string)."""
+    if option.default == "":
+        return None
+    if isinstance(option.default, bool):
+        return str(option.default).lower()
+    if isinstance(option.default, float):
+        return f"{option.default:g}"
+    return str(option.default)
+
+
+def test_configuration_doc_lists_exactly_the_keys_of_options():
+    rows = dict(CONFIG_ROW.findall(CONFIG_DOC))
+    assert sorted(rows) == sorted(o.key for o in OPTIONS)
+    for option in OPTIONS:
+        expected = _default_text(option)
+        if expected is not None:
+            assert rows[option.key].startswith(f"`{expected}`"), (option.key, rows[option.key])
+
+
+def test_readme_flags_exist():
+    """The README's flag table names real flags with their real defaults."""
+    by_key = {o.key: o for o in OPTIONS}
+    for key, default in re.findall(r"^\|\s*`--([a-z][a-z.-]*)`\s*\|\s*([^|]*?)\s*\|", README, re.M):
+        assert key in by_key, key
+        expected = _default_text(by_key[key])
+        if expected is not None:
+            assert default == f"`{expected}`", (key, default)
 
 
 def _exposed_types(domain_histograms: bool) -> dict[str, str]:
@@ -70,7 +146,9 @@ def _exposed_types(domain_histograms: bool) -> dict[str, str]:
             if line.startswith("# TYPE ")}
 
 
-def test_readme_metric_tables_list_exactly_what_the_exposition_emits():
+def test_metric_tables_list_exactly_what_the_exposition_emits():
+    """docs/metrics.md's tables (lse_devtools.bundle.documented_metrics) are the exporter's
+    contract: exactly the families it emits, with their types."""
     documented = {name: kind for name, kind in documented_metrics().items()
                   if not any(name == base + suffix for base in documented_metrics()
                              for suffix in ("_bucket", "_sum", "_count"))}
@@ -79,7 +157,7 @@ def test_readme_metric_tables_list_exactly_what_the_exposition_emits():
         assert sorted(exposed) == sorted(documented), f"domain-histograms={domain_histograms}"
         wrong = {name: (kind, documented[name]) for name, kind in exposed.items()
                  if kind not in documented[name].split(" or ")}
-        assert not wrong, f"exposed type vs README.md's: {wrong}"
+        assert not wrong, f"exposed type vs docs/metrics.md's: {wrong}"
 
 
 def test_test_files_have_unique_names():
