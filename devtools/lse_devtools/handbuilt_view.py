@@ -18,17 +18,9 @@ from libvirt_snapshot_exporter.model.observations import (
     SnapshotRecord,
     Versions,
 )
-from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
-from libvirt_snapshot_exporter.sources.host import HostSample
-from libvirt_snapshot_exporter.sources.qemu_process import ProcessSample
-from libvirt_snapshot_exporter.store.view import (
-    CollectorStatus,
-    DomainView,
-    InFlight,
-    StateStore,
-    View,
-)
-from libvirt_snapshot_exporter.tracker.tracker import Operation
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, InFlight, Verdict
+from libvirt_snapshot_exporter.model.samples import HostSample, ProcessSample
+from libvirt_snapshot_exporter.store.view import CollectorStatus, DomainView, StateStore, View
 
 GIB = 1024**3
 IMAGES = "/var/lib/libvirt/images"
@@ -98,11 +90,12 @@ def _host(batches: int) -> HostSample:
 
 
 def _in_flight(now: float) -> tuple[InFlight, ...]:
-    create = Operation("vm1", "create", now - 42, "control", 0.0, snapshot="s4", memory=True)
-    external = Operation("vm2", "create", now - 7, "job_completed", 0.0, snapshot="m1",
-                         kind="external", memory=True, memory_processed_bytes=GIB,
-                         memory_remaining_bytes=3 * GIB)
-    return (InFlight(create, {}, 0.4), InFlight(external, {}, None))
+    create = InFlight("vm1/1", "vm1", "create", now - 42, "control", snapshot="s4", memory=True,
+                      progress_estimate=0.4)
+    external = InFlight("vm2/2", "vm2", "create", now - 7, "job_completed", snapshot="m1",
+                        kind="external", memory=True, memory_processed_bytes=GIB,
+                        memory_remaining_bytes=3 * GIB)
+    return (create, external)
 
 
 def store(now: float, batches: int = 1) -> StateStore:

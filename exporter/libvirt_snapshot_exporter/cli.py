@@ -13,21 +13,13 @@ import threading
 from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
-from .config import OPTIONS, Config, ConfigError, build, dest
+from .config import OPTIONS, Config, ConfigError, OneLineParser, build, dest
 
 if TYPE_CHECKING:
     from .model.operation import FinishedOperation
     from .verdict.recorder import FlightRecorder
 
 PROG = "libvirt-snapshot-exporter"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """A bad flag is one line naming it and exit 2: the exporter's and bench's alike."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def fail(message: str) -> NoReturn:

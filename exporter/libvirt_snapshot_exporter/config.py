@@ -6,12 +6,14 @@ A flag given on the command line wins over the file, the file over the default.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -194,3 +196,11 @@ def build(cli_values: dict[str, Any], config_file: str | None) -> Config:
     config = Config(values)
     config.listen  # noqa: B018 - validates the address
     return config
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line naming it and exit 2: the exporter's and bench's alike."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from libvirt_snapshot_exporter.loop.domain_cache import RESYNC_SECONDS, DomainCache
 from libvirt_snapshot_exporter.model.observations import DiskInfo, DomainPoll, GuestStats, SnapshotRecord
-from libvirt_snapshot_exporter.sources.qemu_process import ProcessSample
+from libvirt_snapshot_exporter.model.samples import ProcessSample
 
 NOW = 1_800_000_000.0
 GIB = 2**30

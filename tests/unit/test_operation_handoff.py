@@ -8,7 +8,7 @@ from libvirt_snapshot_exporter.loop.context import ContextKeeper
 from libvirt_snapshot_exporter.loop.domain_cache import DomainCache
 from libvirt_snapshot_exporter.loop.handoff import OperationHandoff
 from libvirt_snapshot_exporter.model.observations import DiskInfo, GuestStats
-from libvirt_snapshot_exporter.sources.host import HostSample
+from libvirt_snapshot_exporter.model.samples import HostSample
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.view import StateStore, View
 from libvirt_snapshot_exporter.tracker.tracker import Operation

@@ -10,7 +10,7 @@ import pytest
 from libvirt_snapshot_exporter.loop.context import OperationContext
 from libvirt_snapshot_exporter.loop.operation_record import finished_operation, progress_estimate
 from libvirt_snapshot_exporter.model.operation import FinishedOperation
-from libvirt_snapshot_exporter.sources.qemu_process import ProcessSample
+from libvirt_snapshot_exporter.model.samples import ProcessSample
 from lse_devtools.replay import replay
 
 SEQUENCES = Path(__file__).parent / "sequences"

@@ -10,16 +10,17 @@ import libvirt
 import pytest
 from libvirt_snapshot_exporter.bench.control import GuestReading
 from libvirt_snapshot_exporter.loop.context import write_rate
-from libvirt_snapshot_exporter.model.observations import BlockStats, GuestStats
-from libvirt_snapshot_exporter.sources.libvirt.common import guest_stats, read_versions, version_string
-from libvirt_snapshot_exporter.sources.qemu_process import ProcessSample, read_qemu_pid
-from libvirt_snapshot_exporter.store.view import (
+from libvirt_snapshot_exporter.model.guest import (
     CpuReading,
     cpu_ratio,
     cpu_reading,
     guest_memory_total,
     guest_memory_used,
 )
+from libvirt_snapshot_exporter.model.observations import BlockStats, GuestStats
+from libvirt_snapshot_exporter.model.samples import ProcessSample
+from libvirt_snapshot_exporter.sources.libvirt.common import guest_stats, read_versions, version_string
+from libvirt_snapshot_exporter.sources.qemu_process import read_qemu_pid
 
 
 def test_cpu_ratio_is_cpu_time_per_vcpu_per_wall_second():

@@ -15,9 +15,10 @@ from libvirt_snapshot_exporter.model.observations import (
     DomainPoll,
     LifecycleEvent,
     SnapshotRecord,
+    depth_of,
     from_record,
 )
-from libvirt_snapshot_exporter.tracker.tracker import Operation, Tracker, depth_of
+from libvirt_snapshot_exporter.tracker.tracker import Operation, Tracker
 from lse_devtools.replay import assert_matches_client, records
 from lse_devtools.replay import replay as replay_file
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..cli import OneLineParser
+from ..config import OneLineParser
 from ..model.observations import DiskInfo, Versions
 from . import plot
 from .control import EXTERNAL_DELETE_VERSION, Domain

@@ -19,10 +19,10 @@ from typing import Any
 
 import libvirt
 
+from ..model.guest import CpuReading, cpu_reading, guest_memory_total, guest_memory_used
 from ..model.observations import DiskInfo, Versions
+from ..model.samples import ProcessSample
 from ..sources.libvirt.common import guest_stats, parse_domain_disks, read_versions, start_event_loop
-from ..sources.qemu_process import ProcessSample
-from ..store.view import CpuReading, cpu_reading, guest_memory_total, guest_memory_used
 
 STATES = {
     libvirt.VIR_DOMAIN_RUNNING: "running",

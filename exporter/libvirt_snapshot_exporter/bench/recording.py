@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from ..loop.context import OperationContext, write_rate
 from ..model.operation import FinishedOperation
+from ..model.samples import HostSample
 from ..model.trace import Point, Trace
-from ..sources.host import HostSample
 from ..verdict.judge import judge, reference_rate
 from ..verdict.recorder import FlightRecorder
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..model.guest import cpu_ratio
 from ..model.operation import FinishedOperation
 from ..sources.qemu_process import ProcessReader, read_qemu_pid
-from ..store.view import cpu_ratio
 from ..verdict.recorder import POST_SECONDS
 from . import recording
 from .cache_mode import CacheSwitch

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
-from ..store.view import DomainOperations, DomainView, HostOperations, View, guest_memory_used
-from ..tracker.tracker import depth_of
+from ..model.guest import guest_memory_used
+from ..model.observations import depth_of
+from ..store.view import DomainOperations, DomainView, HostOperations, View
 from .operation_families import (
     domain_operation_families,
     host_operation_families,

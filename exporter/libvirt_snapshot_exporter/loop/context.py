@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from ..sources.host import HostSample
-from ..sources.qemu_process import ProcessSample
+from ..model.samples import HostSample, ProcessSample
 
 
 @dataclass

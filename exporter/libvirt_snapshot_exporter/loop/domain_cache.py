@@ -8,16 +8,10 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
+from ..model.guest import CpuReading, cpu_ratio, cpu_reading, guest_memory_total, guest_memory_used
 from ..model.observations import DiskInfo, DomainPoll, GuestStats
-from ..sources.qemu_process import ProcessSample
-from ..store.view import (
-    CpuReading,
-    DomainView,
-    cpu_ratio,
-    cpu_reading,
-    guest_memory_total,
-    guest_memory_used,
-)
+from ..model.samples import ProcessSample
+from ..store.view import DomainView
 
 RESYNC_SECONDS = 60.0  # a full poll of every domain at least this often, whatever it looks like
 

@@ -4,10 +4,7 @@ domain."""
 
 from __future__ import annotations
 
-import copy
-
-from ..model.operation import FinishedOperation
-from ..store.view import InFlight
+from ..model.operation import FinishedOperation, InFlight
 from ..tracker.tracker import Operation
 from .context import OperationContext, write_rate
 
@@ -52,6 +49,7 @@ def progress_estimate(op: Operation, ctx: OperationContext | None) -> float | No
 
 
 def in_flight(op: Operation, ctx: OperationContext | None) -> InFlight:
-    """An operation in flight as the view publishes it: a copy, since the tracker goes on
-    changing its operations after the view is published."""
-    return InFlight(copy.deepcopy(op), ctx.public() if ctx else {}, progress_estimate(op, ctx))
+    """An operation in flight as the view publishes it."""
+    return InFlight(op.key, op.domain, op.operation, op.start, op.start_source, op.snapshot, op.kind,
+                    op.memory, op.depth, op.memory_processed_bytes, op.memory_remaining_bytes,
+                    ctx.public() if ctx else {}, progress_estimate(op, ctx))

@@ -12,7 +12,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ..sources.host import HostReader, HostSample
+from ..model.samples import HostSample
+from ..sources.host import HostReader
 from ..sources.images import image_usage
 from ..sources.qemu_process import ProcessReader
 from .context import ContextKeeper

@@ -92,6 +92,16 @@ class SnapshotRecord:
     memory_file: str | None = None  # external memory snapshots only
 
 
+def depth_of(snapshots: dict[str, SnapshotRecord], name: str | None) -> int:
+    """Depth of a snapshot in its tree, the root being 1 (the study's "level"); 0 for none."""
+    depth, seen = 0, set()
+    while name is not None and name in snapshots and name not in seen:
+        seen.add(name)
+        depth += 1
+        name = snapshots[name].parent
+    return depth
+
+
 @dataclass(frozen=True)
 class DomainPoll:
     """Everything cheap (never blocking during a snapshot) about one domain at one moment."""

@@ -242,3 +242,23 @@ def _checked(entry: Any) -> dict[str, Any]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """An operation in flight as the view publishes it: frozen, since the tracker goes on
+    changing its own operation after the view is published."""
+
+    key: str
+    domain: str
+    operation: str  # create | delete | revert
+    start: float
+    start_source: str
+    snapshot: str = ""
+    kind: str = "internal"
+    memory: bool = False
+    depth: int = 0
+    memory_processed_bytes: int | None = None
+    memory_remaining_bytes: int | None = None
+    context: dict[str, Any] = dataclasses.field(default_factory=dict)
+    progress_estimate: float | None = None

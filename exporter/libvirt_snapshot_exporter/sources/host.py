@@ -13,10 +13,11 @@ import os
 import platform
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from ..model.samples import HostSample
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -28,15 +29,6 @@ MEMINFO_FIELDS = {
     "inactive_file": "Inactive(file)",
 }
 DIRTY_SYSCTLS = ("dirty_ratio", "dirty_background_ratio", "dirty_bytes", "dirty_background_bytes")
-
-
-@dataclass(frozen=True)
-class HostSample:
-    time: float
-    memory: dict[str, int]  # bytes: total free available buffers shmem cached dirty writeback ...
-    vmstat: dict[str, int] = field(default_factory=dict)  # bytes: pageout dirtied written
-    dirty_limits: dict[str, float] = field(default_factory=dict)
-    pressure: dict[str, float] = field(default_factory=dict)  # seconds: memory_some io_full ...
 
 
 def parse_meminfo(text: str) -> dict[str, int]:

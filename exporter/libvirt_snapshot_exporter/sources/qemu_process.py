@@ -7,19 +7,11 @@ rather than a host-wide one passed off as the VM's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-
-@dataclass(frozen=True)
-class ProcessSample:
-    pid: int
-    rss_bytes: int
-    read_bytes: int | None
-    write_bytes: int | None
-    io_source: str  # proc_io | cgroup | none
+from ..model.samples import ProcessSample
 
 
 def parse_io_stat(text: str) -> tuple[int, int]:

@@ -9,13 +9,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..model.observations import DiskInfo, GuestStats, SnapshotRecord, Versions
-from ..model.operation import FinishedOperation
-from ..sources.host import HostSample
-from ..sources.qemu_process import ProcessSample
-from ..tracker.tracker import Operation
+from ..model.operation import FinishedOperation, InFlight
+from ..model.samples import HostSample, ProcessSample
 
 # Histogram buckets from 0.1 s to 1 h: real snapshots take from under a second to over 30 min.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -26,47 +23,6 @@ class CollectorStatus:
     success: bool
     duration: float
     last_success: float | None
-
-
-def guest_memory_used(stats: GuestStats, process: ProcessSample | None
-                      ) -> tuple[int, str] | None:
-    """Memory the guest uses and its source: its balloon driver's figures (available - unused),
-    else the QEMU process' RSS."""
-    if stats.available_bytes is not None and stats.unused_bytes is not None:
-        return stats.available_bytes - stats.unused_bytes, "balloon"
-    if process is not None:
-        return process.rss_bytes, "qemu_rss"
-    return None
-
-
-def guest_memory_total(stats: GuestStats) -> int | None:
-    """The guest's memory as its balloon sets it."""
-    return stats.balloon_current_bytes or None
-
-
-@dataclass(frozen=True)
-class CpuReading:
-    """A guest's CPU time at one moment: two of them give its CPU ratio."""
-
-    time: float
-    cpu_time_ns: int
-    vcpus: int
-
-
-def cpu_reading(now: float, stats: GuestStats) -> CpuReading | None:
-    """None without a CPU time (shut off)."""
-    if stats.cpu_time_ns is None:
-        return None
-    return CpuReading(now, stats.cpu_time_ns, stats.vcpus or 1)
-
-
-def cpu_ratio(before: CpuReading, after: CpuReading) -> float | None:
-    """Share of its vCPUs the guest used between two readings (1.0: all of them, all the
-    time); None when no time passed."""
-    if after.time <= before.time:
-        return None
-    seconds = (after.cpu_time_ns - before.cpu_time_ns) / 1e9
-    return max(0.0, seconds / (after.time - before.time) / max(1, after.vcpus))
 
 
 @dataclass(frozen=True)
@@ -81,13 +37,6 @@ class DomainView:
     snapshots: tuple[SnapshotRecord, ...]
     image_size_bytes: int | None
     filesystems: dict[str, int]  # mountpoint -> free bytes
-
-
-@dataclass(frozen=True)
-class InFlight:
-    operation: Operation
-    context: dict[str, Any]
-    progress_estimate: float | None
 
 
 @dataclass

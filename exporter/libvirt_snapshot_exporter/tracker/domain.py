@@ -83,16 +83,6 @@ class TrackedDomain:
     held: DomainPoll | None = None  # the latest such poll, applied once its file event comes
 
 
-def depth_of(snapshots: dict[str, SnapshotRecord], name: str | None) -> int:
-    """Depth of a snapshot in its tree, the root being 1 (the study's "level"); 0 for none."""
-    depth, seen = 0, set()
-    while name is not None and name in snapshots and name not in seen:
-        seen.add(name)
-        depth += 1
-        name = snapshots[name].parent
-    return depth
-
-
 def finish_polled(d: TrackedDomain, p: DomainPoll, outcome: str, error: str = "") -> list[Operation]:
     """Close the operation in flight that poll p found finished, at the best end known."""
     op = d.active

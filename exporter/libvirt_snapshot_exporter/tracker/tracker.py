@@ -38,8 +38,9 @@ from ..model.observations import (
     Observation,
     SnapshotFileEvent,
     SnapshotRecord,
+    depth_of,
 )
-from .domain import Operation, TrackedDomain, depth_of, finish, finish_polled
+from .domain import Operation, TrackedDomain, finish, finish_polled
 from .events import REVERT_SETTLE, take_event
 from .files import (
     FILE_GRACE,

@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 
 from ..model.operation import FinishedOperation
+from ..model.samples import HostSample
 from ..model.trace import (
     ROLE_VCPU,
     Point,
@@ -41,7 +42,7 @@ from ..model.trace import (
     thread_key,
     thread_role,
 )
-from ..sources.host import PAGE_SIZE, HostSample, parse_meminfo, parse_pressure, vmstat_fields
+from ..sources.host import PAGE_SIZE, parse_meminfo, parse_pressure, vmstat_fields
 from ..sources.qemu_process import parse_schedstat, parse_task_stat, read_qemu_pid
 from ..store.trace_store import TraceStore
 

@@ -64,16 +64,15 @@ class OperationsApi:
         """Operations in flight, as they stand now."""
         now = time.time()
         in_flight = []
-        for item in self.store.view.in_flight:
-            op = item.operation
+        for op in self.store.view.in_flight:
             in_flight.append({
                 "domain": op.domain, "snapshot": op.snapshot, "operation": op.operation,
                 "kind": op.kind, "memory": op.memory, "depth": op.depth,
                 "start": round(op.start, 3), "elapsed_seconds": round(now - op.start, 3),
-                "start_source": op.start_source, "progress_estimate": item.progress_estimate,
+                "start_source": op.start_source, "progress_estimate": op.progress_estimate,
                 "memory_processed_bytes": op.memory_processed_bytes,
                 "memory_remaining_bytes": op.memory_remaining_bytes,
-                **item.context,
+                **op.context,
             })
         return in_flight
 
