@@ -116,7 +116,7 @@ def store(now: float, batches: int = 1) -> StateStore:
         for duration in (50.0, 50.0, 50.0, 250.0):
             result.operations.record(_entry("vm1", "create", duration, now - 600))
     slow = _entry("vm1", "create", 250.0, now - 600)
-    result.operations.judged(dataclasses.replace(slow, verdict=Verdict(
+    result.operations.amended(dataclasses.replace(slow, verdict=Verdict(
         "storage-contended", 80.0, 3.125, {"storage-contended": 0.9, "cpu": 0.02},
         ("dirty-throttling",), {"device_utilisation": 0.97, "other_writers_share": 0.5})))
     result.operations.record(_entry(

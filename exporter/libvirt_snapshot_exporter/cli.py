@@ -75,8 +75,7 @@ class Exporter:
         store = StateStore(View.initial(config["libvirt.uri"]))
         renderer = MetricsRenderer(store, config["collector.domain-histograms"])
         recorder = _recorder(config)
-        app = App(store, oplog, renderer.render, config["web.telemetry-path"], recorder,
-                  rate_seed)
+        app = App(store, oplog, renderer.render, config["web.telemetry-path"], recorder)
         try:
             self.server = serve(app, host, port, web_config)
         except OSError as exc:

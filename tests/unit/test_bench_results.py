@@ -18,6 +18,7 @@ from libvirt_snapshot_exporter.bench.report import OperationRecord, RunInfo, row
 from libvirt_snapshot_exporter.bench.settings import Setting, cache_modes, kinds, settings
 from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
 from libvirt_snapshot_exporter.sources.libvirt.common import parse_domain_disks
+from libvirt_snapshot_exporter.verdict.keeper import completed
 from lse_devtools import handbuilt_trace
 
 MIB = 2**20
@@ -76,14 +77,14 @@ def entry(**fields) -> FinishedOperation:
     """slow_create as bench's client side knows it before the trace: no host figures."""
     base = handbuilt_trace.slow_create()
     return dataclasses.replace(base, qemu_written_bytes=None,
-                               qemu_write_rate_bytes_per_second=None, paused_seconds=None,
+                               qemu_write_rate_bytes_per_second=None,
                                host_memory_available_start_bytes=None,
-                               host_memory_free_min_bytes=None, **fields)
+                               host_memory_free_min_bytes=None, **{"paused_seconds": None, **fields})
 
 
 def test_the_figures_and_verdict_come_from_the_trace_and_the_earlier_rows():
     trace = handbuilt_trace.slow_trace()
-    first = recording.completed(entry(), trace, 30.2, [])
+    first = completed(entry(paused_seconds=30.2), trace, [])
     assert first.qemu_written_bytes == pytest.approx(handbuilt_trace.WRITTEN, rel=0.02)
     assert first.qemu_write_rate_bytes_per_second == pytest.approx(39e6, rel=0.03)
     assert first.host_memory_free_min_bytes < 300 * MIB < first.host_memory_free_start_bytes
@@ -93,7 +94,7 @@ def test_the_figures_and_verdict_come_from_the_trace_and_the_earlier_rows():
     assert first.paused_seconds == 30.2
     # no earlier create to learn the rate from: no expected duration
     assert (first.verdict.expected_seconds, first.verdict.slowdown) == (None, None)
-    judged = recording.completed(entry(), trace, 30.2, handbuilt_trace.history())
+    judged = completed(entry(paused_seconds=30.2), trace, handbuilt_trace.history())
     assert judged.verdict.pace_setter == "storage-slow"
     assert judged.verdict.slowdown == pytest.approx(3.0, abs=0.1)
     assert "low-memfree-ample-memavailable" in judged.verdict.present

@@ -14,6 +14,7 @@ from libvirt_snapshot_exporter.sources.host import HostReader
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.verdict.keeper import VerdictKeeper
 from libvirt_snapshot_exporter.verdict.recorder import (
     ACTIVE_INTERVAL,
     POST_SECONDS,
@@ -111,6 +112,10 @@ def test_the_trace_endpoint_and_the_ids_in_the_operations_api(tmp_path):
     assert op["id"] == operation_id("vm", "s1", "create", start)
     status, body = call(app, f"/api/operations/{op['id']}/trace")
     assert status == "200 OK" and json.loads(body)["id"] == op["id"]
+    assert call(app, f"/api/operations/{op['id']}/verdict")[0] == "404 Not Found"  # not judged
+    keeper = VerdictKeeper(oplog, store, lambda: None)
+    keeper.backfill(recorder.get)
+    keeper.judge_traced()
     status, body = call(app, f"/api/operations/{op['id']}/verdict")
     verdict = json.loads(body)
     assert status == "200 OK" and verdict["id"] == op["id"]

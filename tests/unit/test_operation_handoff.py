@@ -4,7 +4,7 @@ loop knows of its domain (QEMU's version, the disks' cache modes)."""
 
 from __future__ import annotations
 
-from libvirt_snapshot_exporter.loop.context import ContextKeeper
+from libvirt_snapshot_exporter.loop.context_keeper import ContextKeeper
 from libvirt_snapshot_exporter.loop.domain_cache import DomainCache
 from libvirt_snapshot_exporter.loop.handoff import OperationHandoff
 from libvirt_snapshot_exporter.model.observations import DiskInfo, GuestStats

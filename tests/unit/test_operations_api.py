@@ -9,9 +9,9 @@ import json
 import time
 
 import pytest
-from libvirt_snapshot_exporter.loop.context import OperationContext
 from libvirt_snapshot_exporter.loop.operation_record import in_flight
-from libvirt_snapshot_exporter.model.operation import FinishedOperation
+from libvirt_snapshot_exporter.model.context import OperationContext
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
@@ -81,16 +81,18 @@ def test_operations_in_flight_come_first_as_they_stand_now():
     assert 3 <= running["elapsed_seconds"] < 13 and running["qemu_written_bytes"] == 2**29
 
 
-def test_the_verdict_kept_judged_from_the_trace_or_none(tmp_path):
+def test_the_verdict_served_is_the_one_kept_in_the_log_never_judged_again(tmp_path):
     traces = TraceStore(str(tmp_path), 5, 2**24)
     traces.add(slow_trace())
     api = api_of([*history(), slow_create()], traces)
     record, trace, verdict = api.judged(slow_create().id)
-    assert record == slow_create() and trace is not None and verdict.pace_setter == "storage-slow"
-    assert json.loads(api.verdict_json(slow_create().id))["pace_setter"] == "storage-slow"
+    assert record == slow_create() and trace is not None and verdict is None  # not yet judged
+    assert api.verdict_json(slow_create().id) is None
     assert json.loads(api.trace_json(slow_create().id))["id"] == slow_create().id
+    kept = dataclasses.replace(slow_create(), verdict=Verdict("storage-slow", 10.0, 3.0, {}, (), {}))
+    api = api_of([*history(), kept], traces)
+    assert api.judged(kept.id) == (kept, api.judged(kept.id)[1], kept.verdict)
+    assert json.loads(api.verdict_json(kept.id))["pace_setter"] == "storage-slow"
     untraced = history()[0]
     assert api.judged(untraced.id) == (untraced, None, None)
     assert api.verdict_json(untraced.id) is None and api.judged("0" * 16) is None
-    kept = dataclasses.replace(untraced, verdict=verdict)
-    assert api_of([kept]).judged(kept.id) == (kept, None, verdict)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from libvirt_snapshot_exporter.config import build
-from libvirt_snapshot_exporter.loop.context import ContextKeeper
+from libvirt_snapshot_exporter.loop.context_keeper import ContextKeeper
 from libvirt_snapshot_exporter.loop.domain_polls import DomainPolls
 from libvirt_snapshot_exporter.loop.parts import LoopParts
 from libvirt_snapshot_exporter.loop.sampling import Sampler
@@ -149,7 +149,7 @@ def test_the_host_sample_goes_to_the_contexts_and_is_none_while_it_fails(bed):
     assert sample.memory["cached"] == 285168 * 1024 and "memory_some" in sample.pressure
     assert bed.parts.health.statuses()["host"].success
     bed.contexts.begin("vm1/1", "vm1", sample.time - 1, None, None, None)
-    assert bed.contexts.current("vm1/1").host_cached_start_bytes == 285168 * 1024
+    assert bed.contexts.current("vm1/1").get("host_cached_start_bytes") == 285168 * 1024
     (bed.procfs / "vmstat").unlink()
     bed.parts.health.new_cycle()
     bed.parts.health.run("host", bed.sampler.sample_host)

@@ -9,7 +9,7 @@ from pathlib import Path
 import libvirt
 import pytest
 from libvirt_snapshot_exporter.bench.control import GuestReading
-from libvirt_snapshot_exporter.loop.context import write_rate
+from libvirt_snapshot_exporter.model.context import write_rate
 from libvirt_snapshot_exporter.model.guest import (
     CpuReading,
     cpu_ratio,

@@ -8,11 +8,13 @@ import dataclasses
 import logging
 import threading
 
+import pytest
 from libvirt_snapshot_exporter.model.trace import Point
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
 from libvirt_snapshot_exporter.verdict.keeper import VerdictKeeper
-from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
+from lse_devtools.handbuilt_trace import WRITTEN, history, slow_create, slow_trace
 
 
 def keeper() -> tuple[VerdictKeeper, threading.Event]:
@@ -69,3 +71,30 @@ def test_a_bench_runs_creates_seed_the_rate_when_the_log_has_none():
     seeded.judge_traced()
     verdict = logged(seeded).verdict
     assert verdict.pace_setter == "storage-slow" and 2.5 < verdict.slowdown < 3.5
+
+
+def test_the_logged_figures_are_the_traces_so_log_page_and_metrics_agree():
+    """The loop's ~4 Hz figures are replaced by those of the 8 Hz trace once it is complete."""
+    oplog = OperationsLog(None)
+    rough = dataclasses.replace(slow_create(), host_memory_free_min_bytes=None,
+                                host_dirty_peak_bytes=1, qemu_written_bytes=None)
+    oplog.add(rough)
+    k = VerdictKeeper(oplog, StateStore(View.initial("test:///default")), lambda: None)
+    k.traced(slow_trace(), rough)
+    k.judge_traced()
+    fine = logged(k)
+    assert fine.host_memory_free_min_bytes < 300 * 2**20 < fine.host_dirty_peak_bytes
+    assert fine.qemu_written_bytes == pytest.approx(WRITTEN, rel=0.02)
+    assert fine.verdict.pace_setter == "storage-slow" or fine.verdict.slowdown is None
+
+
+def test_operations_logged_with_a_trace_but_no_verdict_are_judged_after_a_restart(tmp_path):
+    traces = TraceStore(str(tmp_path), 5, 2**24)
+    traces.add(slow_trace())
+    k, _ = keeper()
+    assert logged(k).verdict is None
+    k.backfill(traces.get)
+    k.judge_traced()
+    assert logged(k).verdict.pace_setter == "storage-slow"
+    untraced = k.oplog.page(0, 10)[0][-1]
+    assert untraced.verdict is None  # no trace kept: nothing to judge it by

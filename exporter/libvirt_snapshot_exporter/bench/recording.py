@@ -1,30 +1,23 @@
 """Each bench operation traced and judged as the exporter does it.
 
-The exporter's flight recorder (flight_recorder.py) samples the host, the device under the
+The exporter's flight recorder (verdict/recorder.py) samples the host, the device under the
 domain's images and its QEMU's threads at 8 Hz, from a quiet time before each operation to
-POST_SECONDS after it. Once a trace is complete, the operation's host figures are read from
-it (the exporter's OperationContext: start, minimum, peak, bytes QEMU wrote) and verdict.py
-judges it against the rate learned from the run's earlier creates, as the collector judges
-an operation against the operations logged before it.
+POST_SECONDS after it. Once a trace is complete, verdict/keeper.py's `completed` reads the
+operation's host figures from it and judges it against the rate learned from the run's earlier
+creates, as the exporter does against the operations logged before it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import time
 from collections.abc import Sequence
 
-from ..loop.context import OperationContext, write_rate
 from ..model.operation import FinishedOperation
-from ..model.samples import HostSample
 from ..model.trace import Point, Trace
-from ..verdict.judge import judge, reference_rate
 from ..verdict.recorder import FlightRecorder
 
 MIB = 2**20
-MEMORY_GAUGES = ("free", "available", "cached", "dirty", "writeback")
-PRESSURE = {"psi_memory_some": "memory_some", "psi_io_some": "io_some"}
 
 
 class Recorder:
@@ -88,46 +81,9 @@ def _rate(points: Sequence[Point], key: str) -> float | None:
     return max(0.0, b.counters[key] - a.counters[key]) / (b.t - a.t) if b.t > a.t else None
 
 
-def _bracket(points: Sequence[Point], start: float, end: float) -> list[Point]:
-    """The points within [start, end], with the one just before and the one just after."""
-    before = [p for p in points if p.t < start][-1:]
-    after = [p for p in points if p.t > end][:1]
-    return before + [p for p in points if start <= p.t <= end] + after
-
-
-def context(trace: Trace, entry: FinishedOperation) -> OperationContext:
-    """The exporter's host figures of an operation (OperationContext's rules) from its trace:
-    host memory at its start, lowest and highest while it ran, PSI stalls, QEMU's bytes."""
-    ctx = OperationContext(guest_memory_used_bytes=entry.guest_memory_used_bytes,
-                           guest_memory_total_bytes=entry.guest_memory_total_bytes,
-                           guest_cpu_ratio=entry.guest_cpu_ratio)
-    points = _bracket(trace.points, trace.start, trace.end)
-    for p in points:
-        ctx.add_host(HostSample(
-            p.t, {k: p.gauges[k] for k in MEMORY_GAUGES if k in p.gauges},
-            pressure={name: p.counters[k] for k, name in PRESSURE.items() if k in p.counters}))
-    written = [p.counters["qemu_write_bytes"] for p in points if "qemu_write_bytes" in p.counters]
-    if len(written) >= 2:
-        ctx.qemu_written_bytes = int(sum(max(0.0, b - a)
-                                         for a, b in zip(written, written[1:], strict=False)))
-    return ctx
-
-
 def paused_seconds(pauses: Sequence[tuple[float, float | None]], start: float,
                    end: float) -> float:
     """How long the guest was paused by an operation: each pause that began within it (the
     SUSPENDED event comes a few ms after the call began), until its RESUMED (or the end)."""
     return sum((resumed if resumed is not None else end) - suspended
                for suspended, resumed in pauses if start <= suspended <= end)
-
-
-def completed(entry: FinishedOperation, trace: Trace, paused: float | None,
-              earlier: Sequence[FinishedOperation]) -> FinishedOperation:
-    """The entry with its figures from the trace and its verdict, judged against the rate
-    the earlier entries teach."""
-    ctx = context(trace, entry)
-    full = dataclasses.replace(
-        entry, **ctx.public(), paused_seconds=paused,
-        qemu_write_rate_bytes_per_second=write_rate(ctx.qemu_written_bytes,
-                                                    entry.duration_seconds))
-    return dataclasses.replace(full, verdict=judge(trace, full, reference_rate(earlier)))

@@ -11,6 +11,7 @@ flight.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 from ..model.guest import cpu_ratio
 from ..model.operation import FinishedOperation
 from ..sources.qemu_process import ProcessReader, read_qemu_pid
+from ..verdict.keeper import completed
 from ..verdict.recorder import POST_SECONDS
 from . import recording
 from .cache_mode import CacheSwitch
@@ -138,7 +140,8 @@ class Bench:
                 self.domain.pauses(), record.start, record.end)
             record.trace = trace
             try:
-                record.entry = recording.completed(record.entry, trace, paused, earlier)
+                record.entry = completed(dataclasses.replace(record.entry, paused_seconds=paused),
+                                         trace, earlier)
             except Exception as exc:  # noqa: BLE001 - a trace it cannot judge: no verdict
                 self.progress.show("")
                 print(f"{PROG}: no verdict on the {record.operation} of {record.snapshot}: "

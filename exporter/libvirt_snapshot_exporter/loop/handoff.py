@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
 from ..tracker.tracker import Operation
-from .context import ContextKeeper
+from .context_keeper import ContextKeeper
 from .domain_cache import DomainCache
 from .operation_record import finished_operation
 

@@ -27,7 +27,7 @@ from ..store.oplog import OperationsLog
 from ..store.view import StateStore, View
 from ..verdict.keeper import VerdictKeeper
 from ..verdict.recorder import FlightRecorder
-from .context import ContextKeeper
+from .context_keeper import ContextKeeper
 from .domain_cache import DomainCache
 from .domain_polls import DomainPolls
 from .handoff import OperationHandoff
@@ -82,6 +82,7 @@ class CollectionLoop:
         self._next_stats = 0.0
         if recorder is not None:
             recorder.on_trace = self.verdicts.traced
+            self.verdicts.backfill(recorder.get)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
 

@@ -4,9 +4,9 @@ domain."""
 
 from __future__ import annotations
 
+from ..model.context import OperationContext, write_rate
 from ..model.operation import FinishedOperation, InFlight
 from ..tracker.tracker import Operation
-from .context import OperationContext, write_rate
 
 
 def finished_operation(op: Operation, ctx: OperationContext, qemu_version: str,
@@ -35,7 +35,7 @@ def finished_operation(op: Operation, ctx: OperationContext, qemu_version: str,
         job_downtime_ms=op.job.get("downtime"),
         job_memory_processed_bytes=op.job.get("memory_processed", op.memory_processed_bytes),
         **ctx.public(),
-        qemu_write_rate_bytes_per_second=write_rate(ctx.qemu_written_bytes, duration),
+        qemu_write_rate_bytes_per_second=write_rate(ctx.get("qemu_written_bytes"), duration),
     )
 
 
@@ -43,9 +43,9 @@ def progress_estimate(op: Operation, ctx: OperationContext | None) -> float | No
     """How far an internal memory create is: QEMU writes the guest's used memory once, so the
     bytes it wrote so far over that. None for everything else (no measure of its work)."""
     if (ctx is None or op.operation != "create" or op.kind != "internal" or not op.memory
-            or ctx.qemu_written_bytes is None or not ctx.guest_memory_used_bytes):
+            or ctx.get("qemu_written_bytes") is None or not ctx.get("guest_memory_used_bytes")):
         return None
-    return min(1.0, ctx.qemu_written_bytes / ctx.guest_memory_used_bytes)
+    return min(1.0, ctx.get("qemu_written_bytes") / ctx.get("guest_memory_used_bytes"))
 
 
 def in_flight(op: Operation, ctx: OperationContext | None) -> InFlight:

@@ -16,7 +16,7 @@ from ..model.samples import HostSample
 from ..sources.host import HostReader
 from ..sources.images import image_usage
 from ..sources.qemu_process import ProcessReader
-from .context import ContextKeeper
+from .context_keeper import ContextKeeper
 from .domain_cache import DomainCache
 from .parts import LoopParts
 

@@ -144,16 +144,16 @@ class OperationStats:
                                         _observed(self._host.paused, labels, paused),
                                         self._host.verdicts)
 
-    def judged(self, entry: FinishedOperation) -> None:
-        """An operation recorded before now has its verdict: counted for the hypervisor, and
-        shown as its domain's last operation if it still is."""
-        if entry.verdict is None:
-            return
-        key = (entry.operation, entry.verdict.pace_setter)
+    def amended(self, entry: FinishedOperation) -> None:
+        """An operation recorded before now is complete (its trace's figures, its verdict):
+        its verdict counted for the hypervisor, and shown as its domain's last operation if
+        it still is."""
         with self._lock:
-            self._host = dataclasses.replace(
-                self._host, verdicts={**self._host.verdicts, key: self._host.verdicts.get(key, 0)
-                                      + 1})
+            if entry.verdict is not None:
+                key = (entry.operation, entry.verdict.pace_setter)
+                self._host = dataclasses.replace(
+                    self._host, verdicts={**self._host.verdicts,
+                                          key: self._host.verdicts.get(key, 0) + 1})
             old = self._domains.get(entry.domain)
             last = old.last.get(entry.operation) if old else None
             if old is not None and last is not None and last.id == entry.id:

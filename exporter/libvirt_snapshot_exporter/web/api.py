@@ -17,7 +17,6 @@ from ..model.operation import FinishedOperation, Verdict
 from ..model.trace import Trace, from_json
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
-from ..verdict.judge import judge, reference_rate
 
 PAGE_DEFAULT = 1000  # operations per /api/operations page unless ?limit= says otherwise
 PAGE_MAXIMUM = 10_000
@@ -51,11 +50,9 @@ def int_param(params: dict[str, list[str]], name: str, default: int, low: int, h
 
 class OperationsApi:
     def __init__(self, store: StateStore, oplog: OperationsLog,
-                 traces: Traces | None = None,
-                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
+                 traces: Traces | None = None) -> None:
         self.store = store
         self.oplog = oplog
-        self.rate_seed = rate_seed  # a bench run's creates (rate_seed.py)
         self.traces = traces  # None: trace.operations is 0
         self._pages_lock = threading.Lock()
         self._pages: dict[tuple[int, int, int], bytes] = {}  # (log version, offset, limit)
@@ -117,18 +114,14 @@ class OperationsApi:
         return json.dumps({"id": trace_id, **judged[2].to_json()}).encode()
 
     def judged(self, trace_id: str) -> Judged | None:
-        """A logged operation, its trace (None when not kept) and its verdict (None without
-        either a stored one or a trace); None when the operation has left the log."""
+        """A logged operation, its trace (None when not kept) and its verdict (None before its
+        trace was complete); None when the operation has left the log."""
         entries, _ = self.oplog.page(0, self.oplog.size)
         entry = next((e for e in entries if e.id == trace_id), None)
         if entry is None:
             return None
         body = self.trace_json(trace_id)
         trace = from_json(json.loads(body)) if body is not None else None
-        # The verdict the collection loop gave once the trace was complete; judged here only
-        # for an operation logged before verdicts were (or whose trace was still being sampled).
-        verdict = entry.verdict
-        if verdict is None and trace is not None:
-            earlier = [*self.rate_seed, *(e for e in entries if e.id != trace_id)]
-            verdict = judge(trace, entry, reference_rate(earlier))
-        return entry, trace, verdict
+        # The verdict is verdict/keeper.py's, given once the trace was complete: none while it
+        # is still being sampled.
+        return entry, trace, entry.verdict

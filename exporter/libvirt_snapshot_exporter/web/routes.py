@@ -14,7 +14,6 @@ from urllib.parse import parse_qs
 
 from prometheus_client.exposition import gzip_accepted
 
-from ..model.operation import FinishedOperation
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
 from . import landing_page, operation_page
@@ -35,13 +34,12 @@ RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
 class App:
     def __init__(self, store: StateStore, oplog: OperationsLog,
                  render_metrics: RenderMetrics, telemetry_path: str,
-                 traces: Traces | None = None,
-                 rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
+                 traces: Traces | None = None) -> None:
         self.store = store
         self.oplog = oplog
         self.render_metrics = render_metrics
         self.telemetry_path = telemetry_path
-        self.api = OperationsApi(store, oplog, traces, rate_seed)
+        self.api = OperationsApi(store, oplog, traces)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
