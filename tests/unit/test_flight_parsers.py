@@ -8,9 +8,16 @@ from pathlib import Path
 
 import psutil
 import pytest
-from libvirt_snapshot_exporter.sources.host import PAGE_SIZE, parse_meminfo, parse_pressure, vmstat_fields
+from libvirt_snapshot_exporter.model.samples import MEMINFO
+from libvirt_snapshot_exporter.sources.host import (
+    PAGE_SIZE,
+    HostReader,
+    parse_meminfo,
+    parse_pressure,
+    vmstat_fields,
+)
 from libvirt_snapshot_exporter.sources.qemu_process import parse_schedstat, parse_task_stat
-from libvirt_snapshot_exporter.verdict.recorder import HostSampler, block_device
+from libvirt_snapshot_exporter.verdict.recorder import block_device, host_point
 
 PROC = Path(__file__).parent / "proc"
 
@@ -56,23 +63,25 @@ def procfs(tmp_path):
 
 
 def test_host_sample_from_captured_files(procfs):
-    reading = HostSampler(str(procfs)).read()
+    """One reader for the loop and the recorder: with disks, what the recorder traces."""
+    sample = HostReader(str(procfs)).read(disks=True)
     meminfo = parse_meminfo((PROC / "meminfo").read_text())
     vmstat = vmstat_fields((PROC / "vmstat").read_text())
-    assert reading.gauges["free"] == meminfo["MemFree"]
-    assert reading.gauges["available"] == meminfo["MemAvailable"]
-    assert reading.gauges["dirty"] == meminfo["Dirty"]
-    assert reading.gauges["writeback"] == meminfo["Writeback"]
-    assert reading.gauges["dirty_threshold"] == vmstat["nr_dirty_threshold"] * PAGE_SIZE
-    assert reading.counters["allocstall"] == sum(
+    for key, name in MEMINFO.items():
+        assert sample.memory[key] == meminfo[name], key
+    assert sample.memory["dirty_threshold"] == vmstat["nr_dirty_threshold"] * PAGE_SIZE
+    assert sample.reclaim["allocstall"] == sum(
         v for k, v in vmstat.items() if k.startswith("allocstall"))
-    assert "psi_memory_some" in reading.counters and "psi_cpu_some" in reading.counters
-    assert not any(k.startswith("psi_io") for k in reading.counters)
-    disk = next(iter(reading.disks))
-    point = reading.point(disk)
-    assert point.counters["device_write_bytes"] == reading.disks[disk].write_bytes
+    point = host_point(sample, next(iter(sample.disks)))
+    assert point.gauges["free"] == meminfo["MemFree"]
+    assert point.gauges["dirty_threshold"] == vmstat["nr_dirty_threshold"] * PAGE_SIZE
+    assert "psi_memory_some" in point.counters and "psi_cpu_some" in point.counters
+    assert not any(k.startswith("psi_io") for k in point.counters)
+    disk = next(iter(sample.disks))
+    assert point.counters["device_write_bytes"] == sample.disks[disk].write_bytes
     assert "device_busy_ms" in point.counters
-    assert "device_write_bytes" not in reading.point("nosuchdisk").counters
+    assert "device_write_bytes" not in host_point(sample, "nosuchdisk").counters
+    assert HostReader(str(procfs)).read().disks == {}  # the loop's: no diskstats
 
 
 def fake_sysfs(tmp_path: Path, target: Path, partition: bool) -> Path:

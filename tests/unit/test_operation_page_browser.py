@@ -24,6 +24,7 @@ from libvirt_snapshot_exporter.sources.host import HostReader
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.verdict.keeper import VerdictKeeper
 from libvirt_snapshot_exporter.verdict.recorder import POST_SECONDS, FlightRecorder
 from libvirt_snapshot_exporter.web import routes as web
 from libvirt_snapshot_exporter.web import server as http_server
@@ -63,8 +64,16 @@ def base(tmp_path_factory) -> Iterator[str]:
     oplog.add(slow_create(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT))
     traces.add(dataclasses.replace(slow_trace(HOSTILE_DOMAIN, HOSTILE_SNAPSHOT),
                                    device=HOSTILE_DOMAIN))
+    judge_kept(oplog, traces)
     with serve(web.App(view(), oplog, lambda *_: (b"", "text/plain"), "/metrics", traces)) as url:
         yield url
+
+
+def judge_kept(oplog: OperationsLog, traces: TraceStore) -> None:
+    """As the exporter does once each trace is complete (verdict/keeper.py)."""
+    keeper = VerdictKeeper(oplog, StateStore(View.initial("test:///default")), lambda: None)
+    keeper.backfill(traces.get)
+    keeper.judge_traced()
 
 
 def chromium(*args: str) -> str:
@@ -150,6 +159,7 @@ def test_a_trace_the_flight_recorder_took_of_this_process_is_drawn(tmp_path):
     assert op.id in traces.ids()
     oplog = OperationsLog(str(tmp_path))
     oplog.add(op)
+    judge_kept(oplog, traces)
     with serve(web.App(view(), oplog, lambda *_: (b"", "text/plain"), "/metrics",
                        traces)) as url:
         dom = chromium("--dump-dom", f"{url}/operations/{op.id}")

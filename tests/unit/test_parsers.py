@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from libvirt_snapshot_exporter.sources.host import PAGE_SIZE, parse_meminfo, parse_pressure, parse_vmstat
+from libvirt_snapshot_exporter.sources.host import (
+    PAGE_SIZE,
+    parse_meminfo,
+    parse_pressure,
+    vmstat_bytes,
+    vmstat_fields,
+)
 from libvirt_snapshot_exporter.sources.libvirt.common import parse_domain_disks
 from libvirt_snapshot_exporter.sources.libvirt.snapshot_xml import parse_snapshot_xml
 from libvirt_snapshot_exporter.sources.qemu_process import parse_io_stat
@@ -22,7 +28,7 @@ def test_meminfo_in_bytes():
 def test_vmstat_counters_in_bytes():
     text = (PROC / "vmstat").read_text()
     raw = dict(line.split() for line in text.splitlines())
-    out = parse_vmstat(text)
+    out = vmstat_bytes(vmstat_fields(text))
     assert out["pageout"] == int(raw["pgpgout"]) * 1024
     assert out["dirtied"] == int(raw["nr_dirtied"]) * PAGE_SIZE
     assert out["written"] == int(raw["nr_written"]) * PAGE_SIZE

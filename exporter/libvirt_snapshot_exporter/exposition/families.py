@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .. import __version__
 from ..model.guest import guest_memory_used
 from ..model.observations import depth_of
+from ..model.samples import MEMINFO
 from ..store.view import DomainOperations, DomainView, HostOperations, View
 from .operation_families import (
     domain_operation_families,
@@ -30,12 +31,6 @@ GUEST_COUNTERS = (
     ("swap_in_bytes_total", "swap_in_bytes", "Guest swap-in."),
     ("swap_out_bytes_total", "swap_out_bytes", "Guest swap-out."),
     ("major_faults_total", "major_faults", "Guest major page faults."),
-)
-NODE_MEMORY = (
-    ("total", "MemTotal"), ("free", "MemFree"), ("available", "MemAvailable"),
-    ("buffers", "Buffers"), ("cached", "Cached"), ("dirty", "Dirty"),
-    ("writeback", "Writeback"), ("shmem", "Shmem"), ("active_file", "Active(file)"),
-    ("inactive_file", "Inactive(file)"),
 )
 
 
@@ -235,7 +230,7 @@ class SnapshotCollector:
         host = view.host
         if host is None:
             return
-        for key, field_name in NODE_MEMORY:
+        for key, field_name in MEMINFO.items():
             if key in host.memory:
                 yield GaugeMetricFamily(
                     f"libvirt_node_memory_{key}_bytes", f"/proc/meminfo {field_name}.",

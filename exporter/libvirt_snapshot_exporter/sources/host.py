@@ -1,9 +1,9 @@
-"""The hypervisor host's memory, page cache, writeback and pressure.
+"""The hypervisor host's memory, page cache, writeback, reclaim and pressure: the one reader
+of /proc/meminfo, /proc/vmstat and PSI, for the collection loop and the flight recorder alike.
 
-psutil gives the fields whose meaning matches /proc/meminfo exactly (MemTotal, MemFree,
-MemAvailable, Buffers, Shmem). The rest it lacks or redefines (its `cached` is Cached +
-SReclaimable), so Cached, Dirty, Writeback, Active(file), Inactive(file), /proc/vmstat and PSI
-are read by hand, giving the same figures node_exporter does.
+/proc/meminfo is read by hand: psutil lacks or redefines fields we need (its `cached` is Cached
++ SReclaimable), and one parse serves all of them, giving the same figures node_exporter does.
+psutil reads /proc/diskstats (the recorder's device counters).
 """
 
 from __future__ import annotations
@@ -17,28 +17,26 @@ from pathlib import Path
 
 import psutil
 
-from ..model.samples import HostSample
+from ..model.samples import MEMINFO, HostSample
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
-MEMINFO_FIELDS = {
-    "cached": "Cached",
-    "dirty": "Dirty",
-    "writeback": "Writeback",
-    "active_file": "Active(file)",
-    "inactive_file": "Inactive(file)",
-}
+VMSTAT_MEMORY = {"dirty_threshold": "nr_dirty_threshold",
+                 "dirty_background_threshold": "nr_dirty_background_threshold"}  # pages
+RECLAIM = ("pgscan_kswapd", "pgscan_direct", "pgsteal_kswapd", "pgsteal_direct")
+PRESSURE = ("memory", "io", "cpu")
 DIRTY_SYSCTLS = ("dirty_ratio", "dirty_background_ratio", "dirty_bytes", "dirty_background_bytes")
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
     """/proc/meminfo as bytes per field name."""
     values = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
+    for line in filter(str.strip, text.splitlines()):
+        name, colon, rest = line.partition(":")
         parts = rest.split()
-        if parts:
-            values[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+        if not colon or not parts or parts[1:] not in ([], ["kB"]):
+            raise ValueError(f"/proc/meminfo: unreadable line {line[:60]!r}")
+        values[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
     return values
 
 
@@ -48,9 +46,8 @@ def vmstat_fields(text: str) -> dict[str, int]:
             (line.split() for line in text.splitlines() if line.count(" ") == 1)}
 
 
-def parse_vmstat(text: str) -> dict[str, int]:
+def vmstat_bytes(raw: dict[str, int]) -> dict[str, int]:
     """pgpgout (KiB), nr_dirtied and nr_written (pages) from /proc/vmstat, as bytes."""
-    raw = vmstat_fields(text)
     out = {}
     if "pgpgout" in raw:
         out["pageout"] = int(raw["pgpgout"]) * 1024
@@ -76,34 +73,32 @@ class HostReader:
 
     def __init__(self, procfs: str = "/proc") -> None:
         self.procfs = Path(procfs)
-        psutil.PROCFS_PATH = procfs
+        psutil.PROCFS_PATH = procfs  # its /proc/diskstats
 
-    def read(self) -> HostSample:
+    def read(self, disks: bool = False) -> HostSample:
+        """With disks, psutil's counters of every block device too (the flight recorder's)."""
         now = time.time()
-        vm = psutil.virtual_memory()
         meminfo = parse_meminfo((self.procfs / "meminfo").read_text())
-        memory = {
-            "total": vm.total,
-            "free": vm.free,
-            "available": vm.available,
-            "buffers": vm.buffers,
-            "shmem": vm.shared,
-            **{key: meminfo[name] for key, name in MEMINFO_FIELDS.items() if name in meminfo},
-        }
-        vmstat = parse_vmstat((self.procfs / "vmstat").read_text())
+        raw = vmstat_fields((self.procfs / "vmstat").read_text())
+        memory = {key: meminfo[name] for key, name in MEMINFO.items() if name in meminfo}
+        memory.update({key: raw[name] * PAGE_SIZE for key, name in VMSTAT_MEMORY.items()
+                       if name in raw})
+        reclaim = {key: raw[key] for key in RECLAIM if key in raw}
+        reclaim["allocstall"] = sum(v for k, v in raw.items() if k.startswith("allocstall"))
         limits = {}
         for name in DIRTY_SYSCTLS:
             with contextlib.suppress(OSError):
                 limits[name] = float((self.procfs / "sys/vm" / name).read_text())
         pressure = {}
-        for resource in ("memory", "io"):
+        for resource in PRESSURE:
             try:
                 text = (self.procfs / "pressure" / resource).read_text()
             except OSError:
                 continue  # kernel without PSI
             for kind, seconds in parse_pressure(text).items():
                 pressure[f"{resource}_{kind}"] = seconds
-        return HostSample(now, memory, vmstat, limits, pressure)
+        devices = (psutil.disk_io_counters(perdisk=True, nowrap=False) or {}) if disks else {}
+        return HostSample(now, memory, vmstat_bytes(raw), limits, pressure, reclaim, devices)
 
     def hostname(self, override: str = "") -> str:
         return override or socket.gethostname()

@@ -7,11 +7,15 @@ rather than a host-wide one passed off as the VM's.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
 
 from ..model.samples import ProcessSample
+from ..model.trace import ROLE_VCPU, RunDelays, thread_key, thread_role
 
 
 def parse_io_stat(text: str) -> tuple[int, int]:
@@ -83,3 +87,77 @@ class ProcessReader:
             if line.startswith("0::") and "machine" in line:
                 return self.cgroupfs / line[3:].lstrip("/")
         return None
+
+
+class QemuThreads:
+    """Follows one domain's QEMU at the flight recorder's pace: bytes written and the state,
+    wait channel and run delay of its threads, found again through the pid file when QEMU
+    is replaced (a revert starts a new one)."""
+
+    def __init__(self, procfs: str, pid_directory: str, domain: str, pid: int | None) -> None:
+        self.procfs = Path(procfs)
+        self.pid_directory = Path(pid_directory)
+        self.domain = domain
+        self.pid = pid
+        self.process: psutil.Process | None = None
+        self.roles: dict[str, str] = {}  # tid -> role, from its first name
+        self.delays = RunDelays()
+
+    def read(self) -> tuple[dict[str, float], dict[str, int]]:
+        """(counters, thread states); empty when QEMU is gone."""
+        rec = self
+        if rec.process is None or not rec.process.is_running():
+            if rec.process is not None or rec.pid is None:
+                rec.pid = read_qemu_pid(self.pid_directory, rec.domain)
+            rec.process = None
+            if rec.pid is None:
+                return {}, {}
+            try:
+                rec.process = psutil.Process(rec.pid)
+            except psutil.Error:
+                rec.pid = None  # the pid file names the next one
+                return {}, {}
+        counters: dict[str, float] = {}
+        with contextlib.suppress(psutil.Error, AttributeError):
+            io = rec.process.io_counters()
+            counters = {"qemu_write_bytes": io.write_bytes, "qemu_write_chars": io.write_chars}
+        states: dict[str, int] = {}
+        delays = []
+        for tid, role, state, wchan, delay in self._threads():
+            key = thread_key(role, state, wchan)
+            states[key] = states.get(key, 0) + 1
+            delays.append((tid, role, delay))
+        for role, total in rec.delays.update(delays).items():
+            counters[f"run_delay_{role}_ns"] = total
+        return counters, states
+
+    def _threads(self) -> Iterable[tuple[int, str, str, str, int]]:
+        """(tid, role, state, wchan, run delay) of each thread but the vCPUs, which write
+        nothing of a snapshot (paused during an internal one): with many vCPUs most of the
+        threads, skipped once their name is known."""
+        rec = self
+        task = f"{self.procfs}/{rec.pid}/task"
+        try:
+            tids = os.listdir(task)
+        except OSError:
+            return
+        for tid in tids:
+            if rec.roles.get(tid) == ROLE_VCPU:
+                continue
+            base = f"{task}/{tid}"
+            try:
+                name, state = parse_task_stat(_read(f"{base}/stat"))
+                role = rec.roles.setdefault(tid, thread_role(rec.pid, int(tid), name))
+                if role == ROLE_VCPU:
+                    continue
+                wchan = "" if state == "R" else _read(f"{base}/wchan").strip()
+                delay = parse_schedstat(_read(f"{base}/schedstat"))
+            except (OSError, ValueError, IndexError):
+                continue  # the thread ended meanwhile
+            yield int(tid), role, state, wchan, delay
+
+
+def _read(path: str) -> str:
+    """A small /proc file, without pathlib's cost (this runs 8 times a second per thread)."""
+    with open(path) as handle:
+        return handle.read()
