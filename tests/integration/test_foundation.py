@@ -70,6 +70,7 @@ def test_guest_without_balloon_stats_falls_back_to_qemu_rss(exporter, bare):
     assert exporter.value("libvirt_domain_memory_unused_bytes", domain=bare.name) is None
 
 
+@pytest.mark.host_only  # /proc/meminfo, vmstat and PSI of the host against node_exporter
 def test_host_metrics_match_node_exporter(exporter):
     port = free_port()
     node = subprocess.Popen(
@@ -110,6 +111,7 @@ def test_host_metrics_match_node_exporter(exporter):
                 theirs[name], abs=2.0)
 
 
+@pytest.mark.host_only  # the exposition format; 11.3's operations and series: test_operations
 def test_promtool_accepts_the_output(exporter, filler, conn):
     # With operations recorded, so histograms and last-operation gauges are present too.
     testbed.create_snapshot(conn, filler, "lint")

@@ -314,6 +314,7 @@ def _close_times(socks: dict[socket.socket, float], limit: float) -> list[float]
     return times
 
 
+@pytest.mark.host_only  # the exporter's HTTP server alone; libvirt only answers libvirt_up
 def test_hostile_clients_do_not_stop_metrics():
     """200 malformed requests, 60 half-open connections and 50 clients sending a byte a second
     for 10 s, then a burst of 200 half-open connections, more than the server's cap: /metrics
@@ -488,6 +489,7 @@ def _hash(password: str) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)).decode()
 
 
+@pytest.mark.host_only  # TLS and auth of the HTTP server against node_exporter; no libvirt
 def test_same_web_config_same_answers_as_node_exporter(pki, tmp_path):
     users = f"basic_auth_users:\n  alice: '{_hash('secret')}'\n"
     tls = f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
@@ -535,6 +537,7 @@ def test_same_web_config_same_answers_as_node_exporter(pki, tmp_path):
     assert ours[3:] == ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"), ours
 
 
+@pytest.mark.host_only  # the exporter refuses the file before it connects to libvirt
 def test_bad_web_config_fails_startup_like_node_exporter(pki, tmp_path):
     cases = {
         "unreadable": None,
@@ -577,6 +580,7 @@ def _verify(unit_text: str, directory: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
+@pytest.mark.host_only  # the unit file and the host's systemd-analyze; no libvirt
 def test_systemd_unit_verifies(tmp_path):
     """`systemd-analyze verify` fails when ExecStart's program does not exist, and nothing is
     installed under /opt here: verify a copy whose ExecStart names this checkout's console
@@ -606,6 +610,7 @@ def test_systemd_unit_verifies(tmp_path):
     assert not re.search(r"^(SupplementaryGroups|Group)=libvirt$", text, re.M)
 
 
+@pytest.mark.host_only  # the sysusers file and the host's systemd-sysusers; no libvirt
 def test_sysusers_creates_the_user(tmp_path):
     (tmp_path / "etc").mkdir()
     subprocess.run(["systemd-sysusers", f"--root={tmp_path}",

@@ -33,7 +33,11 @@ from lse_devtools.driving import operations
 from lse_devtools.exporter_proc import ExporterProcess
 from lse_devtools.slow_storage import SlowStorage, slow_guest, slow_storage
 
-pytestmark = pytest.mark.libvirt
+# host_only: the conditions are the host's (its device, dirty limits, CPU, memory) and the
+# verdict reads host figures; what libvirt 11.3 / QEMU 10.0 write under each was recorded in
+# tests/unit/traces-libvirt11 and is replayed by tests/unit/test_verdict_replay.py, and the
+# exporter's tracing under 11.3 runs live in test_flight_recording.py and test_operations.py.
+pytestmark = [pytest.mark.libvirt, pytest.mark.host_only]
 
 RATE = 40e6  # bytes per second the bed's device writes
 MiB = 1 << 20

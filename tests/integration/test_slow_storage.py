@@ -18,7 +18,8 @@ import pytest
 from lse_devtools import stressors
 from lse_devtools.slow_storage import leftovers, remains, slow_storage
 
-pytestmark = pytest.mark.libvirt
+# host_only: the bed (a FUSE device) and the stressors are the host's; no libvirt is involved.
+pytestmark = [pytest.mark.libvirt, pytest.mark.host_only]
 
 
 def alive(pid: int) -> bool:
