@@ -12,7 +12,7 @@ CONTAINER_PACKAGES := podman runc slirp4netns containernetworking-plugins \
 # Headless Chromium, for the operation page's browser test (tests/unit).
 BROWSER_PACKAGES := chromium
 
-.PHONY: deps test-deps venv test lint unit demo bench clean
+.PHONY: deps test-deps venv test check lint unit demo bench clean
 
 # Installs only what is missing.
 define install-missing
@@ -43,11 +43,19 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
+# The inner loop (about a minute): ruff and the unit tests but the two slow files, which start
+# real exporter processes (test_hostile_process.py, 50 s) or Chromium (test_operation_page_browser.py);
+# `make test` runs everything.
+CHECK_SKIPS := --ignore=tests/unit/test_hostile_process.py --ignore=tests/unit/test_operation_page_browser.py
+check: venv  ## ruff and the fast unit tests, no libvirt needed
+	$(VENV)/bin/ruff check exporter devtools tests scripts benchmarks
+	$(VENV)/bin/pytest -q $(CHECK_SKIPS) tests/unit
+
 test: test-deps venv  ## the whole suite, real libvirtd and QEMU guests and the container included
 	bash scripts/libvirtd-up.sh
 	bash scripts/container-base.sh up
 	$(VENV)/bin/ruff check exporter devtools tests scripts benchmarks
-	eval "$$(bash scripts/container-base.sh env)" && $(VENV)/bin/pytest -v -rfEs tests
+	eval "$$(bash scripts/container-base.sh env)" && $(VENV)/bin/pytest -v -rfEs --durations=25 tests
 
 demo: deps venv  ## a demo guest, snapshots now and then, the exporter on localhost:9966
 	bash scripts/libvirtd-up.sh
@@ -61,6 +69,8 @@ clean:
 	rm -rf $(VENV) *.egg-info exporter/*.egg-info .pytest_cache .ruff_cache
 
 .PHONY: test-libvirt11
+# Those that do not depend on libvirt's version are marked host_only and run in `make test` alone.
 test-libvirt11: deps venv  ## the integration tests against libvirt 11.3 / QEMU 10.0 (Debian trixie in a chroot)
 	bash scripts/libvirt11-chroot.sh up
-	eval "$$(bash scripts/libvirt11-chroot.sh env)" && $(VENV)/bin/pytest -v -rfEs tests/integration
+	eval "$$(bash scripts/libvirt11-chroot.sh env)" && \
+		$(VENV)/bin/pytest -v -rfEs --durations=25 -m "not host_only" tests/integration
