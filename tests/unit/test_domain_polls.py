@@ -8,14 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 from libvirt_snapshot_exporter.config import build
-from libvirt_snapshot_exporter.loop.domain_cache import DomainCache
+from libvirt_snapshot_exporter.loop.domain_cache import DomainCache, LoopParts
 from libvirt_snapshot_exporter.loop.domain_polls import (
     DomainPolls,
     check_interval,
     check_saw_change,
     due_call,
 )
-from libvirt_snapshot_exporter.loop.parts import LoopParts
 from libvirt_snapshot_exporter.model.observations import (
     CONTROL_JOB,
     CONTROL_OK,

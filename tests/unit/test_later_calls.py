@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from libvirt_snapshot_exporter.loop.later_calls import LaterCalls
-from libvirt_snapshot_exporter.loop.source_health import SourceHealth
+from libvirt_snapshot_exporter.loop.source_health import LaterCalls, SourceHealth
 from libvirt_snapshot_exporter.sources.libvirt.calls import LibvirtUnavailable
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.loop.operation_record import finished_operation, progress_estimate
+from libvirt_snapshot_exporter.loop.handoff import finished_operation, progress_estimate
 from libvirt_snapshot_exporter.model.context import OperationContext
 from libvirt_snapshot_exporter.model.operation import FinishedOperation
 from libvirt_snapshot_exporter.model.samples import HostSample, ProcessSample
@@ -35,7 +35,7 @@ def test_every_recorded_operation_gives_a_record_the_log_reads_back(sequence: st
 
 
 def test_the_record_holds_every_context_figure() -> None:
-    """A figure context.py adds must have a field here, or it would be lost."""
+    """A figure model/context.py adds must have a field here, or it would be lost."""
     ctx = OperationContext(guest_memory_used_bytes=1, guest_memory_total_bytes=2, guest_cpu_ratio=0.5)
     for t in (1.0, 2.0):
         ctx.add_host(HostSample(t, {"available": 5, "free": 4, "cached": 3, "dirty": 2, "writeback": 1},

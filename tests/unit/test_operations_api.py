@@ -9,7 +9,7 @@ import json
 import time
 
 import pytest
-from libvirt_snapshot_exporter.loop.operation_record import in_flight
+from libvirt_snapshot_exporter.loop.handoff import in_flight
 from libvirt_snapshot_exporter.model.context import OperationContext
 from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
 from libvirt_snapshot_exporter.store.oplog import OperationsLog

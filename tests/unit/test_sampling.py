@@ -16,8 +16,8 @@ import psutil
 import pytest
 from libvirt_snapshot_exporter.config import build
 from libvirt_snapshot_exporter.loop.context_keeper import ContextKeeper
+from libvirt_snapshot_exporter.loop.domain_cache import LoopParts
 from libvirt_snapshot_exporter.loop.domain_polls import DomainPolls
-from libvirt_snapshot_exporter.loop.parts import LoopParts
 from libvirt_snapshot_exporter.loop.sampling import Sampler
 from libvirt_snapshot_exporter.model.observations import CONTROL_JOB
 from libvirt_snapshot_exporter.sources.host import HostReader

@@ -1,5 +1,5 @@
 """The metric families of the last published view, built with prometheus_client; a scrape
-never calls libvirt. exposition.py formats them, caching what belongs to one domain.
+never calls libvirt. exposition/renderer.py formats them, caching what belongs to one domain.
 """
 
 from __future__ import annotations

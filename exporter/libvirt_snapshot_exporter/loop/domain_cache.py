@@ -1,17 +1,25 @@
 """What the collection loop knows of one domain between cycles: its last poll, statistics,
 disks, process and images, and when it is next due. Its published view is rebuilt only when
-something in it changed, so the view's rendered text stays cached (exposition.py).
+something in it changed, so the view's rendered text stays cached (exposition/renderer.py).
+LoopParts: what the loop's steps (domain_polls.py, sampling.py) share.
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..model.guest import CpuReading, cpu_ratio, cpu_reading, guest_memory_total, guest_memory_used
 from ..model.observations import DiskInfo, DomainPoll, GuestStats
 from ..model.samples import ProcessSample
 from ..store.view import DomainView
+from ..tracker.tracker import Tracker
+from .source_health import LaterCalls, SourceHealth
+
+if TYPE_CHECKING:
+    from ..sources.libvirt.adapter import LibvirtAdapter
+
 
 RESYNC_SECONDS = 60.0  # a full poll of every domain at least this often, whatever it looks like
 
@@ -122,3 +130,18 @@ class DomainCache:
             )
             self._view_version = self.version
         return self._view
+
+
+@dataclass(frozen=True)
+class LoopParts:
+    adapter: LibvirtAdapter
+    domains: dict[str, DomainCache]  # the polls add and drop domains, the others fill them in
+    tracker: Tracker
+    health: SourceHealth
+    later: LaterCalls
+
+    @classmethod
+    def on(cls, adapter: LibvirtAdapter) -> LoopParts:
+        """Fresh parts around one adapter: no domain known yet, every source healthy."""
+        health = SourceHealth()
+        return cls(adapter, {}, Tracker(), health, LaterCalls(health))

@@ -26,8 +26,7 @@ from ..model.observations import (
     Observation,
 )
 from ..sources.libvirt.calls import LibvirtUnavailable
-from .domain_cache import DomainCache
-from .parts import LoopParts
+from .domain_cache import DomainCache, LoopParts
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,10 @@ from ..store.view import StateStore, View
 from ..verdict.keeper import VerdictKeeper
 from ..verdict.recorder import FlightRecorder
 from .context_keeper import ContextKeeper
-from .domain_cache import DomainCache
+from .domain_cache import DomainCache, LoopParts
 from .domain_polls import DomainPolls
-from .handoff import OperationHandoff
+from .handoff import OperationHandoff, in_flight
 from .inbox import Inbox
-from .operation_record import in_flight
-from .parts import LoopParts
 from .sampling import Sampler
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,7 @@ from ..sources.host import HostReader
 from ..sources.images import image_usage
 from ..sources.qemu_process import ProcessReader
 from .context_keeper import ContextKeeper
-from .domain_cache import DomainCache
-from .parts import LoopParts
+from .domain_cache import DomainCache, LoopParts
 
 if TYPE_CHECKING:
     from ..verdict.recorder import FlightRecorder

@@ -71,7 +71,7 @@ CONDITIONS = ("dirty-throttling", "direct-reclaim", "kswapd-reclaim", "memory-pr
 
 @dataclass(frozen=True)
 class Verdict:
-    """What set an operation's pace, with the evidence (verdict.py makes it from the trace)."""
+    """What set an operation's pace, with the evidence (verdict/judge.py makes it from the trace)."""
 
     pace_setter: str  # one of PACE_SETTERS
     expected_seconds: float | None  # from the bytes QEMU wrote at the rate this host sustains
@@ -182,7 +182,7 @@ class FinishedOperation:
     job_downtime_ms: float | None = None
     # an external memory snapshot's guest memory, written by libvirt's iohelper, not QEMU
     job_memory_processed_bytes: int | None = None
-    # the host and guest around it (context.py)
+    # the host and guest around it (model/context.py folds them)
     host_memory_available_start_bytes: int | None = None
     host_memory_free_start_bytes: int | None = None
     host_memory_available_min_bytes: int | None = None

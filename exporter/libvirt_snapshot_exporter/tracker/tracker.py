@@ -18,9 +18,9 @@ Signals and what they mean (measured on libvirt 9.0 / QEMU 7.2, see README "Prec
 When a start or end was not seen directly it is bracketed by polls and the bracket is recorded
 as the uncertainty.
 
-Modules: tracker_state (the operations, what is kept of each domain), tracker_events (the
-domain events), tracker_files (the metadata files and status saves), tracker_starts (starts no
-event or poll saw); this one the polls, which find and finish operations.
+Modules: domain.py (the operations, what is kept of each domain), events.py (the domain
+events), files.py (the metadata files and status saves, and the starts no event or poll saw);
+this one the polls, which find and finish operations.
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ from .events import REVERT_SETTLE, take_event
 from .files import (
     FILE_GRACE,
     ahead_of_files,
+    create_start,
     end_at_removal,
     file_removed,
     file_written,
     forget_old_files,
     last_rewrite,
     take_file_event,
+    unseen_start,
 )
-from .starts import create_start, unseen_start
 
 __all__ = ["Operation", "Tracker", "depth_of"]
 

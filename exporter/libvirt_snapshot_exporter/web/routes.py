@@ -1,7 +1,7 @@
 """The routes: which answer each path gets. /metrics (text from exposition.MetricsRenderer),
 the landing page (landing_page.py), health, /api/operations and each operation's trace and
-verdict (operations_api.py), the page of one operation (operation_page.py) and the static files
-it needs. Served by http_server.py behind the layers of wsgi_layers.py.
+verdict (web/api.py), the page of one operation (operation_page.py) and the static files
+it needs. Served by web/server.py behind the layers of web/layers.py.
 """
 
 from __future__ import annotations
