@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 import libvirt
-from libvirt_snapshot_exporter.model.operation import FinishedOperation
-from libvirt_snapshot_exporter.model.trace import operation_id
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, operation_id
 from libvirt_snapshot_exporter.sources.host import HostReader
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.verdict.recorder import FlightRecorder
