@@ -4,6 +4,7 @@ verdict handed back by the recorder's thread, and an event waking the running lo
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 
@@ -12,7 +13,9 @@ import pytest
 from libvirt_snapshot_exporter.config import build
 from libvirt_snapshot_exporter.loop.loop import CollectionLoop
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.trace_store import TRACE_DIRECTORY, TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.verdict.recorder import FlightRecorder
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
 from lse_devtools.test_driver import URI, running_guest, snapshot
 
@@ -124,3 +127,28 @@ def test_an_event_wakes_the_running_loop_long_before_its_idle_check():
                 time.sleep(0.02)
         finally:
             loop.stop()
+
+
+def test_the_flight_recorder_and_the_trace_store_report_as_sources(tmp_path, monkeypatch):
+    """Threads of their own, read by the loop each cycle: a recorder whose /proc reads fail and
+    a trace store that cannot write set their own success to 0 and leave the others alone."""
+    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)  # the host readers set it
+    traces = TraceStore(str(tmp_path), 5, 2**22)
+    recorder = FlightRecorder(str(tmp_path / "noproc"), str(tmp_path), traces)
+    loop = CollectionLoop(make_loop().config, StateStore(View.initial(URI)), OperationsLog(None),
+                          recorder=recorder)
+    try:
+        loop.cycle()
+        health = loop.store.view.collectors
+        assert health["recorder"].success and health["traces"].success
+        shutil.rmtree(tmp_path / TRACE_DIRECTORY, ignore_errors=True)  # made at the first write
+        (tmp_path / TRACE_DIRECTORY).write_text("")  # a file where the directory was
+        traces.add(slow_trace())
+        recorder.start()
+        recorder.begin("vm/1", "vm", time.time(), None, [])  # its thread reads noproc/meminfo
+        cycle_until(loop, lambda: not loop.store.view.collectors["recorder"].success)
+        health = loop.store.view.collectors
+        assert not health["traces"].success and health["domains"].success
+    finally:
+        recorder.stop()
+        loop.adapter.close()

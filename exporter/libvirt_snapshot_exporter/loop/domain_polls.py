@@ -27,6 +27,7 @@ from ..model.observations import (
 )
 from ..sources.libvirt.calls import LibvirtUnavailable
 from .domain_cache import DomainCache, LoopParts
+from .source_health import Source
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,11 @@ class DomainPolls:
         # Lifecycle events announce state changes, definitions and removals: without one, the
         # list of all domains' states is refreshed at the idle check interval only.
         if woken or now >= self._next_states:
-            self.later.start("states", self.adapter.states, self._got_states, "domains")
+            self.later.start("states", self.adapter.states, self._got_states, Source.DOMAINS)
             self._next_states = now + interval
         self.later.finish(POLL_WAIT)
         if not self._states_ok:
-            self.health.mark("domains", False, time.time() - start)
+            self.health.mark(Source.DOMAINS, False, time.time() - start)
             return
         for name in [n for n in self.domains if n not in self._states]:
             self._pending.pop(name, None)
@@ -126,7 +127,7 @@ class DomainPolls:
         self._start_calls(now, woken, interval)
         ok &= self._gather(now)
         self._check_interval = interval
-        self.health.mark("domains", ok, time.time() - start)
+        self.health.mark(Source.DOMAINS, ok, time.time() - start)
 
     def job_progress(self) -> None:
         """Memory copied so far by each external memory create in flight."""

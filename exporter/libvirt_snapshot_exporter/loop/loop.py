@@ -33,6 +33,7 @@ from .domain_polls import DomainPolls
 from .handoff import OperationHandoff, in_flight
 from .inbox import Inbox
 from .sampling import Sampler
+from .source_health import Source
 
 log = logging.getLogger(__name__)
 
@@ -137,30 +138,35 @@ class CollectionLoop:
             self._publish()
 
     def _collect(self) -> None:
-        self.health.run("domains", self._drain_events)
-        self.health.mark("metadata", self.watch.ok, 0.0)
+        self.health.run(Source.DOMAINS, self._drain_events)
+        self.health.mark(Source.METADATA, self.watch.ok, 0.0)
+        if self.recorder is not None:  # threads of their own: their state read here
+            self.health.mark(Source.RECORDER, not self.recorder.failing, self.recorder.tick_seconds)
+            if self.recorder.store is not None:
+                self.health.mark(Source.TRACES, self.recorder.store.writable,
+                                 self.recorder.store.write_seconds)
         if not self.adapter.ensure_connected():
             if self._was_up:
                 log.warning("libvirt at %s unreachable: %s", self.adapter.uri,
                             self.adapter.last_error)
             self._was_up = False
-            self.health.mark("domains", False, 0.0)
-            self.health.run("host", self.sampler.sample_host)
+            self.health.mark(Source.DOMAINS, False, 0.0)
+            self.health.run(Source.HOST, self.sampler.sample_host)
             return
         if not self._was_up:
             self._on_connect()
         now = time.time()
-        self.health.run("domains", lambda: self.polls.poll(now))
-        self.health.run("domains", self._drain_events)
-        self.health.run("host", self.sampler.sample_host)
+        self.health.run(Source.DOMAINS, lambda: self.polls.poll(now))
+        self.health.run(Source.DOMAINS, self._drain_events)
+        self.health.run(Source.HOST, self.sampler.sample_host)
         if now >= self._next_stats:
             self._next_stats = now + self.config["collector.stats-interval"]
             self.sampler.sample_domains(now)
         else:
-            self.health.run("qemu_process", lambda: self.sampler.sample_busy_processes(now))
+            self.health.run(Source.QEMU_PROCESS, lambda: self.sampler.sample_busy_processes(now))
             self.sampler.refresh_outdated_disks(now)
         self.later.finish(0.0)
-        self.health.run("domains", self.polls.job_progress)
+        self.health.run(Source.DOMAINS, self.polls.job_progress)
 
     def _on_connect(self) -> None:
         self._was_up = True

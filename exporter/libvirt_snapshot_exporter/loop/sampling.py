@@ -22,6 +22,8 @@ from .domain_cache import DomainCache, LoopParts
 if TYPE_CHECKING:
     from ..verdict.recorder import FlightRecorder
 
+from .source_health import Source
+
 log = logging.getLogger(__name__)
 
 DISK_REFRESH_SECONDS = 60.0
@@ -47,17 +49,17 @@ class Sampler:
         """Every domain's figures: guest statistics (one bulk call, handled when it answers),
         QEMU processes and disks, then images."""
         self._stats_started = time.time()
-        self.later.start("bulk_stats", self.adapter.bulk_stats, self._got_stats, "guests")
+        self.later.start("bulk_stats", self.adapter.bulk_stats, self._got_stats, Source.GUESTS)
         start = time.time()
         for name, cache in self.domains.items():
-            self.health.run("qemu_process",
+            self.health.run(Source.QEMU_PROCESS,
                             functools.partial(self._read_process, name, cache, now))
             self._refresh_disks(name, cache, now)
-        self.health.mark("qemu_process", True, time.time() - start)
+        self.health.mark(Source.QEMU_PROCESS, True, time.time() - start)
         start = time.time()
         for name, cache in self.domains.items():
-            self.health.run("images", functools.partial(self._read_images, name, cache))
-        self.health.mark("images", True, time.time() - start)
+            self.health.run(Source.IMAGES, functools.partial(self._read_images, name, cache))
+        self.health.mark(Source.IMAGES, True, time.time() - start)
 
     def refresh_outdated_disks(self, now: float) -> None:
         """Between samplings, the disks of domains whose QEMU changed: a create right after a
@@ -81,7 +83,7 @@ class Sampler:
         self.host_sample = sample
         if self.recorder is not None:
             self.recorder.note_host(sample)
-        self.health.mark("host", True, time.time() - start)
+        self.health.mark(Source.HOST, True, time.time() - start)
 
     def _got_stats(self, future: concurrent.futures.Future) -> None:
         now = time.time()
@@ -94,7 +96,7 @@ class Sampler:
             cache = self.domains.get(name)
             if cache is not None:
                 cache.update_stats(now, values)
-        self.health.mark("guests", ok, now - self._stats_started)
+        self.health.mark(Source.GUESTS, ok, now - self._stats_started)
 
     def _read_process(self, name: str, cache: DomainCache, now: float) -> None:
         cache.update_process(self.processes.read(cache.pid) if cache.pid else None)
@@ -116,7 +118,7 @@ class Sampler:
                 return
             cache.update_disks(disks, now, pid)
 
-        self.later.start(f"xml:{name}", lambda: self.adapter.domain_disks(name), got, "domains")
+        self.later.start(f"xml:{name}", lambda: self.adapter.domain_disks(name), got, Source.DOMAINS)
 
     def _read_images(self, name: str, cache: DomainCache) -> None:
         """A file that cannot be read fails the images source; the figures stay as they were."""

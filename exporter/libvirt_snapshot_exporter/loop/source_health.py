@@ -12,11 +12,25 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 from ..sources.libvirt.calls import LibvirtUnavailable
 from ..store.view import CollectorStatus
 
 log = logging.getLogger(__name__)
+
+
+class Source(StrEnum):
+    """The exporter's sources, the `collector` label of their success, duration and age."""
+
+    DOMAINS = "domains"  # states, controlInfo, snapshot lists, disk XML
+    GUESTS = "guests"  # bulk guest statistics
+    HOST = "host"  # /proc meminfo, vmstat, PSI
+    QEMU_PROCESS = "qemu_process"  # each QEMU's /proc figures
+    IMAGES = "images"  # stat and statvfs of the domains' images
+    METADATA = "metadata"  # the inotify watch of libvirt's snapshot metadata
+    RECORDER = "recorder"  # the flight recorder's 8 Hz sampling
+    TRACES = "traces"  # writing traces to the state directory
 
 
 class SourceHealth:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class TraceStore:
         self._sizes: OrderedDict[str, int] = OrderedDict()  # oldest first
         self._memory: dict[str, bytes] = {}  # without a state directory only
         self._write_failed = False
+        self.write_seconds = 0.0  # the last write's
         if self.directory is not None:
             self._load_index()
 
@@ -89,15 +91,23 @@ class TraceStore:
         with self._lock:
             return list(self._sizes)
 
+    @property
+    def writable(self) -> bool:
+        """False while writing traces fails (the traces source's success)."""
+        return not self._write_failed
+
     def _write(self, trace_id: str, body: bytes) -> bool:
+        started = time.monotonic()
         try:
             write_atomically(self.directory, trace_id + SUFFIX, body)
         except OSError as exc:
+            self.write_seconds = time.monotonic() - started
             if not self._write_failed:
                 log.error("cannot write traces in %s: %s", self.directory, exc.strerror)
             self._write_failed = True
             return False
         self._write_failed = False
+        self.write_seconds = time.monotonic() - started
         return True
 
     def _evict_locked(self) -> None:

@@ -112,7 +112,8 @@ class FlightRecorder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flight-recorder", daemon=True)
-        self._failing = False
+        self.failing = False  # its last tick raised
+        self.tick_seconds = 0.0  # its last tick's duration
 
     def start(self) -> None:
         self._thread.start()
@@ -193,14 +194,15 @@ class FlightRecorder:
             started = time.monotonic()
             try:
                 self._tick()
-                if self._failing:
+                if self.failing:
                     log.info("flight recorder works again")
-                self._failing = False
+                self.failing = False
             except Exception as exc:  # noqa: BLE001 - a bad /proc read must not end the thread
-                if not self._failing:
+                if not self.failing:
                     log.error("flight recorder failed: %s: %s (logged once until it recovers)",
                               type(exc).__name__, exc)
-                self._failing = True
+                self.failing = True
+            self.tick_seconds = time.monotonic() - started
             with self._lock:
                 active = bool(self._recordings)
             # Idle: asleep until begin() or stop() wakes it.
