@@ -90,9 +90,9 @@ def _host(batches: int) -> HostSample:
 
 
 def _in_flight(now: float) -> tuple[InFlight, ...]:
-    create = InFlight("vm1/1", "vm1", "create", now - 42, "control", snapshot="s4", memory=True,
+    create = InFlight("0123456789abcdef", "vm1", "create", now - 42, "control", snapshot="s4", memory=True,
                       progress_estimate=0.4)
-    external = InFlight("vm2/2", "vm2", "create", now - 7, "job_completed", snapshot="m1",
+    external = InFlight("fedcba9876543210", "vm2", "create", now - 7, "job_completed", snapshot="m1",
                         kind="external", memory=True, memory_processed_bytes=GIB,
                         memory_remaining_bytes=3 * GIB)
     return (create, external)

@@ -7,9 +7,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from libvirt_snapshot_exporter.loop.handoff import finished_operation, progress_estimate
+from libvirt_snapshot_exporter.loop.handoff import finished_operation, in_flight, progress_estimate
 from libvirt_snapshot_exporter.model.context import OperationContext
-from libvirt_snapshot_exporter.model.operation import FinishedOperation
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, InvalidRecord, operation_id
 from libvirt_snapshot_exporter.model.samples import HostSample, ProcessSample
 from lse_devtools.replay import replay
 
@@ -64,3 +64,18 @@ def test_progress_is_bytes_written_over_guest_memory_for_internal_memory_creates
     assert progress_estimate(create, None) is None
     other = next(o for o in ops if o.operation != "create")
     assert progress_estimate(other, _context(256, 1024)) is None
+
+
+def test_one_id_from_the_moment_the_tracker_sees_an_operation() -> None:
+    """In flight, in the log, in the trace's name and the page's URL: the tracker's id; an
+    entry logged without one (older exporters) gets the id they derived from it."""
+    _, (op, *_), _ = replay(SEQUENCES / "internal_chain_running.jsonl")
+    record = finished_operation(op, _context(None, None), "7.2.0", ())
+    assert record.id == op.id == in_flight(op, None).id and len(op.id) == 16
+    assert record.to_json()["id"] == op.id
+    assert FinishedOperation.from_json(record.to_json()).id == op.id
+    old = {k: v for k, v in record.to_json().items() if k != "id"}
+    assert FinishedOperation.from_json(old).id == operation_id(
+        record.domain, record.snapshot, record.operation, record.start)
+    with pytest.raises(InvalidRecord, match="bad 'id'"):
+        FinishedOperation.from_json({**record.to_json(), "id": "../../etc"})

@@ -35,12 +35,12 @@ class OperationHandoff:
     def begun(self, op: Operation, cache: DomainCache) -> None:
         """The guest's memory and CPU as they were when it began: the study's columns."""
         used, total = cache.guest_memory()
-        self.contexts.begin(op.key, op.domain, op.start, used, total, cache.cpu_ratio)
+        self.contexts.begin(op.id, op.domain, op.start, used, total, cache.cpu_ratio)
         if self.recorder is not None:
-            self.recorder.begin(op.key, op.domain, op.start, cache.pid, cache.local_disk_paths())
+            self.recorder.begin(op.id, op.domain, op.start, cache.pid, cache.local_disk_paths())
 
     def finished(self, op: Operation, cache: DomainCache, qemu_version: str) -> None:
-        record = finished_operation(op, self.contexts.finish(op.key), qemu_version,
+        record = finished_operation(op, self.contexts.finish(op.id), qemu_version,
                                     cache.disk_cache_modes())
         log.info("%s %s of %s/%s: %.3f s (%s, start by %s, end by %s)", op.outcome,
                  op.operation, op.domain, op.snapshot, record.duration_seconds, op.kind,
@@ -48,7 +48,7 @@ class OperationHandoff:
         self.oplog.add(record)
         self.store.operations.record(record)
         if self.recorder is not None:
-            self.recorder.end(op.key, record)
+            self.recorder.end(op.id, record)
 
 
 def finished_operation(op: Operation, ctx: OperationContext, qemu_version: str,
@@ -56,6 +56,7 @@ def finished_operation(op: Operation, ctx: OperationContext, qemu_version: str,
     """The record of a finished operation, times rounded to the millisecond."""
     duration = op.duration or 0.0
     return FinishedOperation(
+        id=op.id,
         domain=op.domain,
         snapshot=op.snapshot,
         operation=op.operation,
@@ -92,6 +93,6 @@ def progress_estimate(op: Operation, ctx: OperationContext | None) -> float | No
 
 def in_flight(op: Operation, ctx: OperationContext | None) -> InFlight:
     """An operation in flight as the view publishes it."""
-    return InFlight(op.key, op.domain, op.operation, op.start, op.start_source, op.snapshot, op.kind,
+    return InFlight(op.id, op.domain, op.operation, op.start, op.start_source, op.snapshot, op.kind,
                     op.memory, op.depth, op.memory_processed_bytes, op.memory_remaining_bytes,
                     ctx.public() if ctx else {}, progress_estimate(op, ctx))

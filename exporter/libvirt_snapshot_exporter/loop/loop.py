@@ -202,15 +202,15 @@ class CollectionLoop:
     def _observe(self, obs: Observation) -> None:
         if log.isEnabledFor(logging.DEBUG):  # one replayable line (observations.from_record)
             log.debug("observation %s", json.dumps(to_record(obs)))
-        before = {op.key for op in self.tracker.in_flight()}
+        before = {op.id for op in self.tracker.in_flight()}
         finished = self.tracker.observe(obs)
         for op in self.tracker.in_flight():
-            if op.key not in before:
+            if op.id not in before:
                 self.handoff.begun(op, self.domains.get(op.domain, DomainCache()))
         qemu = self._versions.hypervisor if self._versions else ""
         for op in finished:
             cache = self.domains.get(op.domain, DomainCache())
-            if op.key not in before:
+            if op.id not in before:
                 self.handoff.begun(op, cache)
             self.handoff.finished(op, cache, qemu)
 
@@ -223,7 +223,7 @@ class CollectionLoop:
 
     def _publish(self) -> None:
         if self.recorder is not None:
-            self.recorder.retain(op.key for op in self.tracker.in_flight())
+            self.recorder.retain(op.id for op in self.tracker.in_flight())
         up = self._was_up and self.adapter.up
         domains = {}
         if up:
@@ -234,7 +234,7 @@ class CollectionLoop:
             View(
                 up=up, uri=self.adapter.uri, hostname=self.hostname, kernel=self.kernel,
                 versions=self._versions, host=self.sampler.host_sample, domains=domains,
-                in_flight=tuple(in_flight(op, self.contexts.current(op.key))
+                in_flight=tuple(in_flight(op, self.contexts.current(op.id))
                                 for op in self.tracker.in_flight()),
                 collectors=self.health.statuses(),
                 reconnects=self.adapter.reconnects, events=dict(self.adapter.events_received),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,12 +115,20 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def new_operation_id() -> str:
+    """An operation's id, given as the tracker first sees it and kept in its log entry, its
+    trace and its page's URL; safe in a URL and a file name."""
+    return secrets.token_hex(8)
+
+
 def operation_id(domain: str, snapshot: str, operation: str, start: float) -> str:
-    """A finished operation's id, derived from its log entry, so entries logged before traces
-    existed have one too; safe in a URL and a file name."""
+    """The id of an entry logged without one (before ids were logged), derived from it as
+    exporters then did, so its trace and page keep their URL."""
     key = f"{domain}\0{snapshot}\0{operation}\0{start:.3f}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
+
+ID = re.compile(r"[0-9a-f]{16}")
 
 REQUIRED = {
     "domain": _text,
@@ -153,6 +163,7 @@ OPTIONAL = {
         "guest_cpu_ratio",
     )},
     "verdict": lambda value: True,  # checked by Verdict.from_json
+    "id": _optional(lambda value: isinstance(value, str) and bool(ID.fullmatch(value))),
 }
 
 
@@ -198,10 +209,12 @@ class FinishedOperation:
     guest_memory_total_bytes: int | None = None
     guest_cpu_ratio: float | None = None
     verdict: Verdict | None = None  # once its trace is complete, a few seconds after its end
+    id: str = ""  # given as it was first seen (tracker); derived for entries logged without
 
-    @property
-    def id(self) -> str:
-        return operation_id(self.domain, self.snapshot or "", self.operation, self.start)
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", operation_id(self.domain, self.snapshot or "",
+                                                        self.operation, self.start))
 
     def to_json(self) -> dict[str, Any]:
         entry = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -249,7 +262,7 @@ class InFlight:
     """An operation in flight as the view publishes it: frozen, since the tracker goes on
     changing its own operation after the view is published."""
 
-    key: str
+    id: str
     domain: str
     operation: str  # create | delete | revert
     start: float

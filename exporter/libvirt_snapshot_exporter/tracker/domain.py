@@ -3,13 +3,12 @@ and how the operation in flight is closed (which resets that memory). Pure, no I
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..model.observations import DomainPoll, SnapshotRecord
+from ..model.operation import new_operation_id
 
-_ids = itertools.count(1)
 Start = tuple[float, str, float]  # an operation's start, start_source, start_uncertainty
 
 
@@ -42,16 +41,11 @@ class Operation:
     idle_since: float | None = None
     rewritten_at: float | None = None  # a revert's snapshot files rewritten: its end
     defined_at: float | None = None  # a revert's DEFINED/FROM_SNAPSHOT, its last event
-    id: int = field(default_factory=lambda: next(_ids))
+    id: str = field(default_factory=new_operation_id)  # the operation's one id, log and URL
 
     @property
     def duration(self) -> float | None:
         return None if self.end is None else max(0.0, self.end - self.start)
-
-    @property
-    def key(self) -> str:
-        """Stable while the operation runs, though its start may still be refined."""
-        return f"{self.domain}/{self.id}"
 
 
 @dataclass

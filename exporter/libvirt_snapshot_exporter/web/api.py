@@ -63,7 +63,7 @@ class OperationsApi:
         in_flight = []
         for op in self.store.view.in_flight:
             in_flight.append({
-                "domain": op.domain, "snapshot": op.snapshot, "operation": op.operation,
+                "id": op.id, "domain": op.domain, "snapshot": op.snapshot, "operation": op.operation,
                 "kind": op.kind, "memory": op.memory, "depth": op.depth,
                 "start": round(op.start, 3), "elapsed_seconds": round(now - op.start, 3),
                 "start_source": op.start_source, "progress_estimate": op.progress_estimate,
