@@ -133,10 +133,10 @@ def test_the_study_table_shows_each_create_with_its_verdict():
                record(1, 1, "delete", 0.5)]
     lines = table(records, INFO).splitlines()
     assert lines[0] == ("| run | guest memory used / total (GiB) | guest CPU % | level 1       | "
-                        "level 2            | delete (all) | kind / flags | cache     | QEMU   "
+                        "level 2             | delete (all) | kind / flags | cache     | QEMU   "
                         "| host RAM |")
     assert lines[2] == ("| 1   | 0.25 / 0.50                     | 3           | 6.17 s (size) | "
-                        "2.14 s (size 1.0x) | 0.80 s       | internal     | writeback | 7.2.22 "
+                        "2.14 s (size, 1.0x) | 0.80 s       | internal     | writeback | 7.2.22 "
                         "| 24.0 GiB |")
     failed = [record(2, 1, "create", 1.0, pace=None, outcome="failure")]
     assert "| failed " in table(failed, INFO)

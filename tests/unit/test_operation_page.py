@@ -155,13 +155,10 @@ def test_a_logged_verdict_with_null_figures_is_still_said():
         "Storage set the pace: QEMU's writers waited on the device (in 0 % of their samples)")
 
 
-def test_verdict_cell_from_the_entrys_verdict():
-    assert page.verdict_cell({"verdict": {"pace_setter": "storage-slow", "slowdown": 3.02}}) \
-        == "storage-slow, 3.0x"
-    assert page.verdict_cell({"verdict": {"pace_setter": "unknown", "slowdown": None}}) \
-        == "unknown"
-    assert page.verdict_cell({"verdict": {"pace_setter": HOSTILE}}).startswith("&lt;/script")
-    assert page.verdict_cell({}) == page.verdict_cell({"verdict": "size"}) == ""
+def test_the_short_verdict_of_the_landing_page_and_bench():
+    assert verdict("storage-slow").short().startswith("storage-slow, ")
+    assert dataclasses.replace(verdict("storage-slow"), slowdown=3.02).short() == "storage-slow, 3.0x"
+    assert dataclasses.replace(verdict("unknown"), slowdown=None).short() == "unknown"
 
 
 # --- routes -----------------------------------------------------------------------------------

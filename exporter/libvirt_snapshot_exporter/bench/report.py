@@ -80,11 +80,9 @@ def duration_text(seconds: float) -> str:
 
 
 def verdict_text(record: OperationRecord) -> str:
-    """'size 1.0x', 'storage-slow 3.1x', 'size' (no learned rate yet), '' (no verdict)."""
+    """The verdict's short form, '' while there is none."""
     verdict = record.entry.verdict if record.entry is not None else None
-    if verdict is None:
-        return ""
-    return verdict.pace_setter + ("" if verdict.slowdown is None else f" {verdict.slowdown:.1f}x")
+    return "" if verdict is None else verdict.short()
 
 
 def _gib(value: int | None) -> str:

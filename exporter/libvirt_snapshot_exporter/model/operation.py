@@ -82,6 +82,11 @@ class Verdict:
     present: tuple[str, ...] = ()  # CONDITIONS seen that did not set the pace
     figures: Mapping[str, float | None] = field(default_factory=dict)  # what it rests on
 
+    def short(self) -> str:
+        """'storage-slow, 3.0x'; 'size' while no rate is learned: the landing page's column,
+        bench's rows and plots."""
+        return self.pace_setter + ("" if self.slowdown is None else f", {self.slowdown:.1f}x")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "pace_setter": self.pace_setter,

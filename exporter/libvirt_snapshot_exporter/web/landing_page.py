@@ -13,7 +13,6 @@ from typing import Any
 from .. import __version__
 from ..model.operation import FinishedOperation
 from ..store.view import View
-from .operation_page import verdict_cell
 
 ROWS = 100  # finished operations on the landing page
 
@@ -65,7 +64,7 @@ def rows(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperati
         entry = record.to_json()
         cells = _cells(entry)
         cells[0] = f'<a href="/operations/{record.id}">{cells[0]}</a>'
-        cells[-1] = verdict_cell(entry)
+        cells[-1] = html.escape(record.verdict.short()) if record.verdict else ""
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return lines
 

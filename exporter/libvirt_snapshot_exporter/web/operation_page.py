@@ -16,7 +16,7 @@ import hashlib
 import html
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -261,18 +261,6 @@ def present_sentences(verdict: Verdict, record: FinishedOperation,
         else:
             said.append(f"{condition} was present, but did not set the pace.")
     return said
-
-
-def verdict_cell(entry: Mapping[str, Any]) -> str:
-    """The landing page's verdict column (HTML): the pace-setter and the slowdown of the
-    entry's verdict, empty while it has none."""
-    verdict = entry.get("verdict")
-    if not isinstance(verdict, Mapping) or not isinstance(verdict.get("pace_setter"), str):
-        return ""
-    slowdown = verdict.get("slowdown")
-    text = verdict["pace_setter"] + (f", {slowdown:.1f}x" if isinstance(slowdown, (int, float))
-                                     else "")
-    return html.escape(text)
 
 
 # --- the page --------------------------------------------------------------------------------
