@@ -165,9 +165,12 @@ def test_scrape_answers_at_once_during_a_snapshot(exporter, filler, conn):
         done.set()
         thread.join()
         testbed.delete_all_snapshots(conn, filler)
-    assert wall > 1.0, f"the snapshot took only {wall:.2f} s: not a busy domain"
+    # A scrape held up by the snapshot would take about as long as it: under half of it and
+    # under 1 s. QEMU 10.0 (libvirt 11.3) writes this guest's in 0.85-1.0 s here, 9.0's longer.
+    assert wall > 0.5, f"the snapshot took only {wall:.2f} s: not a busy domain"
     assert in_progress, "no scrape showed the snapshot in progress"
-    assert max(durations) < 1.0, f"slowest scrape {max(durations):.3f} s during a {wall:.1f} s snapshot"
+    assert max(durations) < min(1.0, wall / 2), (
+        f"slowest scrape {max(durations):.3f} s during a {wall:.2f} s snapshot")
 
 
 def test_libvirtd_restart(exporter, bare, conn):
