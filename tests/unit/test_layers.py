@@ -26,7 +26,7 @@ MAY_IMPORT = {
     "exposition": {"model", "store"},
     "web": {"model", "store", "verdict", "exposition", "config"},
     "loop": {"model", "sources", "tracker", "store", "verdict", "exposition", "config"},
-    "bench": {"model", "sources", "store", "verdict", "web", "loop", "config"},
+    "bench": {"model", "sources", "store", "verdict", "loop", "config"},
     "cli": {"model", "sources", "tracker", "store", "verdict", "exposition", "web", "loop",
             "bench", "config"},
     "__main__": {"cli"},

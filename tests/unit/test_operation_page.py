@@ -13,6 +13,7 @@ from libvirt_snapshot_exporter.model.trace import Point, Trace
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.verdict import explain
 from libvirt_snapshot_exporter.verdict.judge import judge, reference_rate
 from libvirt_snapshot_exporter.web import operation_page as page
 from libvirt_snapshot_exporter.web import routes as web
@@ -43,7 +44,7 @@ def test_rates_and_memory_are_derived_from_the_counters_and_gauges():
                                    "psi_io_some": 1.25}),
               Point(102.0, 2, {}, {"device_write_bytes": 50e6, "qemu_write_bytes": 5e6}))
     trace = Trace("0" * 16, "vm", "s", "create", 100.5, 101.5, 0.125, "vda", points)
-    data = page.charts(trace)
+    data = explain.charts(trace)
     assert data["x"] == [-0.5, 0.0, 0.5, 1.5] and data["end"] == 1.0
     by_title = {c["title"]: {s["label"]: s["values"] for s in c["series"]}
                 for c in data["charts"]}
@@ -60,7 +61,7 @@ def test_thread_states_are_shares_of_the_last_second_of_writer_samples():
               for i in range(16)]
     points.insert(0, Point(9.0, 1, {"free": 1}))  # before the threads are sampled
     trace = Trace("0" * 16, "vm", "s", "create", 10.0, 12.0, 0.125, "", tuple(points))
-    (threads,) = [c for c in page.charts(trace)["charts"] if c["title"].startswith("QEMU's")]
+    (threads,) = [c for c in explain.charts(trace)["charts"] if c["title"].startswith("QEMU's")]
     values = {s["label"]: s["values"] for s in threads["series"]}
     assert values["running"][0] is None and values["running"][1] == 100.0  # one sample: running
     assert values["running"][-1] == 25.0 and values["throttled by dirty limits"][-1] == 75.0
@@ -70,11 +71,11 @@ def test_thread_states_are_shares_of_the_last_second_of_writer_samples():
 def test_the_slow_storage_verdict_in_words():
     trace, op = slow_trace(), slow_create()
     found = judge(trace, op, reference_rate([*history(), op]))
-    assert page.pace_sentence(found, op) == (
+    assert explain.pace_sentence(found, op) == (
         "Storage set the pace: QEMU's writers waited on a device busy 96 % of the time (in 95 % "
         "of their samples); 1.18 GB at 39 MB/s against 120 MB/s usual: 3.0x slower than "
         "expected (10.0 s).")
-    throttled, low_free = page.present_sentences(found, op, trace)
+    throttled, low_free = explain.present_sentences(found, op, trace)
     assert throttled.startswith("Dirty limits throttled the writers 70 % of the time, but did "
                                 "not set the pace")
     assert re.fullmatch(r"MemFree fell to \d+ MiB while MemAvailable stayed at 3,\d{3} MiB or "
@@ -95,12 +96,12 @@ def test_the_slow_storage_verdict_in_words():
                                 "than the 5 a verdict needs."),
 ])
 def test_each_pace_setter_in_words(pace, figures, words):
-    assert page.pace_sentence(verdict(pace, **figures), record()).startswith(words)
+    assert explain.pace_sentence(verdict(pace, **figures), record()).startswith(words)
 
 
 def test_without_a_learned_rate_the_words_say_why_there_is_no_expectation():
     blind = dataclasses.replace(verdict("size"), expected_seconds=None, slowdown=None)
-    assert page.pace_sentence(blind, record()) == (
+    assert explain.pace_sentence(blind, record()) == (
         "Size set the pace: nothing held QEMU's writers back, so its own bytes did; no expected "
         "duration yet: this host has logged no successful internal create with memory that "
         "wrote 64 MiB or more to learn its storage's rate from.")
@@ -110,17 +111,17 @@ def test_each_condition_present_is_said_not_to_set_the_pace():
     trace = slow_trace()
     present = ("dirty-throttling", "direct-reclaim", "kswapd-reclaim", "memory-pressure",
                "low-memfree-ample-memavailable", "something-new")
-    said = page.present_sentences(dataclasses.replace(verdict("size"), present=present),
+    said = explain.present_sentences(dataclasses.replace(verdict("size"), present=present),
                                   record(), trace)
     assert len(said) == len(present)
     assert all("did not set the pace" in s for s in said), said
     assert said[3].startswith("Tasks waited on memory 0 % of the time (PSI)")
-    logged = page.present_sentences(dataclasses.replace(verdict("size"), present=present),
+    logged = explain.present_sentences(dataclasses.replace(verdict("size"), present=present),
                                     record(memory_stall_seconds=15.15,
                                            host_memory_available_min_bytes=3500 * MIB), None)
     assert logged[3].startswith("Tasks waited on memory 50 % of the time (PSI)")
     assert logged[4].startswith("MemFree fell to 200 MiB while MemAvailable stayed at 3,500")
-    assert page.present_sentences(dataclasses.replace(verdict("size"), present=present),
+    assert explain.present_sentences(dataclasses.replace(verdict("size"), present=present),
                                   record(host_memory_free_min_bytes=None), None)[4].startswith(
         "MemFree fell low while MemAvailable stayed ample: the page cache")
 
@@ -151,7 +152,7 @@ def test_a_missing_trace_is_a_page_saying_so():
 def test_a_logged_verdict_with_null_figures_is_still_said():
     logged = dataclasses.replace(verdict("storage-slow"), figures={
         "samples": 240, "device_utilisation": None, "writer_device_share": None})
-    assert page.pace_sentence(logged, record()).startswith(
+    assert explain.pace_sentence(logged, record()).startswith(
         "Storage set the pace: QEMU's writers waited on the device (in 0 % of their samples)")
 
 

@@ -1,6 +1,6 @@
 """The bench's pictures: durations by level beside the host's memory and writeback over the
 run, and one picture of each operation's trace with the charts of the exporter's operation
-page (operation_page.charts: the same series, derived by the same code) and its verdict in
+page (verdict/explain.py's charts: the same series, derived by the same code) and its verdict in
 words.
 
 matplotlib is an optional extra (`pip install 'libvirt-snapshot-exporter[plot]'`): the exporter
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.trace import Point
-from ..web.operation_page import charts, pace_sentence
+from ..verdict.explain import charts, pace_sentence
 from .report import GIB, OperationRecord, RunInfo, duration_text, plot_name, verdict_text
 
 MIB = 2**20
