@@ -10,6 +10,7 @@ from ..model.observations import (
     DETAIL_STARTED_FROM_SNAPSHOT,
     DETAIL_STARTED_RESTORED,
     DETAIL_STOPPED_FROM_SNAPSHOT,
+    DETAIL_SUSPENDED_API_ERROR,
     DETAIL_SUSPENDED_FROM_SNAPSHOT,
     EVENT_DEFINED,
     EVENT_RESUMED,
@@ -24,7 +25,6 @@ from ..model.observations import (
 )
 from .domain import Operation, TrackedDomain, finish
 
-DETAIL_SUSPENDED_API_ERROR = 6  # an API call failed while the guest was paused
 REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
 REVERT_EVENTS = {
     (EVENT_SUSPENDED, DETAIL_SUSPENDED_FROM_SNAPSHOT),

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 from ..model.observations import (
     CONTROL_JOB,
+    PAUSED_SAVE,
+    PAUSED_SNAPSHOT,
+    PAUSED_STARTING_UP,
     STATE_PAUSED,
     STATE_RUNNING,
     STATE_SHUTOFF,
@@ -55,9 +58,8 @@ from .files import (
     unseen_start,
 )
 
-__all__ = ["Operation", "Tracker", "depth_of"]
+__all__ = ["Operation", "Tracker"]
 
-PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP = 3, 9, 11
 Snapshots = dict[str, SnapshotRecord]
 
 
