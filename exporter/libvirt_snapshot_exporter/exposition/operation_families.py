@@ -20,25 +20,13 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
+from ..model.operation import LAST_OPERATION_FIGURES
 from ..store.view import DURATION_BUCKETS, DomainOperations, HistogramTable, HostOperations, View
 
 OPERATION_LABELS = ["operation", "kind", "memory", "outcome"]
 DO = ["domain", "operation"]
 DURATION_DOC = "Duration of each finished snapshot operation"
 PAUSED_DOC = "How long each snapshot operation kept the guest paused"
-LAST_CONTEXT = (
-    ("host_memory_available_start_bytes", "Host MemAvailable when the operation began."),
-    ("host_memory_available_min_bytes", "Lowest host MemAvailable while it ran."),
-    ("host_memory_free_min_bytes", "Lowest host MemFree while it ran."),
-    ("host_dirty_peak_bytes", "Highest host Dirty while it ran."),
-    ("host_writeback_peak_bytes", "Highest host Writeback while it ran."),
-    ("qemu_written_bytes", "Bytes the QEMU process wrote while it ran."),
-    ("qemu_write_rate_bytes_per_second", "Bytes the QEMU process wrote per second of it."),
-    ("memory_stall_seconds", "Host PSI memory 'some' stall accumulated while it ran."),
-    ("io_stall_seconds", "Host PSI io 'some' stall accumulated while it ran."),
-    ("guest_memory_used_bytes", "Guest memory in use when it began."),
-    ("guest_cpu_ratio", "Guest CPU use (share of its vCPUs) just before it began."),
-)
 
 
 def _histogram(name: str, doc: str, table: HistogramTable, domain: str | None = None
@@ -99,7 +87,7 @@ def _last_operations(ops: DomainOperations) -> Iterator[Metric]:
     last_success = gauge("last_operation_success", "1 if it succeeded, 0 if it failed.")
     last_depth = gauge("last_operation_depth",
                        "Depth (the study's level) of the snapshot it created, deleted or reverted to.")
-    context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_CONTEXT}
+    context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_OPERATION_FIGURES}
     pace = GaugeMetricFamily(
         "libvirt_snapshot_last_operation_verdict_info",
         "What set the pace of the domain's last operation of this type (see README, Verdict).",

@@ -135,6 +135,12 @@ def operation_id(domain: str, snapshot: str, operation: str, start: float) -> st
 
 ID = re.compile(r"[0-9a-f]{16}")
 
+
+def figure(help_text: str = "") -> Any:
+    """A figure of the host or guest around an operation: a number, None where not read; with
+    a help text, also a metric of the domain's last operation."""
+    return field(default=None, metadata={"figure": True, "help": help_text})
+
 REQUIRED = {
     "domain": _text,
     "operation": _one_of("create", "delete", "revert"),
@@ -159,14 +165,6 @@ OPTIONAL = {
     "job_time_elapsed_ms": _optional(_number),
     "job_downtime_ms": _optional(_number),
     "job_memory_processed_bytes": _optional(_number),
-    **{key: _optional(_number) for key in (
-        "host_memory_available_start_bytes", "host_memory_free_start_bytes",
-        "host_memory_available_min_bytes", "host_memory_free_min_bytes",
-        "host_cached_start_bytes", "host_dirty_peak_bytes", "host_writeback_peak_bytes",
-        "qemu_written_bytes", "qemu_write_rate_bytes_per_second", "memory_stall_seconds",
-        "io_stall_seconds", "guest_memory_used_bytes", "guest_memory_total_bytes",
-        "guest_cpu_ratio",
-    )},
     "verdict": lambda value: True,  # checked by Verdict.from_json
     "id": _optional(lambda value: isinstance(value, str) and bool(ID.fullmatch(value))),
 }
@@ -198,21 +196,22 @@ class FinishedOperation:
     job_downtime_ms: float | None = None
     # an external memory snapshot's guest memory, written by libvirt's iohelper, not QEMU
     job_memory_processed_bytes: int | None = None
-    # the host and guest around it (model/context.py folds them)
-    host_memory_available_start_bytes: int | None = None
-    host_memory_free_start_bytes: int | None = None
-    host_memory_available_min_bytes: int | None = None
-    host_memory_free_min_bytes: int | None = None
-    host_cached_start_bytes: int | None = None
-    host_dirty_peak_bytes: int | None = None
-    host_writeback_peak_bytes: int | None = None
-    qemu_written_bytes: int | None = None
-    qemu_write_rate_bytes_per_second: int | None = None
-    memory_stall_seconds: float | None = None
-    io_stall_seconds: float | None = None
-    guest_memory_used_bytes: int | None = None
-    guest_memory_total_bytes: int | None = None
-    guest_cpu_ratio: float | None = None
+    # the host and guest around it (model/context.py folds them); each with a help text is also
+    # a libvirt_snapshot_last_operation_<name> gauge (exposition/operation_families.py)
+    host_memory_available_start_bytes: int | None = figure('Host MemAvailable when the operation began.')
+    host_memory_free_start_bytes: int | None = figure()
+    host_memory_available_min_bytes: int | None = figure('Lowest host MemAvailable while it ran.')
+    host_memory_free_min_bytes: int | None = figure('Lowest host MemFree while it ran.')
+    host_cached_start_bytes: int | None = figure()
+    host_dirty_peak_bytes: int | None = figure('Highest host Dirty while it ran.')
+    host_writeback_peak_bytes: int | None = figure('Highest host Writeback while it ran.')
+    qemu_written_bytes: int | None = figure('Bytes the QEMU process wrote while it ran.')
+    qemu_write_rate_bytes_per_second: int | None = figure('Bytes the QEMU process wrote per second of it.')
+    memory_stall_seconds: float | None = figure("Host PSI memory 'some' stall accumulated while it ran.")
+    io_stall_seconds: float | None = figure("Host PSI io 'some' stall accumulated while it ran.")
+    guest_memory_used_bytes: int | None = figure('Guest memory in use when it began.')
+    guest_memory_total_bytes: int | None = figure()
+    guest_cpu_ratio: float | None = figure('Guest CPU use (share of its vCPUs) just before it began.')
     verdict: Verdict | None = None  # once its trace is complete, a few seconds after its end
     id: str = ""  # given as it was first seen (tracker); derived for entries logged without
 
@@ -238,6 +237,12 @@ class FinishedOperation:
         if fields.get("verdict") is not None:
             fields["verdict"] = Verdict.from_json(fields["verdict"])
         return cls(**fields)
+
+
+FIGURES = tuple(f for f in dataclasses.fields(FinishedOperation) if f.metadata.get("figure"))
+OPTIONAL.update({f.name: _optional(_number) for f in FIGURES})
+# (name, help) of each figure that is a metric of the domain's last operation
+LAST_OPERATION_FIGURES = tuple((f.name, f.metadata["help"]) for f in FIGURES if f.metadata["help"])
 
 
 def _checked(entry: Any) -> dict[str, Any]:
