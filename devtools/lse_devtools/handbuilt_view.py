@@ -18,7 +18,7 @@ from libvirt_snapshot_exporter.model.observations import (
     SnapshotRecord,
     Versions,
 )
-from libvirt_snapshot_exporter.model.operation import FinishedOperation, InFlight, Verdict
+from libvirt_snapshot_exporter.model.operation import FinishedOperation, InFlight, OperationFacts, Verdict
 from libvirt_snapshot_exporter.model.samples import HostSample, ProcessSample
 from libvirt_snapshot_exporter.store.view import CollectorStatus, DomainView, StateStore, View
 
@@ -90,11 +90,12 @@ def _host(batches: int) -> HostSample:
 
 
 def _in_flight(now: float) -> tuple[InFlight, ...]:
-    create = InFlight("0123456789abcdef", "vm1", "create", now - 42, "control", snapshot="s4", memory=True,
+    create = InFlight("0123456789abcdef", OperationFacts("vm1", "create", now - 42, "control", 0.0,
+                                                        snapshot="s4", memory=True),
                       progress_estimate=0.4)
-    external = InFlight("fedcba9876543210", "vm2", "create", now - 7, "job_completed", snapshot="m1",
-                        kind="external", memory=True, memory_processed_bytes=GIB,
-                        memory_remaining_bytes=3 * GIB)
+    external = InFlight("fedcba9876543210", OperationFacts(
+        "vm2", "create", now - 7, "job_completed", 0.0, snapshot="m1", kind="external",
+        memory=True, memory_processed_bytes=GIB, memory_remaining_bytes=3 * GIB))
     return (create, external)
 
 

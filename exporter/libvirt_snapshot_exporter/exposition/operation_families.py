@@ -136,7 +136,8 @@ def in_flight_families(view: View, now: float) -> Iterator[Metric]:
                       "External snapshot memory phase: bytes left.")
     estimate = gauge("operation_progress_estimate_ratio",
                      "Internal create: bytes QEMU wrote since the start / guest memory used.")
-    for op in view.in_flight:
+    for item in view.in_flight:
+        op = item.facts
         labels = [op.domain, op.operation]
         running.add_metric(labels, 1)
         started.add_metric(labels, op.start)
@@ -144,6 +145,6 @@ def in_flight_families(view: View, now: float) -> Iterator[Metric]:
         if op.memory_processed_bytes is not None:
             processed.add_metric(labels, op.memory_processed_bytes)
             remaining.add_metric(labels, op.memory_remaining_bytes or 0)
-        if op.progress_estimate is not None:
-            estimate.add_metric(labels, op.progress_estimate)
+        if item.progress_estimate is not None:
+            estimate.add_metric(labels, item.progress_estimate)
     yield from (running, started, elapsed, processed, remaining, estimate)

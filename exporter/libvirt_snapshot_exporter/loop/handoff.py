@@ -7,6 +7,7 @@ while it runs) is built here from the tracker's operation and its context, purel
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from .domain_cache import DomainCache
 if TYPE_CHECKING:
     from ..verdict.recorder import FlightRecorder
 from ..model.context import OperationContext, write_rate
-from ..model.operation import FinishedOperation, InFlight
+from ..model.operation import FinishedOperation, InFlight, OperationFacts
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,5 @@ def progress_estimate(op: Operation, ctx: OperationContext | None) -> float | No
 
 def in_flight(op: Operation, ctx: OperationContext | None) -> InFlight:
     """An operation in flight as the view publishes it."""
-    return InFlight(op.id, op.domain, op.operation, op.start, op.start_source, op.snapshot, op.kind,
-                    op.memory, op.depth, op.memory_processed_bytes, op.memory_remaining_bytes,
-                    ctx.public() if ctx else {}, progress_estimate(op, ctx))
+    facts = OperationFacts(**{f.name: getattr(op, f.name) for f in dataclasses.fields(OperationFacts)})
+    return InFlight(op.id, facts, ctx.public() if ctx else {}, progress_estimate(op, ctx))

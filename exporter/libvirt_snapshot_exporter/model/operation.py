@@ -267,21 +267,30 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-@dataclass(frozen=True)
-class InFlight:
-    """An operation in flight as the view publishes it: frozen, since the tracker goes on
-    changing its own operation after the view is published."""
+@dataclass
+class OperationFacts:
+    """What is known of an operation while it runs: the tracker's Operation keeps (and
+    refines) these; the view publishes a copy of them in each InFlight."""
 
-    id: str
     domain: str
     operation: str  # create | delete | revert
     start: float
-    start_source: str
+    start_source: str  # control | event | job_completed | poll | creation_time
+    start_uncertainty: float
     snapshot: str = ""
     kind: str = "internal"
     memory: bool = False
     depth: int = 0
-    memory_processed_bytes: int | None = None
+    memory_processed_bytes: int | None = None  # an external memory snapshot's, from its job
     memory_remaining_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """An operation in flight as the view publishes it: its id, a copy of its facts (the
+    tracker goes on refining its own), its figures so far and how far it is."""
+
+    id: str
+    facts: OperationFacts
     context: dict[str, Any] = dataclasses.field(default_factory=dict)
     progress_estimate: float | None = None

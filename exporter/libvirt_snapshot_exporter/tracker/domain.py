@@ -7,24 +7,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..model.observations import DomainPoll, SnapshotRecord
-from ..model.operation import new_operation_id
+from ..model.operation import OperationFacts, new_operation_id
 
 Start = tuple[float, str, float]  # an operation's start, start_source, start_uncertainty
 
 
 @dataclass
-class Operation:
+class Operation(OperationFacts):
     """One snapshot operation, in flight (end is None) or finished."""
 
-    domain: str
-    operation: str  # create | delete | revert
-    start: float
-    start_source: str  # control | event | job_completed | poll | creation_time
-    start_uncertainty: float
-    snapshot: str = ""
-    kind: str = "internal"
-    memory: bool = False
-    depth: int = 0
     end: float | None = None
     end_source: str = ""
     end_uncertainty: float = 0.0
@@ -32,8 +23,6 @@ class Operation:
     error: str = ""
     paused_seconds: float = 0.0
     job: dict[str, Any] = field(default_factory=dict)
-    memory_processed_bytes: int | None = None
-    memory_remaining_bytes: int | None = None
     # internal bookkeeping while in flight
     paused_since: float | None = None
     resumed_at: float | None = None

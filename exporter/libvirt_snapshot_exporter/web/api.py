@@ -61,15 +61,16 @@ class OperationsApi:
         """Operations in flight, as they stand now."""
         now = time.time()
         in_flight = []
-        for op in self.store.view.in_flight:
+        for item in self.store.view.in_flight:
+            op = item.facts
             in_flight.append({
-                "id": op.id, "domain": op.domain, "snapshot": op.snapshot, "operation": op.operation,
+                "id": item.id, "domain": op.domain, "snapshot": op.snapshot, "operation": op.operation,
                 "kind": op.kind, "memory": op.memory, "depth": op.depth,
                 "start": round(op.start, 3), "elapsed_seconds": round(now - op.start, 3),
-                "start_source": op.start_source, "progress_estimate": op.progress_estimate,
+                "start_source": op.start_source, "progress_estimate": item.progress_estimate,
                 "memory_processed_bytes": op.memory_processed_bytes,
                 "memory_remaining_bytes": op.memory_remaining_bytes,
-                **op.context,
+                **item.context,
             })
         return in_flight
 
