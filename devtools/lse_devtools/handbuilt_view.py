@@ -20,7 +20,7 @@ from libvirt_snapshot_exporter.model.observations import (
 )
 from libvirt_snapshot_exporter.model.operation import FinishedOperation, InFlight, OperationFacts, Verdict
 from libvirt_snapshot_exporter.model.samples import HostSample, ProcessSample
-from libvirt_snapshot_exporter.store.view import CollectorStatus, DomainView, StateStore, View
+from libvirt_snapshot_exporter.store.view import DomainView, SourceStatus, StateStore, View
 
 GIB = 1024**3
 IMAGES = "/var/lib/libvirt/images"
@@ -105,8 +105,8 @@ def store(now: float, batches: int = 1) -> StateStore:
         up=True, uri="qemu:///system", hostname="hv1", kernel="6.1.0-test",
         versions=Versions("9.0.0", "9.0.0", "7.2.0", 9000000), host=_host(batches),
         domains={"vm1": _vm1(now, batches), "vm2": _vm2()}, in_flight=_in_flight(now),
-        collectors={
-            name: CollectorStatus(True, 0.004, now - 0.5)
+        sources={
+            name: SourceStatus(True, 0.004, now - 0.5)
             for name in ("domains", "guests", "host", "qemu_process", "images")
         },
         reconnects=1, events={"lifecycle": 12, "job_completed": 1, "block_job": 2},

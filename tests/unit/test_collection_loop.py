@@ -46,11 +46,11 @@ def cycle_until(loop: CollectionLoop, done: Callable[[], object], seconds: float
 
 def test_a_cycle_publishes_every_domain_and_every_source(loop):
     with running_guest() as dom:
-        cycle_until(loop, lambda: set(SOURCES) <= set(loop.store.view.collectors))
+        cycle_until(loop, lambda: set(SOURCES) <= set(loop.store.view.sources))
         view = loop.store.view
         assert view.up and view.versions is not None and view.hostname == dom.connect().getHostname()
         assert view.domains[dom.name()].state == 1 and view.domains[dom.name()].uuid == dom.UUIDString()
-        assert {s: view.collectors[s].success for s in SOURCES} == dict.fromkeys(SOURCES, True)
+        assert {s: view.sources[s].success for s in SOURCES} == dict.fromkeys(SOURCES, True)
         assert view.host is not None and view.in_flight == ()
 
 
@@ -86,7 +86,7 @@ def test_libvirt_unreachable_the_host_is_still_sampled():
     loop.cycle()
     view = loop.store.view
     assert not view.up and view.domains == {}
-    assert not view.collectors["domains"].success and view.collectors["host"].success
+    assert not view.sources["domains"].success and view.sources["host"].success
 
 
 def test_host_figures_that_cannot_be_read_fail_the_host_source_alone(tmp_path, monkeypatch):
@@ -96,8 +96,8 @@ def test_host_figures_that_cannot_be_read_fail_the_host_source_alone(tmp_path, m
         with running_guest() as dom:
             cycle_until(loop, lambda: dom.name() in loop.store.view.domains)
             view = loop.store.view
-            assert view.host is None and not view.collectors["host"].success
-            assert view.collectors["domains"].success
+            assert view.host is None and not view.sources["host"].success
+            assert view.sources["domains"].success
     finally:
         loop.adapter.close()
 
@@ -139,7 +139,7 @@ def test_the_flight_recorder_and_the_trace_store_report_as_sources(tmp_path, mon
                           recorder=recorder)
     try:
         loop.cycle()
-        health = loop.store.view.collectors
+        health = loop.store.view.sources
         assert health["recorder"].success and health["traces"].success
         shutil.rmtree(tmp_path / TRACE_DIRECTORY, ignore_errors=True)  # made at the first write
         (tmp_path / TRACE_DIRECTORY).write_text("")  # a file where the directory was
@@ -151,7 +151,7 @@ def test_the_flight_recorder_and_the_trace_store_report_as_sources(tmp_path, mon
             assert time.monotonic() < deadline, "the recorder's tick did not fail"
             time.sleep(0.01)
         loop.cycle()
-        health = loop.store.view.collectors
+        health = loop.store.view.sources
         assert not health["traces"].success and health["domains"].success
     finally:
         recorder.stop()

@@ -34,7 +34,7 @@ GUEST_COUNTERS = (
 )
 
 
-class SnapshotCollector:
+class MetricFamilies:
     """Builds the metric families: global ones, and those of one domain."""
 
     def __init__(self, domain_histograms: bool = False) -> None:
@@ -94,7 +94,7 @@ class SnapshotCollector:
             "libvirt_snapshot_exporter_collection_age_seconds",
             "Seconds since the source last collected successfully.", labels=["collector"],
         )
-        for name, status in sorted(view.collectors.items()):
+        for name, status in sorted(view.sources.items()):
             success.add_metric([name], 1 if status.success else 0)
             duration.add_metric([name], status.duration)
             if status.last_success is not None:

@@ -22,7 +22,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
 from ..store.view import DomainOperations, DomainView, StateStore
-from .families import SnapshotCollector
+from .families import MetricFamilies
 
 
 class _Families:
@@ -103,7 +103,7 @@ class MetricsRenderer:
 
     def __init__(self, store: StateStore, domain_histograms: bool = False) -> None:
         self.store = store
-        self.collector = SnapshotCollector(domain_histograms)
+        self.collector = MetricFamilies(domain_histograms)
         self._lock = threading.Lock()
         self._formats: dict[str, Encoder] = {TEXT_FORMAT[1]: TEXT_FORMAT[0]}
         # name -> (what was formatted, {format: {family: sample lines}})

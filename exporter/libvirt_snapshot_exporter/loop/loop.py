@@ -53,15 +53,15 @@ class CollectionLoop:
         self.store = store
         self.oplog = oplog
         self._on_publish = on_publish
-        self._events: Inbox[Observation] = Inbox()
+        self._inbox: Inbox[Observation] = Inbox()
         self.adapter = LibvirtAdapter(
-            config["libvirt.uri"], self._events.put, config["libvirt.timeout"],
+            config["libvirt.uri"], self._inbox.put, config["libvirt.timeout"],
             config["libvirt.pid-directory"],
         )
         directory = config["libvirt.snapshot-directory"]
         self.watch = MetadataWatch(
             default_directory(config["libvirt.uri"]) if directory == "auto" else directory,
-            config["libvirt.pid-directory"], self._events.put,
+            config["libvirt.pid-directory"], self._inbox.put,
         )
         host = HostReader(config["path.procfs"])
         parts = LoopParts.on(self.adapter)
@@ -72,7 +72,7 @@ class CollectionLoop:
         self.sampler = Sampler(parts, host, ProcessReader(config["path.procfs"]), self.contexts,
                                recorder)
         self.handoff = OperationHandoff(self.contexts, oplog, store, recorder)
-        self.verdicts = VerdictKeeper(oplog, store, self._events.wake, rate_seed)
+        self.verdicts = VerdictKeeper(oplog, store, self._inbox.wake, rate_seed)
         # node.hostname, else the name libvirtd reports once connected, else this host's.
         self.hostname = host.hostname(config["node.hostname"])
         self.kernel = host.kernel()
@@ -83,7 +83,7 @@ class CollectionLoop:
             recorder.on_trace = self.verdicts.traced
             self.verdicts.backfill(recorder.get)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="collection-loop", daemon=True)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -97,7 +97,7 @@ class CollectionLoop:
         """Bounded whatever libvirtd does: the loop is given STOP_WAIT to end its cycle (it may be
         waiting for a libvirt call), then the log is flushed and the connection dropped."""
         self._stop.set()
-        self._events.wake()
+        self._inbox.wake()
         self._thread.join(timeout=STOP_WAIT)
         if self.recorder is not None:
             self.recorder.stop()  # finishes the traces of operations that ended
@@ -121,7 +121,7 @@ class CollectionLoop:
         timeout = min(timeout, self.config["collector.poll-interval"])
         if self.polls.calls_out or self.later.calls_out:  # come back for their answers soon
             timeout = min(timeout, self.config["collector.busy-interval"])
-        self._events.wait(timeout)
+        self._inbox.wait(timeout)
 
     # --- one cycle --------------------------------------------------------------------------
 
@@ -138,7 +138,7 @@ class CollectionLoop:
             self._publish()
 
     def _collect(self) -> None:
-        self.health.run(Source.DOMAINS, self._drain_events)
+        self.health.run(Source.DOMAINS, self._drain_inbox)
         self.health.mark(Source.METADATA, self.watch.ok, 0.0)
         if self.recorder is not None:  # threads of their own: their state read here
             self.health.mark(Source.RECORDER, not self.recorder.failing, self.recorder.tick_seconds)
@@ -157,7 +157,7 @@ class CollectionLoop:
             self._on_connect()
         now = time.time()
         self.health.run(Source.DOMAINS, lambda: self.polls.poll(now))
-        self.health.run(Source.DOMAINS, self._drain_events)
+        self.health.run(Source.DOMAINS, self._drain_inbox)
         self.health.run(Source.HOST, self.sampler.sample_host)
         if now >= self._next_stats:
             self._next_stats = now + self.config["collector.stats-interval"]
@@ -183,10 +183,10 @@ class CollectionLoop:
 
     # --- the tracker ------------------------------------------------------------------------
 
-    def _drain_events(self, until: float = math.inf) -> None:
+    def _drain_inbox(self, until: float = math.inf) -> None:
         """Feed the queued events stamped up to `until` to the tracker; the domains they name
         are polled at once."""
-        for obs in self._events.drain_until(until):
+        for obs in self._inbox.drain_until(until):
             # A status save is also the start of any job (a revert's, before its first event):
             # a poll then could take it for a delete. Nothing to poll for either of these.
             if not isinstance(obs, DomainStatusSaved | MetadataWatchState):
@@ -196,7 +196,7 @@ class CollectionLoop:
     def _observe_answer(self, obs: Observation) -> None:
         """A poll's answer goes to the tracker after the events stamped before it and before
         the later ones, which stay queued (see inbox.py)."""
-        self._drain_events(obs.time)
+        self._drain_inbox(obs.time)
         self._observe(obs)
 
     def _observe(self, obs: Observation) -> None:
@@ -236,7 +236,7 @@ class CollectionLoop:
                 versions=self._versions, host=self.sampler.host_sample, domains=domains,
                 in_flight=tuple(in_flight(op, self.contexts.current(op.id))
                                 for op in self.tracker.in_flight()),
-                collectors=self.health.statuses(),
+                sources=self.health.statuses(),
                 reconnects=self.adapter.reconnects, events=dict(self.adapter.events_received),
                 oplog_write_ok=self.oplog.last_write_ok,
                 oplog_write_errors=self.oplog.write_errors,

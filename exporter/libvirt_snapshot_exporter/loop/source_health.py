@@ -15,7 +15,7 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from ..sources.libvirt.calls import LibvirtUnavailable
-from ..store.view import CollectorStatus
+from ..store.view import SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Source(StrEnum):
 
 class SourceHealth:
     def __init__(self) -> None:
-        self._status: dict[str, CollectorStatus] = {}
+        self._status: dict[str, SourceStatus] = {}
         self._failing: set[str] = set()  # sources whose last step raised
         self._failed_this_cycle: set[str] = set()  # a later success in the cycle keeps 0
 
@@ -64,9 +64,9 @@ class SourceHealth:
             log.info("collector %s works again", source)
         previous = self._status.get(source)
         last = time.time() if success else (previous.last_success if previous else None)
-        self._status[source] = CollectorStatus(success, duration, last)
+        self._status[source] = SourceStatus(success, duration, last)
 
-    def statuses(self) -> dict[str, CollectorStatus]:
+    def statuses(self) -> dict[str, SourceStatus]:
         """A copy, for the published view."""
         return dict(self._status)
 

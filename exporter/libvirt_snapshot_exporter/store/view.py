@@ -19,7 +19,7 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 
 
 
 @dataclass(frozen=True)
-class CollectorStatus:
+class SourceStatus:
     success: bool
     duration: float
     last_success: float | None
@@ -66,7 +66,7 @@ class View:
     host: HostSample | None
     domains: dict[str, DomainView]
     in_flight: tuple[InFlight, ...]
-    collectors: dict[str, CollectorStatus]
+    sources: dict[str, SourceStatus]
     reconnects: int
     events: dict[str, int]
     oplog_write_ok: bool
@@ -78,7 +78,7 @@ class View:
     def initial(cls, uri: str) -> View:
         """What a scrape finds before the first cycle: libvirt not up, nothing collected."""
         return cls(up=False, uri=uri, hostname="", kernel="", versions=None, host=None,
-                   domains={}, in_flight=(), collectors={}, reconnects=0, events={},
+                   domains={}, in_flight=(), sources={}, reconnects=0, events={},
                    oplog_write_ok=True, oplog_write_errors=0)
 
 
