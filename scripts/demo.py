@@ -2,13 +2,23 @@
 """`make demo`: a self-contained demo hypervisor on this machine.
 
 Boots a small TCG guest that fills part of its RAM with random data, runs the exporter on
-localhost, runs a short `bench` (the study in small), then takes an internal snapshot now and
-then (a chain three levels deep, then deletes it and starts again), printing each operation as
-the exporter saw it. Ctrl-C (or DEMO_SECONDS elapsing) stops it and removes the demo guest and
-its snapshots.
+localhost, runs a short `bench` (the study in small; DEMO_BENCH=0 skips it), then takes an
+internal snapshot now and then (a chain three levels deep, then deletes it and starts again),
+printing each operation as the exporter saw it. Ctrl-C (or DEMO_SECONDS elapsing, or
+DEMO_OPERATIONS recorded) stops it and removes the demo guest and its snapshots.
 
-Environment: DEMO_SECONDS (run that long, then stop; default: until Ctrl-C),
-DEMO_PORT (default 9966), DEMO_INTERVAL (seconds between snapshot operations, default 15).
+Environment:
+  DEMO_SECONDS     run that long, then stop (default: until Ctrl-C)
+  DEMO_OPERATIONS  stop once the exporter has recorded that many of the demo's own snapshot
+                   operations (creates of demo-N; a deletion of the chain counts 3; default:
+                   no such limit)
+  DEMO_BENCH       0: skip the short bench (default 1: run it)
+  DEMO_PORT        the exporter's port (default 9966)
+  DEMO_INTERVAL    seconds between snapshot operations (default 15, at least 1)
+Whatever stops it, it exits 1 unless the exporter recorded a successful create of the demo
+guest (bench's count; earlier runs' history in state/demo does not).
+CI runs DEMO_BENCH=0 DEMO_INTERVAL=1 DEMO_OPERATIONS=6 (tests/integration/test_bench.py covers
+bench).
 """
 
 from __future__ import annotations
@@ -63,6 +73,10 @@ def run_demo() -> int:
     seconds = number("DEMO_SECONDS", "0", 0)
     port = int(number("DEMO_PORT", "9966", 1))
     interval = number("DEMO_INTERVAL", "15", 1)
+    operations = int(number("DEMO_OPERATIONS", "0", 0))
+    bench = os.environ.get("DEMO_BENCH", "1")
+    if bench not in ("0", "1"):
+        raise DemoError(f"DEMO_BENCH={bench!r} is not 0 or 1")
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
@@ -93,39 +107,56 @@ def run_demo() -> int:
             raise DemoError(f"the exporter did not come up on port {port} ({reason}); its log is "
                             f"{exporter.log_path}; if another process holds the port, set DEMO_PORT"
                             ) from None
-        run_bench(guest.name, state)
+        if bench == "1":
+            run_bench(guest.name, state)
         print(f"""
 demo guest {guest.name} is running; the exporter watches it:
   metrics:          {exporter.url}/metrics
   operations page:  {exporter.url}/
   operations JSON:  {exporter.url}/api/operations
   exporter log:     {exporter.log_path}
-a snapshot operation every {interval:.0f} s; {'Ctrl-C to stop' if not seconds else
-        f'stopping after {seconds:.0f} s'}
+a snapshot operation every {interval:.0f} s; {until(seconds, operations)}
 """)
         dom = conn.lookupByName(guest.name)
         started = time.monotonic()
         next_op = time.monotonic() + 2
         level = 0
         while not stop and (not seconds or time.monotonic() - started < seconds):
+            if operations and len(own(seen, guest.name)) >= operations:
+                break
             if time.monotonic() >= next_op:
                 level = step(dom, level)
                 next_op = time.monotonic() + interval
             report(exporter, seen)
             time.sleep(0.5)
-        time.sleep(2)
-        report(exporter, seen)
+        if not (operations and len(own(seen, guest.name)) >= operations):
+            time.sleep(2)
+            report(exporter, seen)
     finally:
         print(f"\nremoving the demo guest {guest.name} and its snapshots")
         testbed.destroy_guest(conn, guest)
         if exporter is not None and exporter.proc is not None:
             exporter.stop()
-    creates = [k for k in seen if k[1] == "create" and k[4] == "success"]
+    of_guest = [k for k in seen if k[0] == guest.name]
+    creates = [k for k in of_guest if k[1] == "create" and k[4] == "success"]
     if not creates:
-        print("no snapshot operation was recorded: something is wrong", file=sys.stderr)
+        print("no snapshot operation of the demo guest was recorded: something is wrong",
+              file=sys.stderr)
         return 1
-    print(f"{len(seen)} snapshot operations recorded, {len(creates)} successful creates")
+    print(f"{len(of_guest)} snapshot operations of the demo guest recorded, {len(creates)} "
+          "successful creates")
     return 0
+
+
+def until(seconds: float, operations: int) -> str:
+    stops = ([f"after {seconds:.0f} s"] if seconds else []) + (
+        [f"once {operations} operations are recorded"] if operations else [])
+    return "stopping " + " or ".join(stops) if stops else "Ctrl-C to stop"
+
+
+def own(seen: set[tuple], domain: str) -> list[tuple]:
+    """The demo's own operations (demo-N) of those seen: not bench's, nor other domains'."""
+    return [k for k in seen if k[0] == domain and k[2].startswith("demo-")]
 
 
 def step(dom: libvirt.virDomain, level: int) -> int:
