@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from libvirt_snapshot_exporter.web.operation_page import CAUSES
+from libvirt_snapshot_exporter.verdict.explain import CAUSES
 from lse_devtools import testbed
 from lse_devtools.driving import wait_operations
 from lse_devtools.exporter_proc import ExporterProcess
