@@ -43,19 +43,22 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-# The inner loop (about a minute): ruff and the unit tests but the two slow files, which start
+# The inner loop (about half a minute): ruff and the unit tests but the two slow files, which start
 # real exporter processes (test_hostile_process.py, 50 s) or Chromium (test_operation_page_browser.py);
 # `make test` runs everything.
 CHECK_SKIPS := --ignore=tests/unit/test_hostile_process.py --ignore=tests/unit/test_operation_page_browser.py
 check: venv  ## ruff and the fast unit tests, no libvirt needed
 	$(VENV)/bin/ruff check exporter devtools tests scripts benchmarks
-	$(VENV)/bin/pytest -q $(CHECK_SKIPS) tests/unit
+	$(VENV)/bin/pytest -q -n 2 $(CHECK_SKIPS) tests/unit
 
 test: test-deps venv  ## the whole suite, real libvirtd and QEMU guests and the container included
 	bash scripts/libvirtd-up.sh
 	bash scripts/container-base.sh up
 	$(VENV)/bin/ruff check exporter devtools tests scripts benchmarks
-	eval "$$(bash scripts/container-base.sh env)" && $(VENV)/bin/pytest -v -rfEs --durations=25 tests
+	# No libvirtd, no guest: unit and bundle tests on two workers (a file's tests share one).
+	eval "$$(bash scripts/container-base.sh env)" && \
+		$(VENV)/bin/pytest -v -rfEs -n 2 --dist loadfile tests/unit tests/bundle && \
+		$(VENV)/bin/pytest -v -rfEs --durations=25 tests/integration tests/e2e tests/container
 
 demo: deps venv  ## a demo guest, snapshots now and then, the exporter on localhost:9966
 	bash scripts/libvirtd-up.sh
