@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from libvirt_snapshot_exporter.loop.source_health import Source
 from lse_devtools.bundle import ROOT, alerting_rules, load_yaml, run, tool
 
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
@@ -42,3 +43,14 @@ def test_receivers_are_webhook_examples():
     assert {"default", "critical", "warning", "info"} <= names
     for receiver in receivers:
         assert receiver["webhook_configs"][0]["url"].startswith("http")
+
+
+def test_the_inhibited_sources_are_the_exporters_libvirt_sources():
+    """Without libvirtd the loop marks domains failed and stops sampling guests, QEMU processes
+    and images; the host, the metadata watch, the recorder and the traces go on."""
+    (rule,) = [r for r in load_yaml(CONFIG)["inhibit_rules"]
+               if r["source_matchers"] == ['alertname="LibvirtUnreachable"']]
+    (matcher,) = [m for m in rule["target_matchers"] if m.startswith("collector=~")]
+    names = set(matcher.removeprefix('collector=~"').removesuffix('"').split("|"))
+    assert names == {Source.DOMAINS, Source.GUESTS, Source.QEMU_PROCESS, Source.IMAGES}
+    assert names <= {s.value for s in Source}
