@@ -64,7 +64,7 @@ def procfs(tmp_path):
 
 def test_host_sample_from_captured_files(procfs):
     """One reader for the loop and the recorder: with disks, what the recorder traces."""
-    sample = HostReader(str(procfs)).read(disks=True)
+    sample = HostReader(str(procfs)).read(traced=True)
     meminfo = parse_meminfo((PROC / "meminfo").read_text())
     vmstat = vmstat_fields((PROC / "vmstat").read_text())
     for key, name in MEMINFO.items():
@@ -81,7 +81,11 @@ def test_host_sample_from_captured_files(procfs):
     assert point.counters["device_write_bytes"] == sample.disks[disk].write_bytes
     assert "device_busy_ms" in point.counters
     assert "device_write_bytes" not in host_point(sample, "nosuchdisk").counters
-    assert HostReader(str(procfs)).read().disks == {}  # the loop's: no diskstats
+    (procfs / "sys/vm").mkdir(parents=True)
+    (procfs / "sys/vm/dirty_ratio").write_text("20\n")
+    loops = HostReader(str(procfs)).read()
+    assert loops.disks == {} and loops.dirty_limits == {"dirty_ratio": 20.0}  # the loop's
+    assert HostReader(str(procfs)).read(traced=True).dirty_limits == {}  # not at 8 Hz
 
 
 def fake_sysfs(tmp_path: Path, target: Path, partition: bool) -> Path:

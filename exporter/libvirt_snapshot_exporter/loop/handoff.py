@@ -11,6 +11,8 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+from ..model.context import OperationContext, write_rate
+from ..model.operation import FinishedOperation, InFlight, OperationFacts
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
 from ..tracker.tracker import Operation
@@ -19,8 +21,6 @@ from .domain_cache import DomainCache
 
 if TYPE_CHECKING:
     from ..verdict.recorder import FlightRecorder
-from ..model.context import OperationContext, write_rate
-from ..model.operation import FinishedOperation, InFlight, OperationFacts
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,10 @@ from ..sources.images import image_usage
 from ..sources.qemu_process import ProcessReader
 from .context_keeper import ContextKeeper
 from .domain_cache import DomainCache, LoopParts
+from .source_health import Source
 
 if TYPE_CHECKING:
     from ..verdict.recorder import FlightRecorder
-
-from .source_health import Source
 
 log = logging.getLogger(__name__)
 

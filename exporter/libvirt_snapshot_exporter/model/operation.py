@@ -141,6 +141,7 @@ def figure(help_text: str = "") -> Any:
     a help text, also a metric of the domain's last operation."""
     return field(default=None, metadata={"figure": True, "help": help_text})
 
+
 REQUIRED = {
     "domain": _text,
     "operation": _one_of("create", "delete", "revert"),
@@ -198,20 +199,20 @@ class FinishedOperation:
     job_memory_processed_bytes: int | None = None
     # the host and guest around it (model/context.py folds them); each with a help text is also
     # a libvirt_snapshot_last_operation_<name> gauge (exposition/operation_families.py)
-    host_memory_available_start_bytes: int | None = figure('Host MemAvailable when the operation began.')
+    host_memory_available_start_bytes: int | None = figure("Host MemAvailable when the operation began.")
     host_memory_free_start_bytes: int | None = figure()
-    host_memory_available_min_bytes: int | None = figure('Lowest host MemAvailable while it ran.')
-    host_memory_free_min_bytes: int | None = figure('Lowest host MemFree while it ran.')
+    host_memory_available_min_bytes: int | None = figure("Lowest host MemAvailable while it ran.")
+    host_memory_free_min_bytes: int | None = figure("Lowest host MemFree while it ran.")
     host_cached_start_bytes: int | None = figure()
-    host_dirty_peak_bytes: int | None = figure('Highest host Dirty while it ran.')
-    host_writeback_peak_bytes: int | None = figure('Highest host Writeback while it ran.')
-    qemu_written_bytes: int | None = figure('Bytes the QEMU process wrote while it ran.')
-    qemu_write_rate_bytes_per_second: int | None = figure('Bytes the QEMU process wrote per second of it.')
+    host_dirty_peak_bytes: int | None = figure("Highest host Dirty while it ran.")
+    host_writeback_peak_bytes: int | None = figure("Highest host Writeback while it ran.")
+    qemu_written_bytes: int | None = figure("Bytes the QEMU process wrote while it ran.")
+    qemu_write_rate_bytes_per_second: int | None = figure("Bytes the QEMU process wrote per second of it.")
     memory_stall_seconds: float | None = figure("Host PSI memory 'some' stall accumulated while it ran.")
     io_stall_seconds: float | None = figure("Host PSI io 'some' stall accumulated while it ran.")
-    guest_memory_used_bytes: int | None = figure('Guest memory in use when it began.')
+    guest_memory_used_bytes: int | None = figure("Guest memory in use when it began.")
     guest_memory_total_bytes: int | None = figure()
-    guest_cpu_ratio: float | None = figure('Guest CPU use (share of its vCPUs) just before it began.')
+    guest_cpu_ratio: float | None = figure("Guest CPU use (share of its vCPUs) just before it began.")
     verdict: Verdict | None = None  # once its trace is complete, a few seconds after its end
     id: str = ""  # given as it was first seen (tracker); derived for entries logged without
 

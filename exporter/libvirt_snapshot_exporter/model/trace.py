@@ -36,6 +36,7 @@ ROLE_VCPU, ROLE_OTHER = "vcpu", "other"
 WRITER_ROLES = (ROLE_MAIN, ROLE_WORKER, ROLE_MIGRATION, ROLE_IOTHREAD)
 
 TRACE_VERSION = 1
+PSI = "psi_"  # a trace's PSI counters: HostSample.pressure's keys with this prefix
 
 
 def thread_role(pid: int, tid: int, name: str) -> str:

@@ -105,21 +105,20 @@ class QemuThreads:
 
     def read(self) -> tuple[dict[str, float], dict[str, int]]:
         """(counters, thread states); empty when QEMU is gone."""
-        rec = self
-        if rec.process is None or not rec.process.is_running():
-            if rec.process is not None or rec.pid is None:
-                rec.pid = read_qemu_pid(self.pid_directory, rec.domain)
-            rec.process = None
-            if rec.pid is None:
+        if self.process is None or not self.process.is_running():
+            if self.process is not None or self.pid is None:
+                self.pid = read_qemu_pid(self.pid_directory, self.domain)
+            self.process = None
+            if self.pid is None:
                 return {}, {}
             try:
-                rec.process = psutil.Process(rec.pid)
+                self.process = psutil.Process(self.pid)
             except psutil.Error:
-                rec.pid = None  # the pid file names the next one
+                self.pid = None  # the pid file names the next one
                 return {}, {}
         counters: dict[str, float] = {}
         with contextlib.suppress(psutil.Error, AttributeError):
-            io = rec.process.io_counters()
+            io = self.process.io_counters()
             counters = {"qemu_write_bytes": io.write_bytes, "qemu_write_chars": io.write_chars}
         states: dict[str, int] = {}
         delays = []
@@ -127,7 +126,7 @@ class QemuThreads:
             key = thread_key(role, state, wchan)
             states[key] = states.get(key, 0) + 1
             delays.append((tid, role, delay))
-        for role, total in rec.delays.update(delays).items():
+        for role, total in self.delays.update(delays).items():
             counters[f"run_delay_{role}_ns"] = total
         return counters, states
 
@@ -135,19 +134,18 @@ class QemuThreads:
         """(tid, role, state, wchan, run delay) of each thread but the vCPUs, which write
         nothing of a snapshot (paused during an internal one): with many vCPUs most of the
         threads, skipped once their name is known."""
-        rec = self
-        task = f"{self.procfs}/{rec.pid}/task"
+        task = f"{self.procfs}/{self.pid}/task"
         try:
             tids = os.listdir(task)
         except OSError:
             return
         for tid in tids:
-            if rec.roles.get(tid) == ROLE_VCPU:
+            if self.roles.get(tid) == ROLE_VCPU:
                 continue
             base = f"{task}/{tid}"
             try:
                 name, state = parse_task_stat(_read(f"{base}/stat"))
-                role = rec.roles.setdefault(tid, thread_role(rec.pid, int(tid), name))
+                role = self.roles.setdefault(tid, thread_role(self.pid, int(tid), name))
                 if role == ROLE_VCPU:
                     continue
                 wchan = "" if state == "R" else _read(f"{base}/wchan").strip()

@@ -15,15 +15,13 @@ from collections.abc import Callable, Sequence
 from ..model.context import OperationContext, write_rate
 from ..model.operation import FinishedOperation
 from ..model.samples import HostSample
-from ..model.trace import Point, Trace, from_json
+from ..model.trace import PSI, Point, Trace, from_json
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
 from .judge import judge, reference_rate
 
 log = logging.getLogger(__name__)
 
-MEMORY_GAUGES = ("free", "available", "cached", "dirty", "writeback")
-PRESSURE = {"psi_memory_some": "memory_some", "psi_io_some": "io_some"}
 
 
 class VerdictKeeper:
@@ -63,8 +61,7 @@ class VerdictKeeper:
             judged = record
             try:
                 judged = with_trace_figures(record, trace)
-                judged = dataclasses.replace(judged, verdict=judge(trace, judged,
-                                                                   reference_rate(earlier)))
+                judged = with_verdict(judged, trace, earlier)
             except Exception as exc:  # noqa: BLE001 - a trace it cannot judge: no verdict
                 log.error("no verdict on %s of %s/%s: %s: %s", record.operation, record.domain,
                           record.snapshot, type(exc).__name__, exc)
@@ -84,17 +81,14 @@ def _bracket(points: Sequence[Point], start: float, end: float) -> list[Point]:
     return before + [p for p in points if start <= p.t <= end] + after
 
 
-def trace_context(trace: Trace, entry: FinishedOperation) -> OperationContext:
+def trace_context(trace: Trace) -> OperationContext:
     """The exporter's host figures of an operation (OperationContext's rules) from its trace:
     host memory at its start, lowest and highest while it ran, PSI stalls, QEMU's bytes."""
-    ctx = OperationContext(guest_memory_used_bytes=entry.guest_memory_used_bytes,
-                           guest_memory_total_bytes=entry.guest_memory_total_bytes,
-                           guest_cpu_ratio=entry.guest_cpu_ratio)
+    ctx = OperationContext()
     points = _bracket(trace.points, trace.start, trace.end)
     for p in points:
-        ctx.add_host(HostSample(
-            p.t, {k: p.gauges[k] for k in MEMORY_GAUGES if k in p.gauges},
-            pressure={name: p.counters[k] for k, name in PRESSURE.items() if k in p.counters}))
+        ctx.add_host(HostSample(p.t, dict(p.gauges), pressure={
+            name.removeprefix(PSI): v for name, v in p.counters.items() if name.startswith(PSI)}))
     written = [p.counters["qemu_write_bytes"] for p in points if "qemu_write_bytes" in p.counters]
     if len(written) >= 2:
         ctx.figures["qemu_written_bytes"] = int(sum(max(0.0, b - a)
@@ -105,7 +99,7 @@ def trace_context(trace: Trace, entry: FinishedOperation) -> OperationContext:
 def with_trace_figures(entry: FinishedOperation, trace: Trace) -> FinishedOperation:
     """The entry with the host figures its trace gives (the 8 Hz samples are the finer ones);
     a figure the trace lacks keeps the collection loop's."""
-    ctx = trace_context(trace, entry)
+    ctx = trace_context(trace)
     figures = ctx.public()
     rate = write_rate(ctx.get("qemu_written_bytes"), entry.duration_seconds)
     if rate is not None:
@@ -113,9 +107,14 @@ def with_trace_figures(entry: FinishedOperation, trace: Trace) -> FinishedOperat
     return dataclasses.replace(entry, **figures)
 
 
+def with_verdict(entry: FinishedOperation, trace: Trace,
+                 earlier: Sequence[FinishedOperation]) -> FinishedOperation:
+    """The entry with its verdict, judged against the rate the earlier entries teach."""
+    return dataclasses.replace(entry, verdict=judge(trace, entry, reference_rate(earlier)))
+
+
 def completed(entry: FinishedOperation, trace: Trace,
               earlier: Sequence[FinishedOperation]) -> FinishedOperation:
-    """The entry with its figures from the trace and its verdict, judged against the rate
-    the earlier entries teach."""
-    full = with_trace_figures(entry, trace)
-    return dataclasses.replace(full, verdict=judge(trace, full, reference_rate(earlier)))
+    """The entry with its figures from the trace and its verdict (bench's way; the exporter's
+    keeps the figures when judging fails)."""
+    return with_verdict(with_trace_figures(entry, trace), trace, earlier)

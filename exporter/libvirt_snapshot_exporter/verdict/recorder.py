@@ -30,11 +30,7 @@ from pathlib import Path
 
 from ..model.operation import FinishedOperation
 from ..model.samples import HostSample
-from ..model.trace import (
-    Point,
-    Trace,
-    TraceBuilder,
-)
+from ..model.trace import GAUGES, PSI, Point, Trace, TraceBuilder
 from ..sources.host import HostReader
 from ..sources.qemu_process import QemuThreads
 from ..store.trace_store import TraceStore
@@ -47,16 +43,13 @@ POST_SECONDS = 3.0  # sampled after its end
 RING_SECONDS = PRE_SECONDS + 5.0  # a little more: an operation may be recognised late
 MAX_POINTS = 1200
 
-TRACE_GAUGES = ("free", "available", "cached", "dirty", "writeback", "dirty_threshold",
-                "dirty_background_threshold")  # of HostSample.memory, bytes
-
 
 def host_point(sample: HostSample, device: str) -> Point:
     """A host sample as a trace point: memory gauges, reclaim and PSI counters, and the
     counters of the device under the domain's images (if the sample read the disks)."""
-    gauges = {key: sample.memory[key] for key in TRACE_GAUGES if key in sample.memory}
+    gauges = {key: sample.memory[key] for key in GAUGES if key in sample.memory}
     counters: dict[str, float] = dict(sample.reclaim)
-    counters.update({f"psi_{key}": seconds for key, seconds in sample.pressure.items()})
+    counters.update({PSI + key: seconds for key, seconds in sample.pressure.items()})
     disk = sample.disks.get(device)
     if disk is not None:
         counters.update({
@@ -214,7 +207,7 @@ class FlightRecorder:
         with self._lock:
             if not self._recordings:
                 return
-        reading = self.host.read(disks=True)
+        reading = self.host.read(traced=True)
         with self._lock:
             self._remember(reading)
             recordings = list(self._recordings.values())
