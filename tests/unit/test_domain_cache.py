@@ -82,7 +82,7 @@ def test_paths_of_disks_and_memory_files():
     cache = polled()
     cache.update_disks(DISKS, NOW, 4242)
     assert cache.image_paths() == [d.source for d in DISKS] + [SNAPSHOT.memory_file]
-    assert cache.local_disk_paths() == [d.source for d in DISKS[:2]]
+    assert cache.disk_sources() == [d.source for d in DISKS]  # a network disk's name too
     assert cache.disk_cache_modes() == ("none", "writeback")
     assert DomainCache().disk_cache_modes() == () and DomainCache().image_paths() == []
 

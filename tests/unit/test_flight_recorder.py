@@ -119,7 +119,7 @@ def test_the_trace_endpoint_and_the_ids_in_the_operations_api(tmp_path):
     status, body = call(app, f"/api/operations/{op['id']}/verdict")
     verdict = json.loads(body)
     assert status == "200 OK" and verdict["id"] == op["id"]
-    assert verdict["pace_setter"] == "unknown"  # no sample within it
+    assert verdict["pace_setter"] == "too-short"  # no sample within it
     for path in ("/api/operations/0000000000000000/trace",
                  "/api/operations/0000000000000000/verdict", f"/api/operations/{op['id']}",
                  f"/api/operations/{op['id']}/trace/", "/api/operations/../trace"):

@@ -14,7 +14,7 @@ from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
 from libvirt_snapshot_exporter.verdict import explain
-from libvirt_snapshot_exporter.verdict.judge import judge, reference_rate
+from libvirt_snapshot_exporter.verdict.judge import judge, reference
 from libvirt_snapshot_exporter.web import operation_page as page
 from libvirt_snapshot_exporter.web import routes as web
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
@@ -70,7 +70,7 @@ def test_thread_states_are_shares_of_the_last_second_of_writer_samples():
 
 def test_the_slow_storage_verdict_in_words():
     trace, op = slow_trace(), slow_create()
-    found = judge(trace, op, reference_rate([*history(), op]))
+    found = judge(trace, op, reference([*history(), op], op))
     assert explain.pace_sentence(found, op) == (
         "Storage set the pace: QEMU's writers waited on a device busy 96 % of the time (in 95 % "
         "of their samples); 1.18 GB at 39 MB/s against 120 MB/s usual: 3.0x slower than "

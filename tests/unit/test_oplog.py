@@ -194,7 +194,8 @@ def test_lock_file_that_cannot_be_opened_still_lets_the_log_be_read(tmp_path, ca
 
 VERDICT = {"pace_setter": "storage-slow", "expected_seconds": 9.7, "slowdown": 3.1,
            "shares": {"storage-slow": 0.9, "cpu": 0.01}, "present": ["dirty-throttling"],
-           "figures": {"samples": 240, "device_utilisation": 0.97, "slowdown": None}}
+           "figures": {"samples": 240, "device_utilisation": 0.97, "slowdown": None},
+           "model": "written"}
 
 
 def test_a_verdict_comes_back_as_written_and_a_bad_one_is_refused(tmp_path):
@@ -202,13 +203,14 @@ def test_a_verdict_comes_back_as_written_and_a_bad_one_is_refused(tmp_path):
                     _good(snapshot="pending", verdict=None),
                     *(_good(verdict={**VERDICT, key: value}) for key, value in (
                         ("pace_setter", "gremlins"), ("slowdown", -1), ("present", ["haunted"]),
-                        ("shares", {"cpu": "lots"}), ("figures", [1]))),
+                        ("shares", {"cpu": "lots"}), ("figures", [1]),
+                        ("model", "guesswork"))),
                     _good(verdict="slow"))
     entries, total = log.page(0, 10)
     assert [e.snapshot for e in entries] == ["pending", "judged"] and total == 2
     assert entries[1].verdict.pace_setter == "storage-slow"
     assert entries[1].to_json()["verdict"] == VERDICT
-    assert entries[0].verdict is None and log.invalid_entries == 6
+    assert entries[0].verdict is None and log.invalid_entries == 7
 
 
 def test_amend_replaces_the_entry_with_the_same_id_and_is_written(tmp_path):

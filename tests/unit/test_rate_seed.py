@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from libvirt_snapshot_exporter.config import ConfigError
-from libvirt_snapshot_exporter.verdict.judge import reference_rate
+from libvirt_snapshot_exporter.verdict.judge import reference
 from libvirt_snapshot_exporter.verdict.rate_seed import load_rate_seed
 
 SIX = Path(__file__).parent / "bench" / "six-settings.json"
@@ -27,9 +27,9 @@ def test_the_runs_creates_seed_the_rate_of_its_writeback_internal_ones():
         for cache in ("writeback", "none", "unsafe")}
     writeback = [r for r in seed if r.kind == "internal" and r.disk_cache == ("writeback",)]
     # Neither cache=none (direct I/O, its own cause) nor unsafe (no flush, 0.4x) teach it.
-    assert reference_rate(seed) == max(r.qemu_written_bytes / r.duration_seconds
+    assert reference(seed, seed[0]) == max(r.qemu_written_bytes / r.duration_seconds
                                        for r in writeback)
-    assert 250e6 < reference_rate(seed) < 400e6  # ~890 MiB in 2.8-3.0 s on the local disk
+    assert 250e6 < reference(seed, seed[0]) < 400e6  # ~890 MiB in 2.8-3.0 s on the local disk
 
 
 @pytest.mark.parametrize("content, needle", [

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from libvirt_snapshot_exporter.model.operation import FinishedOperation
 from libvirt_snapshot_exporter.model.trace import Point, Trace
-from libvirt_snapshot_exporter.verdict.judge import judge, reference_rate
+from libvirt_snapshot_exporter.verdict.judge import judge, reference
 
 HZ = 8
 MB = 10**6
@@ -144,8 +144,12 @@ def test_mixed_when_two_causes_are_close():
     assert v.pace_setter == "mixed", v
 
 
-def test_unknown_with_too_few_samples_or_nothing_standing_out():
-    assert judge(make(0.25, {}), entry(0.25, MB), RATE).pace_setter == "unknown"
+def test_too_short_to_sample_unknown_with_nothing_standing_out():
+    short = make(0.25, {})
+    # at the usual rate it is its size, known from its bytes without samples; with no rate
+    # learned there is nothing to say but that it was too short to judge
+    assert judge(short, entry(0.25, MB), RATE).pace_setter == "size"
+    assert judge(short, entry(0.25, MB), None).pace_setter == "too-short"
     idle = make(30, {}, busy=0.05)
     assert judge(idle, entry(30, 30 * RATE), 3 * RATE).pace_setter == "unknown"
 
@@ -179,5 +183,5 @@ def test_reference_rate_is_the_upper_quartile_of_past_creates():
                 log_entry(1200 * MB, 1, kind="external"), log_entry(1200 * MB, 1,
                                                                     operation="delete"),
                 log_entry(None, 1), log_entry(1200 * MB, 0)]
-    assert reference_rate(entries) == pytest.approx(40 * MB)
-    assert reference_rate([]) is None
+    assert reference(entries, log_entry(1200 * MB, 30.0)) == pytest.approx(40 * MB)
+    assert reference([], log_entry(1200 * MB, 30.0)) is None

@@ -173,6 +173,7 @@ def row(record: OperationRecord, info: RunInfo) -> dict[str, Any]:
         "guest_memory_used_after_bytes": after.memory_used_bytes if after else None,
         "guest_memory_source": record.guest_before.memory_source if record.guest_before else "none",
         "disk_cache": record.disk_cache,
+        "storage": entry.storage if entry is not None else None,
         "qemu_version": info.qemu_version,
         "host_memory_total_bytes": info.host_memory_total_bytes,
         "pace_setter": verdict.pace_setter if verdict else None,

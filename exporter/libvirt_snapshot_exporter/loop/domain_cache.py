@@ -97,9 +97,10 @@ class DomainCache:
             paths += [s.memory_file for s in self.poll.snapshots if s.memory_file]
         return paths
 
-    def local_disk_paths(self) -> list[str]:
-        """The disks the flight recorder can find a device under."""
-        return [d.source for d in self.disks if d.source.startswith("/")]
+    def disk_sources(self) -> list[str]:
+        """Its disks' sources: a path, or a network disk's name (the flight recorder finds
+        the storage under them)."""
+        return [d.source for d in self.disks if d.source]
 
     def disks_outdated(self) -> bool:
         """Read under another QEMU process: a start, a restore, a managed save's start can

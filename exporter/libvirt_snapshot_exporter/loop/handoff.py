@@ -38,7 +38,7 @@ class OperationHandoff:
         used, total = cache.guest_memory()
         self.contexts.begin(op.id, op.domain, op.start, used, total, cache.cpu_ratio)
         if self.recorder is not None:
-            self.recorder.begin(op.id, op.domain, op.start, cache.pid, cache.local_disk_paths())
+            self.recorder.begin(op.id, op.domain, op.start, cache.pid, cache.disk_sources())
 
     def finished(self, op: Operation, cache: DomainCache, qemu_version: str) -> None:
         record = finished_operation(op, self.contexts.finish(op.id), qemu_version,

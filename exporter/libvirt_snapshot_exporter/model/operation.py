@@ -65,8 +65,10 @@ def _figures(value: Any) -> bool:
         isinstance(k, str) and (v is None or _number(v)) for k, v in value.items())
 
 
-PACE_SETTERS = ("size", "storage-slow", "storage-contended", "cpu", "cache-mode",
-                "qcow2-metadata", "mixed", "unknown")
+PACE_SETTERS = ("size", "storage-slow", "storage-contended", "cpu", "qemu-cpu", "cache-mode",
+                "qcow2-metadata", "mixed", "too-short", "unknown")
+# What an operation's expected duration is modelled on (verdict/judge.py's MODELS)
+MODELS = ("written", "read", "duration")
 CONDITIONS = ("dirty-throttling", "direct-reclaim", "kswapd-reclaim", "memory-pressure",
               "low-memfree-ample-memavailable")
 
@@ -81,6 +83,7 @@ class Verdict:
     shares: Mapping[str, float] = field(default_factory=dict)  # cause -> share of time (0-1)
     present: tuple[str, ...] = ()  # CONDITIONS seen that did not set the pace
     figures: Mapping[str, float | None] = field(default_factory=dict)  # what it rests on
+    model: str | None = None  # one of MODELS; None in verdicts logged before models existed
 
     def short(self) -> str:
         """'storage-slow, 3.0x'; 'size' while no rate is learned: the landing page's column,
@@ -95,6 +98,7 @@ class Verdict:
             "shares": {k: round(v, 3) for k, v in self.shares.items()},
             "present": list(self.present),
             "figures": {k: _round(v) for k, v in self.figures.items()},
+            "model": self.model,
         }
 
     @classmethod
@@ -112,8 +116,11 @@ class Verdict:
         for key, check in checks.items():
             if key not in value or not check(value[key]):
                 raise InvalidRecord(f"bad 'verdict.{key}': {_short(value.get(key))}")
+        if value.get("model") not in (None, *MODELS):
+            raise InvalidRecord(f"bad 'verdict.model': {_short(value['model'])}")
         return cls(value["pace_setter"], value["expected_seconds"], value["slowdown"],
-                   dict(value["shares"]), tuple(value["present"]), dict(value["figures"]))
+                   dict(value["shares"]), tuple(value["present"]), dict(value["figures"]),
+                   value.get("model"))
 
 
 def _round(value: float | None) -> float | None:
@@ -163,6 +170,7 @@ OPTIONAL = {
     "uncertainty_seconds": _optional(_non_negative),
     "qemu_version": _optional(_text),
     "disk_cache": _optional(_texts),
+    "storage": _optional(_text),
     "job_time_elapsed_ms": _optional(_number),
     "job_downtime_ms": _optional(_number),
     "job_memory_processed_bytes": _optional(_number),
@@ -193,6 +201,9 @@ class FinishedOperation:
     uncertainty_seconds: float | None = None
     qemu_version: str | None = None
     disk_cache: tuple[str, ...] | None = None
+    # what its disks live on (verdict/recorder.py's storage_of): the rate it is judged against
+    # is learned from the operations on the same storage
+    storage: str | None = None
     job_time_elapsed_ms: float | None = None
     job_downtime_ms: float | None = None
     # an external memory snapshot's guest memory, written by libvirt's iohelper, not QEMU

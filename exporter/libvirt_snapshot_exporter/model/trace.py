@@ -123,6 +123,9 @@ class Trace:
     interval_seconds: float  # the sampler's period while the operation ran
     device: str  # the block device under the domain's images ('' when none was found)
     points: tuple[Point, ...]
+    # what the domain's images live on: the device, else the filesystem's mount point
+    # (recorder.storage_of); '' in traces written before storages were told apart
+    storage: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Columnar: one list per figure, aligned with `t` (null where a point lacks it), which
@@ -137,7 +140,7 @@ class Trace:
             "version": TRACE_VERSION, "id": self.id, "domain": self.domain,
             "snapshot": self.snapshot, "operation": self.operation, "start": round(self.start, 3),
             "end": round(self.end, 3), "interval_seconds": self.interval_seconds,
-            "device": self.device, **columns,
+            "device": self.device, "storage": self.storage, **columns,
         }
 
 
@@ -159,6 +162,7 @@ def from_json(data: Any) -> Trace:
         kinds = {k: data[k] for k in ("gauges", "counters", "threads")}
     except (KeyError, TypeError) as exc:
         raise ValueError(f"missing field {exc}") from None
+    text["storage"] = data.get("storage", "")
     if not all(isinstance(v, str) for v in text.values()):
         raise ValueError("a text field is not a string")
     if not all(_finite(v) for v in [*numbers.values(), *times]):

@@ -119,7 +119,9 @@ class QemuThreads:
         counters: dict[str, float] = {}
         with contextlib.suppress(psutil.Error, AttributeError):
             io = self.process.io_counters()
-            counters = {"qemu_write_bytes": io.write_bytes, "qemu_write_chars": io.write_chars}
+            counters = {"qemu_write_bytes": io.write_bytes, "qemu_write_chars": io.write_chars,
+                        # a revert reads its vmstate: all of it (chars), from the device (bytes)
+                        "qemu_read_bytes": io.read_bytes, "qemu_read_chars": io.read_chars}
         states: dict[str, int] = {}
         delays = []
         for tid, role, state, wchan, delay in self._threads():

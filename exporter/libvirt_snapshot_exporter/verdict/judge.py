@@ -1,36 +1,50 @@
 """A verdict on an operation: what set its pace, from its trace (pure: no I/O, no clock).
 
-The model of issue 15's research brief on slow snapshots: the expected duration is
-E = T0 + V / B_ref, V the operation's bytes (written_bytes), B_ref the rate the host sustains
-for such writes, learned from its own past operations; the slowdown S = duration / E. A pace-setter is
-then named among size (S near 1: the bytes at the usual rate), storage (the writers waiting on
-a device that is busy most of the time: slow, or contended when others wrote a large part of
-its bytes), CPU (the writers runnable but not running), cache mode (direct I/O: every write
-waits for the device, and QEMU writes more than through the page cache; so also at the usual
-rate), qcow2 metadata (an internal delete, or a create that wrote 1.5x the guest's memory or more,
-with its writers on the CPU: refcount and cluster allocation work), mixed (the top two within
-1.5x) and unknown (too few samples, or slower than expected
-with nothing standing out; with no past rate and nothing standing out, its size). Conditions
-that were present without setting the pace (the writer throttled by the dirty limits,
-reclaim, low MemFree with MemAvailable ample) are listed apart: they change where the writer
-waits, not how long the operation takes.
-Calibrated on each condition induced on the slow-storage bed (40 MB/s) under a real guest:
+The model of issue 15's research brief on slow snapshots, one per kind of work (MODELS):
+- written: a create with memory writes its vmstate: E = T0 + V / B_ref, V the bytes it wrote
+  (written_bytes), B_ref the rate its storage sustains for such writes;
+- read: a revert with memory reads a vmstate: E = T0 + V / B_ref, V the bytes QEMU read (from
+  the page cache or the device), B_ref the rate of past reverts on the same storage;
+- duration: a delete, or a disk-only create or revert, is qcow2 metadata work: E is the usual
+  (median) duration of such operations on the same storage.
+B_ref and E are learned from the operation's own storage (recorder.storage_of: the device, or
+the filesystem or pool where there is none), so a fast and a slow tier on one host are each
+judged against their own; the slowdown S = duration / E. A pace-setter is then named among
+size (S near 1: the operation's work at its storage's usual pace), storage (the writers waiting
+on I/O: slow, or contended when others wrote a large part of the device's bytes), cpu (the
+writers runnable but not running: starvation), qemu-cpu (the writers running: QEMU's own work,
+copying and scanning guest memory, the normal case on fast storage), cache mode (direct I/O:
+every write waits for the device, and QEMU writes more than through the page cache; so also at
+the usual rate), qcow2 metadata (a delete, or a create that wrote 1.5x the guest's memory or
+more, with its writers on the CPU: refcount and cluster allocation work), mixed (the top two
+within 1.5x), too-short (fewer samples than a share needs, and not at the usual pace) and
+unknown (slower than expected with nothing standing out; with no past rate and nothing standing
+out, its size). A failed operation is not judged (verdict/keeper.py): its error says why.
+The storage's waits are the writers' own (state D on I/O, or throttled by the dirty limits):
+the device's utilisation is a figure, not a factor, since storage throttled above the device
+(a block-layer throttle, QoS on a network volume) keeps requests out of the device's queue and
+reads a few percent busy while the writers wait on it all the time.
+Conditions that were present without setting the pace (the writer throttled by the dirty
+limits, reclaim, low MemFree with MemAvailable ample) are listed apart: they change where the
+writer waits, not how long the operation takes.
+Calibrated on each condition induced on two slow-storage beds under a real guest (a
+rate-limited FUSE device, and a block-layer throttle above a loop device):
 tests/integration/test_slow_conditions.py, its recorded traces replayed by
-tests/unit/test_verdict_replay.py, the figures in the README ("The verdict").
+tests/unit/test_verdict_replay.py, the figures in docs/verdict.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from ..model.operation import FinishedOperation, Verdict
+from ..model.operation import MODELS, FinishedOperation, Verdict
 from ..model.trace import WRITER_ROLES, Point, Trace
 
 T0_SECONDS = 0.2  # a create's fixed cost (setup, pause, qcow2 snapshot table) before its bytes
 SIZE_SLOWDOWN = 1.3  # at most this much slower than expected: the size explains it
 MIXED_RATIO = 1.5  # the top two causes within this ratio: mixed
 MIN_SHARE = 0.2  # a cause explaining less of the time than this is no cause
-MIN_SAMPLES = 5  # fewer samples within the operation: unknown
+MIN_SAMPLES = 5  # fewer samples within the operation: too short to judge by shares
 CONTENDED = 0.3  # other writers' share of the device's bytes above which it is contention
 THROTTLED = 0.1  # share of time in balance_dirty_pages that is worth saying
 LOW_FREE = 256 * 2**20
@@ -49,21 +63,48 @@ RATE_EXCLUDED_CACHES = {*DIRECT_IO_CACHES, "unsafe"}
 AMPLIFIED = 1.5
 
 
-def reference_rate(records: Iterable[FinishedOperation]) -> float | None:
-    """Bytes per second this host's storage sustains for a snapshot's writes, learned from its
-    past successful internal creates with memory through the page cache: the upper quartile of
-    their rates, since the unstressed ones are the faster ones. None before there is any.
-    Not with direct I/O (its own cause) nor `unsafe` (QEMU's flush skipped: 0.4x the time on
-    the local disk, bench's comparison)."""
-    rates = sorted(
-        r.qemu_written_bytes / r.duration_seconds for r in records
-        if r.operation == "create" and r.kind == "internal" and r.memory
-        and r.outcome == "success" and (r.qemu_written_bytes or 0) >= RATE_MIN_BYTES
-        and r.duration_seconds > 0 and not set(r.disk_cache or ()) & RATE_EXCLUDED_CACHES
-        and (write_amplification(r) or 0) < AMPLIFIED)
-    if not rates:
-        return None
-    return rates[min(len(rates) - 1, int(RATE_QUANTILE * len(rates)))]
+WRITTEN, READ, DURATION = MODELS
+
+
+def model_of(record: FinishedOperation) -> str:
+    """What the operation's expected duration is modelled on (the module's docstring)."""
+    if record.memory and record.operation == "create":
+        return WRITTEN
+    if record.memory and record.operation == "revert":
+        return READ
+    return DURATION
+
+
+def _alike(a: FinishedOperation, b: FinishedOperation) -> bool:
+    """Operations whose pace teaches the other's: the same work on the same storage (an entry
+    logged before storages were told apart matches only another such)."""
+    return (a.operation, a.kind, a.memory, a.storage or "") == (
+        b.operation, b.kind, b.memory, b.storage or "")
+
+
+def reference(records: Iterable[FinishedOperation], record: FinishedOperation) -> float | None:
+    """What record's storage usually does, learned from its past successful operations of the
+    same work there: bytes per second for the written and read models (the upper quartile,
+    since the unstressed operations are the faster ones), seconds for the duration model (the
+    median). None before there is any.
+    Written: not with direct I/O (its own cause) nor `unsafe` (QEMU's flush skipped: 0.4x the
+    time on the local disk, bench's comparison), nor amplified by qcow2 metadata."""
+    alike = [r for r in records if r.outcome == "success" and r.duration_seconds > 0
+             and _alike(r, record)]
+    model = model_of(record)
+    if model == DURATION:
+        durations = sorted(r.duration_seconds for r in alike)
+        return durations[len(durations) // 2] if durations else None
+    if model == WRITTEN:
+        rates = [(written_bytes(r) or 0) / r.duration_seconds for r in alike
+                 if (written_bytes(r) or 0) >= RATE_MIN_BYTES
+                 and not set(r.disk_cache or ()) & RATE_EXCLUDED_CACHES
+                 and (write_amplification(r) or 0) < AMPLIFIED]
+    else:
+        rates = [read / r.duration_seconds for r in alike if r.verdict is not None
+                 and (read := r.verdict.figures.get("read_bytes") or 0) >= RATE_MIN_BYTES]
+    rates.sort()
+    return rates[min(len(rates) - 1, int(RATE_QUANTILE * len(rates)))] if rates else None
 
 
 def wait_class(key: str) -> str:
@@ -101,30 +142,73 @@ def _span(points: Sequence[Point], key: str) -> float | None:
     return values[-1] - values[0] if len(values) >= 2 else None
 
 
-def judge(trace: Trace, record: FinishedOperation, rate: float | None) -> Verdict:
-    """The verdict on one operation from its trace, its log entry and the learned rate."""
+def judge(trace: Trace, record: FinishedOperation, usual: float | None) -> Verdict:
+    """The verdict on one operation from its trace, its log entry and what its storage usually
+    does (`reference`: a rate, or for the duration model a duration)."""
     during = [p for p in trace.points if trace.start <= p.t <= trace.end and p.threads]
     samples = sum(p.n for p in during)
     figures: dict[str, float] = {"samples": samples}
-    written = written_bytes(record)
-    figures.update(_evidence(trace, during, samples, record.duration_seconds, written))
+    model = model_of(record)
+    work = _work(trace, record, model, figures)
+    figures.update(_evidence(trace, during, samples, record.duration_seconds,
+                             written_bytes(record)))
     expected = slowdown = None
-    if written is not None and rate:
-        expected = T0_SECONDS + written / rate
+    if usual and (model == DURATION or work is not None):
+        if model == DURATION:
+            expected = usual
+            figures["reference_seconds"] = usual
+        else:
+            expected = T0_SECONDS + work / usual
+            figures["reference_rate_bytes_per_second"] = usual
         slowdown = record.duration_seconds / expected
-        figures.update(written_bytes=written, reference_rate_bytes_per_second=rate)
     direct = any(c in DIRECT_IO_CACHES for c in record.disk_cache or ())
     amplification = write_amplification(record)
     if amplification is not None:
         figures["write_amplification"] = amplification
     amplified = (amplification or 0) >= AMPLIFIED
-    # An internal delete is qcow2 metadata work (refcounts, discards); so is the excess of an
-    # internal create that wrote far more than the guest's memory.
-    metadata = record.kind == "internal" and (record.operation == "delete" or amplified)
+    # A delete is qcow2 metadata work (refcounts, discards); so is the excess of an internal
+    # create that wrote far more than the guest's memory.
+    metadata = model == DURATION or (record.kind == "internal" and amplified)
     shares = _cause_shares(figures, direct, metadata)
     present = _present(trace, during, figures, record.duration_seconds)
     pace = _pace(samples, slowdown, shares, bytes_explain=not (direct or amplified))
-    return Verdict(pace, expected, slowdown, shares, present, figures)
+    return Verdict(pace, expected, slowdown, shares, present, figures, model)
+
+
+def _work(trace: Trace, record: FinishedOperation, model: str,
+          figures: dict[str, float]) -> int | None:
+    """The bytes the operation's model weighs (None for the duration model, or not read),
+    with their figures: what QEMU wrote and how fast, or what it read and from where."""
+    seconds = record.duration_seconds
+    if model == WRITTEN:
+        work = written_bytes(record)
+        if work is not None:
+            figures["written_bytes"] = work
+            if seconds > 0:
+                figures["write_rate_bytes_per_second"] = work / seconds
+        return work
+    if model == READ:
+        window = [p for p in trace.points if trace.start <= p.t <= trace.end + 1.0]
+        read = _grown(window, "qemu_read_chars")
+        if read is None:
+            return None
+        figures["read_bytes"] = read
+        device = _grown(window, "qemu_read_bytes")
+        if device is not None:
+            figures["read_from_device_bytes"] = device
+        if seconds > 0:
+            figures["read_rate_bytes_per_second"] = read / seconds
+        return int(read)
+    return None
+
+
+def _grown(points: Sequence[Point], key: str) -> float | None:
+    """A counter's growth over the points, summed step by step (a revert may start a new QEMU,
+    whose counters start again)."""
+    values = [p.counters[key] for p in points if key in p.counters]
+    if len(values) < 2:
+        return None
+    return sum(max(0.0, b - a) for a, b in zip(values, values[1:], strict=False))
 
 
 def write_amplification(record: FinishedOperation) -> float | None:
@@ -162,6 +246,8 @@ def _evidence(trace: Trace, during: Sequence[Point], samples: int, duration: flo
     busy, span = _delta(during, "device_busy_ms"), _span(during, "device_busy_ms")
     if busy is not None and span:
         found["device_utilisation"] = min(1.0, busy / 1000 / span)
+        found["device_write_rate_bytes_per_second"] = (
+            _delta(during, "device_write_bytes") or 0.0) / span
     others = _other_writers_share(trace, written)
     if others is not None:
         found["other_writers_share"] = others
@@ -196,37 +282,37 @@ def _unwritten(point: Point) -> int:
 
 def _cause_shares(figures: Mapping[str, float], direct: bool,
                   metadata: bool) -> dict[str, float]:
-    """Each candidate cause's share of the time: CPU, the writers' run delay; storage, their
-    waits on the device weighted by how busy it was (contended when other writers wrote a
-    large part of its bytes); with direct I/O those waits are the cache mode's; qcow2
-    metadata, where the operation is metadata work, the writers on the CPU (state R, less
-    the run delay, which R also shows: a 512-byte-cluster image's create 76 % R, 21 % delay)."""
-    device_wait = figures.get("writer_device_share", 0.0) + figures.get(
-        "writer_throttled_share", 0.0)
+    """Each candidate cause's share of the time: CPU starvation, the writers' run delay;
+    storage, their waits on I/O (contended when other writers wrote a large part of the
+    device's bytes); with direct I/O those waits are the cache mode's; QEMU's own CPU work, the
+    writers running (state R, less the run delay, which R also shows: a local-disk create
+    83-93 % R, 12-16 % delay), which is qcow2 metadata work where the operation is metadata
+    work (a 512-byte-cluster image's create 76 % R, 21 % delay)."""
+    storage = figures.get("writer_device_share", 0.0) + figures.get("writer_throttled_share", 0.0)
     shares = {"cpu": figures["run_delay_share"]}
     if direct:
-        shares["cache-mode"] = device_wait
+        shares["cache-mode"] = storage
     elif figures.get("other_writers_share", 0.0) >= CONTENDED:
-        shares["storage-contended"] = device_wait * figures.get("device_utilisation", 0.0)
+        shares["storage-contended"] = storage
     else:
-        shares["storage-slow"] = device_wait * figures.get("device_utilisation", 0.0)
-    if metadata:
-        shares["qcow2-metadata"] = max(
-            0.0, figures.get("writer_running_share", 0.0) - figures["run_delay_share"])
+        shares["storage-slow"] = storage
+    own = max(0.0, figures.get("writer_running_share", 0.0) - figures["run_delay_share"])
+    shares["qcow2-metadata" if metadata else "qemu-cpu"] = own
     return shares
 
 
 def _pace(samples: int, slowdown: float | None, shares: Mapping[str, float],
           bytes_explain: bool) -> str:
-    """What set the pace. At about the usual rate its size did, unless its bytes are not its
-    own size: direct writes (the cache mode: every write waits for the device, and QEMU writes
-    more than through the page cache: on the bed 1.24-1.27x the bytes and 1.20-1.31x the time
-    of the same guest's snapshot with cache=writeback), or amplified by qcow2 metadata."""
-    if samples < MIN_SAMPLES:
-        return "unknown"
+    """What set the pace. At about the usual pace its size did (known from its bytes and the
+    rate alone, however short), unless its bytes are not its own size: direct writes (the cache
+    mode: every write waits for the device, and QEMU writes more than through the page cache:
+    on the bed 1.24-1.27x the bytes and 1.20-1.31x the time of the same guest's snapshot with
+    cache=writeback), or amplified by qcow2 metadata."""
     usual = slowdown is not None and slowdown <= SIZE_SLOWDOWN
     if usual and bytes_explain:
         return "size"
+    if samples < MIN_SAMPLES:
+        return "too-short"
     (top, best), *rest = sorted(shares.items(), key=lambda kv: kv[1], reverse=True)
     if best < MIN_SHARE:
         # Nothing held the writers back: with no past rate to compare with, or at about the

@@ -18,7 +18,7 @@ from ..model.samples import HostSample
 from ..model.trace import PSI, Point, Trace, from_json
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
-from .judge import judge, reference_rate
+from .judge import judge, reference
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class VerdictKeeper:
         exporter stopped before their trace was complete, or before verdicts existed)."""
         entries, _ = self.oplog.page(0, self.oplog.size)
         for entry in reversed(entries):
-            body = trace_of(entry.id) if entry.verdict is None else None
+            unjudged = entry.verdict is None and entry.outcome == "success"
+            body = trace_of(entry.id) if unjudged else None
             if body is not None:
                 self._traced.put((from_json(json.loads(body)), entry))
 
@@ -51,9 +52,9 @@ class VerdictKeeper:
         self._wake()
 
     def judge_traced(self) -> None:
-        """Complete each operation whose trace came in, judged against the rate this host's
-        storage sustained in the operations logged before it; one it cannot judge keeps its
-        trace's figures and no verdict."""
+        """Complete each operation whose trace came in, judged against what its storage did in
+        the operations logged before it; one it cannot judge, or that failed (its error says
+        why), keeps its trace's figures and no verdict."""
         while not self._traced.empty():
             trace, record = self._traced.get_nowait()
             entries, _ = self.oplog.page(0, self.oplog.size)
@@ -66,10 +67,9 @@ class VerdictKeeper:
                 log.error("no verdict on %s of %s/%s: %s: %s", record.operation, record.domain,
                           record.snapshot, type(exc).__name__, exc)
             else:
-                slowdown = judged.verdict.slowdown
-                log.info("verdict on %s of %s/%s: %s (slowdown %s)", record.operation,
-                         record.domain, record.snapshot, judged.verdict.pace_setter,
-                         "unknown" if slowdown is None else f"{slowdown:.2f}")
+                log.info("verdict on %s of %s/%s: %s", record.operation, record.domain,
+                         record.snapshot, "none (it failed)" if judged.verdict is None
+                         else judged.verdict.short())
             if self.oplog.amend(judged):
                 self.store.operations.amended(judged)
 
@@ -97,10 +97,12 @@ def trace_context(trace: Trace) -> OperationContext:
 
 
 def with_trace_figures(entry: FinishedOperation, trace: Trace) -> FinishedOperation:
-    """The entry with the host figures its trace gives (the 8 Hz samples are the finer ones);
-    a figure the trace lacks keeps the collection loop's."""
+    """The entry with the host figures its trace gives (the 8 Hz samples are the finer ones)
+    and the storage its disks live on; a figure the trace lacks keeps the collection loop's."""
     ctx = trace_context(trace)
     figures = ctx.public()
+    if trace.storage:
+        figures["storage"] = trace.storage
     rate = write_rate(ctx.get("qemu_written_bytes"), entry.duration_seconds)
     if rate is not None:
         figures["qemu_write_rate_bytes_per_second"] = rate
@@ -109,8 +111,11 @@ def with_trace_figures(entry: FinishedOperation, trace: Trace) -> FinishedOperat
 
 def with_verdict(entry: FinishedOperation, trace: Trace,
                  earlier: Sequence[FinishedOperation]) -> FinishedOperation:
-    """The entry with its verdict, judged against the rate the earlier entries teach."""
-    return dataclasses.replace(entry, verdict=judge(trace, entry, reference_rate(earlier)))
+    """The entry with its verdict, judged against what the earlier entries teach of its
+    storage; a failed operation gets none (its error says why it ended)."""
+    if entry.outcome != "success":
+        return entry
+    return dataclasses.replace(entry, verdict=judge(trace, entry, reference(earlier, entry)))
 
 
 def completed(entry: FinishedOperation, trace: Trace,

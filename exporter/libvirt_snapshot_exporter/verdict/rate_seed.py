@@ -1,7 +1,9 @@
 """The rate the verdict expects, seeded by a bench run on this host (`bench --json`, the config
 key verdict.rate-seed): its creates count as past operations of the host beside those in the
 operations log, so the first snapshots a new exporter sees are judged against the storage's
-measured rate, not against nothing. Pure apart from reading the file once at start."""
+measured rate, not against nothing. Each row's storage (bench's trace's) keeps it to that
+storage's operations; a seed written before storages were told apart teaches only operations
+of unknown storage. Pure apart from reading the file once at start."""
 
 from __future__ import annotations
 
@@ -49,4 +51,5 @@ def _record(row: Any) -> FinishedOperation | None:
         duration_seconds=float(row["duration_seconds"]), outcome="success",
         snapshot=str(row["snapshot"]), start_source="bench", end_source="bench",
         disk_cache=tuple(str(row["disk_cache"]).split(",")),
+        storage=None if row.get("storage") is None else str(row["storage"]),
         qemu_written_bytes=None if written is None else int(written))

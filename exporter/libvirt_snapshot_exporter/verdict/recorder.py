@@ -75,12 +75,38 @@ def block_device(path: str, sysfs: str = "/sys") -> str:
     return real.parent.name if (real / "partition").exists() else real.name
 
 
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem holding path ('' when path does not exist)."""
+    if not os.path.exists(path):
+        return ""
+    current = os.path.realpath(path)
+    while not os.path.ismount(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def storage_of(sources: Iterable[str], sysfs: str = "/sys") -> tuple[str, str]:
+    """(device, storage) of a domain's disks: the block device whose counters the trace
+    reads, and what the verdict learns a rate for: that device, else the filesystem's mount
+    point (NFS, FUSE), else for a network disk (no path: 'pool/image') its protocol's pool."""
+    sources = list(sources)
+    for source in sources:
+        if source.startswith("/") and (device := block_device(source, sysfs)):
+            return device, device
+    for source in sources:
+        if source.startswith("/") and (mount := mount_point(source)):
+            return "", mount
+    network = next((s for s in sources if s and not s.startswith("/")), "")
+    return "", f"network:{network.split('/', 1)[0]}" if network else ""
+
+
 @dataclass
 class _Recording:
     key: str
     domain: str
     start: float
     device: str
+    storage: str
     builder: TraceBuilder
     qemu: QemuThreads
     record: FinishedOperation | None = None  # once the operation ended
@@ -129,12 +155,12 @@ class FlightRecorder:
         return self._thread.native_id
 
     def begin(self, key: str, domain: str, start: float, pid: int | None,
-              images: Iterable[str]) -> None:
+              disks: Iterable[str]) -> None:
         """An operation was recognised: its trace starts with the ring's samples from
         PRE_SECONDS before its start. Called by the collection loop: reads nothing but the
-        images' device numbers."""
-        device = next((d for d in map(block_device, images) if d), "")
-        rec = _Recording(key, domain, start, device, TraceBuilder(self.max_points),
+        disks' device numbers (disks: their sources, a path or a network disk's name)."""
+        device, storage = storage_of(disks)
+        rec = _Recording(key, domain, start, device, storage, TraceBuilder(self.max_points),
                          QemuThreads(self.procfs, self.pid_directory, domain, pid))
         with self._lock:
             if key in self._recordings:
@@ -237,7 +263,7 @@ class FlightRecorder:
             id=record.id,
             domain=record.domain, snapshot=snapshot, operation=record.operation,
             start=record.start, end=record.end, interval_seconds=ACTIVE_INTERVAL,
-            device=rec.device, points=points,
+            device=rec.device, points=points, storage=rec.storage,
         )
 
     def get(self, trace_id: str) -> bytes | None:
