@@ -5,6 +5,7 @@ client sends ends in a traceback; SIGTERM ends within a bound whatever libvirtd 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
@@ -12,13 +13,16 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt_snapshot_exporter
 import pytest
 from lse_devtools.exporter_proc import ExporterProcess, free_port
 from lse_devtools.handbuilt_trace import slow_trace
@@ -104,6 +108,30 @@ def test_special_file_in_place_of_the_log_is_served_through(tmp_path, kind):
     ["--bounding-set=-all,+sys_ptrace"],  # root in a container with only CAP_SYS_PTRACE
 ])
 def test_state_directory_that_cannot_be_searched_is_served_through(tmp_path, who):
+    with searchable_by_others(sys.prefix, sys.executable, libvirt_snapshot_exporter.__file__):
+        _served_through_unsearchable_state(tmp_path, who)
+
+
+@contextlib.contextmanager
+def searchable_by_others(*paths: str) -> Iterator[None]:
+    """The directories on the way to paths searchable by others (o+x) for the block, and put
+    back after: nobody runs this checkout's interpreter and package, which a clone in a
+    `mktemp -d` directory (0700) would hide from it."""
+    changed: dict[Path, int] = {}
+    try:
+        for path in paths:
+            for directory in Path(os.path.realpath(path)).parents:
+                mode = stat.S_IMODE(directory.stat().st_mode)
+                if not mode & stat.S_IXOTH and directory not in changed:
+                    directory.chmod(mode | stat.S_IXOTH)
+                    changed[directory] = mode
+        yield
+    finally:
+        for directory, mode in changed.items():
+            directory.chmod(mode)
+
+
+def _served_through_unsearchable_state(tmp_path: Path, who: list[str]) -> None:
     base = Path(tempfile.mkdtemp(prefix="lse-unsearchable-"))  # pytest's tmp is root's only
     base.chmod(0o755)
     state = base / "state"
