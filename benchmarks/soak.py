@@ -6,8 +6,10 @@ create, revert, delete, delete; one running cycling external disk-only create an
 shut off cycling the same internal cycle offline (qemu-img). Each guest has its own thread and
 libvirt connection and waits --gap seconds between steps. Prints, per (operation, kind), the
 operations performed against those the exporter saw (in /api/operations and in the duration
-histogram's counts: all three must be equal), the exporter's RSS at start and end, the CPU
-seconds it used, and the latency of a scrape every second (p50/p99/max).
+histogram's counts: all three must be equal), the verdicts the exporter gave them by
+(operation, kind, pace-setter) with the share judged `unknown` against issue 21's target (at
+most 1 in 10), the exporter's RSS at start and end, the CPU seconds it used, and the latency of
+a scrape every second (p50/p99/max).
 
 Run as root with libvirtd up:  .venv/bin/python benchmarks/soak.py [--minutes 10]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import sys
 import threading
@@ -132,6 +135,35 @@ def seen(exporter: ExporterProcess, domains: set[str], since: float) -> tuple[di
     return logged, counted, named
 
 
+UNKNOWN_TARGET = 0.1  # at most this share of the judged operations `unknown` (issue 21)
+VERDICT_SECONDS = 15  # a verdict comes once an operation's trace is complete (3 s after its end)
+
+
+def verdicts(exporter: ExporterProcess, domains: set[str], since: float) -> list[dict]:
+    """The successful operations the exporter logged (a failed one gets no verdict)."""
+    data = json.loads(exporter.get("/api/operations", timeout=30))
+    return [o for o in data["operations"] if o["domain"] in domains and o["end"] >= since
+            and o["outcome"] == "success"]
+
+
+def print_verdicts(ops: list[dict]) -> bool:
+    """The verdicts by (operation, kind, pace-setter); True when the target is met."""
+    table = collections.Counter(
+        (o["operation"], o["kind"], o["verdict"]["pace_setter"] if o["verdict"] else "none")
+        for o in ops)
+    print(f"{'operation':10} {'kind':9} {'verdict':18} {'count':>5}")
+    for (operation, kind, pace), count in sorted(table.items()):
+        print(f"{operation:10} {kind:9} {pace:18} {count:5}")
+    unknown, none = (sum(c for k, c in table.items() if k[2] == pace)
+                     for pace in ("unknown", "none"))
+    met = bool(ops) and unknown <= UNKNOWN_TARGET * len(ops)
+    print(f"unknown: {unknown} of {len(ops)} successful operations "
+          f"({unknown / max(1, len(ops)) * 100:.1f} %; target at most "
+          f"{UNKNOWN_TARGET * 100:.0f} %: {'met' if met else 'missed'}); without a verdict "
+          f"{VERDICT_SECONDS} s after the run: {none}")
+    return met
+
+
 def write_sequences(log: str, drivers: list[Driver], directory: Path) -> Path:
     """One sequence file per guest in the form tests/unit replays (lse_devtools.replay): what
     the exporter observed (it logs each observation at debug) and a ClientCall line per call."""
@@ -191,6 +223,10 @@ def main() -> int:
         except AssertionError as exc:
             print(f"not all operations recorded: {str(exc).splitlines()[0]}")
         logged, counted, named = seen(exporter, domains, since)
+        with contextlib.suppress(AssertionError):  # those still without are counted as such
+            exporter.wait_for(lambda: all(o["verdict"] for o in verdicts(
+                exporter, domains, since)), VERDICT_SECONDS, "every verdict", interval=1)
+        judged = verdicts(exporter, domains, since)
         in_flight = [o for o in json.loads(exporter.get("/api/operations"))["in_flight"]
                      if o["domain"] in domains]  # not other guests of the same libvirtd
         rss_end, cpu_end = process.memory_info().rss, sum(process.cpu_times()[:2])
@@ -210,6 +246,7 @@ def main() -> int:
         print(f"{key[0]:10} {key[1]:9} {key[2]:8} {row[0]:9} {row[1]:6} {row[2]:9}  "
               f"{'yes' if row[0] == row[1] == row[2] else 'NO'}")
     print(f"in flight at the end: {len(in_flight)}")
+    print_verdicts(judged)
     for driver in drivers:
         missed = [d for d in driver.done
                   if not named[(driver.guest.name, d[0], d[1])] and d[2] == "success"]
