@@ -9,6 +9,7 @@ import logging
 import threading
 
 import pytest
+from libvirt_snapshot_exporter.model.operation import Verdict
 from libvirt_snapshot_exporter.model.trace import Point
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
@@ -98,3 +99,23 @@ def test_operations_logged_with_a_trace_but_no_verdict_are_judged_after_a_restar
     assert logged(k).verdict.pace_setter == "storage-slow"
     untraced = k.oplog.page(0, 10)[0][-1]
     assert untraced.verdict is None  # no trace kept: nothing to judge it by
+
+
+def test_verdicts_of_the_earlier_judge_are_judged_again_after_a_restart(tmp_path):
+    """A verdict logged before models per operation (no `model`) and a failure given a pace
+    are judged again from their kept traces: the revert that read '23.5x slower' by bytes
+    written, and a pace for an operation that failed, leave the log."""
+    traces = TraceStore(str(tmp_path), 5, 2**24)
+    trace = slow_trace()
+    traces.add(trace)
+    k, _ = keeper()
+    old = Verdict("unknown", 0.2, 23.5, {"cpu": 0.0}, (), {"samples": 2.0})
+    judged = dataclasses.replace(logged(k), verdict=old)
+    k.oplog.amend(judged)
+    k.backfill(traces.get)
+    k.judge_traced()
+    assert logged(k).verdict.model == "written" and logged(k).verdict.slowdown != 23.5
+    k.oplog.amend(dataclasses.replace(logged(k), outcome="failure", error="disk full"))
+    k.backfill(traces.get)
+    k.judge_traced()
+    assert logged(k).verdict is None and logged(k).error == "disk full"

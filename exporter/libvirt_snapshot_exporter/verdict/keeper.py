@@ -37,12 +37,17 @@ class VerdictKeeper:
         self._traced: queue.SimpleQueue[tuple[Trace, FinishedOperation]] = queue.SimpleQueue()
 
     def backfill(self, trace_of: Callable[[str], bytes | None]) -> None:
-        """Queue the logged operations that have a kept trace but no verdict (logged by an
-        exporter stopped before their trace was complete, or before verdicts existed)."""
+        """Queue the logged operations whose kept trace was not judged as this exporter judges:
+        no verdict (logged by an exporter stopped before their trace was complete, or before
+        verdicts existed), a verdict from before models per operation (a revert judged by
+        bytes written read '23.5x slower'), or a failure given a pace."""
         entries, _ = self.oplog.page(0, self.oplog.size)
         for entry in reversed(entries):
-            unjudged = entry.verdict is None and entry.outcome == "success"
-            body = trace_of(entry.id) if unjudged else None
+            if entry.outcome == "success":
+                stale = entry.verdict is None or entry.verdict.model is None
+            else:
+                stale = entry.verdict is not None
+            body = trace_of(entry.id) if stale else None
             if body is not None:
                 self._traced.put((from_json(json.loads(body)), entry))
 
@@ -114,7 +119,7 @@ def with_verdict(entry: FinishedOperation, trace: Trace,
     """The entry with its verdict, judged against what the earlier entries teach of its
     storage; a failed operation gets none (its error says why it ended)."""
     if entry.outcome != "success":
-        return entry
+        return dataclasses.replace(entry, verdict=None)
     return dataclasses.replace(entry, verdict=judge(trace, entry, reference(earlier, entry)))
 
 
