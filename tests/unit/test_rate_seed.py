@@ -5,6 +5,7 @@ bench output stops the exporter with one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -71,3 +72,21 @@ def test_the_seed_is_read_as_written(tmp_path):
             record.memory, record.start_source) == (
         row["domain"], row["snapshot"], row["duration_seconds"], row["qemu_written_bytes"],
         True, "bench")
+
+
+def test_each_row_seeds_the_storage_it_names_alone(tmp_path):
+    """bench rows name the storage under the guest's disk: a seed from the local disk sets no
+    expectation for a create on another storage; a seed from before storages were named only
+    for operations whose storage is unknown too."""
+    data = json.loads(SIX.read_text())
+    for row in data["operations"]:
+        row["storage"] = "vda"
+    path = tmp_path / "named.json"
+    path.write_text(json.dumps(data))
+    seed = load_rate_seed(str(path))
+    on_vda = next(r for r in seed if r.kind == "internal" and r.disk_cache == ("writeback",))
+    assert on_vda.storage == "vda" and reference(seed, on_vda) is not None
+    assert reference(seed, dataclasses.replace(on_vda, storage="loop3")) is None
+    unnamed = load_rate_seed(str(SIX))
+    assert reference(unnamed, on_vda) is None
+    assert reference(unnamed, dataclasses.replace(on_vda, storage=None)) is not None
