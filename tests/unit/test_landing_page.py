@@ -40,10 +40,25 @@ def test_in_flight_on_top_then_finished_rows_linking_to_their_page():
                                [running], [done], 1, "/metrics")
     rows = re.findall(r"<tr(?: class=running)?>.*?</tr>", html)
     assert rows[1].startswith("<tr class=running>") and "running 12.3 s" in rows[1]
-    assert "in flight" in rows[1] and "1,024 MiB" in rows[1]
+    assert "in flight" in rows[1] and "1,074 MB" in rows[1]
     assert f'<a href="/operations/{done.id}">vm1</a>' in rows[2]
     assert "<td>40.50 s</td>" in rows[2] and "<td>storage-slow, 3.0x</td>" in rows[2]
+    assert "<td>yes</td>" in rows[2] and "True" not in rows[2]  # memory
     assert "(up)" in html and "QEMU 7.2.0" in html and "newest of" not in html
+
+
+def test_a_failed_operation_is_marked_and_has_no_verdict():
+    failed = dataclasses.replace(finished("f1"), outcome="failure", memory=False,
+                                 error="No space left on device")
+    # judged before failed operations went unjudged: still no pace for it
+    old = dataclasses.replace(finished("f2"), outcome="failure",
+                              verdict=Verdict("unknown", 1.0, 9.0, {}, (), {}))
+    html = landing_page.render(view(), [], [failed, old, finished()], 3, "/metrics")
+    rows = re.findall(r"<tr(?: class=\w+)?>.*?</tr>", html)[1:]
+    assert [r.startswith("<tr class=failed>") for r in rows] == [True, True, False]
+    assert rows[0].endswith("<td>failed</td></tr>") and "<td>no</td>" in rows[0]
+    assert rows[1].endswith("<td>failed</td></tr>") and "unknown" not in rows[1]
+    assert "tr.failed{" in html  # visibly: the style marks the row
 
 
 def test_only_the_newest_with_a_pointer_to_the_rest():
@@ -58,7 +73,9 @@ def test_every_name_is_escaped():
 
 
 def test_cell_text_by_the_unit_its_key_names():
-    assert landing_page.cell_text("qemu_written_bytes", 3 * 2**30) == "3,072 MiB"
+    assert landing_page.cell_text("qemu_written_bytes", 3 * 2**30) == "3,221 MB"  # as MB/s
+    assert landing_page.cell_text("memory", True) == "yes"
+    assert landing_page.cell_text("memory", False) == "no"
     assert landing_page.cell_text("duration_seconds", 1834.567) == "1,834.57 s"
     assert landing_page.cell_text("guest_cpu_ratio", 0.256) == "26 %"
     assert landing_page.cell_text("end", START) == time.strftime("%Y-%m-%d %H:%M:%S",

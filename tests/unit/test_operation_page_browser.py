@@ -95,13 +95,14 @@ def test_the_charts_are_drawn_and_the_verdict_is_in_words(base):
     dom = chromium("--dump-dom", page_url(base))
     charts = re.search(r'<div id="charts"[^>]*>', dom)
     assert charts, dom[:2000]
-    assert 'data-state="drawn"' in charts[0] and 'data-charts="5"' in charts[0], charts[0]
-    assert dom.count('<canvas') == 5  # one per uPlot
-    assert "Storage set the pace: QEMU's writers waited on a device busy 96 % of the time" in dom
+    assert 'data-state="drawn"' in charts[0] and 'data-charts="6"' in charts[0], charts[0]
+    assert dom.count('<canvas') == 6  # one per uPlot
+    assert ("Storage set the pace: QEMU's writers waited on I/O in 95 % of their samples" in dom
+            and "the device busy 96 % of the time" in dom)
     assert "3.0x slower than expected" in dom
     assert "Dirty limits throttled the writers" in dom and "did not set the pace" in dom
     for legend in ("MemFree", "Writeback", "dirty threshold", "device (vda)", "QEMU",
-                   "throttled by dirty limits"):
+                   "throttled by dirty limits", "run delay"):
         assert f">{legend}<" in dom, legend
 
 
@@ -169,5 +170,7 @@ def test_a_trace_the_flight_recorder_took_of_this_process_is_drawn(tmp_path):
     charts = re.search(r'<div id="charts"[^>]*>', dom)[0]
     drawn = re.search(r'data-charts="(\d)"', charts)
     assert 'data-state="drawn"' in charts and drawn, charts
-    assert dom.count("<canvas") == int(drawn[1]) == 5  # memory, dirty, writes, PSI, threads
-    assert "<h2>Verdict: " in dom and ">MemFree<" in dom and ">QEMU<" in dom
+    # memory, dirty, I/O (the recorder reads QEMU's read counters too), PSI, threads, run delay
+    assert dom.count("<canvas") == int(drawn[1]) == 6
+    assert "<h2>Verdict: " in dom and ">MemFree<" in dom and ">QEMU writes<" in dom
+    assert ">QEMU reads<" in dom and ">run delay<" in dom

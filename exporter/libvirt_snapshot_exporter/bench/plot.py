@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..model.trace import Point
-from ..verdict.explain import charts, pace_sentence
-from .report import GIB, OperationRecord, RunInfo, duration_text, plot_name, verdict_text
+from ..verdict.explain import MB, charts, failure_sentence, pace_sentence
+from .report import OperationRecord, RunInfo, duration_text, plot_name, verdict_text
 
-MIB = 2**20
+GB = 10**9  # decimal, as the operation page's charts and words
 
 
 def available() -> bool:
@@ -87,7 +87,7 @@ def _durations(axis: Any, records: list[OperationRecord], info: RunInfo) -> None
 
 
 def _qemu_rate(timeline: list[Point | None], t0: float) -> tuple[list[float], list[float]]:
-    """QEMU's write rate (MiB/s) between the points of the run: none across a gap, or across
+    """QEMU's write rate (MB/s) between the points of the run: none across a gap, or across
     a restart of QEMU (its counter starts again)."""
     qemu = [p for p in timeline if p is None or "qemu_write_bytes" in p.counters]
     xs, ys = [], []
@@ -96,7 +96,7 @@ def _qemu_rate(timeline: list[Point | None], t0: float) -> tuple[list[float], li
             b.counters["qemu_write_bytes"] - a.counters["qemu_write_bytes"])
         ok = written is not None and written >= 0 and b.t > a.t
         xs.append(b.t - t0 if ok else NAN)
-        ys.append(written / (b.t - a.t) / MIB if ok else NAN)
+        ys.append(written / (b.t - a.t) / MB if ok else NAN)
     return xs, ys
 
 
@@ -110,9 +110,9 @@ def write_plot(path: Path, records: list[OperationRecord], info: RunInfo) -> Non
     timeline = _timeline(records)
     times = [NAN if p is None else p.t - t0 for p in timeline]
     for axis, unit, scale, keys in (
-        (memory, "GiB", GIB, (("available", "MemAvailable"), ("free", "MemFree"),
-                              ("cached", "Cached"))),
-        (dirty, "MiB", MIB, (("dirty", "Dirty"), ("writeback", "Writeback"))),
+        (memory, "GB", GB, (("available", "MemAvailable"), ("free", "MemFree"),
+                            ("cached", "Cached"))),
+        (dirty, "MB", MB, (("dirty", "Dirty"), ("writeback", "Writeback"))),
     ):
         for key, label in keys:
             axis.plot(times, [p.gauges[key] / scale if p is not None and key in p.gauges else NAN
@@ -126,8 +126,8 @@ def write_plot(path: Path, records: list[OperationRecord], info: RunInfo) -> Non
     memory.legend(fontsize="small", loc="lower left")
     dirty.set_xlabel("seconds since start")
     rate = dirty.twinx()
-    rate.plot(*_qemu_rate(timeline, t0), ":", color="black", label="QEMU writes (MiB/s)")
-    rate.set_ylabel("QEMU writes (MiB/s)")
+    rate.plot(*_qemu_rate(timeline, t0), ":", color="black", label="QEMU writes (MB/s)")
+    rate.set_ylabel("QEMU writes (MB/s)")
     rate.set_ylim(bottom=0)
     handles, labels = dirty.get_legend_handles_labels()
     extra_handles, extra_labels = rate.get_legend_handles_labels()
@@ -160,7 +160,11 @@ def write_trace_plot(path: Path, record: OperationRecord, info: RunInfo) -> None
                f"({record.setting.label(info.offline)}, cache {record.disk_cache}): "
                f"{duration_text(record.duration)}" + (f", {verdict_text(record)}"
                                                       if verdict_text(record) else ""))
-    words = pace_sentence(entry.verdict, entry) if entry and entry.verdict else "no verdict"
+    words = "no verdict"
+    if entry is not None and entry.outcome != "success":
+        words = failure_sentence(entry)  # a failed operation is not judged
+    elif entry is not None and entry.verdict is not None:
+        words = pace_sentence(entry.verdict, entry)
     fig.suptitle(heading + "\n" + "\n".join(textwrap.wrap(words, 130)), fontsize="small",
                  x=0.01, ha="left")
     fig.tight_layout()

@@ -32,11 +32,14 @@ DURATION, OUTCOME = 6, 10  # the columns an operation in flight fills otherwise
 
 
 def cell_text(key: str, value: Any) -> str:
-    """A field as the table shows it, by the unit its key names."""
+    """A field as the table shows it, by the unit its key names: bytes in MB, decimal like
+    the operation page's charts and words; a flag as yes or no."""
     if value is None or value == "":
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if key.endswith("_bytes"):
-        return f"{value / 2**20:,.0f} MiB"
+        return f"{value / 10**6:,.0f} MB"
     if key.endswith("_seconds"):
         return f"{value:,.2f} s"
     if key.endswith("_ratio"):
@@ -53,7 +56,9 @@ def _cells(entry: dict[str, Any]) -> list[str]:
 
 
 def rows(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperation]) -> list[str]:
-    """In flight on top (running for how long), then finished ones linking to their page."""
+    """In flight on top (running for how long), then finished ones linking to their page;
+    a failed one is marked and its verdict cell says so (it gets no verdict: its error says
+    why it ended)."""
     lines = []
     for entry in in_flight:
         cells = _cells(entry)
@@ -64,8 +69,11 @@ def rows(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperati
         entry = record.to_json()
         cells = _cells(entry)
         cells[0] = f'<a href="/operations/{record.id}">{cells[0]}</a>'
-        cells[-1] = html.escape(record.verdict.short()) if record.verdict else ""
-        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        failed = record.outcome != "success"
+        cells[-1] = ("failed" if failed else
+                     html.escape(record.verdict.short()) if record.verdict else "")
+        lines.append(("<tr class=failed>" if failed else "<tr>")
+                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return lines
 
 
@@ -80,6 +88,7 @@ def render(view: View, in_flight: Sequence[dict[str, Any]], finished: Sequence[F
 <html><head><meta charset="utf-8"><title>libvirt snapshot exporter</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;font-size:90%}}
 td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:right}}tr.running{{background:#fe9}}
+tr.failed{{background:#fdd}}
 th{{background:#eee}}</style></head><body>
 <h1>libvirt snapshot exporter</h1>
 <p>Version {__version__} &middot; host {html.escape(view.hostname)} &middot; libvirt

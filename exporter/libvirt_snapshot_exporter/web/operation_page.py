@@ -21,7 +21,15 @@ from typing import Any
 
 from ..model.operation import FinishedOperation, Verdict
 from ..model.trace import Trace
-from ..verdict.explain import CAUSES, MIB, charts, pace_sentence, percent, present_sentences
+from ..verdict.explain import (
+    CAUSES,
+    charts,
+    failure_sentence,
+    pace_sentence,
+    percent,
+    present_sentences,
+    size_text,
+)
 
 # Served under /static/ with their type. The page names each with a hash of its content, so
 # they can be cached for good and an upgrade still fetches the new ones.
@@ -75,9 +83,10 @@ def facts(record: FinishedOperation) -> list[tuple[str, str]]:
         ("end", f"{_when(record.end)} (seen by {record.end_source or '?'})"),
         ("uncertainty", _seconds(record.uncertainty_seconds)),
         ("disk cache", ", ".join(record.disk_cache or ())),
+        ("storage", record.storage or ""),
         ("QEMU", record.qemu_version or ""),
         ("QEMU wrote", "" if record.qemu_written_bytes is None
-         else f"{record.qemu_written_bytes / MIB:,.0f} MiB"),
+         else size_text(record.qemu_written_bytes)),
     ]
     return [(name, text) for name, text in rows if text]
 
@@ -94,18 +103,26 @@ table.facts td,table.facts th{border:1px solid #ccc;padding:.2em .6em;text-align
 table.facts th{background:#eee;font-weight:normal}
 .verdict{background:#f4f7fb;border-left:4px solid #36c;padding:.4em 1em;margin:1em 0}
 .verdict .pace{font-size:115%}.note{color:#555}
+.verdict.failed{background:#fbeeee;border-left-color:#b00}
 #charts[data-state=error]{color:#b00}.chart{margin:1em 0}"""
 
 
 def render(record: FinishedOperation, trace: Trace | None, verdict: Verdict | None) -> str:
     """The whole page; without a trace it says there is none, which is not an error (the
-    verdict the log kept is still shown)."""
+    verdict the log kept is still shown). A failed operation shows its error where the
+    verdict would be, never a pace: it is not judged (a verdict logged before that rule is
+    not shown either)."""
     e = html.escape
     name = f"{record.operation} of {record.domain}" + (
         f" / {record.snapshot}" if record.snapshot else "")
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts(record))
     judged = ""
-    if verdict is not None:
+    failed = record.outcome != "success"
+    if failed:
+        judged = f"""<section class="verdict failed"><p class=pace>{e(failure_sentence(record))}</p>
+<p class=note>A failed operation gets no verdict: its error, not a pace, says why it ended.</p>
+</section>"""
+    elif verdict is not None:
         cause = CAUSES.get(verdict.pace_setter, verdict.pace_setter)
         present = "".join(f"<li>{e(s)}</li>" for s in present_sentences(verdict, record, trace))
         shares = ", ".join(f"{e(CAUSES.get(k, k))} {percent(v)}" for k, v in
@@ -119,7 +136,7 @@ def render(record: FinishedOperation, trace: Trace | None, verdict: Verdict | No
                 "last <code>trace.operations</code> traces are kept, within "
                 "<code>trace.max-bytes</code>), it ended before the flight recorder existed, "
                 "or the flight recorder is off (<code>trace.operations</code> 0)."
-                + ("" if verdict else " Without a trace there is no verdict.") + "</p>")
+                + ("" if verdict or failed else " Without a trace there is no verdict.") + "</p>")
         head = scripts = ""
     else:
         data = charts(trace)
