@@ -85,6 +85,8 @@ def test_a_revert_s_reads_are_charted_with_its_writes_as_io():
         "device (sdb) writes": 0.0, "QEMU writes": 0.0, "QEMU reads": 400.0,
         "QEMU reads from the device": 100.0}
     assert "writes" not in [c["title"] for c in data["charts"]] + data["missing"]
+    create = explain.charts(dataclasses.replace(trace, operation="create"))
+    assert "I/O" not in [c["title"] for c in create["charts"]]  # its reads are near zero
 
 
 def test_thread_states_are_shares_of_the_last_second_of_writer_samples():

@@ -79,15 +79,15 @@ def _run_delay(points: Sequence[Point]) -> list[float | None]:
 
 
 def _io(trace: Trace) -> tuple[str, list[tuple[str, list[float | None]]]]:
-    """The writes chart, and QEMU's reads beside them where the trace has them (a revert
-    reads its vmstate): then it is the I/O chart."""
+    """The writes chart; for a revert, which reads its vmstate, QEMU's reads beside them:
+    then it is the I/O chart (every trace has the read counters, near zero for the rest)."""
     points = trace.points
     writes = [("device (" + (trace.device or "?") + ")",
                _rate(points, "device_write_bytes", 1 / MB)),
               ("QEMU", _rate(points, "qemu_write_bytes", 1 / MB))]
     reads = [("QEMU reads", _rate(points, "qemu_read_chars", 1 / MB)),
              ("QEMU reads from the device", _rate(points, "qemu_read_bytes", 1 / MB))]
-    if not any(v is not None for _, values in reads for v in values):
+    if trace.operation != "revert" or not any(v is not None for _, vs in reads for v in vs):
         return "writes", writes
     return "I/O", [(f"{label} writes", values) for label, values in writes] + reads
 
