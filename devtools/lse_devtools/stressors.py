@@ -139,15 +139,41 @@ def mem_available() -> int:
 
 
 HOG = """
-import mmap, sys
-leave, field, chunk = int(sys.argv[1]), sys.argv[2], 256 << 20
+import ctypes, os, sys, threading
+leave, field, chunk = int(sys.argv[1]), sys.argv[2], 64 << 20
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [
+    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PROT_RW, MAP_PRIVATE_ANONYMOUS, MAP_POPULATE, MADV_HUGEPAGE, MADV_POPULATE_WRITE = 3, 0x22, 0x8000, 14, 23
 def left():
     with open("/proc/meminfo") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
-held = []  # anonymous (no swap here), resident at once (MAP_POPULATE)
-while (size := min(chunk, left() - leave)) >= 16 << 20:
-    held.append(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE))
-print(sum(len(m) for m in held), flush=True)
+def take(size):  # anonymous (no swap here), resident at once; ctypes lets go of the GIL
+    addr = libc.mmap(None, size, PROT_RW, MAP_PRIVATE_ANONYMOUS, -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    libc.madvise(addr, size, MADV_HUGEPAGE)  # 2 MiB faults where the host allows them
+    if libc.madvise(addr, size, MADV_POPULATE_WRITE) != 0:  # before Linux 5.14
+        ctypes.memset(addr, 1, size)
+lock, held, pending = threading.Lock(), [0], [0]
+def worker():
+    while True:
+        with lock:  # what other threads are still populating is not yet off `left()`
+            size = min(chunk, left() - pending[0] - leave)
+            if size < 16 << 20:
+                return
+            pending[0] += size
+        take(size)
+        with lock:
+            pending[0] -= size
+            held[0] += size
+threads = [threading.Thread(target=worker) for _ in range(len(os.sched_getaffinity(0)))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(held[0], flush=True)
 sys.stdin.read()
 """
 
@@ -158,7 +184,14 @@ def memory_hog(leave_bytes: int, keep: str = "MemAvailable") -> Iterator[int]:
     field `keep` stay: of MemAvailable, the page cache and the dirty thresholds (a ratio of
     dirtyable memory) shrink; of MemFree, the page cache stays and whatever is written next
     must reclaim it. The hog is the first the OOM killer takes, and dies with the test
-    process. Yields the bytes it holds."""
+    process. Yields the bytes it holds.
+
+    Why it takes long: on this build machine (a VM with free page reporting: freed pages go
+    back to its host within seconds) every page the hog touches is a fault in the host as
+    well, and the host serves them one at a time (two threads keep one CPU busy, not two):
+    about 2 s per GB, whatever the hog does. 24 GB took 54-59 s taken 4 KiB at a time on one
+    thread with MAP_POPULATE, 46-49 s this way (one thread per CPU, huge pages where allowed;
+    runs alternated, 2026-12-06); 9 s when the memory had been freed just before."""
     proc = subprocess.Popen(
         [sys.executable, "-c", HOG, str(leave_bytes), keep], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_die_with_parent())

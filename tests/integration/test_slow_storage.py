@@ -16,9 +16,17 @@ from pathlib import Path
 
 import pytest
 from lse_devtools import stressors
-from lse_devtools.slow_storage import leftovers, remains, slow_storage
+from lse_devtools.slow_storage import (
+    diskstats,
+    leftovers,
+    remains,
+    slow_storage,
+    throttled_storage,
+    throttles,
+)
 
-# host_only: the bed (a FUSE device) and the stressors are the host's; no libvirt is involved.
+# host_only: the beds (a FUSE device, a throttled loop device) and the stressors are the host's;
+# no libvirt is involved.
 pytestmark = [pytest.mark.libvirt, pytest.mark.host_only]
 
 
@@ -49,6 +57,49 @@ def test_bed_is_taken_down_after_a_failure_and_after_a_killed_run():
     with slow_storage(size_mib=64) as storage:
         assert remains(base) == [] and not alive(int(daemon))
     assert remains(storage.base) == [] and not alive(storage.daemon_pid)
+
+
+def throttle_of(device: str) -> int:
+    """The root blkio group's write limit on the device, 0 if none."""
+    return throttles().get(Path(f"/sys/block/{device}/dev").read_text().strip(), 0)
+
+
+def test_throttled_bed_writes_at_its_rate_and_leaves_no_throttle_behind():
+    """The throttled bed writes at its rate with its device all but idle; its write limit goes
+    with it, after a failure and after a run that was killed (a limit left on a loop device
+    would slow whatever uses that device next)."""
+    with throttled_storage(size_mib=256, rate=20e6) as storage:
+        assert throttle_of(storage.device) == 20_000_000
+        before, start = diskstats(storage.device), time.monotonic()
+        subprocess.run(["dd", "if=/dev/zero", f"of={storage.directory}/f", "bs=1M", "count=60",
+                        "conv=fdatasync", "status=none"], check=True)
+        seconds = time.monotonic() - start
+        after = diskstats(storage.device)
+        written = (after["sectors_written"] - before["sectors_written"]) * 512
+        busy = (after["io_ticks_ms"] - before["io_ticks_ms"]) / 1000 / seconds
+        # 2026-12-06: 300 MiB in 10.5 s at 30 MB/s, the device busy 3.5 % of it.
+        assert written >= 60 << 20 and 0.8 * written / 20e6 <= seconds, (written, seconds)
+        assert busy < 0.3, busy
+        device = storage.device
+    assert remains(storage.base) == [] and throttle_of(device) == 0
+
+    with pytest.raises(RuntimeError, match="test failed"), throttled_storage(size_mib=64) as storage:
+        raise RuntimeError("test failed")
+    assert remains(storage.base) == [] and throttle_of(storage.device) == 0
+
+    code = ("import time\nfrom lse_devtools.slow_storage import throttled_storage\n"
+            "with throttled_storage(size_mib=64) as s:\n"
+            "    print(s.base, s.device, flush=True)\n    time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    base, device = child.stdout.readline().split()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    base = Path(base)
+    assert throttle_of(device) and any(x.startswith("write limit on") for x in remains(base))
+    assert base in leftovers()
+    with slow_storage(size_mib=64) as storage:  # either kind of bed takes it down
+        assert remains(base) == [] and throttle_of(device) == 0
+    assert remains(storage.base) == []
 
 
 def processes_with(text: str) -> list[int]:
