@@ -24,12 +24,14 @@ PR_SET_PDEATHSIG = 1
 VM = Path("/proc/sys/vm")
 
 
-def _die_with_parent(cpu_seconds: int | None = None) -> Callable[[], None]:
+def _die_with_parent(cpu_seconds: int | None = None, death_signal: int = signal.SIGKILL
+                     ) -> Callable[[], None]:
     """preexec_fn for a stressor child: killed when the test process dies (so a killed run
-    leaves no busy loop or hog behind), and at most cpu_seconds of CPU in any case."""
+    leaves no busy loop or hog behind; SIGTERM for one that must put something back first),
+    and at most cpu_seconds of CPU in any case."""
 
     def setup() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, death_signal)
         if cpu_seconds is not None:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
 
@@ -139,62 +141,62 @@ def mem_available() -> int:
 
 
 HOG = """
-import ctypes, os, sys, threading
-leave, field, chunk = int(sys.argv[1]), sys.argv[2], 64 << 20
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [
-    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-PROT_RW, MAP_PRIVATE_ANONYMOUS, MAP_POPULATE, MADV_HUGEPAGE, MADV_POPULATE_WRITE = 3, 0x22, 0x8000, 14, 23
-def left():
+import mmap, select, signal, sys
+leave, field, chunk = int(sys.argv[1]), sys.argv[2], 256 << 20
+POOL = "/proc/sys/vm/nr_hugepages"
+def meminfo(key):
     with open("/proc/meminfo") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
-def take(size):  # anonymous (no swap here), resident at once; ctypes lets go of the GIL
-    addr = libc.mmap(None, size, PROT_RW, MAP_PRIVATE_ANONYMOUS, -1, 0)
-    if addr in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), "mmap")
-    libc.madvise(addr, size, MADV_HUGEPAGE)  # 2 MiB faults where the host allows them
-    if libc.madvise(addr, size, MADV_POPULATE_WRITE) != 0:  # before Linux 5.14
-        ctypes.memset(addr, 1, size)
-lock, held, pending = threading.Lock(), [0], [0]
-def worker():
-    while True:
-        with lock:  # what other threads are still populating is not yet off `left()`
-            size = min(chunk, left() - pending[0] - leave)
-            if size < 16 << 20:
-                return
-            pending[0] += size
-        take(size)
-        with lock:
-            pending[0] -= size
-            held[0] += size
-threads = [threading.Thread(target=worker) for _ in range(len(os.sched_getaffinity(0)))]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print(held[0], flush=True)
-sys.stdin.read()
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+def pool(pages):
+    with open(POOL, "w") as f:
+        f.write(str(pages))
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the test process died: put it back
+saved, page = int(open(POOL).read()), meminfo("Hugepagesize")
+try:
+    # The bulk as huge pages of the kernel's pool: taken from free memory at once, never
+    # touched (so never faulted in from this VM's host); 1 GiB short of the goal, whose free
+    # memory may be too fragmented for 2 MiB pages.
+    bulk = (min(meminfo(field), meminfo("MemFree")) - leave - (1 << 30)) // page
+    if bulk > 0:
+        pool(saved + bulk)
+    pooled = (int(open(POOL).read()) - saved) * page
+    held = []  # the rest anonymous (no swap here), resident at once (MAP_POPULATE)
+    while (size := min(chunk, meminfo(field) - leave)) >= 16 << 20:
+        held.append(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE))
+    print(pooled + sum(len(m) for m in held), flush=True)
+    while True:  # until the test closes stdin (or dies)
+        if select.select([sys.stdin], [], [], 0.25)[0] and not sys.stdin.read(1):
+            break
+        if pooled and meminfo("MemAvailable") < 64 << 20:  # others need it: the pool goes
+            pool(saved)
+            pooled = 0
+finally:
+    pool(saved)
 """
 
 
 @contextlib.contextmanager
 def memory_hog(leave_bytes: int, keep: str = "MemAvailable") -> Iterator[int]:
-    """Anonymous memory held for the block so that about leave_bytes of the /proc/meminfo
-    field `keep` stay: of MemAvailable, the page cache and the dirty thresholds (a ratio of
-    dirtyable memory) shrink; of MemFree, the page cache stays and whatever is written next
-    must reclaim it. The hog is the first the OOM killer takes, and dies with the test
-    process. Yields the bytes it holds.
+    """Memory held for the block so that about leave_bytes of the /proc/meminfo field `keep`
+    stay: of MemAvailable, the page cache and the dirty thresholds (a ratio of dirtyable
+    memory) shrink; of MemFree, the page cache stays and whatever is written next must
+    reclaim it. Yields the bytes it holds.
 
-    Why it takes long: on this build machine (a VM with free page reporting: freed pages go
-    back to its host within seconds) every page the hog touches is a fault in the host as
-    well, and the host serves them one at a time (two threads keep one CPU busy, not two):
-    about 2 s per GB, whatever the hog does. 24 GB took 54-59 s taken 4 KiB at a time on one
-    thread with MAP_POPULATE, 46-49 s this way (one thread per CPU, huge pages where allowed;
-    runs alternated, 2026-12-06); 9 s when the memory had been freed just before."""
+    The hog takes the bulk of the free memory as huge pages of the kernel's pool
+    (vm.nr_hugepages, host-wide, put back as it was: by the hog when the block ends, when the
+    test process dies or when MemAvailable falls under 64 MiB, and by this block once more),
+    the rest as anonymous memory. Like anonymous memory, pool pages are neither free, nor
+    available, nor dirtyable, nor reclaimable (no swap here), so the snapshot's writes meet
+    the same shortage. Anonymous memory alone took 45-60 s to take here: on this build
+    machine (a VM with free page reporting: freed pages go back to its host within seconds)
+    every page touched is a fault in the host as well, about 2 s per GB (24 GB: 54-59 s with
+    MAP_POPULATE on one thread, 46-49 s on one thread per CPU in transparent huge pages,
+    2026-12-06), while pool pages are never touched (22 GB in 0.04 s)."""
+    saved = (VM / "nr_hugepages").read_text()
     proc = subprocess.Popen(
         [sys.executable, "-c", HOG, str(leave_bytes), keep], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_die_with_parent())
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_die_with_parent(death_signal=signal.SIGTERM))
     try:
         Path(f"/proc/{proc.pid}/oom_score_adj").write_text("1000")
         held = proc.stdout.readline().strip()
@@ -202,4 +204,9 @@ def memory_hog(leave_bytes: int, keep: str = "MemAvailable") -> Iterator[int]:
             raise RuntimeError(f"memory hog did not come up ({proc.poll()})")
         yield int(held)
     finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # the hog puts the pool back and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
         _stop(proc)
+        (VM / "nr_hugepages").write_text(saved)

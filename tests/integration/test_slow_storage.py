@@ -138,10 +138,30 @@ def test_stressors_put_the_host_back_when_the_block_fails():
         sleeper.kill()
         sleeper.wait()
 
+    pool = vm / "nr_hugepages"
+    saved_pool = pool.read_text()
     with pytest.raises(RuntimeError), stressors.memory_hog(stressors.mem_available() - (512 << 20)):
         assert processes_with("MAP_POPULATE")
         raise RuntimeError
     assert not processes_with("MAP_POPULATE")
+    # All but 1 GiB of free memory, its bulk in the huge page pool: the pool put back when the
+    # block fails, and when the test process is killed (the hog gets SIGTERM and does it).
+    with pytest.raises(RuntimeError), stressors.memory_hog(1 << 30, keep="MemFree") as held:
+        assert int(pool.read_text()) > int(saved_pool) and held > 0
+        raise RuntimeError
+    assert pool.read_text() == saved_pool and not processes_with("MAP_POPULATE")
+    code = ("import time\nfrom lse_devtools import stressors\n"
+            "with stressors.memory_hog(1 << 30, keep='MemFree') as held:\n"
+            "    print(held, flush=True)\n    time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert int(child.stdout.readline()) > 0 and int(pool.read_text()) > int(saved_pool)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 10
+    while (pool.read_text() != saved_pool or processes_with("MAP_POPULATE")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pool.read_text() == saved_pool and not processes_with("MAP_POPULATE")
 
     with slow_storage(size_mib=64) as storage:
         with pytest.raises(RuntimeError), stressors.competing_writer(storage.directory, 16) as path:
