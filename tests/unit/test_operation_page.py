@@ -148,12 +148,12 @@ def test_the_slow_storage_verdict_in_words():
     ("qcow2-metadata", {"write_amplification": 4.4},
      "qcow2 metadata set the pace: QEMU wrote 4.4x the guest's memory, more than a vmstate can "
      "be, so each write also allocated qcow2 clusters, with QEMU's writers working on the CPU"),
-    ("mixed", {}, "No single cause set the pace: slow storage (90 % of the time) and CPU "
-                  "starvation (2 %) are within 1.5x"),
+    ("mixed", {}, "No single cause set the pace: slow storage (90 % of the time beyond the "
+                  "expected) and CPU starvation (2 %) are within 1.5x"),
     ("too-short", {"samples": 3}, "Too short to judge: 3 samples within the operation, fewer "
                                   "than the 5 that tell where its time went; 1.18 GB written"),
-    ("unknown", {}, "Unknown: no cause explains 20 % of the time or more; 1.18 GB written at "
-                    "39 MB/s"),
+    ("unknown", {}, "Unknown: no cause explains 20 % of the time beyond the expected or more; "
+                    "1.18 GB written at 39 MB/s"),
     ("unknown", {"samples": 3}, "Unknown: the trace has 3 samples within the operation, fewer "
                                 "than the 5 a verdict needs."),  # logged before too-short
 ])
@@ -190,8 +190,8 @@ def test_a_duration_verdict_says_the_usual_duration_of_such_operations():
     delete = record(operation="delete", duration_seconds=0.8, storage="sdb")
     assert explain.pace_sentence(slow, delete) == (
         "qcow2 metadata set the pace: a delete is metadata work (refcounts, discards), with "
-        "QEMU's writers working on the CPU 90 % of the time; 0.8 s against 0.1 s usual for "
-        "such operations on sdb, 8.0x slower than expected.")
+        "QEMU's writers working on the CPU 90 % of the time beyond the expected; 0.8 s against "
+        "0.1 s usual for such operations on sdb, 8.0x slower than expected.")
 
 
 @pytest.mark.parametrize(("fields", "model", "missing"), [

@@ -321,7 +321,8 @@ def pace_sentence(verdict: Verdict, record: FinishedOperation) -> str:
     if pace == "qcow2-metadata":
         return (f"qcow2 metadata set the pace: {_metadata_work(verdict, record)}, with QEMU's "
                 f"writers working on the CPU "
-                f"{percent(verdict.shares.get('qcow2-metadata', 0.0))} of the time; {usual}.")
+                f"{percent(verdict.shares.get('qcow2-metadata', 0.0))} {shares_of(verdict)}; "
+                f"{usual}.")
     if pace == "cache-mode":
         caches = ", ".join(record.disk_cache or ()) or "?"
         return (f"The disk cache mode set the pace: with cache={caches} QEMU's writes bypass "
@@ -330,7 +331,8 @@ def pace_sentence(verdict: Verdict, record: FinishedOperation) -> str:
     ranked = sorted(verdict.shares.items(), key=lambda kv: kv[1], reverse=True)
     if pace == "mixed" and len(ranked) >= 2:
         (a, sa), (b, sb) = ranked[:2]
-        return (f"No single cause set the pace: {CAUSES.get(a, a)} ({percent(sa)} of the time) "
+        return (f"No single cause set the pace: {CAUSES.get(a, a)} ({percent(sa)} "
+                f"{shares_of(verdict)}) "
                 f"and {CAUSES.get(b, b)} ({percent(sb)}) are within {MIXED_RATIO}x of each "
                 f"other; {usual}.")
     samples = f.get("samples", 0)
@@ -340,7 +342,15 @@ def pace_sentence(verdict: Verdict, record: FinishedOperation) -> str:
     if samples < MIN_SAMPLES:  # a verdict logged before too-short existed
         return (f"Unknown: the trace has {samples:.0f} samples within the operation, fewer "
                 f"than the {MIN_SAMPLES} a verdict needs.")
-    return f"Unknown: no cause explains {percent(MIN_SHARE)} of the time or more; {usual}."
+    return (f"Unknown: no cause explains {percent(MIN_SHARE)} {shares_of(verdict)} or more; "
+            f"{usual}.")
+
+
+def shares_of(verdict: Verdict) -> str:
+    """What the verdict's shares are of: for an operation slower than usual, the time beyond
+    its expected duration (what made it slow; verdict/judge.py)."""
+    slower = verdict.slowdown is not None and verdict.slowdown > SIZE_SLOWDOWN
+    return "of the time beyond the expected" if slower else "of the time"
 
 
 def _lowest(trace: Trace | None, gauge: str, logged: int | None) -> int | None:

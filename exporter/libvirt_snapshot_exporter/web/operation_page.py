@@ -28,6 +28,7 @@ from ..verdict.explain import (
     pace_sentence,
     percent,
     present_sentences,
+    shares_of,
     size_text,
 )
 
@@ -130,7 +131,7 @@ def render(record: FinishedOperation, trace: Trace | None, verdict: Verdict | No
         judged = f"""<section class=verdict><h2>Verdict: {e(cause)}</h2>
 <p class=pace>{e(pace_sentence(verdict, record))}</p>
 {f'<ul class=present>{present}</ul>' if present else ''}
-<p class=note>Shares of the operation's time supporting each cause: {shares}.</p></section>"""
+<p class=note>Each cause's share {e(shares_of(verdict))}: {shares}.</p></section>"""
     if trace is None:
         body = ("<p class=note>No trace is kept for this operation: it was evicted (only the "
                 "last <code>trace.operations</code> traces are kept, within "
