@@ -19,7 +19,9 @@ the usual rate), qcow2 metadata (a delete, or a create that wrote 1.5x the guest
 more, with its writers on the CPU: refcount and cluster allocation work), mixed (the top two
 within 1.5x), too-short (fewer samples than a share needs, and not at the usual pace) and
 unknown (slower than expected with nothing standing out; with no past rate and nothing standing
-out, its size). A failed operation is not judged (verdict/keeper.py): its error says why.
+out, its size). For an operation slower than usual, the shares are of the time beyond its
+expected duration (_shares_of_the_excess). A failed operation is not judged
+(verdict/keeper.py): its error says why.
 The storage's waits are the writers' own (state D on I/O, or throttled by the dirty limits):
 the device's utilisation is a figure, not a factor, since storage throttled above the device
 (a block-layer throttle, QoS on a network volume) keeps requests out of the device's queue and
