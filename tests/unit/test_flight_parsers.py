@@ -17,7 +17,12 @@ from libvirt_snapshot_exporter.sources.host import (
     vmstat_fields,
 )
 from libvirt_snapshot_exporter.sources.qemu_process import parse_schedstat, parse_task_stat
-from libvirt_snapshot_exporter.verdict.recorder import block_device, host_point
+from libvirt_snapshot_exporter.verdict.recorder import (
+    block_device,
+    host_point,
+    mount_point,
+    storage_of,
+)
 
 PROC = Path(__file__).parent / "proc"
 
@@ -115,3 +120,21 @@ def test_block_device_of_a_file_on_no_block_device(tmp_path):
     (tmp_path / "sys/dev/block").mkdir(parents=True)
     assert block_device(str(image), str(tmp_path / "sys")) == ""
     assert block_device(str(tmp_path / "missing.qcow2"), str(tmp_path / "sys")) == ""
+
+
+def test_the_storage_is_the_device_else_the_mount_else_the_network_pool(tmp_path):
+    """What a domain's disks live on, whose rate the verdict learns: the block device where
+    there is one (whatever disk comes first), else the filesystem's mount point (NFS, FUSE:
+    no device of their own), else for a network disk ('pool/image') its pool."""
+    image = tmp_path / "vm.qcow2"
+    image.write_bytes(b"")
+    sysfs = fake_sysfs(tmp_path, image, partition=True)
+    assert storage_of(["rbd-pool/vm", str(image)], str(sysfs)) == ("sdz", "sdz")
+    nodevice = tmp_path / "none"
+    (nodevice / "dev/block").mkdir(parents=True)
+    mount = storage_of([str(image)], str(nodevice))
+    assert mount == ("", mount_point(str(image))) and os.path.ismount(mount[1])
+    assert storage_of(["rbd-pool/vm", "rbd-pool/vm-data"], str(nodevice)) == (
+        "", "network:rbd-pool")
+    assert storage_of([str(tmp_path / "gone.qcow2")], str(nodevice)) == ("", "")
+    assert storage_of([], str(nodevice)) == ("", "")
