@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
 from libvirt_snapshot_exporter.model.trace import Trace, from_json
-from libvirt_snapshot_exporter.verdict.judge import MIXED_RATIO, judge, reference
+from libvirt_snapshot_exporter.verdict.judge import MIXED_RATIO, SIZE_SLOWDOWN, judge, reference
 
 TRACES = Path(__file__).parent / "traces"
 TRACES_LIBVIRT11 = Path(__file__).parent / "traces-libvirt11"
@@ -205,3 +205,19 @@ def test_a_revert_and_a_delete_on_the_throttled_bed_have_models_of_their_own():
     delete = replay("delete", TRACES_THROTTLED)
     assert delete.model == "duration" and delete.pace_setter == "size", delete
     assert replay("delete", TRACES_THROTTLED, rate=None).pace_setter == "too-short"
+
+
+TRACES_LOCAL = Path(__file__).parent / "traces-local"
+
+
+def test_on_the_local_disk_qemus_own_cpu_work_sets_the_pace():
+    """`make demo` on this machine's local disk (2026-12-06): the third create of the chain
+    took 1.17 s, 1.76x the first ones' pace, its writers running 90 % of their samples and
+    waiting for a CPU 12 % of the time: QEMU's own work, not starvation, not the storage
+    (the verdict called it `unknown` before qemu-cpu existed). The chain's first create, at
+    0.71x, is its size."""
+    verdict = replay("local-qemu-cpu-create", TRACES_LOCAL)
+    assert verdict.pace_setter == "qemu-cpu" and verdict.slowdown > SIZE_SLOWDOWN, verdict
+    assert verdict.figures["writer_running_share"] >= 0.8, verdict
+    assert verdict.figures["run_delay_share"] < 0.2, verdict
+    assert replay("local-size-create", TRACES_LOCAL).pace_setter == "size"
