@@ -2,9 +2,11 @@
 condition induced on the slow-storage bed (40 MB/s) by tests/integration/test_slow_conditions.py,
 recorded with LSE_RECORD_TRACES=tests/unit/traces on a build machine (libvirt 9.0, QEMU 7.2,
 2026-12-01; late-first-sample.json is another run's first snapshot, with the machine loaded),
-and in tests/unit/traces-libvirt11 against libvirt 11.3, QEMU 10.0 (scripts/libvirt11-chroot.sh).
-The calibration is covered here without the bed: what each condition must give, and what would
-change it."""
+and in tests/unit/traces-libvirt11 against libvirt 11.3, QEMU 10.0 (scripts/libvirt11-chroot.sh);
+the same conditions on the second bed, storage throttled above the device (30 MB/s), in
+tests/unit/traces-throttled (2026-12-06, with a revert, a delete and a two-tier create), and
+creates of `make demo` on the local disk in tests/unit/traces-local. The calibration is covered
+here without the beds: what each condition must give, and what would change it."""
 
 from __future__ import annotations
 
