@@ -28,8 +28,7 @@ pytestmark = pytest.mark.libvirt
 PID_DIRECTORY = os.environ.get("LSE_PID_DIRECTORY", "/run/libvirt/qemu")
 TOLERANCE = 0.5  # seconds between bench's client-side duration and the exporter's
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-LEVEL_CELL = r"\d+\.\d+ s \((size|storage-slow|storage-contended|cpu|cache-mode|mixed|unknown)" \
-    r"(, \d+\.\dx)?\)"
+LEVEL_CELL = r"\d+\.\d+ s \((" + "|".join(PACE_SETTERS) + r")(, \d+\.\dx)?\)"
 
 
 def bench_command(*args: str) -> list[str]:

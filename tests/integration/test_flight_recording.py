@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import time
 
@@ -90,7 +91,7 @@ def test_trace_covers_a_real_snapshot_and_survives_a_restart(filler, conn):
         # The verdict kept in the log is the one served.
         assert logged["verdict"] == judged == {k: v for k, v in verdict.items() if k != "id"}
         page = again.get(f"/operations/{op['id']}")  # drawn in tests/unit's Chromium test
-        assert f"<h2>Verdict: {CAUSES.get(pace, pace)}</h2>" in page
+        assert f"<h2>Verdict: {html.escape(CAUSES.get(pace, pace))}</h2>" in page
         assert pace != "size" or "Size set the pace: nothing held" in page
         assert "id=trace-data" in page and "No trace is kept" not in page
     finally:
