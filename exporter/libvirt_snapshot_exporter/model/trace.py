@@ -21,7 +21,7 @@ evenly spaced in samples; a 30-minute operation at 8 Hz (14,400 samples) keeps 9
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +182,15 @@ def from_json(data: Any) -> Trace:
         for i in range(len(times))
     )
     return Trace(points=points, **text, **numbers)
+
+
+def counter_growth(points: Sequence[Point], key: str) -> float | None:
+    """A counter's growth over the points, summed step by step: a revert may start a new QEMU,
+    whose counters start again (None with fewer than two points holding it)."""
+    values = [p.counters[key] for p in points if key in p.counters]
+    if len(values) < 2:
+        return None
+    return sum(max(0.0, b - a) for a, b in zip(values, values[1:], strict=False))
 
 
 def _finite(value: Any) -> bool:

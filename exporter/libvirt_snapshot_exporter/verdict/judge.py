@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from ..model.operation import MODELS, FinishedOperation, Verdict
-from ..model.trace import WRITER_ROLES, Point, Trace
+from ..model.trace import WRITER_ROLES, Point, Trace, counter_growth
 
 T0_SECONDS = 0.2  # a create's fixed cost (setup, pause, qcow2 snapshot table) before its bytes
 SIZE_SLOWDOWN = 1.3  # at most this much slower than expected: the size explains it
@@ -193,26 +193,17 @@ def _work(trace: Trace, record: FinishedOperation, model: str,
         return work
     if model == READ:
         window = [p for p in trace.points if trace.start <= p.t <= trace.end + 1.0]
-        read = _grown(window, "qemu_read_chars")
+        read = counter_growth(window, "qemu_read_chars")
         if read is None:
             return None
         figures["read_bytes"] = read
-        device = _grown(window, "qemu_read_bytes")
+        device = counter_growth(window, "qemu_read_bytes")
         if device is not None:
             figures["read_from_device_bytes"] = device
         if seconds > 0:
             figures["read_rate_bytes_per_second"] = read / seconds
         return int(read)
     return None
-
-
-def _grown(points: Sequence[Point], key: str) -> float | None:
-    """A counter's growth over the points, summed step by step (a revert may start a new QEMU,
-    whose counters start again)."""
-    values = [p.counters[key] for p in points if key in p.counters]
-    if len(values) < 2:
-        return None
-    return sum(max(0.0, b - a) for a, b in zip(values, values[1:], strict=False))
 
 
 def write_amplification(record: FinishedOperation) -> float | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from ..model.context import OperationContext, write_rate
 from ..model.operation import FinishedOperation
 from ..model.samples import HostSample
-from ..model.trace import PSI, Point, Trace, from_json
+from ..model.trace import PSI, Point, Trace, counter_growth, from_json
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
 from .judge import judge, reference
@@ -94,10 +94,9 @@ def trace_context(trace: Trace) -> OperationContext:
     for p in points:
         ctx.add_host(HostSample(p.t, dict(p.gauges), pressure={
             name.removeprefix(PSI): v for name, v in p.counters.items() if name.startswith(PSI)}))
-    written = [p.counters["qemu_write_bytes"] for p in points if "qemu_write_bytes" in p.counters]
-    if len(written) >= 2:
-        ctx.figures["qemu_written_bytes"] = int(sum(max(0.0, b - a)
-                                         for a, b in zip(written, written[1:], strict=False)))
+    written = counter_growth(points, "qemu_write_bytes")
+    if written is not None:
+        ctx.figures["qemu_written_bytes"] = int(written)
     return ctx
 
 
