@@ -45,18 +45,24 @@ def test_bed_is_taken_down_after_a_failure_and_after_a_killed_run():
     assert remains(storage.base) == [] and not alive(storage.daemon_pid)
 
     # A run killed with its bed up: the next bed takes that one down first.
-    code = ("import time\nfrom lse_devtools.slow_storage import slow_storage\n"
-            "with slow_storage(size_mib=64) as s:\n"
-            "    print(s.base, s.daemon_pid, flush=True)\n    time.sleep(600)\n")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    base, daemon = child.stdout.readline().split()
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    base = Path(base)
+    base, daemon = killed_with_its_bed_up("slow_storage", "daemon_pid")
     assert remains(base) and base in leftovers()
     with slow_storage(size_mib=64) as storage:
         assert remains(base) == [] and not alive(int(daemon))
     assert remains(storage.base) == [] and not alive(storage.daemon_pid)
+
+
+def killed_with_its_bed_up(bed: str, field: str) -> tuple[Path, str]:
+    """A process that put up a bed (slow_storage's `bed` function) killed before it could take
+    it down: the bed's directory and its `field`."""
+    code = (f"import time\nfrom lse_devtools.slow_storage import {bed}\n"
+            f"with {bed}(size_mib=64) as s:\n"
+            f"    print(s.base, s.{field}, flush=True)\n    time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    base, value = child.stdout.readline().split()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return Path(base), value
 
 
 def throttle_of(device: str) -> int:
@@ -87,14 +93,7 @@ def test_throttled_bed_writes_at_its_rate_and_leaves_no_throttle_behind():
         raise RuntimeError("test failed")
     assert remains(storage.base) == [] and throttle_of(storage.device) == 0
 
-    code = ("import time\nfrom lse_devtools.slow_storage import throttled_storage\n"
-            "with throttled_storage(size_mib=64) as s:\n"
-            "    print(s.base, s.device, flush=True)\n    time.sleep(600)\n")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    base, device = child.stdout.readline().split()
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    base = Path(base)
+    base, device = killed_with_its_bed_up("throttled_storage", "device")
     assert throttle_of(device) and any(x.startswith("write limit on") for x in remains(base))
     assert base in leftovers()
     with slow_storage(size_mib=64) as storage:  # either kind of bed takes it down
