@@ -1,6 +1,13 @@
 """The landing page (/): the operations in flight, then the newest finished ones, in the
-columns of the hand-run study. Pure: HTML from the view and the log's entries; every text
-from libvirt or the log (domain and snapshot names are anyone's input) is escaped.
+columns of the hand-run study, what a person looks for first on the left (what set the pace
+and how long the guest was paused), so that they are on screen at 1,400 px without scrolling.
+Pure: HTML from the view and the log's entries; every text from libvirt or the log (domain
+and snapshot names are anyone's input, and so is the `?domain=` filter) is escaped.
+
+The page updates itself: static/landing-page.js asks /api/operations every few seconds
+whether anything started, ended or was judged, and then fetches this page again (with its
+filter) to replace the table; without JavaScript the page reloads itself while an operation
+it shows is in flight.
 """
 
 from __future__ import annotations
@@ -13,27 +20,48 @@ from typing import Any
 from .. import __version__
 from ..model.operation import FinishedOperation
 from ..store.view import View
+from .operation_page import static_url
 
 ROWS = 100  # finished operations on the landing page
+POLL_SECONDS = 2  # how often landing-page.js asks whether anything changed
+RELOAD_SECONDS = 5  # without JavaScript, while an operation it shows is in flight
+SIGNATURE_NEWEST = 3  # the newest operations whose verdict the signature follows
 
+# (title, key of the entry): the verdict and the guest's pause right after what the operation
+# is, then the study's other columns.
 STUDY_COLUMNS = (
     ("domain", "domain"), ("snapshot", "snapshot"), ("operation", "operation"),
-    ("depth", "depth"), ("guest memory used", "guest_memory_used_bytes"),
-    ("guest CPU", "guest_cpu_ratio"), ("duration", "duration_seconds"),
-    ("guest paused", "paused_seconds"), ("kind", "kind"), ("memory", "memory"),
-    ("outcome", "outcome"), ("QEMU", "qemu_version"), ("disk cache", "disk_cache"),
+    ("verdict", "verdict"), ("guest paused", "paused_seconds"),
+    ("duration", "duration_seconds"), ("outcome", "outcome"), ("ended", "end"),
+    ("kind", "kind"), ("memory", "memory"), ("depth", "depth"),
+    ("guest memory used", "guest_memory_used_bytes"), ("guest CPU", "guest_cpu_ratio"),
+    ("QEMU", "qemu_version"), ("disk cache", "disk_cache"),
     ("host MemAvailable at start", "host_memory_available_start_bytes"),
     ("host MemAvailable min", "host_memory_available_min_bytes"),
     ("host MemFree min", "host_memory_free_min_bytes"),
     ("peak Dirty", "host_dirty_peak_bytes"), ("peak Writeback", "host_writeback_peak_bytes"),
-    ("QEMU wrote", "qemu_written_bytes"), ("ended", "end"), ("verdict", "verdict"),
+    ("QEMU wrote", "qemu_written_bytes"),
 )
-DURATION, OUTCOME = 6, 10  # the columns an operation in flight fills otherwise
+COLUMN = {key: index for index, (_, key) in enumerate(STUDY_COLUMNS)}
+HINTS = {  # the header's tooltip
+    "verdict": "what set the pace, and how many times slower than expected it was "
+               "(the operation's page says why)",
+    "paused_seconds": "how long the guest was paused by the operation",
+    "end": "the hypervisor's local time, with its offset from UTC",
+}
+
+
+def when(value: float) -> str:
+    """A time as the hypervisor's clock shows it, with its offset from UTC:
+    '2027-01-15 08:00:00 +01:00'."""
+    offset = time.strftime("%z", time.localtime(value))
+    return (time.strftime("%Y-%m-%d %H:%M:%S ", time.localtime(value))
+            + f"{offset[:3]}:{offset[3:]}")
 
 
 def cell_text(key: str, value: Any) -> str:
     """A field as the table shows it, by the unit its key names: bytes in MB, decimal like
-    the operation page's charts and words; a flag as yes or no."""
+    the operation page's charts and words; a flag as yes or no; a time with its zone."""
     if value is None or value == "":
         return ""
     if isinstance(value, bool):
@@ -45,7 +73,7 @@ def cell_text(key: str, value: Any) -> str:
     if key.endswith("_ratio"):
         return f"{value * 100:.0f} %"
     if key in ("end", "start"):
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        return when(value)
     if isinstance(value, list):
         return ", ".join(map(str, value))
     return str(value)
@@ -55,49 +83,132 @@ def _cells(entry: dict[str, Any]) -> list[str]:
     return [html.escape(cell_text(key, entry.get(key))) for _, key in STUDY_COLUMNS]
 
 
+def _ended(value: float) -> str:
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(value))
+    return f'<time datetime="{iso}{when(value)[-6:]}">{html.escape(when(value))}</time>'
+
+
 def rows(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperation]) -> list[str]:
-    """In flight on top (running for how long), then finished ones linking to their page;
-    a failed one is marked and its verdict cell says so (it gets no verdict: its error says
-    why it ended)."""
+    """In flight on top (running for how long), then finished ones whose domain links to
+    their page; a failed one is marked by its row's style, its outcome cell (with its error
+    as the cell's tooltip) and its verdict cell (it gets no verdict: its error says why it
+    ended)."""
     lines = []
     for entry in in_flight:
         cells = _cells(entry)
-        cells[DURATION] = f"running {entry['elapsed_seconds']:.1f} s"
-        cells[OUTCOME] = "in flight"
-        lines.append("<tr class=running>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        elapsed = float(entry.get("elapsed_seconds") or 0.0)
+        cells[COLUMN["duration_seconds"]] = f"running {elapsed:.1f} s"
+        cells[COLUMN["outcome"]] = "in flight"
+        lines.append("<tr class=running>" + "".join(
+            f'<td class=elapsed data-elapsed="{elapsed:.3f}">{c}</td>'
+            if i == COLUMN["duration_seconds"] else f"<td>{c}</td>"
+            for i, c in enumerate(cells)) + "</tr>")
     for record in finished:
         entry = record.to_json()
         cells = _cells(entry)
         cells[0] = f'<a href="/operations/{record.id}">{cells[0]}</a>'
+        cells[COLUMN["end"]] = _ended(record.end)
         failed = record.outcome != "success"
-        cells[-1] = ("failed" if failed else
-                     html.escape(record.verdict.short()) if record.verdict else "")
+        if failed:
+            error = html.escape(record.error or "no error recorded", quote=True)
+            cells[COLUMN["outcome"]] = f'<span class=bad title="{error}">&#x2717; failed</span>'
+            cells[COLUMN["verdict"]] = "failed: no verdict"
+        else:
+            cells[COLUMN["verdict"]] = html.escape(record.verdict.short()) if record.verdict else ""
         lines.append(("<tr class=failed>" if failed else "<tr>")
                      + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return lines
 
 
+def domain_param(params: dict[str, list[str]]) -> str:
+    """The `?domain=` filter: the last one given; '' (every domain) without one."""
+    values = params.get("domain") or [""]
+    return values[-1]
+
+
+def signature(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperation],
+              total: int) -> str:
+    """What changes when an operation starts, ends or is judged, as landing-page.js computes
+    it from /api/operations?limit=SIGNATURE_NEWEST (the whole log, unfiltered)."""
+    newest = " ".join(e.id + ("v" if e.verdict else "") for e in finished[:SIGNATURE_NEWEST])
+    return " ".join(sorted(str(e.get("id", "")) for e in in_flight)) + f"|{total}|{newest}"
+
+
+def _domain_filter(domains: Sequence[str], domain: str) -> str:
+    e = html.escape
+    known = sorted(set(domains) | ({domain} if domain else set()))
+    options = "".join(f'<option value="{e(d)}"{" selected" if d == domain else ""}>{e(d)}</option>'
+                      for d in known)
+    return (f'<form id=filter method=get action="/"><label>domain '
+            f'<select name=domain><option value="">all domains</option>{options}</select>'
+            f"</label> <button>show</button></form>")
+
+
+def _shown(count: int, matching: int, total: int, domain: str) -> str:
+    api = 'all of them in <a href="/api/operations">/api/operations</a>'
+    if not domain:
+        return f"the {count} newest of {total}; {api}" if total > count else ""
+    named = f"domain <b>{html.escape(domain)}</b>"
+    if not matching:
+        return f'no operation of {named} among the {total} logged; <a href="/">all domains</a>'
+    head = (f"the {count} newest of the {matching} operations of {named}" if matching > count
+            else f"the {matching} operation{'s' if matching > 1 else ''} of {named}")
+    return f'{head} among the {total} logged; <a href="/">all domains</a>'
+
+
+STYLE = """body{font-family:sans-serif;margin:1.5em}
+table{border-collapse:collapse;font-size:90%}
+td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}
+th{background:#eee;font-weight:normal}
+td:nth-child(-n+3){text-align:left;max-width:14em;overflow-wrap:anywhere}
+td:nth-child(4),th:nth-child(4){text-align:left;font-weight:bold}
+th:nth-child(4),th:nth-child(5){background:#dde6f3}
+td:nth-child(8){white-space:nowrap}
+tr.running{background:#fe9}
+tr.failed{background:#fdd}tr.failed td:first-child{box-shadow:inset 4px 0 #b00}
+.bad{color:#b00;font-weight:bold;white-space:nowrap}
+.note{color:#555}#filter{margin:.5em 0}"""
+
+
 def render(view: View, in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperation],
-           total: int, telemetry_path: str) -> str:
-    """`finished` is the newest of the `total` logged; the page says where the rest are."""
-    head = "".join(f"<th>{html.escape(title)}</th>" for title, _ in STUDY_COLUMNS)
-    shown = (f"the {len(finished)} newest of {total}; all of them in "
-             f'<a href="/api/operations">/api/operations</a>' if total > len(finished) else "")
+           total: int, telemetry_path: str, domain: str = "") -> str:
+    """`finished` is the newest of the `total` logged (the whole log, for the filter to find
+    every operation of `domain`); the page shows the ROWS newest of those of `domain` (every
+    domain when it is '') and says where the rest are."""
+    e = html.escape
+    head = "".join(f'<th title="{e(HINTS[key])}">{e(title)}</th>' if key in HINTS
+                   else f"<th>{e(title)}</th>" for title, key in STUDY_COLUMNS)
+    matching = [r for r in finished if not domain or r.domain == domain]
+    flying = [o for o in in_flight if not domain or o.get("domain") == domain]
+    shown = _shown(min(len(matching), ROWS), len(matching), total, domain)
+    domains = [r.domain for r in finished] + [str(o.get("domain", "")) for o in in_flight]
     qemu = view.versions.hypervisor if view.versions else "?"
+    empty = ("no snapshot operation seen yet" if not domain else
+             "no snapshot operation of this domain in the log")
+    reload = (f'<noscript><meta http-equiv=refresh content="{RELOAD_SECONDS}"></noscript>'
+              if flying else "")
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>libvirt snapshot exporter</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;font-size:90%}}
-td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:right}}tr.running{{background:#fe9}}
-tr.failed{{background:#fdd}}
-th{{background:#eee}}</style></head><body>
+<html><head><meta charset="utf-8"><title>libvirt snapshot exporter</title>{reload}
+<style>{STYLE}</style></head><body>
 <h1>libvirt snapshot exporter</h1>
-<p>Version {__version__} &middot; host {html.escape(view.hostname)} &middot; libvirt
-{html.escape(view.uri)} ({'up' if view.up else 'DOWN'}) &middot; QEMU {html.escape(qemu)}
-&middot; <a href="{html.escape(telemetry_path)}">metrics</a> &middot;
+<p>Version {__version__} &middot; host {e(view.hostname)} &middot; libvirt
+{e(view.uri)} ({'up' if view.up else 'DOWN'}) &middot; QEMU {e(qemu)}
+&middot; <a href="{e(telemetry_path)}">metrics</a> &middot;
 <a href="/api/operations">operations as JSON</a></p>
 <h2>Snapshot operations, newest first</h2>
-<p>{shown}</p>
-<table><tr>{head}</tr>
-{''.join(rows(in_flight, finished)) or '<tr><td colspan=21>no snapshot operation seen yet</td></tr>'}
-</table></body></html>
+{_domain_filter(domains, domain)}
+<p class=note id=refresh data-poll="{POLL_SECONDS}">This page updates itself: it checks every
+{POLL_SECONDS} s for operations starting, ending or being judged (without JavaScript, it reloads
+every {RELOAD_SECONDS} s while an operation is in flight). Times are the hypervisor's, with
+their offset from UTC. The verdict: what set the pace, and how many times slower than expected
+the operation was; each domain links to its operation's page.
+<span id=checked></span></p>
+<div id=live data-signature="{e(signature(in_flight, finished, total))}">
+<p id=shown>{shown}</p>
+<table id=operations><tr>{head}</tr>
+{''.join(rows(flying, matching[:ROWS]))
+ or f'<tr><td colspan={len(STUDY_COLUMNS)}>{empty}</td></tr>'}
+</table></div>
+<script src="{static_url("landing-page.js")}"></script>
+</body></html>
 """

@@ -38,6 +38,7 @@ STATIC_TYPES = {
     "uplot.iife.min.js": "text/javascript; charset=utf-8",
     "uplot.min.css": "text/css; charset=utf-8",
     "operation-page.js": "text/javascript; charset=utf-8",
+    "landing-page.js": "text/javascript; charset=utf-8",
     "LICENSE.uplot": "text/plain; charset=utf-8",
 }
 STATIC_CACHE = ("Cache-Control", "public, max-age=31536000, immutable")
