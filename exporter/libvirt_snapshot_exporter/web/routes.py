@@ -55,7 +55,7 @@ class App:
                 body = json.dumps({"error": str(exc)}).encode()
                 return send(start_response, "400 Bad Request", JSON, body)
         if path == "/":
-            return send(start_response, "200 OK", HTML, self.landing().encode())
+            return send(start_response, "200 OK", HTML, self.landing(params).encode())
         if (match := OPERATION_PATH.fullmatch(path)) and (judged := self.api.judged(match[1])):
             return send(start_response, "200 OK", HTML, operation_page.render(*judged).encode())
         if ((match := STATIC_PATH.fullmatch(path))
@@ -82,7 +82,9 @@ class App:
         start_response("200 OK", headers)
         return [body]
 
-    def landing(self) -> str:
-        finished, total = self.oplog.page(0, landing_page.ROWS)
+    def landing(self, params: dict[str, list[str]] | None = None) -> str:
+        """The whole log, for `?domain=` to find every operation of the domain; the page
+        shows the newest of those (landing_page.ROWS)."""
+        finished, total = self.oplog.page(0, self.oplog.size)
         return landing_page.render(self.store.view, self.api.in_flight(), finished, total,
-                                   self.telemetry_path)
+                                   self.telemetry_path, landing_page.domain_param(params or {}))
