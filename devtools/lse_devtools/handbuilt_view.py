@@ -24,6 +24,7 @@ from libvirt_snapshot_exporter.store.view import DomainView, SourceStatus, State
 
 GIB = 1024**3
 IMAGES = "/var/lib/libvirt/images"
+EXTERNAL_URL = "http://hv1.example:9966"  # web.external-url of the handbuilt exporter
 
 
 def _snapshots(now: float) -> tuple[SnapshotRecord, ...]:

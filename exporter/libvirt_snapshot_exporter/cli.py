@@ -8,16 +8,18 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
 from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
-from .config import OPTIONS, Config, ConfigError, OneLineParser, build, dest
+from .config import OPTIONS, Config, ConfigError, OneLineParser, build, dest, external_url
 
 if TYPE_CHECKING:
     from .model.operation import FinishedOperation
     from .verdict.recorder import FlightRecorder
+    from .web.webconfig import WebConfig
 
 PROG = "libvirt-snapshot-exporter"
 
@@ -28,8 +30,11 @@ def fail(message: str) -> NoReturn:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description="Prometheus exporter timing libvirt snapshot operations "
-                "beside the host's page cache and writeback.")
+    p = OneLineParser(
+        prog=PROG, description="Prometheus exporter timing libvirt snapshot operations "
+        "beside the host's page cache and writeback.",
+        epilog=f"{PROG} bench [flags]: the study as one command, snapshots of a guest timed "
+        f"under load and judged (`{PROG} bench --help`, docs/bench.md).")
     p.add_argument("--config.file", dest="config_file", metavar="PATH",
                    help="YAML file whose keys are these flags' names without dashes")
     p.add_argument("--check-config", action="store_true",
@@ -57,10 +62,11 @@ def load(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
 class Exporter:
     """The exporter assembled: collection loop, operations log, HTTP server (bound already)."""
 
-    def __init__(self, config: Config, web_config: object,
+    def __init__(self, config: Config, web_config: WebConfig | None,
                  rate_seed: tuple[FinishedOperation, ...] = ()) -> None:
         from .exposition.renderer import MetricsRenderer
         from .loop.loop import CollectionLoop
+        from .sources.host import HostReader
         from .store.oplog import OperationsLog, StateDirectoryInUse
         from .store.view import StateStore, View
         from .web.routes import App
@@ -73,7 +79,10 @@ class Exporter:
         except StateDirectoryInUse as exc:
             fail(str(exc))
         store = StateStore(View.initial(config["libvirt.uri"]))
-        renderer = MetricsRenderer(store, config["collector.domain-histograms"])
+        url = external_url(config, web_config is not None and web_config.tls is not None,
+                           socket.getfqdn())
+        renderer = MetricsRenderer(store, url, config["collector.domain-histograms"],
+                                   HostReader(config["path.procfs"]).read)
         recorder = _recorder(config)
         app = App(store, oplog, renderer.render, config["web.telemetry-path"], recorder)
         try:
@@ -125,7 +134,7 @@ def _rate_seed(config: Config) -> tuple[FinishedOperation, ...]:
         fail(str(exc))
 
 
-def _web_config(config: Config) -> object:
+def _web_config(config: Config) -> WebConfig | None:
     from .web.webconfig import load as load_web_config
 
     try:

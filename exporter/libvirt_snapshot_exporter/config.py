@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -35,6 +36,10 @@ class Option:
 OPTIONS = (
     Option("web.listen-address", str, ":9966", "address to listen on, [host]:port"),
     Option("web.telemetry-path", str, "/metrics", "path under which metrics are served"),
+    Option("web.external-url", str, "",
+           "URL at which users reach the exporter (through a proxy, with TLS...): links to "
+           "operation pages and the runbook, in metrics, alerts and the dashboard, start with "
+           "it; empty: http(s)://<this host's name>:<port>"),
     Option("web.config.file", str, "",
            "exporter-toolkit web config file (TLS, basic auth); empty: plain HTTP, no auth"),
     Option("libvirt.uri", str, "qemu:///system", "libvirt connection URI (opened read-only)"),
@@ -115,6 +120,30 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def checked_url(text: str) -> str:
+    """web.external-url without its trailing slash; ConfigError unless http(s)://host[/path]."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"web.external-url: {text!r} is not an http:// or https:// URL "
+                          "with a host")
+    if parts.query or parts.fragment or " " in text:
+        raise ConfigError(f"web.external-url: {text!r}: no query, fragment or space, only "
+                          "scheme, host, port and path")
+    return text.rstrip("/")
+
+
+def external_url(config: Config, tls: bool, hostname: str) -> str:
+    """The configured web.external-url, else this host's address as the exporter listens."""
+    if config["web.external-url"]:
+        return config["web.external-url"]
+    host, port = config.listen
+    if not host or host in ("0.0.0.0", "::"):
+        host = hostname
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -137,8 +166,8 @@ def _check(option: Option, value: Any, where: str) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name}: must be a finite number, got {value!r}")
     if option.bounds is not None and not option.bounds[0] <= value <= option.bounds[1]:
-        low, high = option.bounds
-        raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {value!r}")
+        low, high = (int(end) if option.type is int else f"{end:g}" for end in option.bounds)
+        raise ConfigError(f"{name}: must be between {low} and {high}, got {value!r}")
     return value
 
 
@@ -191,6 +220,8 @@ def build(cli_values: dict[str, Any], config_file: str | None) -> Config:
             values[option.key] = _check(option, given, "flag --")
     if not str(values["web.telemetry-path"]).startswith("/"):
         raise ConfigError("web.telemetry-path: must start with '/'")
+    if values["web.external-url"]:
+        values["web.external-url"] = checked_url(values["web.external-url"])
     if values["collector.busy-interval"] > values["collector.poll-interval"]:
         raise ConfigError("collector.busy-interval: must not exceed collector.poll-interval")
     config = Config(values)

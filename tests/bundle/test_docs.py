@@ -141,7 +141,8 @@ def test_readme_flags_exist():
 def _exposed_types(domain_histograms: bool) -> dict[str, str]:
     """{family: type} of what the real exposition emits for a hand-built view holding every
     kind of series (TYPE lines of the text format name counters with their _total)."""
-    body, _ = MetricsRenderer(handbuilt_view.store(0.0), domain_histograms).render()
+    body, _ = MetricsRenderer(handbuilt_view.store(0.0), handbuilt_view.EXTERNAL_URL,
+                              domain_histograms).render()
     return {line.split()[2]: line.split()[3] for line in body.decode().splitlines()
             if line.startswith("# TYPE ")}
 

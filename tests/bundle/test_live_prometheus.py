@@ -40,7 +40,7 @@ def _exposition() -> bytes:
     of 4 creates a second (vm1's create in flight has run 42 s whenever it is scraped)."""
     now = time.time()
     store = handbuilt_view.store(now, batches=1 + int(now - START))
-    return MetricsRenderer(store).render()[0]
+    return MetricsRenderer(store, handbuilt_view.EXTERNAL_URL).render()[0]
 
 
 class _Exporter(http.server.BaseHTTPRequestHandler):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from libvirt_snapshot_exporter.config import ConfigError, build
+from libvirt_snapshot_exporter.config import ConfigError, build, external_url
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -177,3 +177,24 @@ def test_domain_histograms_must_be_a_boolean(tmp_path, text):
 
 def test_flag_with_a_value_is_refused():
     one_line_error(run("--collector.domain-histograms=false"), "collector.domain-histograms")
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("ftp://hv1:9966", "not an http:// or https:// URL"), ("hv1:9966", "not an http"),
+    ("http://", "with a host"), ("http://hv1:9966/?a=b", "no query"),
+    ("http://hv1:9966/#top", "no query, fragment"),
+])
+def test_bad_external_urls_exit_2(url, needle):
+    one_line_error(run(f"--web.external-url={url}", "--check-config"), "web.external-url", needle)
+
+
+@pytest.mark.parametrize("given, listen, tls, expected", [
+    ("https://hv1.example/exporter/", ":9966", False, "https://hv1.example/exporter"),
+    ("", ":9966", False, "http://hv1.example:9966"),
+    ("", "0.0.0.0:9100", True, "https://hv1.example:9100"),
+    ("", "192.0.2.7:9966", False, "http://192.0.2.7:9966"),
+    ("", "[2001:db8::7]:9966", False, "http://[2001:db8::7]:9966"),
+])
+def test_the_external_url_is_given_else_this_hosts_address(given, listen, tls, expected):
+    config = build({"web_external_url": given or None, "web_listen_address": listen}, None)
+    assert external_url(config, tls, "hv1.example") == expected

@@ -34,7 +34,8 @@ def frozen_clock(monkeypatch):
 
 
 def render(domain_histograms: bool, accept: str = "", names: tuple[str, ...] = ()) -> str:
-    renderer = MetricsRenderer(handbuilt_view.store(NOW), domain_histograms)
+    renderer = MetricsRenderer(handbuilt_view.store(NOW), handbuilt_view.EXTERNAL_URL,
+                               domain_histograms)
     body, _ = renderer.render(accept, names)
     return body.decode()
 
@@ -91,7 +92,7 @@ def test_domain_series_without_the_option_are_counts_and_sums(frozen_clock):
 def test_hypervisor_histograms_outlive_an_undefined_domain():
     store = handbuilt_view.store(NOW)
     store.operations.forget_domain("vm1")
-    text = MetricsRenderer(store).render()[0].decode()
+    text = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL).render()[0].decode()
     assert 'libvirt_snapshot_domain_operation_duration_seconds_count{domain="vm1"' not in text
     assert ('libvirt_snapshot_operation_duration_seconds_count{kind="internal",'
             'memory="true",operation="create",outcome="success"} 4.0') in text
@@ -103,7 +104,8 @@ def test_the_store_exposition_and_web_never_import_libvirt():
             "from libvirt_snapshot_exporter.store import oplog, view as state\n"
             "from libvirt_snapshot_exporter.web import routes as web\n"
             "from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer\n"
-            "body, _ = MetricsRenderer(handbuilt_view.store(0.0)).render()\n"
+            "body, _ = MetricsRenderer(handbuilt_view.store(0.0),\n"
+            "                          handbuilt_view.EXTERNAL_URL).render()\n"
             "assert b'libvirt_snapshot_operation_duration_seconds_bucket' in body\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=False)
@@ -112,7 +114,7 @@ def test_the_store_exposition_and_web_never_import_libvirt():
 
 def test_changed_and_vanished_domains_leave_the_cached_text(frozen_clock):
     store = handbuilt_view.store(NOW)
-    renderer = MetricsRenderer(store)
+    renderer = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL)
     before = renderer.render()[0].decode()
     assert 'libvirt_domain_state{domain="vm2"} 5.0' in before
     store.publish(dataclasses.replace(store.view, domains={"vm1": store.view.domains["vm1"]}))
@@ -123,4 +125,30 @@ def test_changed_and_vanished_domains_leave_the_cached_text(frozen_clock):
     assert ('libvirt_snapshot_domain_operation_duration_seconds_count{domain="vm1",'
             'kind="internal",memory="true",operation="create",outcome="success"} 5.0') in after
     assert sorted(after.splitlines()) == sorted(
-        MetricsRenderer(store).render()[0].decode().splitlines())
+        MetricsRenderer(store, handbuilt_view.EXTERNAL_URL).render()[0].decode().splitlines())
+
+
+def test_each_last_operation_links_its_page_under_the_external_url(frozen_clock):
+    store = handbuilt_view.store(NOW)
+    text = MetricsRenderer(store, "https://proxy.example/hv1").render()[0].decode()
+    for ops in store.operations.domains().values():
+        for operation, entry in ops.last.items():
+            assert (f'libvirt_snapshot_last_operation_info{{domain="{entry.domain}",'
+                    f'id="{entry.id}",operation="{operation}",'
+                    f'url="https://proxy.example/hv1/operations/{entry.id}"}} 1.0') in text
+    assert 'libvirt_snapshot_exporter_url_info{url="https://proxy.example/hv1"} 1.0' in text
+
+
+def test_host_figures_are_read_when_scraped_else_the_loops_are_served(frozen_clock):
+    """A scrape reads the host afresh (node_exporter beside it then agrees); a read that fails
+    serves the collection loop's last reading instead of failing the scrape."""
+    store = handbuilt_view.store(NOW)
+    fresh = dataclasses.replace(store.view.host, memory={**store.view.host.memory, "dirty": 7})
+    text = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL,
+                           read_host=lambda: fresh).render()[0].decode()
+    assert "libvirt_node_memory_dirty_bytes 7.0" in text
+
+    def unreadable():
+        raise OSError(2, "No such file or directory")
+    served = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL, read_host=unreadable).render()
+    assert served == MetricsRenderer(store, handbuilt_view.EXTERNAL_URL).render()

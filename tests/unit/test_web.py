@@ -1,5 +1,5 @@
-"""The WSGI layers in front of the routes, the bounds on connections, and binding every
-address without IPv6."""
+"""The WSGI layers in front of the routes, the bounds on connections, binding every address
+without IPv6, and the runbook the exporter serves."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import socketserver
 
 import bcrypt
 import pytest
+from libvirt_snapshot_exporter.store.oplog import OperationsLog
+from libvirt_snapshot_exporter.store.view import StateStore, View
 from libvirt_snapshot_exporter.web import layers as wsgi_layers
+from libvirt_snapshot_exporter.web import routes
 from libvirt_snapshot_exporter.web import server as http_server
 from libvirt_snapshot_exporter.web.webconfig import WebConfig
+from lse_devtools.bundle import PROM, load_yaml
 
 
 class Recorder:
@@ -138,3 +142,19 @@ def test_connections_whose_head_is_late_are_dropped():
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_runbook_is_served_with_a_section_for_every_alert(tmp_path):
+    """Alerts link /runbook#<alert in lower case>: every alert of the shipped rules has its
+    section there, from the runbook inside the installed package."""
+    app = routes.App(StateStore(View.initial("test:///default")),
+                     OperationsLog(str(tmp_path), 10), lambda *_: (b"", "text/plain"), "/metrics")
+    recorder = Recorder()
+    page = b"".join(app(environ(path="/runbook"), recorder)).decode()
+    assert recorder.status == "200 OK"
+    assert ("Content-Type", "text/html; charset=utf-8") in recorder.headers
+    alerts = [rule["alert"] for group in load_yaml(PROM / "rules" / "alerts.yml")["groups"]
+              for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    for alert in alerts:
+        assert f'id="{alert.lower()}"' in page, f"{alert} has no section in the runbook"

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .. import __version__
 from ..model.guest import guest_memory_used
 from ..model.observations import depth_of
-from ..model.samples import MEMINFO
+from ..model.samples import MEMINFO, HostSample
 from ..store.view import DomainOperations, DomainView, HostOperations, View
 from .operation_families import (
     domain_operation_families,
@@ -37,13 +37,21 @@ GUEST_COUNTERS = (
 class MetricFamilies:
     """Builds the metric families: global ones, and those of one domain."""
 
-    def __init__(self, domain_histograms: bool = False) -> None:
+    def __init__(self, external_url: str, domain_histograms: bool = False) -> None:
+        self.external_url = external_url  # web.external-url, or this host's address
         self.domain_histograms = domain_histograms  # collector.domain-histograms
 
-    def global_families(self, view: View, host: HostOperations, now: float
-                        ) -> Iterator[Metric]:
+    def global_families(self, view: View, host: HostOperations, now: float,
+                        host_sample: HostSample | None) -> Iterator[Metric]:
+        """host_sample: the host's figures as read for this scrape (view.host if unread)."""
         yield from self._self_metrics(view, now)
-        yield from self._node(view)
+        url = GaugeMetricFamily(
+            "libvirt_snapshot_exporter_url_info",
+            "The URL users reach this exporter at (web.external-url): its pages, the runbook.",
+            labels=["url"])
+        url.add_metric([self.external_url], 1)
+        yield url
+        yield from self._node(view, host_sample)
         yield from in_flight_families(view, now)
         yield from host_operation_families(host)
 
@@ -52,7 +60,7 @@ class MetricFamilies:
         yield from self._inventory({name: dom})
 
     def operation_families(self, ops: DomainOperations) -> Iterator[Metric]:
-        yield from domain_operation_families(ops, self.domain_histograms)
+        yield from domain_operation_families(ops, self.domain_histograms, self.external_url)
 
     # --- exporter ---------------------------------------------------------------------------
 
@@ -222,12 +230,11 @@ class MetricFamilies:
 
     # --- host -------------------------------------------------------------------------------
 
-    def _node(self, view: View) -> Iterator[Metric]:
+    def _node(self, view: View, host: HostSample | None) -> Iterator[Metric]:
         info = GaugeMetricFamily("libvirt_node_info", "The hypervisor host.",
                                  labels=["hostname", "kernel"])
         info.add_metric([view.hostname, view.kernel], 1)
         yield info
-        host = view.host
         if host is None:
             return
         for key, field_name in MEMINFO.items():

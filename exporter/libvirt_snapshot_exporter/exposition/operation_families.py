@@ -64,8 +64,10 @@ def host_operation_families(host: HostOperations) -> Iterator[Metric]:
     yield verdicts
 
 
-def domain_operation_families(ops: DomainOperations, buckets: bool) -> Iterator[Metric]:
-    """One domain's counts and sums (with buckets if asked) and its last operations."""
+def domain_operation_families(ops: DomainOperations, buckets: bool, external_url: str
+                              ) -> Iterator[Metric]:
+    """One domain's counts and sums (with buckets if asked) and its last operations, each
+    with the URL of its page under the exporter's external URL."""
     for name, doc, table in (
         ("libvirt_snapshot_domain_operation_duration_seconds", DURATION_DOC, ops.durations),
         ("libvirt_snapshot_domain_operation_guest_paused_seconds", PAUSED_DOC, ops.paused),
@@ -74,17 +76,22 @@ def domain_operation_families(ops: DomainOperations, buckets: bool) -> Iterator[
             yield _histogram(name, f"{doc}, per domain.", table, ops.domain)
         else:
             yield _summary(name, f"{doc}, per domain (count and sum).", table, ops.domain)
-    yield from _last_operations(ops)
+    yield from _last_operations(ops, external_url)
 
 
-def _last_operations(ops: DomainOperations) -> Iterator[Metric]:
+def _last_operations(ops: DomainOperations, external_url: str) -> Iterator[Metric]:
     def gauge(name: str, doc: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(f"libvirt_snapshot_{name}", doc, labels=DO)
 
+    info = GaugeMetricFamily(
+        "libvirt_snapshot_last_operation_info",
+        "The domain's last finished operation of this type: its id and the URL of its page "
+        "(verdict and trace), for alerts and dashboards to link.", labels=[*DO, "id", "url"])
     last_duration = gauge("last_operation_duration_seconds",
                           "Duration of the domain's last finished operation of this type.")
     last_end = gauge("last_operation_end_timestamp_seconds", "When it ended.")
     last_success = gauge("last_operation_success", "1 if it succeeded, 0 if it failed.")
+    last_paused = gauge("last_operation_guest_paused_seconds", "How long it kept the guest paused.")
     last_depth = gauge("last_operation_depth",
                        "Depth (the study's level) of the snapshot it created, deleted or reverted to.")
     context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_OPERATION_FIGURES}
@@ -101,9 +108,12 @@ def _last_operations(ops: DomainOperations) -> Iterator[Metric]:
     slowdown = gauge("last_operation_slowdown_ratio", "Its duration over the expected one.")
     for operation, entry in sorted(ops.last.items()):
         labels = [entry.domain, operation]
+        info.add_metric([*labels, entry.id, f"{external_url}/operations/{entry.id}"], 1)
         last_duration.add_metric(labels, entry.duration_seconds)
         last_end.add_metric(labels, entry.end)
         last_success.add_metric(labels, 1 if entry.outcome == "success" else 0)
+        if entry.paused_seconds is not None:
+            last_paused.add_metric(labels, entry.paused_seconds)
         if entry.depth is not None:
             last_depth.add_metric(labels, entry.depth)
         for key, family in context.items():
@@ -118,7 +128,7 @@ def _last_operations(ops: DomainOperations) -> Iterator[Metric]:
                 expected.add_metric(labels, verdict.expected_seconds)
             if verdict.slowdown is not None:
                 slowdown.add_metric(labels, verdict.slowdown)
-    yield from (last_duration, last_end, last_success, last_depth, *context.values(), pace,
+    yield from (info, last_duration, last_end, last_success, last_paused, last_depth, *context.values(), pace,
                 conditions, expected, slowdown)
 
 
@@ -128,6 +138,10 @@ def in_flight_families(view: View, now: float) -> Iterator[Metric]:
         return GaugeMetricFamily(f"libvirt_snapshot_{name}", doc, labels=DO)
 
     running = gauge("operation_in_progress", "1 while a snapshot operation runs.")
+    running_id = GaugeMetricFamily(
+        "libvirt_snapshot_operation_in_progress_info",
+        "The running operation's id: its page, once it has ended, is /operations/<id>.",
+        labels=[*DO, "id"])
     started = gauge("operation_start_timestamp_seconds", "When the running operation began.")
     elapsed = gauge("operation_elapsed_seconds", "How long the running operation has run.")
     processed = gauge("operation_memory_processed_bytes",
@@ -140,6 +154,7 @@ def in_flight_families(view: View, now: float) -> Iterator[Metric]:
         op = item.facts
         labels = [op.domain, op.operation]
         running.add_metric(labels, 1)
+        running_id.add_metric([*labels, item.id], 1)
         started.add_metric(labels, op.start)
         elapsed.add_metric(labels, max(0.0, now - op.start))
         if op.memory_processed_bytes is not None:
@@ -147,4 +162,4 @@ def in_flight_families(view: View, now: float) -> Iterator[Metric]:
             remaining.add_metric(labels, op.memory_remaining_bytes or 0)
         if item.progress_estimate is not None:
             estimate.add_metric(labels, item.progress_estimate)
-    yield from (running, started, elapsed, processed, remaining, estimate)
+    yield from (running, running_id, started, elapsed, processed, remaining, estimate)

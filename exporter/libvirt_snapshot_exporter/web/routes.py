@@ -1,7 +1,7 @@
 """The routes: which answer each path gets. /metrics (text from exposition.MetricsRenderer),
-the landing page (landing_page.py), health, /api/operations and each operation's trace and
-verdict (web/api.py), the page of one operation (operation_page.py) and the static files
-it needs. Served by web/server.py behind the layers of web/layers.py.
+the landing page (landing_page.py), the runbook (runbook.py), health, /api/operations and
+each operation's trace and verdict (web/api.py), the page of one operation
+(operation_page.py) and the static files it needs. Served by web/server.py behind the layers of web/layers.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from prometheus_client.exposition import gzip_accepted
 
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
-from . import landing_page, operation_page
+from . import landing_page, operation_page, runbook
 from .api import BadRequest, OperationsApi, Traces
 from .layers import StartResponse, send
 
@@ -56,6 +56,8 @@ class App:
                 return send(start_response, "400 Bad Request", JSON, body)
         if path == "/":
             return send(start_response, "200 OK", HTML, self.landing(params).encode())
+        if path == "/runbook":
+            return send(start_response, "200 OK", HTML, runbook.render())
         if (match := OPERATION_PATH.fullmatch(path)) and (judged := self.api.judged(match[1])):
             return send(start_response, "200 OK", HTML, operation_page.render(*judged).encode())
         if ((match := STATIC_PATH.fullmatch(path))
