@@ -2,10 +2,15 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+# What the demo needs: libvirt, QEMU, what builds libvirt-python, and what builds the guest.
 DEBIAN_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
-	libvirt-dev libvirt-clients pkg-config gcc python3-dev python3-venv busybox-static cpio \
-	prometheus prometheus-node-exporter prometheus-alertmanager prometheus-libvirt-exporter \
-	victoria-metrics curl openssl systemd fuse3
+	libvirt-dev libvirt-clients pkg-config gcc python3-dev python3-venv busybox-static cpio
+# Debian's libvirt exporter, which `make bench` measures beside ours.
+BENCH_PACKAGES := prometheus-libvirt-exporter
+# The real Prometheus tools, node_exporter, Alertmanager and VictoriaMetrics the tests run (on a
+# systemd host their packages start services: the demo installs none of them).
+TEST_PACKAGES := prometheus prometheus-node-exporter prometheus-alertmanager \
+	prometheus-libvirt-exporter victoria-metrics curl openssl systemd fuse3
 # Rootful podman and mmdebstrap, for the container test (scripts/container-base.sh).
 CONTAINER_PACKAGES := podman runc slirp4netns containernetworking-plugins \
 	golang-github-containernetworking-plugin-dnsname fuse-overlayfs uidmap iptables mmdebstrap
@@ -23,11 +28,11 @@ define install-missing
 	fi
 endef
 
-deps:  ## Debian packages: libvirt, QEMU, Prometheus tools
+deps:  ## Debian packages: libvirt, QEMU, the demo guest's
 	$(call install-missing,$(DEBIAN_PACKAGES))
 
-test-deps: deps  ## and podman for the container test, chromium for the page test
-	$(call install-missing,$(CONTAINER_PACKAGES) $(BROWSER_PACKAGES))
+test-deps: deps  ## and Prometheus' tools, podman for the container test, chromium for the page test
+	$(call install-missing,$(TEST_PACKAGES) $(CONTAINER_PACKAGES) $(BROWSER_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +70,7 @@ demo: deps venv  ## a demo guest, snapshots now and then, the exporter on localh
 	$(PY) scripts/demo.py
 
 bench: deps venv  ## scrape latency and timing error during real snapshots, against Debian's exporter
+	$(call install-missing,$(BENCH_PACKAGES))
 	bash scripts/libvirtd-up.sh
 	$(PY) benchmarks/snapshot_latency.py
 

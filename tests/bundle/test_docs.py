@@ -5,6 +5,7 @@ relative link of README.md and docs/ names a file that exists."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,13 @@ def test_test_files_have_unique_names():
     one name in different folders stop the whole run at collection."""
     names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
     assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
+def test_make_demo_installs_no_monitoring_service():
+    """On a systemd host Debian's packages of Prometheus, Alertmanager, node_exporter and
+    VictoriaMetrics start services listening on five ports: the demo uses none of them."""
+    commands = subprocess.run(["make", "-n", "-B", "demo"], cwd=ROOT, capture_output=True,
+                              text=True, check=True, timeout=30).stdout
+    assert "busybox-static" in commands  # the demo's own packages are what make -n shows
+    for package in ("prometheus", "alertmanager", "node-exporter", "victoria-metrics"):
+        assert package not in commands, f"make demo installs {package}"
