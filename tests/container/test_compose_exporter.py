@@ -32,9 +32,12 @@ CONTAINER = f"{PROJECT}_exporter_1"
 
 def podman_compose(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     tool = Path(sys.executable).parent / "podman-compose"
+    # The Grafana password is required by the compose file, whichever service runs.
+    environment = {k: v for k, v in os.environ.items() if k != "HYPERVISOR"}
+    environment["GRAFANA_ADMIN_PASSWORD"] = "unused-by-the-exporter"
     return subprocess.run([str(tool), "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml"), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={k: v for k, v in os.environ.items() if k != "HYPERVISOR"})
+                          env=environment)
 
 
 def podman(*args: str) -> subprocess.CompletedProcess:
