@@ -177,6 +177,11 @@ def unseen_start(d: TrackedDomain, p: DomainPoll, end: float | None = None) -> S
     if d.block_job_start is not None:
         return d.block_job_start, "event", 0.0
     last = d.last_poll if d.last_poll is not None else p.time
+    if d.last_end is not None and d.last_end > last:
+        # After the operation that ended since that poll (one domain's snapshot operations
+        # run one at a time): a delete 33 ms after a disk-only create the same poll found
+        # otherwise began "before" it.
+        last = d.last_end
     if end is not None:
         saved = unseen_saved_start(d, last, end)
         if saved is not None:
