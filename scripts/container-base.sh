@@ -8,6 +8,11 @@
 # pulled: the base is Debian bookworm from mmdebstrap with Debian's Python, imported under a
 # local tag and also tagged with the name exporter/Dockerfile's FROM uses. podman 4.3 needs runc here (crun
 # refuses the hybrid cgroup layout) and explicit rlimits (its defaults fail with EPERM).
+#
+# The same base (LSE_PYTHON_IMAGE) carries the Debian Prometheus and Alertmanager image of the
+# stack test (tests/container/prometheus.Dockerfile, built by podman-compose through
+# tests/container/compose.debian.yml). Both stay in $DIR's storage between runs: the base is
+# built once, and podman's layer cache reuses the Prometheus image's package layer.
 set -euo pipefail
 DIR=${LSE_PODMAN_DIR:-/var/lib/lse-podman}
 BASE=localhost/lse-python-base:bookworm
