@@ -36,7 +36,9 @@ def table_rows(html: str) -> list[str]:
 
 
 def cells(row: str) -> list[str]:
-    return re.findall(r"<td[^>]*>(.*?)</td>", row)
+    """The row's cells, a name's as its text (its span is checked on its own)."""
+    return [re.sub(r'<span class=name title="([^"]*)">\1</span>', r"\1", c)
+            for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
 
 
 @pytest.fixture()
@@ -69,7 +71,8 @@ def test_the_verdict_and_the_pause_come_right_after_what_the_operation_is():
 
 def test_in_flight_on_top_then_finished_rows_linking_to_their_page():
     running = {"id": "a" * 16, "domain": "vm2", "snapshot": "big", "operation": "create",
-               "memory": True, "elapsed_seconds": 12.34, "guest_memory_used_bytes": 2**30}
+               "memory": True, "start": START, "elapsed_seconds": 12.34,
+               "guest_memory_used_bytes": 2**30}
     done = finished(verdict=Verdict("storage-slow", 13.5, 3.0, {}, (), {}))
     html = landing_page.render(view(up=True, versions=Versions("9.0.0", "9.0.0", "7.2.0", 9_000_000)),
                                [running], [done], 1, "/metrics")
@@ -79,7 +82,8 @@ def test_in_flight_on_top_then_finished_rows_linking_to_their_page():
     assert "<td>in flight</td>" in rows[0] and "1,074 MB" in rows[0]
     assert cells(rows[0])[:4] == ["vm2", "big", "create", ""]
     assert rows[1].startswith("<tr><td>")  # a success: no mark
-    assert f'<a href="/operations/{done.id}">vm1</a>' in rows[1]
+    assert cells(rows[1])[0] == f'<a href="/operations/{done.id}">vm1</a>'
+    assert cells(rows[0])[7].startswith('started <time datetime="2027-01-1')
     assert cells(rows[1])[3:7] == ["storage-slow, 3.0x", "40.50 s", "40.50 s", "success"]
     assert "<td>yes</td>" in rows[1] and "True" not in rows[1]  # memory
     assert "<td>yes</td>" in rows[0] and "True" not in rows[0]
@@ -128,8 +132,8 @@ def test_the_domain_filter_finds_every_logged_operation_of_the_domain():
                {"id": "c" * 16, "domain": "vm3", "elapsed_seconds": 1.0}]
     html = landing_page.render(view(), running, log, len(log), "/metrics", "vm2")
     rows = table_rows(html)
-    assert len(rows) == 1 and cells(rows[0])[:2] == [f'<a href="/operations/{log[-1].id}">vm2</a>',
-                                                    "old"]
+    assert len(rows) == 1 and cells(rows[0])[:2] == [
+        f'<a href="/operations/{log[-1].id}">vm2</a>', "old"]
     assert "the 1 operation of domain <b>vm2</b> among the 151 logged" in html
     assert '<option value="vm2" selected>vm2</option>' in html
     assert re.findall(r"<option[^>]*>(.*?)</option>", html) == ["all domains", "vm1", "vm2", "vm3"]
@@ -181,7 +185,19 @@ def test_every_name_is_escaped():
     html = landing_page.render(view(hostname=HOSTILE, uri=HOSTILE), [{"domain": HOSTILE,
                                "elapsed_seconds": 1.0}], [finished(HOSTILE)], 1, "/metrics")
     body = html[:html.index("<script src=")]
-    assert "<script>" not in body and body.count("&lt;script&gt;") == 6  # + the filter's option, twice
+    # host, URI; each row's domain, in its text and its tooltip; the filter's option, twice
+    assert "<script>" not in body and body.count("&lt;script&gt;") == 8
+
+
+def test_a_long_name_cannot_push_the_verdict_off_screen():
+    """Cut by its width with an ellipsis, whole in its tooltip (the page is in a browser at
+    1,400 px in test_operation_page_browser.py)."""
+    long = "x" * 300
+    html = landing_page.render(view(), [], [finished(long, long)], 1, "/metrics")
+    row = table_rows(html)[0]
+    assert row.count(f'<span class=name title="{long}">{long}</span>') == 2
+    assert ".name{display:inline-block;max-width:15em;overflow:hidden;text-overflow:ellipsis;" \
+        in html and "td{white-space:nowrap}" in html
 
 
 def test_cell_text_by_the_unit_its_key_names():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 
 import pytest
 from libvirt_snapshot_exporter.model.operation import PACE_SETTERS, FinishedOperation, Verdict
@@ -331,6 +332,20 @@ def test_a_logged_verdict_with_null_figures_is_still_said():
     assert explain.pace_sentence(logged, record()) == (
         "Storage set the pace: QEMU's writers waited on I/O in 0 % of their samples; 1.18 GB "
         "written at 39 MB/s, 3.0x slower than expected (10.0 s).")  # no reference: not said
+
+
+def test_the_start_and_end_have_their_zone(monkeypatch):
+    """The hypervisor in Paris: an hour ahead of UTC in December."""
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    time.tzset()
+    try:
+        facts = dict(page.facts(record()))
+        assert page.when(record().start) == "2026-12-01 13:30:30 +01:00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert facts["start"] == "2026-12-01 13:30:30.772 +01:00 (seen by control)"
+    assert facts["end"] == "2026-12-01 13:31:01.072 +01:00 (seen by event)"
 
 
 def test_the_short_verdict_of_the_landing_page_and_bench():

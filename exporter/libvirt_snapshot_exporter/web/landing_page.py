@@ -20,7 +20,7 @@ from typing import Any
 from .. import __version__
 from ..model.operation import FinishedOperation
 from ..store.view import View
-from .operation_page import static_url
+from .operation_page import static_url, when
 
 ROWS = 100  # finished operations on the landing page
 POLL_SECONDS = 2  # how often landing-page.js asks whether anything changed
@@ -51,14 +51,6 @@ HINTS = {  # the header's tooltip
 }
 
 
-def when(value: float) -> str:
-    """A time as the hypervisor's clock shows it, with its offset from UTC:
-    '2027-01-15 08:00:00 +01:00'."""
-    offset = time.strftime("%z", time.localtime(value))
-    return (time.strftime("%Y-%m-%d %H:%M:%S ", time.localtime(value))
-            + f"{offset[:3]}:{offset[3:]}")
-
-
 def cell_text(key: str, value: Any) -> str:
     """A field as the table shows it, by the unit its key names: bytes in MB, decimal like
     the operation page's charts and words; a flag as yes or no; a time with its zone."""
@@ -79,11 +71,17 @@ def cell_text(key: str, value: Any) -> str:
     return str(value)
 
 
+NAMES = ("domain", "snapshot")
+
+
 def _cells(entry: dict[str, Any]) -> list[str]:
-    return [html.escape(cell_text(key, entry.get(key))) for _, key in STUDY_COLUMNS]
+    cells = [html.escape(cell_text(key, entry.get(key))) for _, key in STUDY_COLUMNS]
+    for key in NAMES:
+        cells[COLUMN[key]] = f'<span class=name title="{cells[COLUMN[key]]}">{cells[COLUMN[key]]}</span>'
+    return cells
 
 
-def _ended(value: float) -> str:
+def _time(value: float) -> str:
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(value))
     return f'<time datetime="{iso}{when(value)[-6:]}">{html.escape(when(value))}</time>'
 
@@ -99,6 +97,8 @@ def rows(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperati
         elapsed = float(entry.get("elapsed_seconds") or 0.0)
         cells[COLUMN["duration_seconds"]] = f"running {elapsed:.1f} s"
         cells[COLUMN["outcome"]] = "in flight"
+        if entry.get("start"):
+            cells[COLUMN["end"]] = "started " + _time(entry["start"])
         lines.append("<tr class=running>" + "".join(
             f'<td class=elapsed data-elapsed="{elapsed:.3f}">{c}</td>'
             if i == COLUMN["duration_seconds"] else f"<td>{c}</td>"
@@ -107,7 +107,7 @@ def rows(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperati
         entry = record.to_json()
         cells = _cells(entry)
         cells[0] = f'<a href="/operations/{record.id}">{cells[0]}</a>'
-        cells[COLUMN["end"]] = _ended(record.end)
+        cells[COLUMN["end"]] = _time(record.end)
         failed = record.outcome != "success"
         if failed:
             error = html.escape(record.error or "no error recorded", quote=True)
@@ -156,18 +156,20 @@ def _shown(count: int, matching: int, total: int, domain: str) -> str:
     return f'{head} among the {total} logged; <a href="/">all domains</a>'
 
 
+# Cells on one line; a name longer than .name's width ends in an ellipsis (whole in its
+# tooltip and on the operation's page), so that no name pushes the verdict off screen.
 STYLE = """body{font-family:sans-serif;margin:1.5em}
 table{border-collapse:collapse;font-size:90%}
 td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}
-th{background:#eee;font-weight:normal}
-td:nth-child(-n+3){text-align:left;max-width:14em;overflow-wrap:anywhere}
-td:nth-child(4),th:nth-child(4){text-align:left;font-weight:bold}
-th:nth-child(4),th:nth-child(5){background:#dde6f3}
-td:nth-child(8){white-space:nowrap}
+td{white-space:nowrap}th{background:#eee;font-weight:normal}
+td:nth-child(-n+4),th:nth-child(-n+4){text-align:left}
+.name{display:inline-block;max-width:15em;overflow:hidden;text-overflow:ellipsis;
+vertical-align:bottom}
+td:nth-child(4){font-weight:bold}th:nth-child(4),th:nth-child(5){background:#dde6f3}
 tr.running{background:#fe9}
 tr.failed{background:#fdd}tr.failed td:first-child{box-shadow:inset 4px 0 #b00}
 .bad{color:#b00;font-weight:bold;white-space:nowrap}
-.note{color:#555}#filter{margin:.5em 0}"""
+.note{color:#555;max-width:75em}#filter{margin:.5em 0}#filter select{max-width:30em}"""
 
 
 def render(view: View, in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperation],

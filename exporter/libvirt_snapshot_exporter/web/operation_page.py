@@ -62,8 +62,15 @@ def static_url(name: str) -> str:
 # --- the page --------------------------------------------------------------------------------
 
 
-def _when(value: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) + f".{int(value * 1000) % 1000:03d}"
+def when(value: float, milliseconds: bool = False) -> str:
+    """A time as the hypervisor's clock shows it, with its offset from UTC:
+    '2027-01-15 09:00:00 +01:00' ('09:00:00.250 +01:00' with milliseconds); the landing
+    page's too."""
+    local = time.localtime(value)
+    offset = time.strftime("%z", local)
+    return (time.strftime("%Y-%m-%d %H:%M:%S", local)
+            + (f".{int(value * 1000) % 1000:03d}" if milliseconds else "")
+            + f" {offset[:3]}:{offset[3:]}")
 
 
 def _seconds(value: float | None) -> str:
@@ -81,8 +88,8 @@ def facts(record: FinishedOperation) -> list[tuple[str, str]]:
         ("duration", _seconds(record.duration_seconds)),
         ("guest paused", _seconds(record.paused_seconds)),
         ("outcome", record.outcome + (f": {record.error}" if record.error else "")),
-        ("start", f"{_when(record.start)} (seen by {record.start_source or '?'})"),
-        ("end", f"{_when(record.end)} (seen by {record.end_source or '?'})"),
+        ("start", f"{when(record.start, True)} (seen by {record.start_source or '?'})"),
+        ("end", f"{when(record.end, True)} (seen by {record.end_source or '?'})"),
         ("uncertainty", _seconds(record.uncertainty_seconds)),
         ("disk cache", ", ".join(record.disk_cache or ())),
         ("storage", record.storage or ""),

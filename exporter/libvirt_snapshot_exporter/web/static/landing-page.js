@@ -65,7 +65,7 @@
         }
         live.dataset.updates = String(Number(live.dataset.updates || 0) + 1);
       }
-      checked.textContent = "Last checked at " + clock() + ".";
+      checked.textContent = "Last checked at " + clock() + " (your clock).";
       checked.dataset.state = "ok";
     } catch (error) {
       checked.textContent = "Could not check at " + clock() + " (" + error.message +

@@ -12,6 +12,25 @@
     box.textContent = "The charts could not be drawn: " + message;
   }
 
+  // Where the "start" and "end" labels go, each by its dashed line, on the plot's top line:
+  // inside the span (right of each line) when "start" fits between the lines; else "start"
+  // left of its line and "end" right of its own, so that they never overlap on a short
+  // operation; where a side has no room, "end" goes on a second line. Positions in canvas
+  // pixels: [x, y, textAlign] for each.
+  function labelPlaces(x0, x1, left, right, top, widths, pad, line) {
+    const [start, end] = widths;
+    const y = top + pad;
+    const endPlace = x1 + pad + end <= right ? [x1 + pad, "left"] : [x1 - pad, "right"];
+    const endLeft = endPlace[1] === "left" ? endPlace[0] : endPlace[0] - end;
+    if (x0 + pad + start + pad <= endLeft) {
+      return [[x0 + pad, y, "left"], [endPlace[0], y, endPlace[1]]];
+    }
+    if (endPlace[1] === "left" && x0 - pad - start >= left) {
+      return [[x0 - pad, y, "right"], [endPlace[0], y, "left"]];
+    }
+    return [[x0 + pad, y, "left"], [endPlace[0], y + line, endPlace[1]]];
+  }
+
   // The operation's span, under the series: shaded, its start and end as dashed lines.
   function operationSpan(end) {
     return {
@@ -27,14 +46,19 @@
           ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
           ctx.fillStyle = "#c60";
           ctx.font = 11 * devicePixelRatio + "px sans-serif";
-          ctx.textAlign = "left";  // uPlot's axes leave theirs set
-          ctx.textBaseline = "top";
-          for (const [x, label] of [[x0, "start"], [x1, "end"]]) {
+          ctx.textBaseline = "top";  // uPlot's axes leave theirs set
+          const labels = ["start", "end"];
+          const places = labelPlaces(
+            x0, x1, u.bbox.left, u.bbox.left + u.bbox.width, top,
+            labels.map((l) => ctx.measureText(l).width), 3 * devicePixelRatio,
+            13 * devicePixelRatio);
+          for (const [i, x] of [x0, x1].entries()) {
             ctx.beginPath();
             ctx.moveTo(x, top);
             ctx.lineTo(x, top + height);
             ctx.stroke();
-            ctx.fillText(label, x + 3 * devicePixelRatio, top + 2 * devicePixelRatio);
+            ctx.textAlign = places[i][2];
+            ctx.fillText(labels[i], places[i][0], places[i][1]);
           }
           ctx.restore();
         }],
