@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import time
+import urllib.parse
 
 import pytest
 from libvirt_snapshot_exporter.model.operation import PACE_SETTERS, FinishedOperation, Verdict
@@ -357,9 +358,9 @@ def test_the_short_verdict_of_the_landing_page_and_bench():
 # --- routes -----------------------------------------------------------------------------------
 
 
-def call(app: web.App, path: str) -> tuple[str, dict[str, str], bytes]:
+def call(app: web.App, path: str, query: str = "") -> tuple[str, dict[str, str], bytes]:
     answer: list = []
-    body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": "GET"},
+    body = b"".join(app({"PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": "GET"},
                         lambda s, h, _e=None: answer.extend([s, dict(h)])))
     return answer[0], answer[1], body
 
@@ -407,6 +408,25 @@ def test_the_landing_page_links_each_finished_operation(app):
     assert len(links) == 4 and links[0] == slow_trace().id
     assert all(call(app, f"/operations/{i}")[0] == "200 OK" for i in links)
     assert re.search(rb"<th[^>]*>verdict</th>", body)
+
+
+def test_the_landing_page_filters_by_domain_over_the_whole_log(tmp_path):
+    """Server side (no JavaScript needed), over every logged operation, not the 100 newest."""
+    oplog = OperationsLog(str(tmp_path))
+    oplog.add(record(domain=HOSTILE))
+    for op in history() * 40:
+        oplog.add(op)
+    store = StateStore(View(True, "qemu:///system", "hv1", "6.1", None, None, {}, (), {}, 0, {},
+                            True, 0))
+    app = web.App(store, oplog, lambda *_: (b"", "text/plain"), "/metrics")
+    status, _, body = call(app, "/", "domain=" + urllib.parse.quote(HOSTILE))
+    assert status == "200 OK" and body.count(b'<a href="/operations/') == 1
+    assert b"the 1 operation of domain <b>&lt;/script&gt;&lt;script&gt;alert(1)" in body
+    assert b"alert(1)</script>" not in body and b"<img" not in body
+    _, _, body = call(app, "/", "domain=")  # the menu's "all domains"
+    assert body.count(b'<a href="/operations/') == 100 and b"the 100 newest of 121" in body
+    _, _, body = call(app, "/", "domain=vm1")
+    assert b"the 100 newest of the 120 operations of domain <b>vm1</b>" in body
 
 
 def test_the_logged_verdict_is_on_the_landing_page_and_the_page_without_its_trace(tmp_path):
