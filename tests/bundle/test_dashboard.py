@@ -169,13 +169,14 @@ def test_rows_in_order():
     assert row_of[LAST_OPERATIONS] == "Last operations"
     assert row_of["What set the pace of operations in the last 24 h"] == "Verdicts"
     assert row_of["Exporters"] == "Exporter"
+    assert row_of["Firing alerts"] == "Exporter"
 
 
 def test_verdict_and_guest_pause_near_the_top():
     """The last operations' table comes right after Now, its verdict and guest pause columns
     among its first, before the host context."""
     table = _panel(LAST_OPERATIONS)
-    assert table["gridPos"]["y"] <= 16
+    assert table["gridPos"]["y"] <= 12
     exprs = {t["refId"]: t["expr"] for t in table["targets"]}
     verdict = next(r for r, e in exprs.items() if "libvirt_snapshot_last_operation_verdict_info" in e)
     paused = next(r for r, e in exprs.items()
@@ -310,14 +311,16 @@ def _annotation(name: str) -> dict:
 
 
 def test_annotations_mark_snapshot_operations_and_link_them():
-    """Running operations link to their exporter's status page, finished ones to their own
-    page: the url label joined into the query, an <a href> in the text (Grafana's annotation
-    tooltip renders the text as sanitized HTML)."""
+    """Running operations link to their exporter's status page (and to the page their id has
+    once they have ended), finished ones to their own page: the url label joined into the
+    query, an <a href> in the text (Grafana's annotation tooltip renders the text as sanitized
+    HTML)."""
     running = _annotation("Snapshot operations running")
     finished = _annotation("Snapshot operations finished")
     assert "libvirt_snapshot_operation_in_progress" in running["expr"]
     assert JOIN_EXPORTER in running["expr"]
     assert '<a href="{{url}}/"' in running["textFormat"]
+    assert '<a href="{{url}}/operations/{{id}}"' in running["textFormat"]  # once it has ended
     assert "libvirt_snapshot_last_operation_end_timestamp_seconds" in finished["expr"]
     assert JOIN_OPERATION in finished["expr"]
     assert '<a href="{{url}}"' in finished["textFormat"]
@@ -627,7 +630,8 @@ def test_operations_in_flight_link_to_the_exporter(live):
     q = next(q for q in dashboard.queries() if q.where == "annotation 'Snapshot operations running'")
     (series,) = _ask(live, q)
     text = render_text(annotation["textFormat"], series["metric"])
-    assert f'href="{EXTERNAL_URL}/"' in text and RUNNING_ID in text
+    assert f'href="{EXTERNAL_URL}/"' in text
+    assert f'href="{EXTERNAL_URL}/operations/{RUNNING_ID}"' in text
 
 
 def test_exporters_table_links_each_exporter(live):
