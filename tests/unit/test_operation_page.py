@@ -410,6 +410,15 @@ def test_the_landing_page_links_each_finished_operation(app):
     assert re.search(rb"<th[^>]*>verdict</th>", body)
 
 
+def test_the_page_links_its_domain_s_operations():
+    html = page.render(record(domain=HOSTILE), None, None)
+    assert '<a href="/">&larr; all operations</a>' in html
+    link = re.search(r'<a href="/\?domain=([^"]*)">(.*?)\'s operations</a>', html)
+    assert not set("<>&\"' ") & set(link[1])  # all percent-encoded
+    assert urllib.parse.parse_qs("domain=" + link[1])["domain"] == [HOSTILE]
+    assert link[2].startswith("&lt;/script&gt;")
+
+
 def test_the_landing_page_filters_by_domain_over_the_whole_log(tmp_path):
     """Server side (no JavaScript needed), over every logged operation, not the 100 newest."""
     oplog = OperationsLog(str(tmp_path))

@@ -18,6 +18,7 @@ import json
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from ..model.operation import FinishedOperation, Verdict
 from ..model.trace import Trace
@@ -167,7 +168,8 @@ samples of the second up to each point.</p>
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(name)} - libvirt snapshot exporter</title>
 {head}<style>{STYLE}</style></head><body>
-<p><a href="/">&larr; all operations</a></p>
+<p><a href="/">&larr; all operations</a> &middot;
+<a href="/?domain={e(quote(record.domain, safe=""))}">{e(record.domain)}'s operations</a></p>
 <h1>{e(name)}</h1>
 <table class=facts>{rows}</table>
 {judged}
