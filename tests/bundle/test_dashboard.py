@@ -15,7 +15,8 @@ import time
 
 import pytest
 import yaml
-from lse_devtools import dashboard
+from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer
+from lse_devtools import dashboard, handbuilt_view
 from lse_devtools.bundle import (
     JOB,
     ROOT,
@@ -508,12 +509,10 @@ class _Exporter(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """Debian's Prometheus scraping the handwritten exposition every second as the bundle's
-    job, with the bundle's rules loaded."""
-    tmp = tmp_path_factory.mktemp("dashboard-live")
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
+def _prometheus_scraping(tmp, handler):
+    """Debian's Prometheus scraping what handler serves every second as the bundle's job, with
+    the bundle's rules loaded; yields it once it has a few scrapes."""
+    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=exporter.serve_forever, daemon=True).start()
     rules = tmp / "rules"
     rules.mkdir()
@@ -531,14 +530,20 @@ def live(tmp_path_factory):
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     server = prometheus(tmp / "prometheus.yml", tmp / "data", free_port())
     try:
-        wait("a few scrapes of the exposition", lambda: len(server.query_range(
-            f'libvirt_up{{job="{JOB}"}}', time.time() - 60, time.time(), 1)[0]["values"]) >= 6
-            if server.query(f'libvirt_up{{job="{JOB}"}}') else None, timeout=60)
+        up = f'libvirt_up{{job="{JOB}"}}'
+        wait("a few scrapes", lambda: server.query(up) and len(server.query_range(
+            up, time.time() - 60, time.time(), 1)[0]["values"]) >= 6, timeout=60)
         yield server
     finally:
         server.stop()
         exporter.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """Prometheus scraping the handwritten exposition."""
+    yield from _prometheus_scraping(tmp_path_factory.mktemp("dashboard-live"), _Exporter)
 
 
 def _target(title: str, needle: str) -> dashboard.Query:
@@ -656,3 +661,61 @@ def test_guest_pause_panels_answer(live):
     (p95,) = _ask(live, _target("Guest pause per hypervisor: 95th percentile", "guest_paused"))
     values = [float(v) for _, v in p95["values"] if v != "NaN"]
     assert values and all(10.0 < v <= 30.0 for v in values)
+
+
+# ---- Every query on the real exposition code's output -----------------------------------------
+class _RealExporter(_Exporter):
+    """What the exporter's own exposition code renders from lse_devtools.handbuilt_view (vm1:
+    a running guest with creates in flight and finishing, 4 a second; vm2: a failed delete)."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        now = time.time()
+        store = handbuilt_view.store(now, batches=1 + int(now - START))
+        body = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL).render()[0]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    yield from _prometheus_scraping(tmp_path_factory.mktemp("dashboard-real"), _RealExporter)
+
+
+def test_every_query_answers_on_the_exporters_exposition(real):
+    """Every query but the firing alerts' (no alert has waited its `for:` here) returns data,
+    once rates and recording rules have two samples; a fallback 0 never stands beside real
+    series."""
+    asked = [q for q in dashboard.queries() if "'Firing alerts'" not in q.where]
+    deadline = time.monotonic() + 30
+    while True:
+        answers = {q.where: _ask(real, q) for q in asked}
+        empty = [where for where, answer in answers.items() if not answer]
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert empty == []
+    for where, answer in answers.items():
+        twin = answers.get(where + dashboard.TWIN)
+        if twin:
+            assert [s["metric"] for s in answer] == [s["metric"] for s in twin], where
+
+
+def test_links_lead_to_the_exporters_operation_pages(real):
+    """The last operations' rows and the operations in flight link to the URLs the exporter
+    publishes: its operations' pages, its status page."""
+    rows = _ask(real, _target(LAST_OPERATIONS, JOIN_OPERATION))
+    assert {(r["metric"]["domain"], r["metric"]["operation"]) for r in rows} >= {
+        ("vm1", "create"), ("vm2", "delete")}
+    (link,) = panel_links(_panel(LAST_OPERATIONS))
+    for r in rows:
+        assert re.fullmatch(r"[0-9a-f]{16}", r["metric"]["id"])
+        assert resolve_link(link["url"], r["metric"]) == \
+            f"{handbuilt_view.EXTERNAL_URL}/operations/{r['metric']['id']}"
+    in_flight = _ask(real, _target("Operations in flight", JOIN_EXPORTER))
+    assert {r["metric"]["domain"] for r in in_flight} == {"vm1", "vm2"}
+    (link,) = panel_links(_panel("Operations in flight"))
+    assert {resolve_link(link["url"], r["metric"]) for r in in_flight} == {
+        f"{handbuilt_view.EXTERNAL_URL}/"}
