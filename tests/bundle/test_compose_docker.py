@@ -83,7 +83,8 @@ def test_compose_config_needs_only_the_grafana_password(tmp_path):
                     str(COMPOSE_FILE), "config", "-q"], env={**clean_environment(), **env},
                    cwd=tmp_path)
 
-    assert (lambda r: (r.returncode, r.stdout, r.stderr))(config_q(PASSWORD)) == (0, "", "")
+    result = config_q(PASSWORD)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     for given in ({}, {"GRAFANA_ADMIN_PASSWORD": ""}):
         result = config_q(given)
         assert result.returncode != 0
