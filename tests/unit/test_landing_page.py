@@ -82,7 +82,7 @@ def test_in_flight_on_top_then_finished_rows_linking_to_their_page():
     assert "<td>in flight</td>" in rows[0] and "1,074 MB" in rows[0]
     assert cells(rows[0])[:4] == ["vm2", "big", "create", ""]
     assert rows[1].startswith("<tr><td>")  # a success: no mark
-    assert cells(rows[1])[0] == f'<a href="/operations/{done.id}">vm1</a>'
+    assert cells(rows[1])[0] == f'<a href="operations/{done.id}">vm1</a>'
     assert cells(rows[0])[7].startswith('started <time datetime="2027-01-1')
     assert cells(rows[1])[3:7] == ["storage-slow, 3.0x", "40.50 s", "40.50 s", "success"]
     assert "<td>yes</td>" in rows[1] and "True" not in rows[1]  # memory
@@ -91,7 +91,7 @@ def test_in_flight_on_top_then_finished_rows_linking_to_their_page():
     # without JavaScript the page reloads itself while an operation is in flight; it says so
     assert '<noscript><meta http-equiv=refresh content="5"></noscript>' in html
     assert "This page updates itself" in html and "reloads\nevery 5 s" in html
-    assert re.search(r'<script src="/static/landing-page\.js\?v=[0-9a-f]{12}"></script>', html)
+    assert re.search(r'<script src="static/landing-page\.js\?v=[0-9a-f]{12}"></script>', html)
 
 
 def test_a_failed_operation_is_marked_and_has_no_verdict():
@@ -133,7 +133,7 @@ def test_the_domain_filter_finds_every_logged_operation_of_the_domain():
     html = landing_page.render(view(), running, log, len(log), "/metrics", "vm2")
     rows = table_rows(html)
     assert len(rows) == 1 and cells(rows[0])[:2] == [
-        f'<a href="/operations/{log[-1].id}">vm2</a>', "old"]
+        f'<a href="operations/{log[-1].id}">vm2</a>', "old"]
     assert "the 1 operation of domain <b>vm2</b> among the 151 logged" in html
     assert '<option value="vm2" selected>vm2</option>' in html
     assert re.findall(r"<option[^>]*>(.*?)</option>", html) == ["all domains", "vm1", "vm2", "vm3"]
@@ -178,7 +178,7 @@ def test_the_signature_follows_starts_ends_and_verdicts():
 
 def test_only_the_newest_with_a_pointer_to_the_rest():
     html = landing_page.render(view(), [], [finished(f"s{i}") for i in range(3)], 250, "/m")
-    assert "the 3 newest of 250" in html and 'href="/api/operations"' in html
+    assert "the 3 newest of 250" in html and 'href="api/operations"' in html
 
 
 def test_every_name_is_escaped():

@@ -380,10 +380,11 @@ def app(tmp_path) -> web.App:
 def test_the_page_route_and_its_static_files(app):
     status, headers, body = call(app, f"/operations/{slow_trace().id}")
     assert status == "200 OK" and headers["Content-Type"] == "text/html; charset=utf-8"
-    urls = re.findall(r'(?:src|href)="(/static/[^"]+)"', body.decode())
+    # relative to /operations/<id>, as every link of the pages (web.external-url's path)
+    urls = re.findall(r'(?:src|href)="\.\./(static/[^"]+)"', body.decode())
     assert len(urls) == 3
     for url in urls:
-        name = url.split("?")[0]
+        name = "/" + url.split("?")[0]
         status, headers, static = call(app, name)
         assert status == "200 OK" and static, url
         assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
@@ -404,7 +405,7 @@ def test_other_paths_are_404(app, path):
 
 def test_the_landing_page_links_each_finished_operation(app):
     _, _, body = call(app, "/")
-    links = re.findall(r'<a href="/operations/([0-9a-f]{16})">', body.decode())
+    links = re.findall(r'<a href="operations/([0-9a-f]{16})">', body.decode())
     assert len(links) == 4 and links[0] == slow_trace().id
     assert all(call(app, f"/operations/{i}")[0] == "200 OK" for i in links)
     assert re.search(rb"<th[^>]*>verdict</th>", body)
@@ -412,8 +413,8 @@ def test_the_landing_page_links_each_finished_operation(app):
 
 def test_the_page_links_its_domain_s_operations():
     html = page.render(record(domain=HOSTILE), None, None)
-    assert '<a href="/">&larr; all operations</a>' in html
-    link = re.search(r'<a href="/\?domain=([^"]*)">(.*?)\'s operations</a>', html)
+    assert '<a href="../">&larr; all operations</a>' in html
+    link = re.search(r'<a href="\.\./\?domain=([^"]*)">(.*?)\'s operations</a>', html)
     assert not set("<>&\"' ") & set(link[1])  # all percent-encoded
     assert urllib.parse.parse_qs("domain=" + link[1])["domain"] == [HOSTILE]
     assert link[2].startswith("&lt;/script&gt;")
@@ -429,11 +430,11 @@ def test_the_landing_page_filters_by_domain_over_the_whole_log(tmp_path):
                             True, 0))
     app = web.App(store, oplog, lambda *_: (b"", "text/plain"), "/metrics")
     status, _, body = call(app, "/", "domain=" + urllib.parse.quote(HOSTILE))
-    assert status == "200 OK" and body.count(b'<a href="/operations/') == 1
+    assert status == "200 OK" and body.count(b'<a href="operations/') == 1
     assert b"the 1 operation of domain <b>&lt;/script&gt;&lt;script&gt;alert(1)" in body
     assert b"alert(1)</script>" not in body and b"<img" not in body
     _, _, body = call(app, "/", "domain=")  # the menu's "all domains"
-    assert body.count(b'<a href="/operations/') == 100 and b"the 100 newest of 121" in body
+    assert body.count(b'<a href="operations/') == 100 and b"the 100 newest of 121" in body
     _, _, body = call(app, "/", "domain=vm1")
     assert b"the 100 newest of the 120 operations of domain <b>vm1</b>" in body
 

@@ -106,7 +106,7 @@ def rows(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperati
     for record in finished:
         entry = record.to_json()
         cells = _cells(entry)
-        cells[0] = f'<a href="/operations/{record.id}">{cells[0]}</a>'
+        cells[0] = f'<a href="operations/{record.id}">{cells[0]}</a>'
         cells[COLUMN["end"]] = _time(record.end)
         failed = record.outcome != "success"
         if failed:
@@ -139,21 +139,21 @@ def _domain_filter(domains: Sequence[str], domain: str) -> str:
     known = sorted(set(domains) | ({domain} if domain else set()))
     options = "".join(f'<option value="{e(d)}"{" selected" if d == domain else ""}>{e(d)}</option>'
                       for d in known)
-    return (f'<form id=filter method=get action="/"><label>domain '
+    return (f'<form id=filter method=get action="./"><label>domain '
             f'<select name=domain><option value="">all domains</option>{options}</select>'
             f"</label> <button>show</button></form>")
 
 
 def _shown(count: int, matching: int, total: int, domain: str) -> str:
-    api = 'all of them in <a href="/api/operations">/api/operations</a>'
+    api = 'all of them in <a href="api/operations">/api/operations</a>'
     if not domain:
         return f"the {count} newest of {total}; {api}" if total > count else ""
     named = f"domain <b>{html.escape(domain)}</b>"
     if not matching:
-        return f'no operation of {named} among the {total} logged; <a href="/">all domains</a>'
+        return f'no operation of {named} among the {total} logged; <a href="./">all domains</a>'
     head = (f"the {count} newest of the {matching} operations of {named}" if matching > count
             else f"the {matching} operation{'s' if matching > 1 else ''} of {named}")
-    return f'{head} among the {total} logged; <a href="/">all domains</a>'
+    return f'{head} among the {total} logged; <a href="./">all domains</a>'
 
 
 # Cells on one line; a name longer than .name's width ends in an ellipsis (whole in its
@@ -195,8 +195,8 @@ def render(view: View, in_flight: Sequence[dict[str, Any]], finished: Sequence[F
 <h1>libvirt snapshot exporter</h1>
 <p>Version {__version__} &middot; host {e(view.hostname)} &middot; libvirt
 {e(view.uri)} ({'up' if view.up else 'DOWN'}) &middot; QEMU {e(qemu)}
-&middot; <a href="{e(telemetry_path)}">metrics</a> &middot;
-<a href="/api/operations">operations as JSON</a></p>
+&middot; <a href="{e(telemetry_path.lstrip("/"))}">metrics</a> &middot;
+<a href="api/operations">operations as JSON</a> &middot; <a href="runbook">runbook</a></p>
 <h2>Snapshot operations, newest first</h2>
 {_domain_filter(domains, domain)}
 <p class=note id=refresh data-poll="{POLL_SECONDS}">This page updates itself: it checks every

@@ -53,11 +53,13 @@ def static_file(name: str) -> tuple[bytes, str] | None:
             STATIC_TYPES[name])
 
 
-def static_url(name: str) -> str:
-    """The file's URL, naming its content so a cache never serves an old one."""
+def static_url(name: str, up: str = "") -> str:
+    """The file's URL, naming its content so a cache never serves an old one. Relative, as
+    every link of the pages (up: "../" from /operations/<id>), so that they also work under
+    the path of a web.external-url that a proxy strips."""
     found = static_file(name)
     assert found is not None, name
-    return f"/static/{name}?v={hashlib.sha256(found[0]).hexdigest()[:12]}"
+    return f"{up}static/{name}?v={hashlib.sha256(found[0]).hexdigest()[:12]}"
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -162,14 +164,14 @@ from its start (0 s) to its end ({data['end']:.2f} s). The thread states are sha
 samples of the second up to each point.</p>
 {missing}<div id=charts data-state=loading>The charts need JavaScript.</div>
 <script type="application/json" id=trace-data>{_json_in_html(data)}</script>"""
-        head = f'<link rel=stylesheet href="{static_url("uplot.min.css")}">'
-        scripts = (f'<script src="{static_url("uplot.iife.min.js")}"></script>\n'
-                   f'<script src="{static_url("operation-page.js")}"></script>')
+        head = f'<link rel=stylesheet href="{static_url("uplot.min.css", "../")}">'
+        scripts = (f'<script src="{static_url("uplot.iife.min.js", "../")}"></script>\n'
+                   f'<script src="{static_url("operation-page.js", "../")}"></script>')
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(name)} - libvirt snapshot exporter</title>
 {head}<style>{STYLE}</style></head><body>
-<p><a href="/">&larr; all operations</a> &middot;
-<a href="/?domain={e(quote(record.domain, safe=""))}">{e(record.domain)}'s operations</a></p>
+<p><a href="../">&larr; all operations</a> &middot;
+<a href="../?domain={e(quote(record.domain, safe=""))}">{e(record.domain)}'s operations</a></p>
 <h1>{e(name)}</h1>
 <table class=facts>{rows}</table>
 {judged}

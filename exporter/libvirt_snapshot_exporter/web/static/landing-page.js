@@ -42,7 +42,7 @@
     }
     busy = true;
     try {
-      const answer = await fetch("/api/operations?limit=" + NEWEST, { cache: "no-store" });
+      const answer = await fetch("api/operations?limit=" + NEWEST, { cache: "no-store" });
       if (!answer.ok) {
         throw new Error("/api/operations answered " + answer.status);
       }
