@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 from libvirt_snapshot_exporter.loop.source_health import Source
-from lse_devtools.bundle import ROOT, alerting_rules, load_yaml, run, tool
+from lse_devtools import derived
+from lse_devtools.bundle import PROM, ROOT, alerting_rules, load_yaml, run, tool
+from lse_devtools.exporter_proc import free_port
+from lse_devtools.services import alertmanager, wait
 
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
 
@@ -54,3 +60,57 @@ def test_the_inhibited_sources_are_the_exporters_libvirt_sources():
     names = set(matcher.removeprefix('collector=~"').removesuffix('"').split("|"))
     assert names == {Source.DOMAINS, Source.GUESTS, Source.QEMU_PROCESS, Source.IMAGES}
     assert names <= {s.value for s in Source}
+
+
+def test_the_default_receiver_is_documented_at_the_top():
+    """An operator opening the file learns first that alerts go nowhere until they edit it."""
+    head = CONFIG.read_text().split("\nroute:", 1)[0]
+    assert "ALERTS GO NOWHERE" in head
+    assert "LibvirtSnapshotNotificationsFailing" in head
+    for receiver in ("default", "critical", "warning", "info"):
+        assert f"`{receiver}`" in head, receiver
+    for annotation in ("runbook_url", "operation_url"):
+        assert annotation in head, annotation
+
+
+def test_the_bundles_prometheus_scrapes_the_alertmanager_it_sends_to():
+    """LibvirtSnapshotNotificationsFailing reads Alertmanager's own counter."""
+    config = load_yaml(PROM / "prometheus.yml")
+    (sent_to,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    scraped = [t for job in config["scrape_configs"] for static in job.get("static_configs", [])
+               for t in static["targets"]]
+    assert sent_to in scraped
+    (rule,) = [r for r in alerting_rules() if r["alert"] == "LibvirtSnapshotNotificationsFailing"]
+    assert "alertmanager_notifications_failed_total" in rule["expr"]
+
+
+def test_as_shipped_notifications_fail_and_alertmanager_counts_them(tmp_path):
+    """The real Alertmanager with the shipped routes and receivers, waits shortened to 1 s
+    (devtools/lse_devtools/derived.py) and the webhooks sent, like the shipped placeholders, to
+    a port where nothing listens: a notification fails for good once its retries run out (one
+    group interval, 5 minutes as shipped) and alertmanager_notifications_failed_total rises,
+    what LibvirtSnapshotNotificationsFailing alerts on."""
+    port, nowhere = free_port(), free_port()
+    config = derived.write_yaml(tmp_path / "alertmanager.yml",
+                                derived.alertmanager_config(f"127.0.0.1:{nowhere}"))
+    am = alertmanager(config, tmp_path / "am", port)
+    try:
+        alert = [{"labels": {"alertname": "LibvirtSnapshotStuck", "severity": "critical",
+                             "instance": "hv1:9966", "hypervisor": "hv1"},
+                  "annotations": {"summary": "test"}}]
+        request = urllib.request.Request(f"{am.url}/api/v2/alerts", method="POST",
+                                         data=json.dumps(alert).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+        def failed() -> float:
+            with urllib.request.urlopen(f"{am.url}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith('alertmanager_notifications_failed_total{')
+                       and 'integration="webhook"' in line)
+
+        assert wait("a failed webhook notification", failed, timeout=60) >= 1
+    finally:
+        am.stop()
