@@ -206,6 +206,15 @@ def test_every_alert_has_a_runbook_section():
     assert not stale, f"RUNBOOK.md sections without an alert: {stale}"
 
 
+def test_the_served_runbook_has_each_alerts_anchor():
+    """runbook_url's fragment is an id of the page the exporter serves at /runbook."""
+    from libvirt_snapshot_exporter.web import runbook
+
+    html = runbook.render().decode()
+    for rule in alerting_rules():
+        assert f'id="{rule["alert"].lower()}"' in html, rule["alert"]
+
+
 def test_recording_rule_names_follow_level_metric_operations():
     for rule in recording_rules():
         parts = rule["record"].split(":")
