@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import re
 import socket
 import socketserver
 
@@ -158,3 +159,5 @@ def test_the_runbook_is_served_with_a_section_for_every_alert(tmp_path):
     assert alerts
     for alert in alerts:
         assert f'id="{alert.lower()}"' in page, f"{alert} has no section in the runbook"
+    # links to the repository's files would 404 here: they are named, not linked
+    assert {link for link in re.findall(r'href="(?!https?:)([^"#]+)', page)} <= {"./"}

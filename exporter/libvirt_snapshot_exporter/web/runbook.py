@@ -6,6 +6,7 @@ headings), so the link works offline, on any install, at the version that raised
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 import markdown
@@ -27,11 +28,16 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 {body}
 </body></html>
 """
+# A link to a file of the repository ([docs/verdict.md](docs/verdict.md)): the exporter serves
+# none of them, so the page names the file instead of linking nowhere.
+REPOSITORY_LINK = re.compile(r"\[([^\]]+)\]\((?!https?:|#)([^)\s]+)\)")
 
 
 @functools.cache
 def render() -> bytes:
     """The page, rendered once: the runbook does not change while the exporter runs."""
     text = resources.files(__package__).joinpath("RUNBOOK.md").read_text(encoding="utf-8")
+    text = REPOSITORY_LINK.sub(lambda m: m[1] if m[1] == m[2].split("#")[0] else
+                               f"{m[1]} (`{m[2].split('#')[0]}` in the repository)", text)
     body = markdown.markdown(text, extensions=["toc", "tables", "fenced_code"])
     return PAGE.format(version=__version__, body=body).encode()
