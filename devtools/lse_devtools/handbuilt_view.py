@@ -10,7 +10,9 @@ snapshot in flight.
 from __future__ import annotations
 
 import dataclasses
+import time
 
+from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer
 from libvirt_snapshot_exporter.model.observations import (
     BlockStats,
     DiskInfo,
@@ -98,6 +100,13 @@ def _in_flight(now: float) -> tuple[InFlight, ...]:
         "vm2", "create", now - 7, "job_completed", 0.0, snapshot="m1", kind="external",
         memory=True, memory_processed_bytes=GIB, memory_remaining_bytes=3 * GIB))
     return (create, external)
+
+
+def exposition(since: float) -> bytes:
+    """The exporter's own rendering of the view as it stands now, one batch of vm1's creates
+    more for each second since `since` (vm1's create in flight has always run 42 s)."""
+    now = time.time()
+    return MetricsRenderer(store(now, batches=1 + int(now - since)), EXTERNAL_URL).render()[0]
 
 
 def store(now: float, batches: int = 1) -> StateStore:

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,27 @@ import pytest
 from lse_devtools.bundle import tool
 
 LOOPBACK = "127.0.0.1"
+
+
+def exposition_server(exposition: Callable[[], bytes]) -> http.server.ThreadingHTTPServer:
+    """A stand-in exporter on a free loopback port (its server_port), answering every GET with
+    exposition() in the text format, for a real Prometheus to scrape; shutdown() stops it."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def get_json(url: str, **params) -> dict:

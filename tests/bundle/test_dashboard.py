@@ -6,16 +6,13 @@ that read the series of #22 answered by a real Prometheus scraping a handwritten
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import shutil
-import threading
 import time
 
 import pytest
 import yaml
-from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer
 from lse_devtools import dashboard, handbuilt_view
 from lse_devtools.bundle import (
     JOB,
@@ -43,7 +40,7 @@ from lse_devtools.dashboard import (
     resolve_link,
 )
 from lse_devtools.exporter_proc import free_port
-from lse_devtools.services import prometheus, wait
+from lse_devtools.services import exposition_server, prometheus, wait
 
 GRAFANA = ROOT / "grafana"
 ALLOWED_TYPES = {"timeseries", "stat", "table", "bargauge", "heatmap", "xychart"}
@@ -496,24 +493,10 @@ def _exposition() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-class _Exporter(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        body = _exposition()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def _prometheus_scraping(tmp, handler):
-    """Debian's Prometheus scraping what handler serves every second as the bundle's job, with
-    the bundle's rules loaded; yields it once it has a few scrapes."""
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+def _prometheus_scraping(tmp, exposition):
+    """Debian's Prometheus scraping exposition() every second as the bundle's job, with the
+    bundle's rules loaded; yields it once it has a few scrapes."""
+    exporter = exposition_server(exposition)
     rules = tmp / "rules"
     rules.mkdir()
     for path in RULE_FILES:
@@ -543,7 +526,7 @@ def _prometheus_scraping(tmp, handler):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """Prometheus scraping the handwritten exposition."""
-    yield from _prometheus_scraping(tmp_path_factory.mktemp("dashboard-live"), _Exporter)
+    yield from _prometheus_scraping(tmp_path_factory.mktemp("dashboard-live"), _exposition)
 
 
 def _target(title: str, needle: str) -> dashboard.Query:
@@ -664,24 +647,12 @@ def test_guest_pause_panels_answer(live):
 
 
 # ---- Every query on the real exposition code's output -----------------------------------------
-class _RealExporter(_Exporter):
-    """What the exporter's own exposition code renders from lse_devtools.handbuilt_view (vm1:
-    a running guest with creates in flight and finishing, 4 a second; vm2: a failed delete)."""
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        now = time.time()
-        store = handbuilt_view.store(now, batches=1 + int(now - START))
-        body = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL).render()[0]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    yield from _prometheus_scraping(tmp_path_factory.mktemp("dashboard-real"), _RealExporter)
+    """What the exporter's own exposition code renders from lse_devtools.handbuilt_view (vm1:
+    a running guest with creates in flight and finishing, 4 a second; vm2: a failed delete)."""
+    yield from _prometheus_scraping(tmp_path_factory.mktemp("dashboard-real"),
+                                    lambda: handbuilt_view.exposition(START))
 
 
 def test_every_query_answers_on_the_exporters_exposition(real):

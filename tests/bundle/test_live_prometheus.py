@@ -14,46 +14,22 @@ Prometheus is Debian's 2.x, which expands external labels only with
 
 from __future__ import annotations
 
-import http.server
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
 import yaml
-from libvirt_snapshot_exporter.exposition.renderer import MetricsRenderer
 from lse_devtools import handbuilt_view
 from lse_devtools.bundle import PROM, alerting_rules, load_yaml, recording_rules, tool
 from lse_devtools.exporter_proc import free_port
-from lse_devtools.services import get_json, wait
+from lse_devtools.services import exposition_server, get_json, wait
 
 HYPERVISOR = "hv-e2e"
 J = 'job="libvirt-snapshot-exporter"'
 START = time.time()
-
-
-def _exposition() -> bytes:
-    """The real exposition code's text for the hand-built view, whose counters grow: one batch
-    of 4 creates a second (vm1's create in flight has run 42 s whenever it is scraped)."""
-    now = time.time()
-    store = handbuilt_view.store(now, batches=1 + int(now - START))
-    return MetricsRenderer(store, handbuilt_view.EXTERNAL_URL).render()[0]
-
-
-class _Exporter(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        body = _exposition()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 def _stop(process: subprocess.Popen):
@@ -68,8 +44,9 @@ def _stop(process: subprocess.Popen):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    # The real exposition code's text for the hand-built view, whose counters grow: one batch
+    # of 4 creates a second (vm1's create in flight has run 42 s whenever it is scraped).
+    exporter = exposition_server(lambda: handbuilt_view.exposition(START))
     prom_port = free_port()
 
     # The bundle's config and rules, with this machine's addresses and 1 s intervals.
