@@ -46,13 +46,13 @@ class OperationsLog:
     def __init__(self, directory: str, size: int = 1000) -> None:
         self.directory = Path(directory) if directory else None
         self.size = size
-        self._entries: deque[FinishedOperation] = deque(maxlen=size)
+        self._entries = Entries(size)
         self._lock = threading.Lock()
         self.write_errors = 0
         self.last_write_ok = True
         self.load_ok = True  # False when the log could not be read back at start
         self.invalid_entries = 0  # lines skipped when it was read back
-        self.version = 0  # bumped by every add(): what was rendered from it can be cached
+        self.version = 0  # bumped by every add() and amend(): what was rendered from it can be cached
         self._dirty = False
         self._lock_fd: int | None = None
         if self.directory is not None:
@@ -151,19 +151,33 @@ class OperationsLog:
         """Replace the entry with the same id (its verdict came after it); False when it has
         left the log."""
         with self._lock:
-            for index in range(len(self._entries) - 1, -1, -1):
-                if self._entries[index].id == entry.id:
-                    self._entries[index] = entry
-                    self.version += 1
-                    self._dirty = True
-                    return True
-        return False
+            if not self._entries.replace(entry):
+                return False
+            self.version += 1
+            self._dirty = True
+            return True
+
+    def get(self, entry_id: str) -> FinishedOperation | None:
+        """The entry with this id, None when it is not in the log: one look-up in the index,
+        as cheap for a missing id and a full log as for anything else."""
+        with self._lock:
+            return self._entries.get(entry_id)
 
     def page(self, offset: int, limit: int) -> tuple[list[FinishedOperation], int]:
         """Up to limit entries from offset, newest first, and how many the log holds."""
         with self._lock:
-            entries = list(itertools.islice(reversed(self._entries), offset, offset + limit))
-            return entries, len(self._entries)
+            return self._entries.newest(offset, limit), len(self._entries)
+
+    def of_domain(self, domain: str, limit: int) -> tuple[list[FinishedOperation], int]:
+        """Up to limit of the domain's entries, newest first, and how many it has: the cost of
+        `limit`, however long the log."""
+        with self._lock:
+            return self._entries.of_domain(domain, limit)
+
+    def domains(self) -> list[str]:
+        """The domains that have entries in the log."""
+        with self._lock:
+            return self._entries.domains()
 
     def flush(self) -> None:
         """Write the log if anything was added since the last write."""
@@ -196,6 +210,85 @@ class OperationsLog:
             log.info("operations log in %s writable again", self.directory)
         self.last_write_ok = True
         self._dirty = False
+
+
+class Entries:
+    """The log's entries, oldest first, in a ring of `size` slots, indexed by id and by domain,
+    so that adding, evicting, amending and finding an entry cost the same with 100,000 entries
+    as with 10, and a page costs its own length. An id logged twice (an edited file) finds the
+    newer entry. Not locked: OperationsLog holds its lock around every call."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ring: list[FinishedOperation] = []
+        self._added = 0  # entries ever appended: the next one's sequence number
+        self._by_id: dict[str, int] = {}  # id -> sequence number of its newest entry
+        self._by_domain: dict[str, deque[int]] = {}  # domain -> its sequence numbers, oldest first
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def __iter__(self) -> Iterator[FinishedOperation]:
+        start = self._start()
+        return itertools.chain(self._ring[start:], self._ring[:start])
+
+    def _start(self) -> int:
+        """The oldest entry's slot."""
+        return self._added % self.size if len(self._ring) == self.size else 0
+
+    def append(self, entry: FinishedOperation) -> None:
+        sequence = self._added
+        slot = sequence % self.size
+        if len(self._ring) < self.size:
+            self._ring.append(entry)
+        else:  # the oldest leaves
+            evicted = self._ring[slot]
+            if self._by_id.get(evicted.id) == sequence - self.size:
+                del self._by_id[evicted.id]
+            of_domain = self._by_domain[evicted.domain]
+            of_domain.popleft()
+            if not of_domain:
+                del self._by_domain[evicted.domain]
+            self._ring[slot] = entry
+        self._by_id[entry.id] = sequence
+        self._by_domain.setdefault(entry.domain, deque()).append(sequence)
+        self._added += 1
+
+    def get(self, entry_id: str) -> FinishedOperation | None:
+        sequence = self._by_id.get(entry_id)
+        return None if sequence is None else self._ring[sequence % self.size]
+
+    def replace(self, entry: FinishedOperation) -> bool:
+        """The entry with the same id (the same operation, so the same domain) becomes this one."""
+        sequence = self._by_id.get(entry.id)
+        if sequence is None:
+            return False
+        self._ring[sequence % self.size] = entry
+        return True
+
+    def newest(self, offset: int, limit: int) -> list[FinishedOperation]:
+        """Up to limit entries from the offset-th newest, newest first."""
+        end = len(self._ring) - offset  # oldest first, exclusive
+        if end <= 0 or limit <= 0:
+            return []
+        begin = max(0, end - limit)
+        first, last = self._start() + begin, self._start() + end
+        if first >= self.size:
+            chosen = self._ring[first - self.size:last - self.size]
+        elif last <= self.size:
+            chosen = self._ring[first:last]
+        else:
+            chosen = self._ring[first:] + self._ring[:last - self.size]
+        chosen.reverse()
+        return chosen
+
+    def of_domain(self, domain: str, limit: int) -> tuple[list[FinishedOperation], int]:
+        sequences = self._by_domain.get(domain, ())
+        return ([self._ring[s % self.size] for s in itertools.islice(reversed(sequences), limit)],
+                len(sequences))
+
+    def domains(self) -> list[str]:
+        return list(self._by_domain)
 
 
 def _unlocked(exc: OSError) -> str:
