@@ -450,3 +450,20 @@ def test_the_logged_verdict_is_on_the_landing_page_and_the_page_without_its_trac
     status, _, body = call(app, f"/operations/{slow_trace().id}")
     assert status == "200 OK" and b"Storage set the pace" in body and b"No trace is kept" in body
     assert call(app, f"/api/operations/{slow_trace().id}/verdict")[0] == "404 Not Found"
+
+
+def test_the_page_is_rendered_once_until_its_entry_or_its_trace_changes(app, monkeypatch):
+    renders = []
+    render = page.render
+    monkeypatch.setattr(page, "render", lambda *args: renders.append(args) or render(*args))
+    path = f"/operations/{slow_trace().id}"
+    first = call(app, path)
+    assert all(call(app, path) == first for _ in range(20)) and len(renders) == 1
+    app.oplog.add(history()[0])  # another operation logged: this page is as it was
+    assert call(app, path) == first and len(renders) == 1
+    judged = dataclasses.replace(slow_create(), verdict=verdict("storage-slow"))
+    assert app.oplog.amend(judged)  # its verdict came
+    assert b"Storage set the pace" in call(app, path)[2] and len(renders) == 2
+    app.api.traces = TraceStore(str(app.oplog.directory / "elsewhere"), 5, 2**24)  # trace gone
+    assert b"No trace is kept" in call(app, path)[2] and len(renders) == 3
+    assert call(app, "/operations/" + "0" * 16)[0] == "404 Not Found" and len(renders) == 3

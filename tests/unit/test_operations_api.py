@@ -1,6 +1,7 @@
 """/api/operations and the lookup of one operation, without HTTP: pages of the log and where
 the next starts, the operations in flight before them, a page rendered once per version of the
-log, parameters out of range, and the verdict kept, judged from the trace, or absent."""
+log and sent as it is kept, parameters out of range, the verdict kept, judged from the trace,
+or absent, and an operation found by its id without going through the log."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def entry(i: int) -> FinishedOperation:
                              START + 60 * i + 2, 2.0, "success", snapshot=f"s{i}")
 
 
-def api_of(entries: list[FinishedOperation], traces: TraceStore | None = None) -> OperationsApi:
-    oplog = OperationsLog(None)
+def api_of(entries: list[FinishedOperation], traces: TraceStore | None = None,
+           size: int = 1000) -> OperationsApi:
+    oplog = OperationsLog(None, size)
     for e in entries:
         oplog.add(e)
     return OperationsApi(StateStore(View.initial("test:///default")), oplog, traces)
@@ -36,7 +38,7 @@ def api_of(entries: list[FinishedOperation], traces: TraceStore | None = None) -
 
 def page(api: OperationsApi, query: str = "") -> dict:
     params = dict(p.split("=") for p in query.split("&")) if query else {}
-    return json.loads(api.operations_json({k: [v] for k, v in params.items()}))
+    return json.loads(b"".join(api.operations_json({k: [v] for k, v in params.items()})))
 
 
 def test_pages_of_the_log_newest_first_and_where_the_next_starts():
@@ -55,8 +57,9 @@ def test_a_page_is_rendered_once_per_version_of_the_log(monkeypatch):
     reads = []
     read = api.oplog.page
     monkeypatch.setattr(api.oplog, "page", lambda *args: reads.append(args) or read(*args))
-    assert api.operations_json({}) == api.operations_json({})
-    assert reads == [(0, 1000)]
+    first, again = api.operations_json({}), api.operations_json({})
+    assert first == again and reads == [(0, 1000)]
+    assert first[1] is again[1]  # the cached bytes themselves are sent, never a copy of them
     api.oplog.add(entry(1))
     assert page(api)["total"] == 2 and len(reads) == 2
 
@@ -96,3 +99,25 @@ def test_the_verdict_served_is_the_one_kept_in_the_log_never_judged_again(tmp_pa
     untraced = history()[0]
     assert api.judged(untraced.id) == (untraced, None, None)
     assert api.verdict_json(untraced.id) is None and api.judged("0" * 16) is None
+
+
+class Untouchable:
+    """A trace store that fails the test when read."""
+
+    def get(self, trace_id: str) -> bytes | None:
+        raise AssertionError(f"trace {trace_id} read for an id not in the log")
+
+
+def test_an_id_is_found_in_the_index_and_a_missing_one_costs_one_look_up(monkeypatch):
+    entries = [entry(i) for i in range(5000)]
+    api = api_of(entries, Untouchable(), size=5000)
+
+    def scan(*_args: object) -> None:
+        raise AssertionError("the log was copied to find one id")
+
+    monkeypatch.setattr(api.oplog, "page", scan)
+    for missing in ("0" * 16, "f" * 16, entries[0].id[::-1]):
+        assert api.judged(missing) is None and api.verdict_json(missing) is None
+        assert api.found(missing) is None
+    api.traces = None
+    assert api.judged(entries[1234].id) == (entries[1234], None, None)

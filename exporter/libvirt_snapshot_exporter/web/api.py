@@ -2,8 +2,10 @@
 log, newest first) and one logged operation with its trace and verdict (its page, and
 /api/operations/<id>/trace and /verdict).
 
-Each page's JSON is rendered once per version of the log, so clients looping on the API cost
-little more than the bytes they fetch.
+Each page's JSON is rendered once per version of the log and sent as the very bytes kept (no
+copy per request), so clients looping on the API, or not reading what they asked for, cost
+little more than the bytes they fetch. An operation is found by its id in the log's index: a
+missing id costs one look-up, whatever the log's size.
 """
 
 from __future__ import annotations
@@ -74,13 +76,14 @@ class OperationsApi:
             })
         return in_flight
 
-    def operations_json(self, params: dict[str, list[str]]) -> bytes:
+    def operations_json(self, params: dict[str, list[str]]) -> list[bytes]:
         """In flight (always all of them, a handful), then the page of the log that `offset`
-        and `limit` ask for; `next_offset` is where the next page starts (null after the last)."""
+        and `limit` ask for; `next_offset` is where the next page starts (null after the last).
+        In chunks: the page's are the cached bytes themselves, never a copy per request."""
         offset = int_param(params, "offset", 0, 0, OFFSET_MAXIMUM)
         limit = int_param(params, "limit", PAGE_DEFAULT, 1, PAGE_MAXIMUM)
         in_flight = json.dumps(self.in_flight()).encode()
-        return b'{"in_flight": ' + in_flight + b", " + self._log_page(offset, limit) + b"}"
+        return [b'{"in_flight": ' + in_flight + b", ", self._log_page(offset, limit), b"}"]
 
     def _log_page(self, offset: int, limit: int) -> bytes:
         """The '"operations": [...], ...' part, rendered once per version of the log."""
@@ -108,21 +111,27 @@ class OperationsApi:
         return self.traces.get(trace_id) if self.traces is not None else None
 
     def verdict_json(self, trace_id: str) -> bytes | None:
-        """The verdict on an operation whose trace is kept; None without either."""
-        judged = self.judged(trace_id)
-        if judged is None or judged[1] is None or judged[2] is None:
+        """The verdict on an operation whose trace is kept; None without either (the log's
+        index answers first, so a missing id never reads a trace)."""
+        entry = self.oplog.get(trace_id)
+        if entry is None or entry.verdict is None or self.trace_json(trace_id) is None:
             return None
-        return json.dumps({"id": trace_id, **judged[2].to_json()}).encode()
+        return json.dumps({"id": trace_id, **entry.verdict.to_json()}).encode()
+
+    def found(self, trace_id: str) -> tuple[FinishedOperation, bytes | None] | None:
+        """A logged operation and its trace's JSON (None when not kept); None when the
+        operation has left the log: what its page is made from."""
+        entry = self.oplog.get(trace_id)
+        return None if entry is None else (entry, self.trace_json(trace_id))
 
     def judged(self, trace_id: str) -> Judged | None:
         """A logged operation, its trace (None when not kept) and its verdict (None before its
         trace was complete); None when the operation has left the log."""
-        entries, _ = self.oplog.page(0, self.oplog.size)
-        entry = next((e for e in entries if e.id == trace_id), None)
-        if entry is None:
-            return None
-        body = self.trace_json(trace_id)
-        trace = from_json(json.loads(body)) if body is not None else None
-        # The verdict is verdict/keeper.py's, given once the trace was complete: none while it
-        # is still being sampled.
-        return entry, trace, entry.verdict
+        found = self.found(trace_id)
+        return None if found is None else judged(*found)
+
+
+def judged(entry: FinishedOperation, body: bytes | None) -> Judged:
+    """The entry with its trace read from its JSON. The verdict is verdict/keeper.py's, given
+    once the trace was complete: none while it is still being sampled."""
+    return entry, from_json(json.loads(body)) if body is not None else None, entry.verdict

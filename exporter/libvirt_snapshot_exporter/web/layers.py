@@ -21,11 +21,14 @@ PLAIN = "text/plain; charset=utf-8"
 StartResponse = Callable[..., Any]
 
 
-def send(start_response: StartResponse, status: str, ctype: str, body: bytes,
+def send(start_response: StartResponse, status: str, ctype: str, body: bytes | list[bytes],
          headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
-    """One whole answer: every response of this server is built here."""
-    start_response(status, [("Content-Type", ctype), *headers, ("Content-Length", str(len(body)))])
-    return [body]
+    """One whole answer: every response of this server is built here. A body in chunks is
+    sent chunk by chunk, so a large cached chunk goes out as it is kept, never copied."""
+    chunks = [body] if isinstance(body, bytes) else body
+    length = sum(map(len, chunks))
+    start_response(status, [("Content-Type", ctype), *headers, ("Content-Length", str(length))])
+    return chunks
 
 
 class Methods:

@@ -17,8 +17,9 @@ from prometheus_client.exposition import gzip_accepted
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
 from . import landing_page, operation_page, runbook
-from .api import BadRequest, OperationsApi, Traces
+from .api import BadRequest, OperationsApi, Traces, judged
 from .layers import StartResponse, send
+from .page_cache import PageCache
 
 GZIP_LEVEL = 6  # zlib's default: most of level 9's gain for a fraction of its CPU
 
@@ -27,6 +28,7 @@ OPERATION_PATH = re.compile(r"/operations/([0-9a-f]{16})")
 STATIC_PATH = re.compile(r"/static/([A-Za-z0-9._-]+)")
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
+OPERATION_PAGES = 32  # operation pages kept rendered
 
 RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
 
@@ -40,6 +42,7 @@ class App:
         self.render_metrics = render_metrics
         self.telemetry_path = telemetry_path
         self.api = OperationsApi(store, oplog, traces)
+        self.operation_pages: PageCache[bytes] = PageCache(OPERATION_PAGES)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -58,8 +61,8 @@ class App:
             return send(start_response, "200 OK", HTML, self.landing(params).encode())
         if path == "/runbook":
             return send(start_response, "200 OK", HTML, runbook.render())
-        if (match := OPERATION_PATH.fullmatch(path)) and (judged := self.api.judged(match[1])):
-            return send(start_response, "200 OK", HTML, operation_page.render(*judged).encode())
+        if (match := OPERATION_PATH.fullmatch(path)) and (page := self.operation(match[1])):
+            return send(start_response, "200 OK", HTML, page)
         if ((match := STATIC_PATH.fullmatch(path))
                 and (found := operation_page.static_file(match[1]))):
             return send(start_response, "200 OK", found[1], found[0],
@@ -83,6 +86,15 @@ class App:
         headers.append(("Content-Length", str(len(body))))
         start_response("200 OK", headers)
         return [body]
+
+    def operation(self, operation_id: str) -> bytes | None:
+        """Its page, rendered once per version of its entry and of its trace (a verdict or a
+        trace coming or going renders it again); None when it is not in the log."""
+        found = self.api.found(operation_id)
+        if found is None:
+            return None
+        return self.operation_pages.get(
+            operation_id, found, lambda: operation_page.render(*judged(*found)).encode())
 
     def landing(self, params: dict[str, list[str]] | None = None) -> str:
         """The whole log, for `?domain=` to find every operation of the domain; the page
