@@ -1,14 +1,20 @@
-"""The WSGI layers in front of the routes, the bounds on connections, binding every address
-without IPv6, and the runbook the exporter serves."""
+"""The WSGI layers in front of the routes, the bounds on connections (the lane kept for the
+scrapes, the pace and deadline of answers, with real sockets on loopback), binding every
+address without IPv6, and the runbook the exporter serves."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
 import re
 import socket
 import socketserver
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
 
 import bcrypt
 import pytest
@@ -118,12 +124,12 @@ def test_connections_make_room_by_dropping_the_oldest_still_sending_its_head():
     pairs = [socket.socketpair() for _ in range(4)]
     try:
         conns = [http_server.Connection(ours) for ours, _ in pairs]
-        bounds = http_server.Connections(limit=2, head_timeout=5.0)
+        bounds = http_server.Connections(limit=2, head_timeout=5.0, reserved=0)
         assert bounds.admit(conns[0]) and bounds.admit(conns[1])
-        bounds.head_read(conns[1])  # being answered: never dropped for room
+        assert bounds.head_read(conns[1], lane=False)  # being answered: never dropped for room
         assert bounds.admit(conns[2])  # conns[0] made room
         assert pairs[0][1].recv(1) == b""  # its client sees the end
-        bounds.head_read(conns[2])
+        assert bounds.head_read(conns[2], lane=False)
         assert not bounds.admit(conns[3])  # all being answered: refused
         bounds.closed(conns[1])
         assert bounds.admit(conns[3])
@@ -133,16 +139,147 @@ def test_connections_make_room_by_dropping_the_oldest_still_sending_its_head():
             theirs.close()
 
 
+def test_requests_outside_the_lane_leave_its_slots_free():
+    pairs = [socket.socketpair() for _ in range(5)]
+    try:
+        conns = [http_server.Connection(ours) for ours, _ in pairs]
+        bounds = http_server.Connections(limit=4, head_timeout=5.0, reserved=2)
+        assert all(bounds.admit(c) for c in conns[:4])
+        assert bounds.head_read(conns[0], lane=False) and bounds.head_read(conns[1], lane=False)
+        assert not bounds.head_read(conns[2], lane=False)  # would take a slot of the lane
+        assert bounds.head_read(conns[3], lane=True)
+        bounds.closed(conns[2])
+        assert bounds.admit(conns[4]) and bounds.head_read(conns[4], lane=True)
+        bounds.closed(conns[0])
+        assert bounds.head_read(conns[2], lane=False)  # a slot outside the lane came free
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
 def test_connections_whose_head_is_late_are_dropped():
     ours, theirs = socket.socketpair()
     try:
-        bounds = http_server.Connections(limit=8, head_timeout=0.0)
+        bounds = http_server.Connections(limit=8, head_timeout=0.0, reserved=2)
         bounds.admit(http_server.Connection(ours))
         bounds.reap()
         assert theirs.recv(1) == b""
     finally:
         ours.close()
         theirs.close()
+
+
+BIG = b"x" * (8 * 2**20)
+
+
+def big_app(environ: dict, start_response) -> list[bytes]:
+    """An 8 MB answer outside the lane, a small one in it (the telemetry path)."""
+    body = b"up 1\n" if environ["PATH_INFO"] == "/metrics" else BIG
+    return wsgi_layers.send(start_response, "200 OK", "text/plain", body)
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[http_server.ThreadingWSGIServer]:
+    server = http_server.serve(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def never_reading(port: int, path: str = "/big") -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+def test_a_scrape_finds_a_slot_while_every_other_is_held_by_clients_that_never_read(monkeypatch):
+    monkeypatch.setattr(http_server, "MAX_CONNECTIONS", 6)
+    monkeypatch.setattr(http_server, "LANE_SLOTS", 2)
+    with serving(big_app) as server:
+        port = server.server_address[1]
+        greedy = [never_reading(port) for _ in range(10)]
+        try:
+            time.sleep(0.5)  # all heads read: 4 being answered, the rest refused
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                assert answer.status == 200 and answer.read() == b"up 1\n"
+            answers = []
+            for sock in greedy:
+                sock.settimeout(5)
+                answers.append(sock.recv(12))
+            # 4 answered, the others refused: a 503 once their head is read, or closed
+            assert answers.count(b"HTTP/1.0 200") == 4
+            assert set(answers) <= {b"HTTP/1.0 200", b"HTTP/1.0 503", b""}
+        finally:
+            for sock in greedy:
+                sock.close()
+
+
+def test_a_client_that_does_not_read_its_answer_loses_its_connection(monkeypatch):
+    monkeypatch.setattr(http_server, "WRITE_STALL", 0.5)
+    with serving(big_app) as server:
+        sock = never_reading(server.server_address[1])
+        try:
+            time.sleep(3)  # the answer stalled long enough for the server to give up
+            sock.settimeout(10)
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(2**20):
+                    received += len(chunk)
+            assert 0 < received < len(BIG)  # cut, with room: the kernel's buffers held some
+        finally:
+            sock.close()
+
+
+def test_an_answer_must_be_taken_within_its_deadline_whatever_its_pace():
+    ours, theirs = socket.socketpair()
+    try:
+        writer = http_server.PacedWriter(ours, stall=5.0, seconds=0.0)
+        with pytest.raises(TimeoutError):
+            writer.write(b"x" * 10)
+        writer = http_server.PacedWriter(ours, stall=0.2, seconds=60.0)
+        with pytest.raises(TimeoutError):
+            writer.write(BIG)  # nobody reads theirs
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_outside_the_lane_a_few_answers_are_computed_at_once():
+    running, most, lock = [0], [0], threading.Lock()
+    release = threading.Event()
+
+    def slow_app(environ: dict, start_response) -> list[bytes]:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(5)
+        with lock:
+            running[0] -= 1
+        return [b""]
+
+    app = wsgi_layers.Lanes(slow_app, ["/metrics"], workers=2)
+    others = [threading.Thread(target=app, args=(environ(path=f"/p{i}"), Recorder()))
+              for i in range(6)]
+    for thread in others:
+        thread.start()
+    time.sleep(0.3)
+    assert most[0] == 2
+    scrape = threading.Thread(target=app, args=(environ(path="/metrics"), Recorder()))
+    scrape.start()
+    time.sleep(0.3)
+    assert most[0] == 3  # the scrape did not wait for a worker
+    release.set()
+    for thread in [*others, scrape]:
+        thread.join()
+    assert running[0] == 0
 
 
 def test_the_runbook_is_served_with_a_section_for_every_alert(tmp_path):

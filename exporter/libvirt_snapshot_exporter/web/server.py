@@ -1,6 +1,8 @@
 """The HTTP server: wsgiref's threading server, hardened. Optional TLS from the web config
-file, and bounds on what slow, silent or garbage-speaking clients can hold: a deadline for the
-request head, one for every read and write, and a cap on open connections.
+file, and bounds on what slow, silent, greedy or garbage-speaking clients can hold: a deadline
+for the request head, one for every read, a minimum pace and a deadline for every answer, a cap
+on open connections, and slots no other path can take from the scrapes (the lane: the
+telemetry path and /-/healthy).
 """
 
 from __future__ import annotations
@@ -15,18 +17,24 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from .layers import Guard, Methods, Safe
+from .layers import Guard, Lanes, Methods, Safe
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
 HEAD_TIMEOUT = 5.0  # seconds a client has to send its request head, TLS handshake included
-IO_TIMEOUT = 30.0  # seconds any single read or write may stall
+IO_TIMEOUT = 30.0  # seconds any single read may stall
 MAX_CONNECTIONS = 128  # a scraper needs one at a time; each costs a thread while open
+LANE_SLOTS = 8  # of them, kept for the lane: other paths answer 503 when they would take these
+WRITE_CHUNK = 64 * 1024  # an answer is sent in chunks of this size...
+WRITE_STALL = 5.0  # ...each of which the client must take within this many seconds
+ANSWER_SECONDS = 60.0  # and the whole answer within this many: 15 MB at 250 KB/s
+LANE_WORKERS = 4  # requests outside the lane computing their answer at once (layers.Lanes)
 
 
 class Connection:
@@ -40,14 +48,19 @@ class Connections:
     """Bounds what clients can hold: a request head (TLS handshake included) must arrive within
     HEAD_TIMEOUT, and at MAX_CONNECTIONS the oldest connection still sending its head is dropped
     for the new one, so slow or half-open clients cannot starve a scrape, nor grow threads and
-    file descriptors without bound. wsgiref serves one request per connection."""
+    file descriptors without bound. Requests outside the lane may hold all but `reserved` of
+    the connections: past that they are refused once their head is read, so a scrape always
+    finds a slot, whatever the other clients ask for and however slowly they read.
+    wsgiref serves one request per connection."""
 
-    def __init__(self, limit: int, head_timeout: float) -> None:
+    def __init__(self, limit: int, head_timeout: float, reserved: int) -> None:
         self.limit = limit
         self.head_timeout = head_timeout
+        self.reserved = reserved
         self._lock = threading.Lock()
         self._open: set[Connection] = set()
         self._heading: dict[Connection, float] = {}  # still sending the head; oldest first
+        self._others: set[Connection] = set()  # answering a request outside the lane
 
     def admit(self, conn: Connection) -> bool:
         with self._lock:
@@ -59,13 +72,22 @@ class Connections:
             self._heading[conn] = time.monotonic()
             return True
 
-    def head_read(self, conn: Connection) -> None:
+    def head_read(self, conn: Connection, lane: bool) -> bool:
+        """Whether the request may be answered: always in the lane; outside it while the
+        others answered hold fewer than all but the reserved slots."""
         with self._lock:
             self._heading.pop(conn, None)
+            if lane:
+                return True
+            if len(self._others) >= self.limit - self.reserved:
+                return False
+            self._others.add(conn)
+            return True
 
     def closed(self, conn: Connection) -> None:
         with self._lock:
             self._heading.pop(conn, None)
+            self._others.discard(conn)
             self._open.discard(conn)
 
     def reap(self) -> None:
@@ -78,6 +100,7 @@ class Connections:
     def _drop_locked(self, conn: Connection) -> None:
         """Its thread sees end of file and ends; the slot is free now."""
         self._heading.pop(conn, None)
+        self._others.discard(conn)
         self._open.discard(conn)
         with contextlib.suppress(OSError):
             conn.sock.shutdown(socket.SHUT_RDWR)
@@ -91,10 +114,16 @@ class _Handler(WSGIRequestHandler):
         self.conn: Connection = self.request
         self.request = self.conn.sock
         super().setup()
+        self.wfile = PacedWriter(self.conn.sock, WRITE_STALL, ANSWER_SECONDS)
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()  # reads the headers too
-        self.server.connections.head_read(self.conn)
+        lane = not parsed or urlsplit(self.path).path in self.server.lane
+        if not self.server.connections.head_read(self.conn, lane):
+            log.debug("%s: refused, the other clients hold their share of the connections",
+                      self.address_string())
+            self.send_error(503, "Busy: try again later")
+            return False
         return parsed
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -104,6 +133,34 @@ class _Handler(WSGIRequestHandler):
         """Where wsgiref writes the traceback of a response it could not send (a client that
         stopped reading until the write timed out): the debug log, not stderr."""
         return _DebugStream()
+
+
+class PacedWriter(io.BufferedIOBase):
+    """Where an answer is written: in chunks, each of which the client must take within
+    `stall` seconds, the whole answer within `seconds` (from its first byte), so a client that
+    does not read, or reads too slowly, loses its connection instead of keeping a slot (and the
+    thread and memory that go with it) for as long as it likes."""
+
+    def __init__(self, sock: socket.socket, stall: float, seconds: float) -> None:
+        self.sock = sock
+        self.stall = stall
+        self.seconds = seconds
+        self.deadline: float | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.seconds
+        for start in range(0, len(view), WRITE_CHUNK):
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"answer not taken within {self.seconds:g} s")
+            self.sock.settimeout(min(self.stall, left))
+            self.sock.sendall(view[start:start + WRITE_CHUNK])
+        return len(view)
 
 
 class _DebugStream(io.TextIOBase):
@@ -126,9 +183,11 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext | None = None,
+                 lane: Collection[str] = ("/metrics", "/-/healthy")) -> None:
         self.tls = tls
-        self.connections = Connections(MAX_CONNECTIONS, HEAD_TIMEOUT)
+        self.lane = frozenset(lane)  # the paths that keep LANE_SLOTS for themselves
+        self.connections = Connections(MAX_CONNECTIONS, HEAD_TIMEOUT, LANE_SLOTS)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
 
@@ -180,24 +239,29 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
 NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
-def bind(host: str, port: int, tls: ssl.SSLContext | None) -> ThreadingWSGIServer:
+def bind(host: str, port: int, tls: ssl.SSLContext | None,
+         lane: Collection[str] = ("/metrics", "/-/healthy")) -> ThreadingWSGIServer:
     """host '' is every address: one IPv6 socket that takes IPv4 too, or IPv4 alone on a
     machine without IPv6."""
     if host:
-        return ThreadingWSGIServer((host, port), tls)
+        return ThreadingWSGIServer((host, port), tls, lane)
     try:
-        return ThreadingWSGIServer(("::", port), tls)
+        return ThreadingWSGIServer(("::", port), tls, lane)
     except OSError as exc:
         if exc.errno not in NO_IPV6:
             raise
         log.info("no IPv6 (%s): listening on IPv4 only", exc.strerror)
-        return ThreadingWSGIServer(("0.0.0.0", port), tls)
+        return ThreadingWSGIServer(("0.0.0.0", port), tls, lane)
 
 
 def serve(app: Callable, host: str, port: int, web: WebConfig | None = None) -> ThreadingWSGIServer:
-    """Bind now (so a bad address fails at startup); the caller runs serve_forever()."""
+    """Bind now (so a bad address fails at startup); the caller runs serve_forever(). The lane
+    is the app's telemetry path (routes.App's) and /-/healthy."""
+    lane = (getattr(app, "telemetry_path", "/metrics"), "/-/healthy")
     if web is not None and (web.users or web.headers):
         app = Guard(app, web)
-    server = bind(host, port, web.tls if web else None)
-    server.set_app(Safe(Methods(app)))  # Methods outside Guard: a HEAD answered 401 has no body
+    server = bind(host, port, web.tls if web else None, lane)
+    # Methods outside Guard: a HEAD answered 401 has no body; Lanes outside all: a request
+    # waiting for a worker holds no lock and has done no work yet
+    server.set_app(Lanes(Safe(Methods(app)), lane, LANE_WORKERS))
     return server
