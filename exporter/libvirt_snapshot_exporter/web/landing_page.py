@@ -8,13 +8,18 @@ The page updates itself: static/landing-page.js asks /api/operations every few s
 whether anything started, ended or was judged, and then fetches this page again (with its
 filter) to replace the table; without JavaScript the page reloads itself while an operation
 it shows is in flight.
+
+What it shows of the log (`Logged`: its rows and the domain menu) is made once per version of
+the log and filter (routes.App keeps them), from the log's indexes: a request costs the
+operations in flight and the page's own rows, never the log's length.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
@@ -134,7 +139,7 @@ def signature(in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOp
     return " ".join(sorted(str(e.get("id", "")) for e in in_flight)) + f"|{total}|{newest}"
 
 
-def _domain_filter(domains: Sequence[str], domain: str) -> str:
+def _domain_filter(domains: Collection[str], domain: str) -> str:
     e = html.escape
     known = sorted(set(domains) | ({domain} if domain else set()))
     options = "".join(f'<option value="{e(d)}"{" selected" if d == domain else ""}>{e(d)}</option>'
@@ -172,18 +177,40 @@ tr.failed{background:#fdd}tr.failed td:first-child{box-shadow:inset 4px 0 #b00}
 .note{color:#555;max-width:75em}#filter{margin:.5em 0}#filter select{max-width:30em}"""
 
 
-def render(view: View, in_flight: Sequence[dict[str, Any]], finished: Sequence[FinishedOperation],
-           total: int, telemetry_path: str, domain: str = "") -> str:
-    """`finished` is the newest of the `total` logged (the whole log, for the filter to find
-    every operation of `domain`); the page shows the ROWS newest of those of `domain` (every
-    domain when it is '') and says where the rest are."""
+@dataclass(frozen=True)
+class Logged:
+    """What the page shows of the log for one `?domain=` filter, made once per version of the
+    log: the ROWS newest of the domain's operations (of all for '') as HTML rows, how many it
+    has, the domain menu, and the newest operations the page's signature follows."""
+
+    rows: str
+    shown: int
+    matching: int  # the domain's operations in the log; all of them for ''
+    total: int
+    domains: frozenset[str]
+    menu: str
+    newest: tuple[FinishedOperation, ...]  # SIGNATURE_NEWEST of every domain
+
+    @classmethod
+    def of(cls, shown: Sequence[FinishedOperation], matching: int, total: int,
+           domains: Collection[str], newest: Sequence[FinishedOperation], domain: str) -> Logged:
+        """`shown`: the newest of the domain's `matching` operations (the page shows ROWS)."""
+        return cls("".join(rows((), shown[:ROWS])), min(len(shown), ROWS), matching, total,
+                   frozenset(domains), _domain_filter(domains, domain),
+                   tuple(newest[:SIGNATURE_NEWEST]))
+
+
+def render(view: View, in_flight: Sequence[dict[str, Any]], logged: Logged,
+           telemetry_path: str, domain: str = "") -> str:
+    """The operations in flight of `domain` (every domain when it is '') over what `logged`
+    shows of the log, saying where the rest are."""
     e = html.escape
     head = "".join(f'<th title="{e(HINTS[key])}">{e(title)}</th>' if key in HINTS
                    else f"<th>{e(title)}</th>" for title, key in STUDY_COLUMNS)
-    matching = [r for r in finished if not domain or r.domain == domain]
     flying = [o for o in in_flight if not domain or o.get("domain") == domain]
-    shown = _shown(min(len(matching), ROWS), len(matching), total, domain)
-    domains = [r.domain for r in finished] + [str(o.get("domain", "")) for o in in_flight]
+    shown = _shown(logged.shown, logged.matching, logged.total, domain)
+    unlogged = {str(o.get("domain", "")) for o in in_flight} - logged.domains
+    menu = _domain_filter(logged.domains | unlogged, domain) if unlogged else logged.menu
     qemu = view.versions.hypervisor if view.versions else "?"
     empty = ("no snapshot operation seen yet" if not domain else
              "no snapshot operation of this domain in the log")
@@ -198,17 +225,17 @@ def render(view: View, in_flight: Sequence[dict[str, Any]], finished: Sequence[F
 &middot; <a href="{e(telemetry_path.lstrip("/"))}">metrics</a> &middot;
 <a href="api/operations">operations as JSON</a> &middot; <a href="runbook">runbook</a></p>
 <h2>Snapshot operations, newest first</h2>
-{_domain_filter(domains, domain)}
+{menu}
 <p class=note id=refresh data-poll="{POLL_SECONDS}">This page updates itself: it checks every
 {POLL_SECONDS} s for operations starting, ending or being judged (without JavaScript, it reloads
 every {RELOAD_SECONDS} s while an operation is in flight). Times are the hypervisor's, with
 their offset from UTC. The verdict: what set the pace, and how many times slower than expected
 the operation was; each domain links to its operation's page.
 <span id=checked></span></p>
-<div id=live data-signature="{e(signature(in_flight, finished, total))}">
+<div id=live data-signature="{e(signature(in_flight, logged.newest, logged.total))}">
 <p id=shown>{shown}</p>
 <table id=operations><tr>{head}</tr>
-{''.join(rows(flying, matching[:ROWS]))
+{''.join(rows(flying, ())) + logged.rows
  or f'<tr><td colspan={len(STUDY_COLUMNS)}>{empty}</td></tr>'}
 </table></div>
 <script src="{static_url("landing-page.js")}"></script>

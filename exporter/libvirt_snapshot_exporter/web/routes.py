@@ -29,6 +29,7 @@ STATIC_PATH = re.compile(r"/static/([A-Za-z0-9._-]+)")
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 OPERATION_PAGES = 32  # operation pages kept rendered
+LANDING_FILTERS = 16  # `?domain=` filters whose part of the landing page is kept rendered
 
 RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
 
@@ -43,6 +44,7 @@ class App:
         self.telemetry_path = telemetry_path
         self.api = OperationsApi(store, oplog, traces)
         self.operation_pages: PageCache[bytes] = PageCache(OPERATION_PAGES)
+        self.landing_logs: PageCache[landing_page.Logged] = PageCache(LANDING_FILTERS)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -97,8 +99,17 @@ class App:
             operation_id, found, lambda: operation_page.render(*judged(*found)).encode())
 
     def landing(self, params: dict[str, list[str]] | None = None) -> str:
-        """The whole log, for `?domain=` to find every operation of the domain; the page
-        shows the newest of those (landing_page.ROWS)."""
-        finished, total = self.oplog.page(0, self.oplog.size)
-        return landing_page.render(self.store.view, self.api.in_flight(), finished, total,
-                                   self.telemetry_path, landing_page.domain_param(params or {}))
+        """The landing page: what it shows of the log made once per version of the log and
+        `?domain=` filter, from the log's indexes (every operation of the domain is found, not
+        only the newest of the log); in flight as it stands now."""
+        domain = landing_page.domain_param(params or {})
+        logged = self.landing_logs.get(domain, self.oplog.version, lambda: self._logged(domain))
+        return landing_page.render(self.store.view, self.api.in_flight(), logged,
+                                   self.telemetry_path, domain)
+
+    def _logged(self, domain: str) -> landing_page.Logged:
+        newest, total = self.oplog.page(0, landing_page.ROWS)
+        shown, matching = self.oplog.of_domain(domain, landing_page.ROWS) if domain \
+            else (newest, total)
+        return landing_page.Logged.of(shown, matching, total, self.oplog.domains(), newest,
+                                      domain)
