@@ -1,8 +1,10 @@
 """The operations log read back from whatever the state directory holds: every record checked,
-bad lines skipped and counted, special files refused without blocking, one lock per directory."""
+bad lines skipped and counted, special files refused without blocking, one lock per directory;
+the index by id and by domain kept in step with adds, amends and evictions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -228,3 +230,54 @@ def test_amend_replaces_the_entry_with_the_same_id_and_is_written(tmp_path):
     again = OperationsLog(str(tmp_path))
     entries, _ = again.page(0, 10)
     assert [e.verdict for e in entries] == [None, judged.verdict]
+
+
+def _op(n: int, domain: str = "vm1", **fields) -> FinishedOperation:
+    return FinishedOperation.from_json({**GOOD, "snapshot": f"s{n}", "domain": domain,
+                                        "start": GOOD["start"] + n, **fields})
+
+
+def test_the_index_follows_adds_amends_and_evictions():
+    log = OperationsLog(None, 3)
+    ops = [_op(n, f"vm{n % 2}") for n in range(5)]
+    for op in ops:
+        log.add(op)
+    assert [log.get(op.id) for op in ops] == [None, None, *ops[2:]]
+    assert log.page(0, 10) == (ops[:1:-1], 3) and log.page(1, 1) == ([ops[3]], 3)
+    assert not log.amend(dataclasses.replace(ops[1], error="late"))  # evicted
+    judged = dataclasses.replace(ops[2], verdict=FinishedOperation.from_json(
+        {**GOOD, "verdict": VERDICT}).verdict)
+    version = log.version
+    assert log.amend(judged) and log.get(ops[2].id) is judged and log.version == version + 1
+    assert log.page(0, 10)[0] == [ops[4], ops[3], judged]
+    assert log.of_domain("vm0", 10) == ([ops[4], judged], 2)
+    assert log.of_domain("vm1", 1) == ([ops[3]], 1) and log.of_domain("vm9", 5) == ([], 0)
+    log.add(_op(5, "vm1"))
+    log.add(_op(6, "vm1"))
+    assert sorted(log.domains()) == ["vm0", "vm1"] and log.of_domain("vm0", 5)[1] == 1
+    log.add(_op(7, "vm1"))  # vm0's last one leaves
+    assert log.domains() == ["vm1"] and log.get(ops[4].id) is None
+
+
+def test_an_id_logged_twice_finds_the_newer_until_it_leaves(tmp_path):
+    old, new = _op(1), _op(1, error="again")
+    assert old.id == new.id
+    (tmp_path / LOG_NAME).write_text("".join(json.dumps(op.to_json()) + "\n" for op in (old, new)))
+    log = OperationsLog(str(tmp_path), 2)
+    assert log.get(old.id) == new  # read back from the file: indexed too
+    log.add(_op(2))  # the older of the two leaves: the index keeps the newer
+    assert log.get(old.id) == new
+    log.add(_op(3))
+    assert log.get(old.id) is None
+
+
+def test_pages_across_the_ring_s_wrap_newest_first():
+    log = OperationsLog(None, 7)
+    ops = [_op(n) for n in range(19)]
+    for op in ops:
+        log.add(op)
+    newest = ops[::-1][:7]
+    for offset in range(9):
+        for limit in range(1, 9):
+            assert log.page(offset, limit) == (newest[offset:offset + limit], 7)
+    assert [e.snapshot for e in log._entries] == [f"s{n}" for n in range(12, 19)]  # oldest first
