@@ -23,6 +23,7 @@ from libvirt_snapshot_exporter.store.view import StateStore, View
 from libvirt_snapshot_exporter.web import layers as wsgi_layers
 from libvirt_snapshot_exporter.web import routes
 from libvirt_snapshot_exporter.web import server as http_server
+from libvirt_snapshot_exporter.web.page_cache import PageCache
 from libvirt_snapshot_exporter.web.webconfig import WebConfig
 from lse_devtools.bundle import PROM, load_yaml
 
@@ -298,3 +299,27 @@ def test_the_runbook_is_served_with_a_section_for_every_alert(tmp_path):
         assert f'id="{alert.lower()}"' in page, f"{alert} has no section in the runbook"
     # links to the repository's files would 404 here: they are named, not linked
     assert {link for link in re.findall(r'href="(?!https?:)([^"#]+)', page)} <= {"./"}
+
+
+def test_a_page_is_made_once_for_clients_asking_at_once_and_the_cache_is_bounded():
+    cache: PageCache[bytes] = PageCache(size=3)
+    made = []
+    gate = threading.Event()
+
+    def make() -> bytes:
+        made.append(1)
+        gate.wait(5)
+        return b"page"
+
+    threads = [threading.Thread(target=cache.get, args=("k", 1, make)) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert made == [1] and cache.get("k", 1, make) == b"page" and made == [1]
+    assert cache.get("k", 2, lambda: b"new") == b"new"  # made from something else: made again
+    for n in range(10):
+        cache.get(n, 1, lambda: b"x")
+    assert len(cache._values) == 3 and not cache._making
