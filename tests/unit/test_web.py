@@ -301,7 +301,7 @@ def test_the_runbook_is_served_with_a_section_for_every_alert(tmp_path):
     assert {link for link in re.findall(r'href="(?!https?:)([^"#]+)', page)} <= {"./"}
 
 
-def test_a_page_is_made_once_for_clients_asking_at_once_and_the_cache_is_bounded():
+def test_a_page_is_made_once_for_clients_asking_at_once_and_the_cache_is_bounded_in_count_and_bytes():
     cache: PageCache[bytes] = PageCache(size=3)
     made = []
     gate = threading.Event()
@@ -323,3 +323,8 @@ def test_a_page_is_made_once_for_clients_asking_at_once_and_the_cache_is_bounded
     for n in range(10):
         cache.get(n, 1, lambda: b"x")
     assert len(cache._values) == 3 and not cache._making
+    weighed: PageCache[bytes] = PageCache(size=100, budget=10, weigh=len)
+    for n in range(6):
+        weighed.get(n, 1, lambda: b"abcd")
+    assert len(weighed._values) == 2 and weighed.weight == 8  # 10 bytes hold two of them
+    assert weighed.get("big", 1, lambda: b"x" * 50) and list(weighed._values) == ["big"]

@@ -11,7 +11,6 @@ missing id costs one look-up, whatever the log's size.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any, Protocol
 
@@ -19,11 +18,13 @@ from ..model.operation import FinishedOperation, Verdict
 from ..model.trace import Trace, from_json
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
+from .page_cache import PageCache
 
 PAGE_DEFAULT = 1000  # operations per /api/operations page unless ?limit= says otherwise
 PAGE_MAXIMUM = 10_000
 OFFSET_MAXIMUM = 10**9  # beyond any log size: answers an empty page
-PAGE_CACHE_SIZE = 16  # pages of the current log kept rendered
+PAGE_CACHE_SIZE = 16  # pages kept rendered...
+PAGE_CACHE_BYTES = 64 * 2**20  # ...in this many bytes (a page of 10,000 entries: ~15 MB)
 
 Judged = tuple[FinishedOperation, Trace | None, Verdict | None]
 
@@ -56,8 +57,7 @@ class OperationsApi:
         self.store = store
         self.oplog = oplog
         self.traces = traces  # None: trace.operations is 0
-        self._pages_lock = threading.Lock()
-        self._pages: dict[tuple[int, int, int], bytes] = {}  # (log version, offset, limit)
+        self._pages: PageCache[bytes] = PageCache(PAGE_CACHE_SIZE, PAGE_CACHE_BYTES, len)
 
     def in_flight(self) -> list[dict[str, Any]]:
         """Operations in flight, as they stand now."""
@@ -86,26 +86,20 @@ class OperationsApi:
         return [b'{"in_flight": ' + in_flight + b", ", self._log_page(offset, limit), b"}"]
 
     def _log_page(self, offset: int, limit: int) -> bytes:
-        """The '"operations": [...], ...' part, rendered once per version of the log."""
-        key = (self.oplog.version, offset, limit)
-        with self._pages_lock:
-            page = self._pages.get(key)
-        if page is not None:
-            return page
+        """The '"operations": [...], ...' part, rendered once per version of the log (and once
+        for clients asking for it at once)."""
+        return self._pages.get((offset, limit), self.oplog.version,
+                               lambda: self._render_page(offset, limit))
+
+    def _render_page(self, offset: int, limit: int) -> bytes:
         entries, total = self.oplog.page(offset, limit)
         following = offset + len(entries)
-        page = json.dumps({
+        return json.dumps({
             "operations": [{**e.to_json(), "id": e.id} for e in entries],
             "total": total, "offset": offset,
             "limit": limit,
             "next_offset": following if following < total else None,
         }).encode()[1:-1]
-        with self._pages_lock:
-            self._pages = {k: v for k, v in self._pages.items() if k[0] == key[0]}
-            if len(self._pages) >= PAGE_CACHE_SIZE:
-                del self._pages[next(iter(self._pages))]  # the oldest
-            self._pages[key] = page
-        return page
 
     def trace_json(self, trace_id: str) -> bytes | None:
         return self.traces.get(trace_id) if self.traces is not None else None

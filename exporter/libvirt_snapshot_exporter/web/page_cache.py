@@ -14,11 +14,16 @@ T = TypeVar("T")
 
 
 class PageCache(Generic[T]):
-    """Up to `size` values, the least recently used leaving first; the keys come from clients
-    (ids, filters), so the bound is what keeps their memory finite."""
+    """Up to `size` values weighing `budget` together (by `weigh`; the newest is kept
+    whatever it weighs), the least recently used leaving first; the keys come from clients
+    (ids, filters, offsets), so these bounds are what keeps their memory finite."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, budget: int = 0, weigh: Callable[[T], int] | None = None
+                 ) -> None:
         self.size = size
+        self.budget = budget  # 0: no bound but the count
+        self.weigh = weigh or (lambda _value: 0)
+        self.weight = 0
         self._lock = threading.Lock()
         self._values: OrderedDict[Hashable, tuple[object, T]] = OrderedDict()
         self._making: dict[Hashable, threading.Lock] = {}
@@ -36,15 +41,21 @@ class PageCache(Generic[T]):
             found = self._found(key, source)
             if found is None:
                 found = (make(),)
-                with self._lock:
-                    self._values[key] = (source, found[0])
-                    self._values.move_to_end(key)
-                    while len(self._values) > self.size:
-                        self._values.popitem(last=False)
+                self._keep(key, source, found[0])
         with self._lock:
             if not making.locked():
                 self._making.pop(key, None)
         return found[0]
+
+    def _keep(self, key: Hashable, source: object, value: T) -> None:
+        with self._lock:
+            if key in self._values:
+                self.weight -= self.weigh(self._values.pop(key)[1])
+            self._values[key] = (source, value)
+            self.weight += self.weigh(value)
+            while len(self._values) > self.size or (
+                    self.budget and self.weight > self.budget and len(self._values) > 1):
+                self.weight -= self.weigh(self._values.popitem(last=False)[1][1])
 
     def _found(self, key: Hashable, source: object) -> tuple[T] | None:
         with self._lock:

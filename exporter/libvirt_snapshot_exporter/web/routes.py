@@ -28,7 +28,8 @@ OPERATION_PATH = re.compile(r"/operations/([0-9a-f]{16})")
 STATIC_PATH = re.compile(r"/static/([A-Za-z0-9._-]+)")
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
-OPERATION_PAGES = 32  # operation pages kept rendered
+OPERATION_PAGES = 32  # operation pages kept rendered...
+OPERATION_PAGES_BYTES = 64 * 2**20  # ...in this many bytes (a trace makes a page large)
 LANDING_FILTERS = 16  # `?domain=` filters whose part of the landing page is kept rendered
 
 RenderMetrics = Callable[[str, Sequence[str]], tuple[bytes, str]]
@@ -43,7 +44,8 @@ class App:
         self.render_metrics = render_metrics
         self.telemetry_path = telemetry_path
         self.api = OperationsApi(store, oplog, traces)
-        self.operation_pages: PageCache[bytes] = PageCache(OPERATION_PAGES)
+        self.operation_pages: PageCache[bytes] = PageCache(OPERATION_PAGES,
+                                                           OPERATION_PAGES_BYTES, len)
         self.landing_logs: PageCache[landing_page.Logged] = PageCache(LANDING_FILTERS)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
