@@ -8,6 +8,8 @@ import os
 import pytest
 from libvirt_snapshot_exporter.model.operation import operation_id
 from libvirt_snapshot_exporter.model.trace import (
+    MAX_POINTS,
+    MAX_POINTS_PER_SECOND,
     Point,
     RunDelays,
     Trace,
@@ -17,7 +19,7 @@ from libvirt_snapshot_exporter.model.trace import (
     thread_key,
     thread_role,
 )
-from libvirt_snapshot_exporter.store.trace_store import TraceStore
+from libvirt_snapshot_exporter.store.trace_store import MAX_TRACE_BYTES, TraceStore
 
 
 def point(t: float, free: int = 100, dirty: int = 0, written: float = 0.0,
@@ -201,3 +203,148 @@ def test_an_unwritable_directory_loses_the_trace_not_the_exporter(tmp_path):
     store = TraceStore(str(tmp_path), count=3, max_bytes=2**20)
     store.add(trace())
     assert store.ids() == [] and store.get(trace().id) is None
+
+
+# --- a trace read back is checked: bounded, in time order, finite, named as its file -------------
+
+
+def _valid(points: int = 3) -> dict:
+    return trace(points=points).to_json()
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.update(t=0),  # not a list
+    lambda d: d.update(threads={"main": [1, 1, 1]}),  # a thread key without colons
+    lambda d: d.update(threads={"robot:R:": [1, 1, 1]}),
+    lambda d: d.update(threads={"main:R:x\ny": [1, 1, 1]}),
+    lambda d: d.update(threads={"main:R:": [1, -1, 1]}),
+    lambda d: d["counters"].update(qemu_write_bytes=[0, 10**400, 1]),  # overflows a float
+    lambda d: d["counters"].update(qemu_write_bytes=[0, 1e300, 1]),
+    lambda d: d["counters"].update({"A B": [1, 2, 3]}),
+    lambda d: d["gauges"].update(memfree=[1, 2, 3]),
+    lambda d: d.update(t=[10.0, 10.0, 10.25]),  # not strictly increasing
+    lambda d: d.update(t=[10.25, 10.125, 10.5]),
+    lambda d: d.update(t=[-4000.0, 10.125, 10.25]),  # not within the hour around it
+    lambda d: d.update(start=10.5, end=10.2),
+    lambda d: d.update(id="../../etc/passwd"),
+    lambda d: d.update(operation="<b>"),
+    lambda d: d.update(interval_seconds=0),
+    lambda d: d.update(n=[1, 2**40, 1]),
+])
+def test_from_json_refuses_a_trace_out_of_bounds(change):
+    data = _valid()
+    change(data)
+    with pytest.raises(ValueError):
+        from_json(data)
+
+
+def test_from_json_refuses_the_trace_of_another_name():
+    assert from_json(_valid(), "0123456789abcdef") == trace()
+    with pytest.raises(ValueError, match="is not fedcba9876543210"):
+        from_json(_valid(), "fedcba9876543210")
+
+
+def test_from_json_bounds_the_points_and_their_density():
+    """What made the page quadratic: many points within one second (here all of them)."""
+    many = Trace("0123456789abcdef", "vm", "s1", "create", 10.0, 2000.0, 0.125, "vda",
+                 tuple(point(10.0 + i / 8) for i in range(MAX_POINTS + 2)))
+    with pytest.raises(ValueError, match="points, over"):
+        from_json(many.to_json())
+    assert len(from_json(Trace(**{**many.__dict__, "points": many.points[:-1]}).to_json())
+               .points) == MAX_POINTS + 1
+    dense = Trace("0123456789abcdef", "vm", "s1", "create", 10.0, 20.0, 0.125, "vda",
+                  tuple(point(10.0 + i / 1000) for i in range(MAX_POINTS_PER_SECOND + 1)))
+    with pytest.raises(ValueError, match="points in a second"):
+        from_json(dense.to_json())
+
+
+def test_builder_merges_a_sample_too_close_to_the_point_before_or_before_it():
+    builder = TraceBuilder()
+    for t in (10.0, 10.008, 10.125, 10.1, 10.25):  # woken early; then the clock steps back
+        builder.add(point(t))
+    assert [(p.t, p.n) for p in builder.points()] == [(10.008, 2), (10.125, 2), (10.25, 1)]
+
+
+def test_builder_output_always_reads_back():
+    """However the sampler is woken (here every 10 ms for a while), the builder's points pass
+    from_json's density bound."""
+    builder = TraceBuilder()
+    t = 10.0
+    for i in range(400):
+        t += 0.01 if i % 40 < 30 else 0.125
+        builder.add(point(t))
+    made = Trace("0123456789abcdef", "vm", "s1", "create", 10.0, t, 0.125, "vda",
+                 builder.points())
+    read = from_json(json.loads(json.dumps(made.to_json()))).points
+    assert [p.n for p in read] == [p.n for p in made.points] and sum(p.n for p in read) == 400
+
+
+def test_every_trace_from_json_accepts_is_drawn_and_judged():
+    """Odd but valid traces (one point; every point before the start; no figure at all)
+    render and judge without an exception: a page is never a 500 for a trace that reads."""
+    from libvirt_snapshot_exporter.model.operation import FinishedOperation
+    from libvirt_snapshot_exporter.verdict.explain import charts
+    from libvirt_snapshot_exporter.verdict.judge import judge
+    from libvirt_snapshot_exporter.web import operation_page
+
+    record = FinishedOperation("vm", "create", "internal", True, 10.0, 10.2, 0.2, "success",
+                               snapshot="s1", id="0123456789abcdef")
+    odd = [
+        trace(points=1),
+        Trace("0123456789abcdef", "vm", "s1", "create", 10.0, 10.2, 0.125, "", (
+            Point(5.0, 1), Point(6.0, 1))),
+        Trace("0123456789abcdef", "vm", "s1", "revert", 10.0, 10.2, 0.125, "", tuple(
+            Point(10.0 + i / 8, 1, {}, {}, {"worker:D:": 3, "other:S:x.y$1": 1})
+            for i in range(30))),
+    ]
+    for t in odd:
+        read = from_json(json.loads(json.dumps(t.to_json())))
+        verdict = judge(read, record, 1e6)
+        charts(read)
+        operation_page.render(record, read, verdict)
+
+
+# --- the store reads its files one way -----------------------------------------------------------
+
+
+def test_store_drops_a_fifo_a_symlink_a_huge_file_and_a_renamed_trace(tmp_path):
+    """Each is one log line and no trace, at once: a FIFO is never waited on."""
+    store = TraceStore(str(tmp_path), count=10, max_bytes=2**30)
+    ids = [f"{i:016x}" for i in range(5)]
+    for trace_id in ids:
+        store.add(trace(trace_id))
+    folder = tmp_path / "traces"
+    (folder / f"{ids[0]}.json").unlink()
+    os.mkfifo(folder / f"{ids[0]}.json")
+    (folder / f"{ids[1]}.json").unlink()
+    (folder / f"{ids[1]}.json").symlink_to(folder / f"{ids[4]}.json")
+    with open(folder / f"{ids[2]}.json", "r+b") as handle:
+        handle.truncate(MAX_TRACE_BYTES + 1)
+    (folder / f"{ids[4]}.json").replace(folder / f"{ids[3]}.json")  # the wrong id inside
+    for trace_id in ids[:4]:
+        assert store.get(trace_id) is None, trace_id
+        assert trace_id not in store.ids()
+        assert not (folder / f"{trace_id}.json").exists()
+
+
+def test_store_without_a_directory_refuses_what_would_not_read_back(tmp_path, caplog):
+    for directory in (str(tmp_path), ""):
+        store = TraceStore(directory, count=10, max_bytes=2**20)
+        bad = Trace("0123456789abcdef", "vm\nforged line", "s1", "create", 10.0, 10.2, 0.125,
+                    "vda", (Point(10.0, 1, {}, {"qemu_write_bytes": float("inf")}),))
+        store.add(bad)
+        assert store.ids() == []
+    assert "vm\\nforged line" in caplog.text and "vm\nforged" not in caplog.text
+
+
+def test_one_entry_that_is_no_trace_hides_no_other_and_all_are_evicted(tmp_path):
+    store = TraceStore(str(tmp_path), count=10, max_bytes=2**20)
+    for i in range(4):
+        store.add(trace(f"{i:016x}"))
+    folder = tmp_path / "traces"
+    (folder / ("x" * 250 + ".json")).write_text("{}")
+    (folder / "fedcba9876543210.json").mkdir()
+    (folder / "0123456789abcdee.json").symlink_to("/nonexistent")
+    again = TraceStore(str(tmp_path), count=2, max_bytes=2**20)
+    assert again.ids() == [f"{2:016x}", f"{3:016x}"]  # the two newest; 0 and 1 evicted
+    assert sorted(p.name for p in folder.glob("000*")) == [f"{2:016x}.json", f"{3:016x}.json"]

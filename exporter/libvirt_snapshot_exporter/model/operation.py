@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -26,22 +25,34 @@ class InvalidRecord(ValueError):
     """An entry that is not what the collector writes; the message says which field."""
 
 
-def _number(value: Any) -> bool:
-    """A finite float, or an int a float can hold (math.isfinite raises OverflowError on a
-    JSON integer of 309 digits or more)."""
-    if isinstance(value, bool):
+# No figure of an operation comes near it (bytes: 8 EiB; timestamps: MAX_TIMESTAMP), and any
+# product or quotient of two figures within it and MIN_DURATION stays finite.
+MAX_MAGNITUDE = 2.0**63
+# A duration is 0 or at least this: finer than any clock the exporter or bench times with, so
+# bytes over a duration (a rate) stay finite (bytes over 1e-300 s would be infinite).
+MIN_DURATION = 1e-6
+
+
+def number(value: Any) -> bool:
+    """A finite number within MAX_MAGNITUDE: what every figure read back (the log, a trace, a
+    rate seed) must be. math.isfinite alone raises OverflowError on a JSON integer of 309
+    digits or more, and 1e300 is finite but turns infinite once multiplied."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    if isinstance(value, int):
-        return abs(value) < 2**63
-    return isinstance(value, float) and math.isfinite(value)
+    return abs(value) < MAX_MAGNITUDE  # False for NaN; an int of any size compares exactly
+
+
+
+def _duration(value: Any) -> bool:
+    return _non_negative(value) and (value == 0 or value >= MIN_DURATION)
 
 
 def _timestamp(value: Any) -> bool:
-    return _number(value) and 0 <= value <= MAX_TIMESTAMP
+    return number(value) and 0 <= value <= MAX_TIMESTAMP
 
 
 def _non_negative(value: Any) -> bool:
-    return _number(value) and value >= 0
+    return number(value) and value >= 0
 
 
 def _text(value: Any) -> bool:
@@ -62,7 +73,7 @@ def _texts(value: Any) -> bool:
 
 def _figures(value: Any) -> bool:
     return isinstance(value, dict) and all(
-        isinstance(k, str) and (v is None or _number(v)) for k, v in value.items())
+        isinstance(k, str) and (v is None or number(v)) for k, v in value.items())
 
 
 PACE_SETTERS = ("size", "storage-slow", "storage-contended", "cpu", "qemu-cpu", "cache-mode",
@@ -118,6 +129,8 @@ class Verdict:
                 raise InvalidRecord(f"bad 'verdict.{key}': {_short(value.get(key))}")
         if value.get("model") not in (None, *MODELS):
             raise InvalidRecord(f"bad 'verdict.model': {_short(value['model'])}")
+        if value["pace_setter"] == "mixed" and len(value["shares"]) < 2:
+            raise InvalidRecord("bad 'verdict': 'mixed' with fewer than two shares")
         return cls(value["pace_setter"], value["expected_seconds"], value["slowdown"],
                    dict(value["shares"]), tuple(value["present"]), dict(value["figures"]),
                    value.get("model"))
@@ -156,7 +169,7 @@ REQUIRED = {
     "memory": lambda value: isinstance(value, bool),
     "start": _timestamp,
     "end": _timestamp,
-    "duration_seconds": _non_negative,
+    "duration_seconds": _duration,
     "outcome": _one_of("success", "failure"),
 }
 OPTIONAL = {
@@ -171,9 +184,9 @@ OPTIONAL = {
     "qemu_version": _optional(_text),
     "disk_cache": _optional(_texts),
     "storage": _optional(_text),
-    "job_time_elapsed_ms": _optional(_number),
-    "job_downtime_ms": _optional(_number),
-    "job_memory_processed_bytes": _optional(_number),
+    "job_time_elapsed_ms": _optional(number),
+    "job_downtime_ms": _optional(number),
+    "job_memory_processed_bytes": _optional(number),
     "verdict": lambda value: True,  # checked by Verdict.from_json
     "id": _optional(lambda value: isinstance(value, str) and bool(ID.fullmatch(value))),
 }
@@ -240,6 +253,12 @@ class FinishedOperation:
             entry["verdict"] = self.verdict.to_json()
         return entry
 
+    def checked(self) -> FinishedOperation:
+        """The entry as the log would read it back; InvalidRecord when it would not be (a
+        figure not finite or out of range): what is written must read back, or history is
+        lost at the next start."""
+        return FinishedOperation.from_json(self.to_json())
+
     @classmethod
     def from_json(cls, entry: Any) -> FinishedOperation:
         """Raises InvalidRecord naming the first field that is wrong; unknown fields dropped."""
@@ -252,7 +271,7 @@ class FinishedOperation:
 
 
 FIGURES = tuple(f for f in dataclasses.fields(FinishedOperation) if f.metadata.get("figure"))
-OPTIONAL.update({f.name: _optional(_number) for f in FIGURES})
+OPTIONAL.update({f.name: _optional(number) for f in FIGURES})
 # (name, help) of each figure that is a metric of the domain's last operation
 LAST_OPERATION_FIGURES = tuple((f.name, f.metadata["help"]) for f in FIGURES if f.metadata["help"])
 

@@ -15,15 +15,26 @@ Downsampling rule: a trace keeps at most `max_points` points. When it would exce
 adjacent pairs merge and later samples are merged `stride` at a time (the stride doubles
 each time), so a trace of any length keeps between max_points / 2 and max_points points,
 evenly spaced in samples; a 30-minute operation at 8 Hz (14,400 samples) keeps 900 points of
-16 samples (2 s) each with the default 1,200.
+16 samples (2 s) each with the default 1,200. A sample taken less than MIN_STEP_SECONDS after
+the point before it (the sampler woken early by an operation's start) merges into that point,
+so a second of trace holds at most 16 points however the sampler is woken.
+
+A trace read back (a file anyone with the state directory may have written) is checked
+against these bounds by from_json, so what is drawn and judged from it costs a bounded amount
+of work: at most MAX_POINTS + 1 points (none when the exporter stopped before the first),
+strictly increasing in time and at most MAX_POINTS_PER_SECOND in any second, within the hour
+around the operation, every figure a finite number of sane magnitude, thread keys of the
+form role:state:wchan.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .operation import ID, MAX_MAGNITUDE, MAX_TIMESTAMP, number
 
 GAUGES_MIN = ("free", "available")
 GAUGES_MAX = ("cached", "dirty", "writeback")
@@ -37,6 +48,22 @@ WRITER_ROLES = (ROLE_MAIN, ROLE_WORKER, ROLE_MIGRATION, ROLE_IOTHREAD)
 
 TRACE_VERSION = 1
 PSI = "psi_"  # a trace's PSI counters: HostSample.pressure's keys with this prefix
+
+MAX_POINTS = 1200  # TraceBuilder's bound (the recorder's); a partly filled last point beside
+MIN_STEP_SECONDS = 1 / 16  # closer samples merge (TraceBuilder.add)
+# Bounds on a trace read back: a second holds at most 16 points as written (and 8 to 10 in
+# every trace recorded on the test beds), the figures the recorder samples (7 gauges, some 24
+# counters, 4 to 18 thread keys seen), the hour around its operation.
+MAX_POINTS_PER_SECOND = 20
+MAX_COUNTERS = 64
+MAX_THREAD_KEYS = 64
+TIME_MARGIN_SECONDS = 3600.0
+MAX_INTERVAL_SECONDS = 60.0
+COUNTER_NAME = re.compile(r"[a-z0-9_]{1,64}")
+# role:state:wchan (thread_key): a known role, the one-letter state of /proc/PID/stat, a
+# kernel symbol or nothing
+THREAD_KEY = re.compile(r"(main|worker|migration|iothread|vcpu|other):[A-Za-z]:[A-Za-z0-9_.$]{0,128}")
+OPERATIONS = ("create", "delete", "revert")
 
 
 def thread_role(pid: int, tid: int, name: str) -> str:
@@ -79,13 +106,13 @@ def merge(a: Point, b: Point) -> Point:
     threads = dict(a.threads)
     for key, count in b.threads.items():
         threads[key] = threads.get(key, 0) + count
-    return Point(b.t, a.n + b.n, gauges, {**a.counters, **b.counters}, threads)
+    return Point(max(a.t, b.t), a.n + b.n, gauges, {**a.counters, **b.counters}, threads)
 
 
 class TraceBuilder:
     """Collects an operation's points, downsampling as it goes (bounded whatever the length)."""
 
-    def __init__(self, max_points: int = 1200) -> None:
+    def __init__(self, max_points: int = MAX_POINTS) -> None:
         if max_points < 2:
             raise ValueError("max_points must be at least 2")
         self.max_points = max_points
@@ -94,6 +121,12 @@ class TraceBuilder:
         self._pending: Point | None = None
 
     def add(self, point: Point) -> None:
+        if self._pending is None and self._points \
+                and point.t - self._points[-1].t < MIN_STEP_SECONDS:
+            # too close to the point before to stand apart, or before it (the clock stepped
+            # back): merged into it, so times only increase
+            self._points[-1] = merge(self._points[-1], point)
+            return
         self._pending = point if self._pending is None else merge(self._pending, point)
         if self._pending.n < self.stride:
             return
@@ -150,9 +183,10 @@ def _number(value: float | None) -> float | None:
     return value if isinstance(value, int) else round(value, 6)
 
 
-def from_json(data: Any) -> Trace:
-    """The inverse of Trace.to_json; ValueError for anything that is not a trace of this
-    version (a file on disk is not trusted)."""
+def from_json(data: Any, trace_id: str | None = None) -> Trace:
+    """The inverse of Trace.to_json; ValueError, saying what is wrong, for anything that is
+    not a trace of this version within the module's bounds (a file on disk is not trusted),
+    or not the trace of `trace_id` when given (the name it was found under)."""
     if not isinstance(data, dict) or data.get("version") != TRACE_VERSION:
         raise ValueError(f"not a trace of version {TRACE_VERSION}")
     try:
@@ -163,18 +197,9 @@ def from_json(data: Any) -> Trace:
     except (KeyError, TypeError) as exc:
         raise ValueError(f"missing field {exc}") from None
     text["storage"] = data.get("storage", "")
-    if not all(isinstance(v, str) for v in text.values()):
-        raise ValueError("a text field is not a string")
-    if not all(_finite(v) for v in [*numbers.values(), *times]):
-        raise ValueError("a time is not a finite number")
-    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts) \
-            or len(counts) != len(times):
-        raise ValueError("bad sample counts")
-    for columns in kinds.values():
-        if not isinstance(columns, dict) or not all(
-                isinstance(col, list) and len(col) == len(times)
-                and all(v is None or _finite(v) for v in col) for col in columns.values()):
-            raise ValueError("a column is not a list of numbers as long as t")
+    _check_header(text, numbers, trace_id)
+    _check_times(times, counts, numbers["start"], numbers["end"])
+    _check_columns(kinds, len(times))
     points = tuple(
         Point(times[i], counts[i],
               *({name: col[i] for name, col in kinds[kind].items() if col[i] is not None}
@@ -184,6 +209,61 @@ def from_json(data: Any) -> Trace:
     return Trace(points=points, **text, **numbers)
 
 
+def _check_header(text: dict[str, Any], numbers: dict[str, Any], trace_id: str | None) -> None:
+    if not all(isinstance(v, str) for v in text.values()):
+        raise ValueError("a text field is not a string")
+    if not ID.fullmatch(text["id"]) or trace_id is not None and text["id"] != trace_id:
+        raise ValueError(f"id {text['id'][:20]!r} is not {trace_id or 'an operation id'}")
+    if text["operation"] not in OPERATIONS:
+        raise ValueError(f"operation {text['operation'][:20]!r} is not an operation")
+    start, end, interval = numbers["start"], numbers["end"], numbers["interval_seconds"]
+    if not all(number(v) and 0 <= v <= MAX_TIMESTAMP for v in (start, end)) or end < start:
+        raise ValueError("start and end are not times of an operation")
+    if not number(interval) or not 0 < interval <= MAX_INTERVAL_SECONDS:
+        raise ValueError("interval_seconds out of range")
+
+
+def _check_times(times: Any, counts: Any, start: float, end: float) -> None:
+    """Points bounded in number and density, in time order around the operation: what keeps
+    the work of drawing and judging them bounded (a window of a second holds a few points)."""
+    if not isinstance(times, list) or not isinstance(counts, list) or len(counts) != len(times):
+        raise ValueError("t and n are not lists of one length")
+    if len(times) > MAX_POINTS + 1:  # none: an operation ended as the exporter stopped
+        raise ValueError(f"{len(times)} points, over {MAX_POINTS + 1}")
+    low, high = start - TIME_MARGIN_SECONDS, end + TIME_MARGIN_SECONDS
+    if not all(number(t) and low <= t <= high for t in times):
+        raise ValueError("a time is not a number within the hour around the operation")
+    if not all(a < b for a, b in zip(times, times[1:], strict=False)):
+        raise ValueError("times do not strictly increase")
+    step = MAX_POINTS_PER_SECOND
+    if not all(b - a >= 1.0 for a, b in zip(times, times[step:], strict=False)):
+        raise ValueError(f"more than {step} points in a second")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c < 2**31 for c in counts):
+        raise ValueError("bad sample counts")
+
+
+def _check_columns(kinds: dict[str, Any], length: int) -> None:
+    """Known gauges, counters and thread keys in bounded number, each a list as long as t of
+    finite numbers (thread samples: counts) or nulls."""
+    names = {"gauges": GAUGES, "counters": COUNTER_NAME, "threads": THREAD_KEY}
+    most = {"gauges": len(GAUGES), "counters": MAX_COUNTERS, "threads": MAX_THREAD_KEYS}
+    for kind, columns in kinds.items():
+        if not isinstance(columns, dict) or len(columns) > most[kind]:
+            raise ValueError(f"{kind}: not an object of at most {most[kind]} columns")
+        known = names[kind]
+        for name, column in columns.items():
+            if not (name in known if isinstance(known, tuple) else known.fullmatch(name)):
+                raise ValueError(f"{kind}: unknown name {name[:40]!r}")
+            value_ok = _count if kind == "threads" else number
+            if not isinstance(column, list) or len(column) != length \
+                    or not all(v is None or value_ok(v) for v in column):
+                raise ValueError(f"{kind}: {name} is not a list of numbers as long as t")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_MAGNITUDE
+
+
 def counter_growth(points: Sequence[Point], key: str) -> float | None:
     """A counter's growth over the points, summed step by step: a revert may start a new QEMU,
     whose counters start again (None with fewer than two points holding it)."""
@@ -191,10 +271,6 @@ def counter_growth(points: Sequence[Point], key: str) -> float | None:
     if len(values) < 2:
         return None
     return sum(max(0.0, b - a) for a, b in zip(values, values[1:], strict=False))
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class RunDelays:

@@ -5,6 +5,12 @@ through a temporary file and a rename when the flight recorder finishes it, so t
 restarts and a crash leaves whole files. With a state directory only the index (id, size) is
 in memory and a trace is read when asked for; without one the traces' JSON is kept in memory,
 under the same bounds. The oldest traces go first when either bound is passed.
+
+A trace file is read through safe_file (a regular file, not a symbolic link, at most
+MAX_TRACE_BYTES) and checked by model/trace.py's from_json against the name it was found
+under; one that fails is dropped (its file removed) with one log line and answered as no
+trace. One entry of the directory that cannot be read is skipped alone: the others are
+indexed, and evicted in their turn.
 """
 
 from __future__ import annotations
@@ -12,18 +18,38 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import stat
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
+from ..model.operation import ID
+from ..model.printable import printable
 from ..model.trace import Trace, from_json
 from .atomic_file import write_atomically
+from .safe_file import BadFile, read_bounded
 
 log = logging.getLogger(__name__)
 
 TRACE_DIRECTORY = "traces"
 SUFFIX = ".json"
+# The largest trace the recorder writes is some 0.5 MB (1,201 points of every figure, 18 thread
+# keys); within model/trace.py's bounds on points and columns a trace is under 4 MiB. A file
+# over it is no trace: reading it would cost its size many times over in memory per request.
+MAX_TRACE_BYTES = 4 * 2**20
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse(body: bytes, trace_id: str | None = None) -> Trace:
+    """A trace's JSON as written by the store; ValueError (or RecursionError for nesting too
+    deep) for anything else (model/trace.py's from_json says what)."""
+    return from_json(json.loads(body, parse_constant=_no_constants), trace_id)
 
 
 class TraceStore:
@@ -40,23 +66,46 @@ class TraceStore:
             self._load_index()
 
     def _load_index(self) -> None:
+        """The traces on disk, oldest first; an entry that is not a trace's file, or cannot be
+        looked at, is skipped alone (one log line for all of them)."""
+        found, skipped, first = [], 0, ""
         try:
-            files = [(f.stat().st_mtime, f) for f in self.directory.glob("*" + SUFFIX)
-                     if f.is_file()]
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    why = _not_a_trace(entry)
+                    if why is None:
+                        info = entry.stat(follow_symlinks=False)  # cached by _not_a_trace
+                        found.append((info.st_mtime, entry.name[: -len(SUFFIX)], info.st_size))
+                    elif why:
+                        skipped += 1
+                        first = first or f"{printable(entry.name[:80])}: {why}"
         except OSError as exc:
-            log.warning("traces in %s: %s (starting without)", self.directory, exc.strerror)
-            return
-        for _mtime, path in sorted(files):
-            self._sizes[path.name[: -len(SUFFIX)]] = path.stat().st_size
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("traces in %s: %s (starting with the %d read)", self.directory,
+                            exc.strerror, len(found))
+        if skipped:
+            log.warning("traces in %s: skipped %d entries that are not traces (first: %s)",
+                        self.directory, skipped, first)
+        for _mtime, trace_id, size in sorted(found):
+            self._sizes[trace_id] = size
         with self._lock:
             self._evict_locked()
 
     def add(self, trace: Trace) -> None:
-        """Keep a finished trace (called by the recorder's thread, never the collection loop)."""
-        body = json.dumps(trace.to_json(), separators=(",", ":")).encode()
-        if len(body) > self.max_bytes:
-            log.warning("trace of %s/%s is %d bytes, over trace.max-bytes: not kept",
-                        trace.domain, trace.snapshot, len(body))
+        """Keep a finished trace (called by the recorder's thread, never the collection loop),
+        checked as it will be when read back: one that would not read back is not kept."""
+        data = trace.to_json()
+        try:
+            from_json(data, trace.id)
+        except ValueError as exc:
+            log.warning("trace of %s/%s not kept: %s", printable(trace.domain),
+                        printable(trace.snapshot), exc)
+            return
+        body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        if len(body) > min(self.max_bytes, MAX_TRACE_BYTES):
+            log.warning("trace of %s/%s is %d bytes, over trace.max-bytes or %d: not kept",
+                        printable(trace.domain), printable(trace.snapshot), len(body),
+                        MAX_TRACE_BYTES)
             return
         if self.directory is not None and not self._write(trace.id, body):
             return
@@ -68,7 +117,8 @@ class TraceStore:
             self._evict_locked()
 
     def get(self, trace_id: str) -> bytes | None:
-        """The trace's JSON, or None when there is none (never was, evicted, or unreadable)."""
+        """The trace's JSON, or None when there is none (never was, evicted, or not a trace
+        when read: then dropped, with one log line)."""
         with self._lock:
             if trace_id not in self._sizes:
                 return None
@@ -76,10 +126,10 @@ class TraceStore:
                 return self._memory[trace_id]
         path = self.directory / (trace_id + SUFFIX)
         try:
-            body = path.read_bytes()
-            from_json(json.loads(body))
-        except (OSError, ValueError, RecursionError) as exc:
-            log.warning("trace %s: %s: dropped", path, getattr(exc, "strerror", None) or exc)
+            body = read_bounded(path, MAX_TRACE_BYTES, follow_symlinks=False)
+            parse(body, trace_id)
+        except (BadFile, ValueError, RecursionError) as exc:
+            log.warning("trace %s: %s: dropped", path, str(exc)[:200])
             with self._lock:
                 self._sizes.pop(trace_id, None)
             with contextlib.suppress(OSError):
@@ -119,3 +169,18 @@ class TraceStore:
             if self.directory is not None:
                 with contextlib.suppress(OSError):
                     (self.directory / (trace_id + SUFFIX)).unlink()
+
+
+def _not_a_trace(entry: os.DirEntry[str]) -> str | None:
+    """None for a trace's file; '' for what the store leaves aside unsaid (a file being
+    written); else why the entry is no trace."""
+    name = entry.name
+    if name.startswith("."):  # write_atomically's temporary files
+        return ""
+    if not (name.endswith(SUFFIX) and ID.fullmatch(name[: -len(SUFFIX)])):
+        return "not named <operation id>.json"
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if stat.S_ISREG(mode) else "not a regular file"
