@@ -79,3 +79,42 @@ def test_one_id_from_the_moment_the_tracker_sees_an_operation() -> None:
         record.domain, record.snapshot, record.operation, record.start)
     with pytest.raises(InvalidRecord, match="bad 'id'"):
         FinishedOperation.from_json({**record.to_json(), "id": "../../etc"})
+
+
+GOOD = {
+    "domain": "vm1", "snapshot": "s1", "operation": "create", "kind": "internal",
+    "memory": True, "start": 1700000000.0, "end": 1700000040.5, "duration_seconds": 40.5,
+    "outcome": "success",
+}
+MIXED = {"pace_setter": "mixed", "expected_seconds": 9.7, "slowdown": 3.1,
+         "shares": {"storage-slow": 0.5, "cpu": 0.45}, "present": [], "figures": {},
+         "model": "written"}
+
+
+@pytest.mark.parametrize("change", [
+    {"qemu_written_bytes": 10**400}, {"qemu_written_bytes": 2**63}, {"guest_cpu_ratio": 1e300},
+    {"guest_cpu_ratio": float("inf")}, {"guest_cpu_ratio": float("nan")},
+    {"duration_seconds": 1e-300}, {"duration_seconds": 5e-7},
+    {"verdict": {**MIXED, "shares": {"storage-slow": 0.9}}},  # mixed, of one cause
+    {"verdict": {**MIXED, "shares": {}}},
+    {"verdict": {**MIXED, "figures": {"write_rate_bytes_per_second": float("inf")}}},
+    {"verdict": {**MIXED, "slowdown": 1e300}},
+])
+def test_figures_not_finite_or_absurd_are_refused(change) -> None:
+    """What made rates infinite (a duration of 1e-300 s), tracebacks (a 400-digit integer),
+    and a page 500 (a 'mixed' verdict with one share)."""
+    with pytest.raises(InvalidRecord):
+        FinishedOperation.from_json({**GOOD, **change})
+
+
+def test_figures_at_their_bounds_are_kept() -> None:
+    for change in ({"duration_seconds": 0}, {"duration_seconds": 1e-6},
+                   {"qemu_written_bytes": 2**62}, {"verdict": MIXED}):
+        assert FinishedOperation.from_json({**GOOD, **change}).checked()
+
+
+def test_checked_says_whether_a_record_reads_back() -> None:
+    record = FinishedOperation.from_json(GOOD)
+    assert record.checked() == record
+    with pytest.raises(InvalidRecord, match="guest_cpu_ratio"):
+        dataclasses.replace(record, guest_cpu_ratio=float("inf")).checked()
