@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from libvirt_snapshot_exporter.config import ConfigError
 from libvirt_snapshot_exporter.verdict.judge import reference
-from libvirt_snapshot_exporter.verdict.rate_seed import load_rate_seed
+from libvirt_snapshot_exporter.verdict.rate_seed import MAX_SEED_BYTES, load_rate_seed
 
 SIX = Path(__file__).parent / "bench" / "six-settings.json"
 
@@ -90,3 +91,62 @@ def test_each_row_seeds_the_storage_it_names_alone(tmp_path):
     unnamed = load_rate_seed(str(SIX))
     assert reference(unnamed, on_vda) is None
     assert reference(unnamed, dataclasses.replace(on_vda, storage=None)) is not None
+
+
+def _seed_with(tmp_path: Path, **changes) -> Path:
+    data = json.loads(SIX.read_text())
+    data["operations"][0].update(changes)
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"qemu_written_bytes": 10**400}, "operation 1: bad 'qemu_written_bytes'"),
+    ({"duration_seconds": 1e-300}, "operation 1: bad 'duration_seconds'"),  # an infinite rate
+    ({"start": 10**400}, "operation 1: bad 'start'"),
+    ({"domain": 42}, "operation 1: bad 'domain'"),
+    ({"disk_cache": ["none"]}, "operation 1: bad 'disk_cache'"),
+])
+def test_a_row_is_checked_as_strictly_as_the_log(tmp_path, changes, needle):
+    with pytest.raises(ConfigError) as raised:
+        load_rate_seed(str(_seed_with(tmp_path, **changes)))
+    assert needle in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"operations": [' + "1" * 5000 + "]}", "is not JSON"),  # too many digits for an int
+    ('{"operations": [NaN]}', "NaN is not a JSON number"),
+    ('{"operations": [[1]]}', "operation 1: not an object"),
+    ("\xff", "is not UTF-8"),
+])
+def test_a_file_that_no_parser_should_choke_on_is_one_line(tmp_path, content, needle):
+    bad = tmp_path / "seed.json"
+    bad.write_bytes(content.encode("latin-1"))
+    with pytest.raises(ConfigError) as raised:
+        load_rate_seed(str(bad))
+    assert needle in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_fifo_seed_is_refused_at_once_check_config_included(tmp_path):
+    fifo = tmp_path / "seed.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_rate_seed(str(fifo))
+    result = subprocess.run([sys.executable, "-m", "libvirt_snapshot_exporter",
+                             f"--verdict.rate-seed={fifo}", "--check-config"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result
+    assert "not a regular file" in result.stderr
+
+
+def test_a_seed_too_big_is_refused_and_a_symlink_to_a_seed_followed(tmp_path):
+    big = tmp_path / "big.json"
+    with open(big, "wb") as handle:
+        handle.truncate(MAX_SEED_BYTES + 1)
+    with pytest.raises(ConfigError, match="larger than"):
+        load_rate_seed(str(big))
+    link = tmp_path / "link.json"
+    link.symlink_to(SIX)
+    assert len(load_rate_seed(str(link))) == 12
