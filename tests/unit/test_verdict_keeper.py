@@ -119,3 +119,43 @@ def test_verdicts_of_the_earlier_judge_are_judged_again_after_a_restart(tmp_path
     k.backfill(traces.get)
     k.judge_traced()
     assert logged(k).verdict is None and logged(k).error == "disk full"
+
+
+def test_figures_that_would_not_read_back_never_reach_the_log(caplog):
+    """A trace whose QEMU counter grows past 2**63 bytes (it restarted twice, near its top):
+    the entry keeps its own figures and no verdict, with one line, rather than a log written
+    with a figure the next start drops (and the entry's history with it)."""
+    k, _ = keeper()
+    before = logged(k)
+    trace = slow_trace()
+    points = tuple(dataclasses.replace(p, counters={
+        **p.counters, "qemu_write_bytes": 0 if i % 2 else 9e18}) for i, p in enumerate(trace.points))
+    k.traced(dataclasses.replace(trace, points=points), slow_create())
+    k.judge_traced()
+    assert logged(k) == before and logged(k).checked() == before
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith("no verdict on create of vm1/s1: InvalidRecord: bad 'qemu_written")
+
+
+def test_names_reach_the_log_escaped(caplog):
+    caplog.set_level(logging.INFO)
+    k, _ = keeper()
+    forged = "s1\n2026-12-06 INFO verdict on create of vm1/forged: size"
+    record = dataclasses.replace(slow_create(), snapshot=forged)
+    k.oplog.add(record)
+    k.traced(slow_trace(), record)
+    k.judge_traced()
+    (line,) = [r.getMessage() for r in caplog.records if "verdict on" in r.getMessage()]
+    assert "\n" not in line and "s1\\n2026-12-06 INFO" in line
+
+
+def test_a_kept_trace_of_another_operation_is_not_judged(caplog):
+    """A trace file holding another domain's trace under this operation's name is no
+    evidence for it: one line, no verdict."""
+    traces = TraceStore("", 5, 2**24)
+    traces.add(dataclasses.replace(slow_trace(domain="vm2"), id=slow_create().id))
+    k, _ = keeper()
+    k.backfill(traces.get)
+    k.judge_traced()
+    assert logged(k).verdict is None
+    assert any("not judged: the trace of create of vm2" in r.getMessage() for r in caplog.records)

@@ -7,21 +7,21 @@ The exporter and bench complete an operation alike (`completed`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import queue
 from collections.abc import Callable, Sequence
 
 from ..model.context import OperationContext, write_rate
 from ..model.operation import FinishedOperation
+from ..model.printable import printable
 from ..model.samples import HostSample
-from ..model.trace import PSI, Point, Trace, counter_growth, from_json
+from ..model.trace import PSI, Point, Trace, counter_growth
 from ..store.oplog import OperationsLog
+from ..store.trace_store import parse
 from ..store.view import StateStore
 from .judge import judge, reference
 
 log = logging.getLogger(__name__)
-
 
 
 class VerdictKeeper:
@@ -48,8 +48,17 @@ class VerdictKeeper:
             else:
                 stale = entry.verdict is not None
             body = trace_of(entry.id) if stale else None
-            if body is not None:
-                self._traced.put((from_json(json.loads(body)), entry))
+            if body is None:
+                continue
+            try:
+                trace = parse(body, entry.id)
+                if (trace.domain, trace.operation) != (entry.domain, entry.operation):
+                    raise ValueError(f"the trace of {trace.operation} of "
+                                     f"{printable(trace.domain)}")
+            except (ValueError, RecursionError) as exc:
+                log.warning("trace %s not judged: %s", entry.id, str(exc)[:200])
+                continue
+            self._traced.put((trace, entry))
 
     def traced(self, trace: Trace, record: FinishedOperation) -> None:
         """From any thread: judged in the loop's next cycle, which this wakes."""
@@ -65,16 +74,17 @@ class VerdictKeeper:
             entries, _ = self.oplog.page(0, self.oplog.size)
             earlier = [*self.rate_seed, *(e for e in entries if e.id != record.id)]
             judged = record
+            names = printable(record.domain), printable(record.snapshot)
             try:
-                judged = with_trace_figures(record, trace)
-                judged = with_verdict(judged, trace, earlier)
+                # checked: what the log keeps must read back, every figure finite
+                judged = with_trace_figures(record, trace).checked()
+                judged = with_verdict(judged, trace, earlier).checked()
             except Exception as exc:  # noqa: BLE001 - a trace it cannot judge: no verdict
-                log.error("no verdict on %s of %s/%s: %s: %s", record.operation, record.domain,
-                          record.snapshot, type(exc).__name__, exc)
+                log.error("no verdict on %s of %s/%s: %s: %s", record.operation, *names,
+                          type(exc).__name__, exc)
             else:
-                log.info("verdict on %s of %s/%s: %s", record.operation, record.domain,
-                         record.snapshot, "none (it failed)" if judged.verdict is None
-                         else judged.verdict.short())
+                log.info("verdict on %s of %s/%s: %s", record.operation, *names,
+                         "none (it failed)" if judged.verdict is None else judged.verdict.short())
             if self.oplog.amend(judged):
                 self.store.operations.amended(judged)
 
