@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import threading
 
 import pytest
@@ -124,7 +125,9 @@ def _special(tmp_path, kind: str) -> None:
     elif kind == "fifo":
         os.mkfifo(path)  # nobody writes to it: a plain open() would wait forever
     elif kind == "device":
-        path.symlink_to("/dev/zero")  # endless
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero: endless
+    elif kind == "symlink to a device":
+        path.symlink_to("/dev/zero")
     elif kind == "dangling symlink":
         path.symlink_to(tmp_path / "nowhere")
 
@@ -144,10 +147,18 @@ def test_special_file_in_place_of_the_log_is_reported_not_read(tmp_path, kind, c
     assert len(errors) == 1 and "not a regular file" in errors[0], errors
 
 
-def test_dangling_symlink_is_no_log_yet(tmp_path):
-    _special(tmp_path, "dangling symlink")
+@pytest.mark.parametrize("kind", ["dangling symlink", "symlink to a device"])
+def test_a_symlink_in_place_of_the_log_is_not_followed(tmp_path, kind, caplog):
+    """The exporter writes its log by a rename: a symbolic link there is someone else's, and
+    following it would read what it points to (any file, with CAP_DAC_READ_SEARCH)."""
+    _special(tmp_path, kind)
     log = OperationsLog(str(tmp_path))
-    assert log.load_ok and log.page(0, 10) == ([], 0)
+    assert not log.load_ok and log.page(0, 10) == ([], 0)
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "a symbolic link, not followed" in error
+    log.add(FinishedOperation.from_json(GOOD))
+    log.flush()
+    assert (tmp_path / LOG_NAME).is_file() and not (tmp_path / LOG_NAME).is_symlink()
 
 
 def test_state_directory_that_is_a_file_is_served_through(tmp_path, caplog):
@@ -281,3 +292,37 @@ def test_pages_across_the_ring_s_wrap_newest_first():
         for limit in range(1, 9):
             assert log.page(offset, limit) == (newest[offset:offset + limit], 7)
     assert [e.snapshot for e in log._entries] == [f"s{n}" for n in range(12, 19)]  # oldest first
+
+
+def test_a_figure_that_is_not_finite_is_never_written(tmp_path, caplog):
+    """JSON has no Infinity: a log written with it loses the entry at the next start. The
+    writer refuses it (one line); the other entries are written and read back."""
+    log = OperationsLog(str(tmp_path))
+    good = FinishedOperation.from_json(GOOD)
+    bad = dataclasses.replace(FinishedOperation.from_json({**GOOD, "snapshot": "bad"}),
+                              guest_cpu_ratio=float("inf"))
+    for entry in (good, bad):
+        log.add(entry)
+    log.flush()
+    log.add(dataclasses.replace(good, id="0123456789abcdef"))
+    log.flush()
+    text = (tmp_path / LOG_NAME).read_text()
+    assert "Infinity" not in text and len(text.splitlines()) == 2
+    log.close()
+    again = OperationsLog(str(tmp_path))
+    assert again.invalid_entries == 0 and again.page(0, 10)[1] == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "not written to the log" in errors[0], errors
+
+
+def test_only_the_tail_a_log_can_hold_is_read(tmp_path, caplog):
+    """A file far longer than operations.log-size entries (here 64 MiB of lines that are no
+    entries before the two newest) costs the bytes of those entries, not its size."""
+    with open(tmp_path / LOG_NAME, "wb") as handle:
+        handle.write((b"x" * 1023 + b"\n") * 65536)
+        handle.write(_good(snapshot="a") + b"\n" + _good(snapshot="b") + b"\n")
+    log = OperationsLog(str(tmp_path), size=2)
+    assert [e.snapshot for e in log.page(0, 10)[0]] == ["b", "a"]
+    assert log.invalid_entries <= 8 and log.load_ok
+    assert any("first" in r.getMessage() and "bytes skipped" in r.getMessage()
+               for r in caplog.records)

@@ -16,8 +16,8 @@ import fcntl
 import itertools
 import json
 import logging
+import math
 import os
-import stat
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -25,13 +25,18 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..model.operation import FinishedOperation
+from ..model.printable import printable
 from .atomic_file import write_atomically
+from .safe_file import BadFile, MissingFile, open_regular
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "operations.jsonl"
 LOCK_NAME = "operations.lock"
 MAX_LINE_BYTES = 64 * 1024  # an entry is under 2 KiB; a longer line is not one
+# What is read back at most per entry the log keeps (operations.log-size): a file longer than
+# that many of them is read from its tail, the newest entries.
+MAX_ENTRY_BYTES = 4 * 1024
 
 
 class StateDirectoryInUse(Exception):
@@ -55,6 +60,7 @@ class OperationsLog:
         self.version = 0  # bumped by every add() and amend(): what was rendered from it can be cached
         self._dirty = False
         self._lock_fd: int | None = None
+        self._unwritable: set[str] = set()  # ids of entries not written (said once each)
         if self.directory is not None:
             problems = [p for p in (self._take_lock(), self._load()) if p]
             if problems:
@@ -97,19 +103,18 @@ class OperationsLog:
         return ""
 
     def _load(self) -> str:
-        """'' when the log was read back (or there is none yet), else why it was not."""
+        """'' when the log was read back (or there is none yet), else why it was not. Opened
+        as store/safe_file.py opens every file: a regular file, not through a symbolic link
+        (the exporter writes it by a rename), never waited on; of a file longer than the log
+        can hold (MAX_ENTRY_BYTES an entry), only the tail is read."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+            handle = open_regular(self.path, follow_symlinks=False)
+        except MissingFile:
             return ""
-        except OSError as exc:
+        except BadFile as exc:
             self.load_ok = False
-            return _unread(exc.strerror)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            self.load_ok = False
-            return _unread("not a regular file")
-        with os.fdopen(fd, "rb") as handle:
+            return _unread(str(exc))
+        with handle:
             try:
                 self._read(handle)
             except OSError as exc:
@@ -120,7 +125,13 @@ class OperationsLog:
     def _read(self, handle: BinaryIO) -> None:
         first_error = ""
         lines = 0
-        for number, line in enumerate(_lines(handle), 1):
+        budget = self.size * MAX_ENTRY_BYTES
+        skipped = os.fstat(handle.fileno()).st_size - budget
+        if skipped > 0:  # the oldest lines, which the log could not keep anyway
+            handle.seek(skipped - 1)
+            if handle.read(1) != b"\n":
+                next(_lines(handle), None)  # the rest of a line cut in two
+        for number, line in enumerate(_lines(handle, budget), 1):
             lines = number
             if line is not None and not line.strip():
                 continue
@@ -135,6 +146,9 @@ class OperationsLog:
                 first_error = first_error or f"line {number}: {reason[:80]}"
                 continue
             self._entries.append(entry)
+        if skipped > 0:
+            log.warning("operations log %s: longer than %d entries can be (%d bytes each): its "
+                        "first %d bytes skipped", self.path, self.size, MAX_ENTRY_BYTES, skipped)
         if self.invalid_entries:
             log.warning("operations log %s: skipped %d of %d lines that are not valid entries "
                         "(first: %s)", self.path, self.invalid_entries, lines, first_error)
@@ -196,7 +210,7 @@ class OperationsLog:
     def _flush_locked(self) -> None:
         if self.directory is None:
             return
-        text = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in self._entries)
+        text = "".join(self._line(e) for e in self._entries)
         try:
             write_atomically(self.directory, LOG_NAME, text.encode(), fsync=True)
         except OSError as exc:
@@ -210,6 +224,18 @@ class OperationsLog:
             log.info("operations log in %s writable again", self.directory)
         self.last_write_ok = True
         self._dirty = False
+
+    def _line(self, entry: FinishedOperation) -> str:
+        """An entry's line; '' for one with a figure that is not finite (the writers refuse
+        it: JSON has no such number, and the next start would drop the line), said once."""
+        try:
+            return json.dumps(entry.to_json(), sort_keys=True, allow_nan=False) + "\n"
+        except ValueError:
+            if entry.id not in self._unwritable:
+                self._unwritable.add(entry.id)
+                log.error("operation %s of %s not written to the log: a figure is not finite",
+                          entry.id, printable(entry.domain))
+            return ""
 
 
 class Entries:
@@ -299,12 +325,15 @@ def _unread(why: str) -> str:
     return f"cannot read {LOG_NAME} ({why}): the history starts empty, kept in memory"
 
 
-def _lines(handle: BinaryIO) -> Iterator[bytes | None]:
-    """The file's lines; None for one longer than MAX_LINE_BYTES, which is skipped unread."""
-    while line := handle.readline(MAX_LINE_BYTES + 1):
+def _lines(handle: BinaryIO, budget: float = math.inf) -> Iterator[bytes | None]:
+    """The file's lines, up to `budget` bytes (a file that grows as it is read); None for one
+    longer than MAX_LINE_BYTES, which is skipped unread."""
+    while budget > 0 and (line := handle.readline(MAX_LINE_BYTES + 1)):
+        budget -= len(line)
         if len(line) > MAX_LINE_BYTES:
             while line and not line.endswith(b"\n"):
                 line = handle.readline(MAX_LINE_BYTES)
+                budget -= len(line)
             yield None
         else:
             yield line
