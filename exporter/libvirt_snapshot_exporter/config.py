@@ -12,12 +12,16 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import yaml
 
+from .store.safe_file import BadFile, read_bounded
+
+# The config and web config files: a few hundred bytes each; a file over this is no config,
+# and YAML's parser would hold many times its size.
+MAX_YAML_BYTES = 2**20
 
 class ConfigError(Exception):
     """A bad configuration; its message is one line naming the key and what is wrong."""
@@ -173,11 +177,12 @@ def _check(option: Option, value: Any, where: str) -> Any:
 
 def read_yaml(path: str, where: str) -> Any:
     """A YAML file's data; ConfigError (one line, starting with `where`) for a file that
-    cannot be read, is not UTF-8, or is not YAML."""
+    cannot be read (store/safe_file.py: not a regular file, or over MAX_YAML_BYTES), is not
+    UTF-8, or is not YAML."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+        text = read_bounded(path, MAX_YAML_BYTES).decode("utf-8")
+    except BadFile as exc:
+        raise ConfigError(f"{where}: cannot read: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{where}: not UTF-8 (byte {exc.start})") from None
     try:

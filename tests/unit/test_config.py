@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
-from libvirt_snapshot_exporter.config import ConfigError, build, external_url
+from libvirt_snapshot_exporter.config import MAX_YAML_BYTES, ConfigError, build, external_url
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -198,3 +199,38 @@ def test_bad_external_urls_exit_2(url, needle):
 def test_the_external_url_is_given_else_this_hosts_address(given, listen, tls, expected):
     config = build({"web_external_url": given or None, "web_listen_address": listen}, None)
     assert external_url(config, tls, "hv1.example") == expected
+
+
+def _pem_pair(tmp_path) -> None:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(tmp_path / "server.key"),
+                    "-out", str(tmp_path / "server.crt")], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("which", ["config", "web config", "cert_file", "client_ca_file"])
+def test_a_fifo_in_place_of_a_file_is_one_line_never_a_hang(tmp_path, which):
+    """Every file the exporter reads at start goes through store/safe_file.py: a FIFO nobody
+    writes to is refused at once, --check-config included."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    web = tmp_path / "web.yml"
+    if which in ("cert_file", "client_ca_file"):
+        _pem_pair(tmp_path)
+        tls = {"cert_file": "cert_file: fifo\n  key_file: server.key\n",
+               "client_ca_file": "cert_file: server.crt\n  key_file: server.key\n"
+               "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: fifo\n"}[which]
+        web.write_text("tls_server_config:\n  " + tls)
+    flag = {"config": f"--config.file={fifo}", "web config": f"--web.config.file={fifo}"}.get(
+        which, f"--web.config.file={web}")
+    one_line_error(run(flag, "--check-config"), "not a regular file")
+
+
+def test_a_config_file_too_big_is_one_line_and_a_symlink_to_one_is_followed(tmp_path):
+    big = tmp_path / "big.yml"
+    big.write_text("# " + "x" * MAX_YAML_BYTES + "\n")
+    one_line_error(run(f"--config.file={big}", "--check-config"), "larger than")
+    good = tmp_path / "good.yml"
+    good.write_text("collector.poll-interval: 2\n")
+    link = tmp_path / "link.yml"
+    link.symlink_to(good)  # a config from a Kubernetes ConfigMap is a symlink
+    assert run(f"--config.file={link}", "--check-config").returncode == 0

@@ -14,11 +14,12 @@ import libvirt_snapshot_exporter
 PACKAGE = Path(libvirt_snapshot_exporter.__file__).parent
 NAME = "libvirt_snapshot_exporter"
 
-# What each layer may import, besides itself. `config` is a leaf every layer may read; `cli` and
+# What each layer may import, besides itself. `config` is read by every layer that takes
+# settings and reads its files as every file is read (store/safe_file.py); `cli` and
 # `__main__` assemble everything.
 MAY_IMPORT = {
     "model": set(),
-    "config": set(),
+    "config": {"store"},
     "sources": {"model"},
     "tracker": {"model"},
     "store": {"model"},

@@ -32,13 +32,16 @@ def open_regular(path: str | os.PathLike[str], follow_symlinks: bool = True) -> 
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise MissingFile("no such file") from None
+        raise MissingFile(os.strerror(errno.ENOENT)) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP and not follow_symlinks:
             raise BadFile("a symbolic link, not followed") from None
         raise BadFile(exc.strerror or str(exc)) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise BadFile(os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
             raise BadFile("not a regular file")
         os.set_blocking(fd, True)
     except BaseException:

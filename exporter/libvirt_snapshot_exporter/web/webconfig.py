@@ -9,6 +9,8 @@ do what Go's crypto/tls does, this module refuses or says so instead of silently
 - `RequestClientCert` asks for no certificate: one asked for and never checked grants nothing.
 - `curve_preferences` is checked but not applied (warned): Python's ssl has no API for a list.
 The file is read once at startup (the toolkit rereads it per request): restart after a change.
+It and the files it names are read as every file the exporter reads (store/safe_file.py): a
+FIFO or a device in their place is one line and exit 2, never a start that hangs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import bcrypt
 
 from ..config import ConfigError, read_yaml
+from ..store.safe_file import BadFile, read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ TLS_KEYS = {
     "prefer_server_cipher_suites": bool,
 }
 HTTP_KEYS = {"http2": bool, "headers": dict}
+# A certificate chain, a key or a CA bundle (Debian's, of every public CA: some 200 KB)
+MAX_PEM_BYTES = 4 * 2**20
 TOP_KEYS = {"tls_server_config": dict, "http_server_config": dict, "basic_auth_users": dict}
 
 TLS_VERSIONS = {
@@ -183,20 +188,23 @@ def tls_context(tls: dict[str, Any], base: Path, where: str) -> ssl.SSLContext |
             raise ConfigError(f"{where}: {name}: unknown TLS version {version!r}")
         setattr(ctx, attribute, TLS_VERSIONS[version])
     try:
+        for path in (cert, key):  # ssl opens them itself: a FIFO would hang the start
+            read_bounded(path, MAX_PEM_BYTES)
         ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
+    except (BadFile, OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{where}: cannot load cert_file {cert} with key_file {key}: "
-                          f"{exc.strerror or exc}") from None
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
     ctx.verify_mode = CLIENT_AUTH[auth]
     if ctx.verify_mode != ssl.CERT_NONE:
         try:
             if client_ca:
-                ctx.load_verify_locations(cafile=client_ca)
+                ctx.load_verify_locations(
+                    cadata=read_bounded(client_ca, MAX_PEM_BYTES).decode("ascii", "replace"))
             else:  # Go verifies against the system's roots then
                 ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
-        except (OSError, ssl.SSLError) as exc:
+        except (BadFile, OSError, ssl.SSLError) as exc:
             raise ConfigError(f"{where}: cannot load client_ca_file {client_ca}: "
-                              f"{exc.strerror or exc}") from None
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
     _ciphers(ctx, tls, where)
     return ctx
 
