@@ -25,6 +25,7 @@ from ..model.observations import (
     DomainUnchanged,
     Observation,
 )
+from ..model.printable import printable
 from ..sources.libvirt.calls import LibvirtUnavailable
 from .domain_cache import DomainCache, LoopParts
 from .source_health import Source
@@ -161,7 +162,7 @@ class DomainPolls:
                     self._pending[name] = ("check", self.adapter.check_domain(name, active))
                     cache.next_check = now + interval
             except LibvirtUnavailable as exc:  # an earlier call of this domain still runs
-                log.debug("poll of %s: %s", name, exc)
+                log.debug("poll of %s: %s", printable(name), printable(exc))
 
     def _gather(self, now: float) -> bool:
         """Nearly every call answers within a millisecond: collect them in this round, and the
@@ -179,8 +180,8 @@ class DomainPolls:
         for name, (call, future) in list(self._pending.items()):
             if not future.done():
                 if now - self._since.setdefault(name, now) > self.config["libvirt.timeout"]:
-                    log.warning("libvirt has not answered a poll of %s for %.0f s", name,
-                                now - self._since[name])
+                    log.warning("libvirt has not answered a poll of %s for %.0f s",
+                                printable(name), now - self._since[name])
                     self._since[name] = now
                 continue
             del self._pending[name]
@@ -188,7 +189,7 @@ class DomainPolls:
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - the domain vanished mid-poll, say
-                log.debug("%s of %s failed: %s", call, name, exc)
+                log.debug("%s of %s failed: %s", call, printable(name), printable(exc))
                 ok = False
                 continue
             cache = self.domains.get(name)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..model.context import OperationContext, write_rate
 from ..model.operation import FinishedOperation, InFlight, OperationFacts
+from ..model.printable import printable
 from ..store.oplog import OperationsLog
 from ..store.view import StateStore
 from ..tracker.tracker import Operation
@@ -44,8 +45,8 @@ class OperationHandoff:
         record = finished_operation(op, self.contexts.finish(op.id), qemu_version,
                                     cache.disk_cache_modes())
         log.info("%s %s of %s/%s: %.3f s (%s, start by %s, end by %s)", op.outcome,
-                 op.operation, op.domain, op.snapshot, record.duration_seconds, op.kind,
-                 op.start_source, op.end_source)
+                 op.operation, printable(op.domain), printable(op.snapshot),
+                 record.duration_seconds, op.kind, op.start_source, op.end_source)
         self.oplog.add(record)
         self.store.operations.record(record)
         if self.recorder is not None:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ..model.printable import printable
 from ..model.samples import HostSample
 from ..sources.host import HostReader
 from ..sources.images import image_usage
@@ -113,7 +114,7 @@ class Sampler:
             try:
                 disks = tuple(future.result())
             except Exception as exc:  # noqa: BLE001
-                log.debug("disks of %s: %s", name, exc)
+                log.debug("disks of %s: %s", printable(name), printable(exc))
                 return
             cache.update_disks(disks, now, pid)
 

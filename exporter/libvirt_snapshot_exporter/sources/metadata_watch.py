@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from inotify_simple import INotify, flags
 
 from ..model.observations import DomainStatusSaved, MetadataWatchState, SnapshotFileEvent
+from ..model.printable import printable
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class MetadataWatch:
             wd = self._inotify.add_watch(path, _DOMAIN_MASK)
             names = {n[: -len(SUFFIX)] for n in os.listdir(path) if n.endswith(SUFFIX)}
         except OSError as exc:  # gone again, or not readable: that domain alone
-            log.debug("cannot watch %s: %s", path, exc)
+            log.debug("cannot watch %s: %s", printable(path), printable(exc))
             return
         self._dirs[wd] = domain
         self._files[domain] = names
