@@ -396,6 +396,9 @@ def test_internal_against_external_live_and_disk_only_leave_the_domain_as_found(
     found.check()
 
 
+# host_only: bench's redefinition of the domain's disk cache is libvirt's define, alike on 9.0
+# and 11.3; the failed create under another cache mode (below) runs on both. 46 s of CI each.
+@pytest.mark.host_only
 def test_cache_modes_compared_then_put_back_and_the_commands_left_after_a_second_ctrl_c(
         exporter, small, conn, tmp_path):
     found = AsFound(conn, small)
