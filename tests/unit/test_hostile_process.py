@@ -367,6 +367,114 @@ def test_hostile_names_and_traces_on_disk_stay_text_on_the_pages(tmp_path):
     no_traceback(proc)
 
 
+def _bad_traces(state: Path) -> dict[str, str]:
+    """Trace files that are no traces, each under the name of a logged operation: what each
+    is, by id; and the entries of the log."""
+    good = slow_trace()
+    data = good.to_json()
+    folder = state / "traces"
+    folder.mkdir(parents=True)
+    kinds = ["good", "fifo", "huge", "one timestamp", "overflowing counter", "another id",
+             "thread key without colons", "symlink"]
+    ids = {f"{n:016x}": kind for n, kind in enumerate(kinds, 1)}
+    entries = [{**ENTRY, "id": trace_id, "domain": good.domain, "snapshot": kind,
+                "start": good.start, "end": good.end, "duration_seconds": good.end - good.start}
+               for trace_id, kind in ids.items()]
+    (state / "operations.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    for trace_id, kind in ids.items():
+        path = folder / f"{trace_id}.json"
+        trace = {**data, "id": trace_id}
+        if kind == "huge":
+            trace["counters"] = {f"c{i}": [i] * len(data["t"]) for i in range(60)}
+            trace["threads"] = {f"other:S:w{i}": [1] * len(data["t"]) for i in range(60)}
+            body = json.dumps(trace) + " " * 59_000_000  # under trace.max-bytes (the default)
+        elif kind == "one timestamp":  # what made the page quadratic
+            size = 3000
+            trace.update(t=[good.start] * size, n=[1] * size, gauges={}, counters={},
+                         threads={"worker:D:rq_qos_wait": [1] * size})
+            body = json.dumps(trace)
+        elif kind == "overflowing counter":  # 1e999: a JSON number that overflows to inf
+            written = list(data["counters"]["qemu_write_bytes"])
+            written[3] = float("inf")
+            trace["counters"] = {**data["counters"], "qemu_write_bytes": written}
+            body = json.dumps(trace).replace("Infinity", "1e999")
+        elif kind == "another id":
+            body = json.dumps(data)
+        elif kind == "thread key without colons":
+            trace["threads"] = {"main": [1] * len(data["t"])}
+            body = json.dumps(trace)
+        else:
+            body = json.dumps(trace)
+        path.write_text(body)
+    (folder / ("x" * 250 + ".json")).write_text("{}")  # an entry that is no trace's
+    return ids
+
+
+def _swap_in_special_files(state: Path, ids: dict[str, str]) -> None:
+    """Once the exporter runs (its index holds them): a FIFO and a symlink in place of two
+    traces, as anyone with the state directory could put them."""
+    for trace_id, kind in ids.items():
+        path = state / "traces" / f"{trace_id}.json"
+        if kind == "fifo":
+            path.unlink()
+            os.mkfifo(path)
+        elif kind == "symlink":
+            path.unlink()
+            path.symlink_to(state / "traces" / f"{next(iter(ids))}.json")
+
+
+def test_trace_files_that_are_no_traces_are_dropped_not_served(tmp_path):
+    """A FIFO, a 59 MB file, a trace whose points share one timestamp, Infinity in a counter,
+    the trace of another operation, a malformed thread key, a symlink: each page answers at
+    once, without the trace (one log line each, the file removed); the good one is drawn."""
+    state = tmp_path / "state"
+    ids = _bad_traces(state)
+    proc = exporter(state_dir=str(state), port=free_port()).start()
+    try:
+        _swap_in_special_files(state, ids)
+        for trace_id, kind in ids.items():
+            started = time.monotonic()
+            status, _, body = request(proc.port, path=f"/operations/{trace_id}")
+            assert status == 200 and time.monotonic() - started < 5, kind
+            assert (b"No trace is kept" in body) == (kind != "good"), kind
+            status, _, body = request(proc.port, path=f"/api/operations/{trace_id}/trace")
+            assert status == (200 if kind == "good" else 404), kind
+        dropped = log_lines(proc, ": dropped")
+        assert len(dropped) == len(ids) - 1, dropped
+        assert sorted(p.name for p in (state / "traces").iterdir() if len(p.name) < 30) == [
+            f"{next(iter(ids))}.json"]
+        (skipped,) = log_lines(proc, "entries that are not traces")
+        assert "skipped 1 entries" in skipped, skipped
+        assert proc.value("libvirt_up") == 1
+    finally:
+        assert proc.stop() == 0
+    no_traceback(proc)
+
+
+@pytest.mark.parametrize("seed", ["fifo", "400 digits", "1e-300 s", "deep"])
+def test_a_bad_rate_seed_stops_the_start_with_one_line(tmp_path, seed):
+    """At the real start (not --check-config alone): exit 2 and one line, never a hang."""
+    path = tmp_path / "seed.json"
+    row = {"domain": "vm", "operation": "create", "outcome": "success", "kind": "internal",
+           "start": 1700000000.0, "end": 1700000003.0, "duration_seconds": 3.0,
+           "snapshot": "s", "disk_cache": "writeback", "qemu_written_bytes": 10**9}
+    if seed == "fifo":
+        os.mkfifo(path)
+    elif seed == "deep":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        row.update({"400 digits": {"qemu_written_bytes": 10**400},
+                    "1e-300 s": {"duration_seconds": 1e-300}}[seed])
+        path.write_text(json.dumps({"operations": [row]}))
+    result = subprocess.run(
+        [sys.executable, "-m", "libvirt_snapshot_exporter", f"--libvirt.uri={TEST_URI}",
+         f"--web.listen-address=127.0.0.1:{free_port()}", f"--state.directory={tmp_path}",
+         f"--verdict.rate-seed={path}"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "verdict.rate-seed" in lines[0], result.stderr
+
+
 def test_operations_readers_do_not_hold_up_scrapes(served):
     """Four clients fetching the biggest page in a loop; scrapes still answer quickly (the
     bound is loose: a shared 2-core machine)."""
