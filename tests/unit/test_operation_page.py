@@ -17,6 +17,7 @@ from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
 from libvirt_snapshot_exporter.verdict import explain
 from libvirt_snapshot_exporter.verdict.judge import judge, reference
+from libvirt_snapshot_exporter.web import api as web_api
 from libvirt_snapshot_exporter.web import operation_page as page
 from libvirt_snapshot_exporter.web import routes as web
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
@@ -453,6 +454,7 @@ def test_the_logged_verdict_is_on_the_landing_page_and_the_page_without_its_trac
 
 
 def test_the_page_is_rendered_once_until_its_entry_or_its_trace_changes(app, monkeypatch):
+    monkeypatch.setattr(web_api, "TRACE_RECHECK_SECONDS", 1e9)  # one period until said
     renders = []
     render = page.render
     monkeypatch.setattr(page, "render", lambda *args: renders.append(args) or render(*args))
@@ -465,5 +467,7 @@ def test_the_page_is_rendered_once_until_its_entry_or_its_trace_changes(app, mon
     assert app.oplog.amend(judged)  # its verdict came
     assert b"Storage set the pace" in call(app, path)[2] and len(renders) == 2
     app.api.traces = TraceStore(str(app.oplog.directory / "elsewhere"), 5, 2**24)  # trace gone
+    assert b"Storage set the pace" in call(app, path)[2] and len(renders) == 2  # read < 1 s ago
+    monkeypatch.setattr(web_api, "TRACE_RECHECK_SECONDS", 1e-9)  # the next period
     assert b"No trace is kept" in call(app, path)[2] and len(renders) == 3
     assert call(app, "/operations/" + "0" * 16)[0] == "404 Not Found" and len(renders) == 3

@@ -17,6 +17,7 @@ from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
 from libvirt_snapshot_exporter.tracker.tracker import Operation
+from libvirt_snapshot_exporter.web import api as web_api
 from libvirt_snapshot_exporter.web.api import BadRequest, OperationsApi, int_param
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
 
@@ -121,3 +122,34 @@ def test_an_id_is_found_in_the_index_and_a_missing_one_costs_one_look_up(monkeyp
         assert api.found(missing) is None
     api.traces = None
     assert api.judged(entries[1234].id) == (entries[1234], None, None)
+
+
+class Counting:
+    """A trace store that counts its reads."""
+
+    def __init__(self, traces: TraceStore) -> None:
+        self.traces = traces
+        self.reads: list[str] = []
+
+    def get(self, trace_id: str) -> bytes | None:
+        self.reads.append(trace_id)
+        return self.traces.get(trace_id)
+
+
+def test_a_logged_operation_s_trace_is_read_once_per_period_whoever_asks(tmp_path, monkeypatch):
+    traces = TraceStore(str(tmp_path), 5, 2**24)
+    traces.add(slow_trace())
+    counting = Counting(traces)
+    api = api_of([*history(), slow_create()], counting)
+    monkeypatch.setattr(web_api, "TRACE_RECHECK_SECONDS", 1e9)  # one period all along
+    for _ in range(50):
+        assert api.judged(slow_create().id)[1] is not None
+        assert json.loads(api.trace_json(slow_create().id))["id"] == slow_create().id
+    assert counting.reads == [slow_create().id]
+    for n in range(100):  # ids not in the log: asked each time, kept nowhere
+        assert api.trace_json(f"{n:016x}") is None
+    assert len(counting.reads) == 101 and api.trace_json(slow_create().id) is not None
+    assert len(counting.reads) == 101
+    monkeypatch.setattr(web_api, "TRACE_RECHECK_SECONDS", 1e-9)
+    api.trace_json(slow_create().id)
+    assert len(counting.reads) == 102  # read again in the next period

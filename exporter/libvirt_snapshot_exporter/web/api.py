@@ -25,6 +25,9 @@ PAGE_MAXIMUM = 10_000
 OFFSET_MAXIMUM = 10**9  # beyond any log size: answers an empty page
 PAGE_CACHE_SIZE = 16  # pages kept rendered...
 PAGE_CACHE_BYTES = 64 * 2**20  # ...in this many bytes (a page of 10,000 entries: ~15 MB)
+TRACE_RECHECK_SECONDS = 1.0  # a logged operation's trace is read at most this often...
+TRACES_KEPT = 32  # ...for this many operations...
+TRACES_KEPT_BYTES = 64 * 2**20  # ...in this many bytes
 
 Judged = tuple[FinishedOperation, Trace | None, Verdict | None]
 
@@ -58,6 +61,8 @@ class OperationsApi:
         self.oplog = oplog
         self.traces = traces  # None: trace.operations is 0
         self._pages: PageCache[bytes] = PageCache(PAGE_CACHE_SIZE, PAGE_CACHE_BYTES, len)
+        self._traces: PageCache[bytes | None] = PageCache(
+            TRACES_KEPT, TRACES_KEPT_BYTES, lambda body: len(body or b""))
 
     def in_flight(self) -> list[dict[str, Any]]:
         """Operations in flight, as they stand now."""
@@ -102,7 +107,17 @@ class OperationsApi:
         }).encode()[1:-1]
 
     def trace_json(self, trace_id: str) -> bytes | None:
-        return self.traces.get(trace_id) if self.traces is not None else None
+        """The trace's JSON. A logged operation's is read (and checked: a trace file is
+        trusted no more than the log) at most once per TRACE_RECHECK_SECONDS, so clients
+        asking for it, its page or its verdict in a loop cost no reading each; a trace coming
+        or going shows within that time. Any other id is asked of the traces each time (one
+        look-up for one they do not hold), and fills nothing."""
+        if self.traces is None:
+            return None
+        if self.oplog.get(trace_id) is None:
+            return self.traces.get(trace_id)
+        period = int(time.monotonic() / TRACE_RECHECK_SECONDS)
+        return self._traces.get(trace_id, period, lambda: self.traces.get(trace_id))
 
     def verdict_json(self, trace_id: str) -> bytes | None:
         """The verdict on an operation whose trace is kept; None without either (the log's
