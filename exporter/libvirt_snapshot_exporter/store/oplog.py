@@ -22,12 +22,12 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ..model.operation import FinishedOperation
 from ..model.printable import printable
 from .atomic_file import write_atomically
-from .safe_file import BadFile, MissingFile, open_regular
+from .safe_file import BadFile, MissingFile, no_constants, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ MAX_ENTRY_BYTES = 4 * 1024
 
 class StateDirectoryInUse(Exception):
     """Another process holds the state directory's lock; the message is one line."""
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 class OperationsLog:
@@ -139,7 +135,7 @@ class OperationsLog:
                 if line is None:
                     raise ValueError(f"longer than {MAX_LINE_BYTES} bytes")
                 entry = FinishedOperation.from_json(
-                    json.loads(line.decode("utf-8"), parse_constant=_no_constants))
+                    json.loads(line.decode("utf-8"), parse_constant=no_constants))
             except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
                 self.invalid_entries += 1
                 reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 MiB = 2**20
 CHUNK = MiB
@@ -65,3 +65,8 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int,
     if size > max_bytes:
         raise BadFile(f"larger than {max_bytes:,} bytes")
     return b"".join(chunks)
+
+
+def no_constants(name: str) -> Any:
+    """json.loads' parse_constant: Python reads NaN and Infinity, which are no JSON numbers."""
+    raise ValueError(f"{name} is not a JSON number")

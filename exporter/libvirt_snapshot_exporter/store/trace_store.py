@@ -24,13 +24,12 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 from ..model.operation import ID
 from ..model.printable import printable
 from ..model.trace import Trace, from_json
 from .atomic_file import write_atomically
-from .safe_file import BadFile, read_bounded
+from .safe_file import BadFile, no_constants, read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,10 @@ SUFFIX = ".json"
 MAX_TRACE_BYTES = 4 * 2**20
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def parse(body: bytes, trace_id: str | None = None) -> Trace:
     """A trace's JSON as written by the store; ValueError (or RecursionError for nesting too
     deep) for anything else (model/trace.py's from_json says what)."""
-    return from_json(json.loads(body, parse_constant=_no_constants), trace_id)
+    return from_json(json.loads(body, parse_constant=no_constants), trace_id)
 
 
 class TraceStore:

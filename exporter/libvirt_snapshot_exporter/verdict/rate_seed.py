@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..model.operation import FinishedOperation, InvalidRecord, number
-from ..store.safe_file import BadFile, read_bounded
+from ..store.safe_file import BadFile, no_constants, read_bounded
 
 KEY = "verdict.rate-seed"
 # A bench run's JSON with every operation's trace inline: some 0.5 MB an operation at most, so
@@ -25,16 +25,12 @@ KEY = "verdict.rate-seed"
 MAX_SEED_BYTES = 64 * 2**20
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def load_rate_seed(path: str) -> tuple[FinishedOperation, ...]:
     """The bench run's successful creates, as the operations log would hold them. Raises
     ConfigError (one line naming the key and the file) for a file that is no bench output."""
     try:
         data = json.loads(read_bounded(path, MAX_SEED_BYTES).decode("utf-8"),
-                          parse_constant=_no_constants)
+                          parse_constant=no_constants)
     except BadFile as exc:
         raise ConfigError(f"{KEY}: cannot read {path}: {exc}") from None
     except UnicodeDecodeError as exc:
