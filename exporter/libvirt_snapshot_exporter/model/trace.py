@@ -63,6 +63,7 @@ COUNTER_NAME = re.compile(r"[a-z0-9_]{1,64}")
 # role:state:wchan (thread_key): a known role, the one-letter state of /proc/PID/stat, a
 # kernel symbol or nothing
 THREAD_KEY = re.compile(r"(main|worker|migration|iothread|vcpu|other):[A-Za-z]:[A-Za-z0-9_.$]{0,128}")
+NOT_IN_WCHAN = re.compile(r"[^A-Za-z0-9_.$]")
 OPERATIONS = ("create", "delete", "revert")
 
 
@@ -83,8 +84,10 @@ def thread_role(pid: int, tid: int, name: str) -> str:
 
 
 def thread_key(role: str, state: str, wchan: str) -> str:
-    """The key a thread's sample is counted under; a running thread has no wait channel."""
-    return f"{role}:{state}:{'' if state == 'R' or wchan == '0' else wchan}"
+    """The key a thread's sample is counted under; a running thread has no wait channel. What
+    THREAD_KEY does not allow (a kernel's odd symbol) becomes '_', so the trace reads back."""
+    wchan = "" if state == "R" or wchan == "0" else NOT_IN_WCHAN.sub("_", wchan[:128])
+    return f"{role}:{state}:{wchan}"
 
 
 @dataclass(frozen=True)
