@@ -86,7 +86,10 @@ def _get(url: str) -> None:
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             response.read()
-    except (OSError, urllib.error.HTTPError):
+    except urllib.error.HTTPError as answer:  # a 404 for a missing id, a 503: at once again
+        answer.read()
+        answer.close()
+    except OSError:
         time.sleep(0.05)  # refused or dropped: try again, as a hostile client would
 
 
