@@ -144,7 +144,7 @@ def test_thread_keys():
     assert thread_key("main", "D", "balance_dirty_pages") == "main:D:balance_dirty_pages"
     assert thread_key("main", "R", "0") == "main:R:"
     assert thread_key("worker", "S", "0") == "worker:S:"
-    assert thread_key("worker", "D", "fs:wait\n" + "x" * 200) == "worker:D:fs_wait_" + "x" * 119
+    assert thread_key("worker", "D", "fs:wait\n" + "x" * 200) == "worker:D:fs_wait_" + "x" * 120
 
 
 def test_operation_id_is_stable_and_distinct():
