@@ -253,34 +253,68 @@ def test_an_answer_must_be_taken_within_its_deadline_whatever_its_pace():
         theirs.close()
 
 
-def test_outside_the_lane_a_few_answers_are_computed_at_once():
-    running, most, lock = [0], [0], threading.Lock()
+def test_outside_the_lane_one_answer_at_a_time_within_its_share_and_scrapes_at_once(
+        monkeypatch):
+    monkeypatch.setattr(http_server, "OTHERS_SHARE", 0.5)
     release = threading.Event()
+    answered: dict[str, float] = {}
 
-    def slow_app(environ: dict, start_response) -> list[bytes]:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        release.wait(5)
-        with lock:
-            running[0] -= 1
-        return [b""]
+    def app(environ: dict, start_response) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        if path == "/held":
+            release.wait(10)
+        elif path == "/busy":
+            spin = time.thread_time() + 0.3  # 0.3 s of CPU: the next waits as long after it
+            while time.thread_time() < spin:
+                pass
+        return wsgi_layers.send(start_response, "200 OK", "text/plain", path.encode())
 
-    app = wsgi_layers.Lanes(slow_app, ["/metrics"], workers=2)
-    others = [threading.Thread(target=app, args=(environ(path=f"/p{i}"), Recorder()))
-              for i in range(6)]
-    for thread in others:
-        thread.start()
-    time.sleep(0.3)
-    assert most[0] == 2
-    scrape = threading.Thread(target=app, args=(environ(path="/metrics"), Recorder()))
-    scrape.start()
-    time.sleep(0.3)
-    assert most[0] == 3  # the scrape did not wait for a worker
-    release.set()
-    for thread in [*others, scrape]:
-        thread.join()
-    assert running[0] == 0
+    def get(path: str) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=20) as answer:
+            assert answer.read() == path.encode()
+        answered[path] = time.monotonic()
+
+    with serving(app) as server:
+        port = server.server_address[1]
+        held = threading.Thread(target=get, args=("/held",))
+        held.start()
+        time.sleep(0.3)  # /held has the worker
+        waiting = threading.Thread(target=get, args=("/other",))
+        waiting.start()
+        get("/metrics")  # at once, the worker held or not
+        time.sleep(0.3)
+        assert set(answered) == {"/metrics"}  # /other waits for the worker
+        release.set()
+        held.join()
+        waiting.join()
+        busy = threading.Thread(target=get, args=("/busy",))
+        busy.start()
+        time.sleep(0.1)
+        get("/after")
+        busy.join()
+    # /busy spent 0.3 s of CPU: it kept the worker about as long again after its answer
+    assert answered["/after"] - answered["/busy"] >= 0.2
+
+
+def test_an_answer_outgrowing_a_chunk_lets_its_worker_go():
+    ours, theirs = socket.socketpair()
+    let_go = []
+    try:
+        writer = http_server.PacedWriter(ours, stall=5.0, seconds=60.0)
+        writer.holding = lambda: let_go.append(writer.sent)
+        reader = threading.Thread(target=lambda: list(iter(lambda: theirs.recv(2**16), b"")))
+        reader.start()
+        writer.write(b"x" * 1000)
+        assert let_go == []  # a small answer keeps it to the end (the handler's finish)
+        writer.write(b"x" * (3 * http_server.WRITE_CHUNK))
+        assert len(let_go) == 1 and let_go[0] >= http_server.WRITE_CHUNK  # once, past a chunk
+        writer.let_go()
+        assert len(let_go) == 1
+        ours.shutdown(socket.SHUT_WR)
+        reader.join()
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_the_runbook_is_served_with_a_section_for_every_alert(tmp_path):

@@ -1,15 +1,13 @@
 """The WSGI layers every request passes before its route (http_server.serve stacks them):
-a few answers computed at once outside the lane of the scrapes, GET and HEAD only, basic auth
-and the configured headers, and no request that can end in a traceback. Every answer of the
-server is built by send().
+GET and HEAD only, basic auth and the configured headers, and no request that can end in a
+traceback. Every answer of the server is built by send().
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .webconfig import BasicAuth, WebConfig
@@ -31,25 +29,6 @@ def send(start_response: StartResponse, status: str, ctype: str, body: bytes | l
     length = sum(map(len, chunks))
     start_response(status, [("Content-Type", ctype), *headers, ("Content-Length", str(length))])
     return chunks
-
-
-class Lanes:
-    """Requests for the lane's paths (the scrapes) are answered at once; the others compute
-    their answers `workers` at a time, so that however many clients hammer the pages and the
-    API, a scrape competes with a few threads for the interpreter, not with all of them. Only
-    the computing is limited: sending what was computed is not (every route answers a whole
-    body), so a client that reads slowly holds no worker."""
-
-    def __init__(self, app: Callable, lane: Collection[str], workers: int) -> None:
-        self.app = app
-        self.lane = frozenset(lane)
-        self.workers = threading.BoundedSemaphore(workers)
-
-    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") in self.lane:
-            return self.app(environ, start_response)
-        with self.workers:
-            return self.app(environ, start_response)
 
 
 class Methods:

@@ -1,8 +1,9 @@
 """The HTTP server: wsgiref's threading server, hardened. Optional TLS from the web config
 file, and bounds on what slow, silent, greedy or garbage-speaking clients can hold: a deadline
 for the request head, one for every read, a minimum pace and a deadline for every answer, a cap
-on open connections, and slots no other path can take from the scrapes (the lane: the
-telemetry path and /-/healthy).
+on open connections, and, for the scrapes (the lane: the telemetry path and /-/healthy), slots
+no other path can take and most of the interpreter's time: other requests are answered one at
+a time, within a share of it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from .layers import Guard, Lanes, Methods, Safe
+from .layers import Guard, Methods, Safe
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,9 @@ LANE_SLOTS = 8  # of them, kept for the lane: other paths answer 503 when they w
 WRITE_CHUNK = 64 * 1024  # an answer is sent in chunks of this size...
 WRITE_STALL = 5.0  # ...each of which the client must take within this many seconds
 ANSWER_SECONDS = 60.0  # and the whole answer within this many: 15 MB at 250 KB/s
-LANE_WORKERS = 4  # requests outside the lane computing their answer at once (layers.Lanes)
+WORKERS = 1  # requests outside the lane answered at once (past their head, up to 64 KiB sent)
+OTHERS_SHARE = 0.3  # of the interpreter's time, at most, for the requests outside the lane
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the interpreter while others wait for it
 
 
 class Connection:
@@ -111,6 +114,7 @@ class _Handler(WSGIRequestHandler):
     sys_version = ""
 
     def setup(self) -> None:
+        self.cpu_start = time.thread_time()
         self.conn: Connection = self.request
         self.request = self.conn.sock
         super().setup()
@@ -124,10 +128,26 @@ class _Handler(WSGIRequestHandler):
                       self.address_string())
             self.send_error(503, "Busy: try again later")
             return False
+        if not lane:  # one of WORKERS, until the answer is answered or outgrows a chunk
+            self.server.workers.acquire()
+            self.wfile.holding = self._let_go
         return parsed
 
+    def _let_go(self) -> None:
+        """Give the worker back after a pause as long as this request's CPU time (from its
+        thread's start) over OTHERS_SHARE, however many clients queue for it: whatever they
+        ask, they leave the rest of the interpreter's time to the scrapes and the collection."""
+        spent = time.thread_time() - self.cpu_start
+        time.sleep(spent * (1 / OTHERS_SHARE - 1))
+        self.server.workers.release()
+
+    def finish(self) -> None:
+        self.wfile.let_go()
+        super().finish()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):  # formatted for every request otherwise
+            log.debug("%s %s", self.address_string(), format % args)
 
     def get_stderr(self) -> io.TextIOBase:
         """Where wsgiref writes the traceback of a response it could not send (a client that
@@ -139,13 +159,21 @@ class PacedWriter(io.BufferedIOBase):
     """Where an answer is written: in chunks, each of which the client must take within
     `stall` seconds, the whole answer within `seconds` (from its first byte), so a client that
     does not read, or reads too slowly, loses its connection instead of keeping a slot (and the
-    thread and memory that go with it) for as long as it likes."""
+    thread and memory that go with it) for as long as it likes. A worker it holds (`holding`:
+    what lets it go) is let go once the answer outgrows a chunk, so a slow reader holds none."""
 
     def __init__(self, sock: socket.socket, stall: float, seconds: float) -> None:
         self.sock = sock
         self.stall = stall
         self.seconds = seconds
         self.deadline: float | None = None
+        self.sent = 0
+        self.holding: Callable[[], None] | None = None
+
+    def let_go(self) -> None:
+        release, self.holding = self.holding, None
+        if release is not None:
+            release()
 
     def writable(self) -> bool:
         return True
@@ -158,8 +186,12 @@ class PacedWriter(io.BufferedIOBase):
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"answer not taken within {self.seconds:g} s")
+            if self.sent >= WRITE_CHUNK:
+                self.let_go()
             self.sock.settimeout(min(self.stall, left))
-            self.sock.sendall(view[start:start + WRITE_CHUNK])
+            chunk = view[start:start + WRITE_CHUNK]
+            self.sock.sendall(chunk)
+            self.sent += len(chunk)
         return len(view)
 
 
@@ -187,6 +219,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
                  lane: Collection[str] = ("/metrics", "/-/healthy")) -> None:
         self.tls = tls
         self.lane = frozenset(lane)  # the paths that keep LANE_SLOTS for themselves
+        self.workers = threading.Semaphore(WORKERS)  # for the others
         self.connections = Connections(MAX_CONNECTIONS, HEAD_TIMEOUT, LANE_SLOTS)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
@@ -261,7 +294,8 @@ def serve(app: Callable, host: str, port: int, web: WebConfig | None = None) -> 
     if web is not None and (web.users or web.headers):
         app = Guard(app, web)
     server = bind(host, port, web.tls if web else None, lane)
-    # Methods outside Guard: a HEAD answered 401 has no body; Lanes outside all: a request
-    # waiting for a worker holds no lock and has done no work yet
-    server.set_app(Lanes(Safe(Methods(app)), lane, LANE_WORKERS))
+    server.set_app(Safe(Methods(app)))  # Methods outside Guard: a HEAD answered 401 has no body
+    # Other clients' threads keep the interpreter busy: a scrape's thread then waits for it up
+    # to this long (not the default 5 ms) each time it asks, which it does a dozen times.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     return server
