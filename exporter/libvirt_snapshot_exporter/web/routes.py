@@ -21,7 +21,9 @@ from .api import BadRequest, OperationsApi, Traces, judged
 from .layers import StartResponse, send
 from .page_cache import PageCache
 
-GZIP_LEVEL = 6  # zlib's default: most of level 9's gain for a fraction of its CPU
+# zlib's fastest: the 6.2 MB exposition of 1,000 domains with history compresses in 11-20 ms
+# to 302-309 kB, against 36 ms to 262 kB at its default 6 (a scrape waits for it)
+GZIP_LEVEL = 1
 
 TRACE_PATH = re.compile(r"/api/operations/([0-9a-f]{16})/(trace|verdict)")
 OPERATION_PATH = re.compile(r"/operations/([0-9a-f]{16})")
