@@ -296,25 +296,30 @@ def test_outside_the_lane_one_answer_at_a_time_within_its_share_and_scrapes_at_o
     assert answered["/after"] - answered["/busy"] >= 0.2
 
 
-def test_an_answer_outgrowing_a_chunk_lets_its_worker_go():
+def test_a_worker_is_let_go_as_its_answer_starts_going_out():
     ours, theirs = socket.socketpair()
     let_go = []
     try:
-        writer = http_server.PacedWriter(ours, stall=5.0, seconds=60.0)
-        writer.holding = lambda: let_go.append(writer.sent)
-        reader = threading.Thread(target=lambda: list(iter(lambda: theirs.recv(2**16), b"")))
-        reader.start()
-        writer.write(b"x" * 1000)
-        assert let_go == []  # a small answer keeps it to the end (the handler's finish)
-        writer.write(b"x" * (3 * http_server.WRITE_CHUNK))
-        assert len(let_go) == 1 and let_go[0] >= http_server.WRITE_CHUNK  # once, past a chunk
+        writer = http_server.PacedWriter(ours, stall=0.2, seconds=60.0)
+        writer.holding = lambda: let_go.append(1)
+        with pytest.raises(TimeoutError):
+            writer.write(BIG)  # nobody reads: the worker went before the first byte
+        assert let_go == [1]
         writer.let_go()
-        assert len(let_go) == 1
-        ours.shutdown(socket.SHUT_WR)
-        reader.join()
+        assert let_go == [1]
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_share_makes_the_next_request_wait_out_the_last_one_s_cpu_time():
+    share = http_server.Share(workers=1, share=0.25)
+    share.enter()
+    share.leave(0.1)  # 0.1 s of CPU at a quarter: 0.3 s of pause for the next
+    started = time.monotonic()
+    share.enter()
+    assert time.monotonic() - started >= 0.25
+    share.leave(0.0)
 
 
 def test_the_runbook_is_served_with_a_section_for_every_alert(tmp_path):

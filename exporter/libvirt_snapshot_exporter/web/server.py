@@ -35,8 +35,8 @@ LANE_SLOTS = 8  # of them, kept for the lane: other paths answer 503 when they w
 WRITE_CHUNK = 64 * 1024  # an answer is sent in chunks of this size...
 WRITE_STALL = 5.0  # ...each of which the client must take within this many seconds
 ANSWER_SECONDS = 60.0  # and the whole answer within this many: 15 MB at 250 KB/s
-WORKERS = 1  # requests outside the lane answered at once (past their head, up to 64 KiB sent)
-OTHERS_SHARE = 0.3  # of the interpreter's time, at most, for the requests outside the lane
+WORKERS = 1  # requests outside the lane computing their answer at once (Share)...
+OTHERS_SHARE = 0.3  # ...within this share of the interpreter's time
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the interpreter while others wait for it
 
 
@@ -115,6 +115,7 @@ class _Handler(WSGIRequestHandler):
 
     def setup(self) -> None:
         self.cpu_start = time.thread_time()
+        self.other = False  # outside the lane: charged to the Share
         self.conn: Connection = self.request
         self.request = self.conn.sock
         super().setup()
@@ -128,22 +129,21 @@ class _Handler(WSGIRequestHandler):
                       self.address_string())
             self.send_error(503, "Busy: try again later")
             return False
-        if not lane:  # one of WORKERS, until the answer is answered or outgrows a chunk
-            self.server.workers.acquire()
-            self.wfile.holding = self._let_go
+        if not lane:  # a worker of the Share, until its answer starts going out
+            self.server.others.enter()
+            self.other = True
+            self.wfile.holding = self._leave
         return parsed
 
-    def _let_go(self) -> None:
-        """Give the worker back after a pause as long as this request's CPU time (from its
-        thread's start) over OTHERS_SHARE, however many clients queue for it: whatever they
-        ask, they leave the rest of the interpreter's time to the scrapes and the collection."""
-        spent = time.thread_time() - self.cpu_start
-        time.sleep(spent * (1 / OTHERS_SHARE - 1))
-        self.server.workers.release()
+    def _leave(self) -> None:
+        self.server.others.leave(time.thread_time() - self.cpu_start)
+        self.cpu_start = time.thread_time()  # what follows is charged by finish()
 
     def finish(self) -> None:
         self.wfile.let_go()
         super().finish()
+        if self.other:
+            self.server.others.charge(time.thread_time() - self.cpu_start)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         if log.isEnabledFor(logging.DEBUG):  # formatted for every request otherwise
@@ -160,14 +160,13 @@ class PacedWriter(io.BufferedIOBase):
     `stall` seconds, the whole answer within `seconds` (from its first byte), so a client that
     does not read, or reads too slowly, loses its connection instead of keeping a slot (and the
     thread and memory that go with it) for as long as it likes. A worker it holds (`holding`:
-    what lets it go) is let go once the answer outgrows a chunk, so a slow reader holds none."""
+    what lets it go) is let go as the answer starts going out, so a slow reader holds none."""
 
     def __init__(self, sock: socket.socket, stall: float, seconds: float) -> None:
         self.sock = sock
         self.stall = stall
         self.seconds = seconds
         self.deadline: float | None = None
-        self.sent = 0
         self.holding: Callable[[], None] | None = None
 
     def let_go(self) -> None:
@@ -182,17 +181,44 @@ class PacedWriter(io.BufferedIOBase):
         view = memoryview(data).cast("B")
         if self.deadline is None:
             self.deadline = time.monotonic() + self.seconds
+            self.let_go()
         for start in range(0, len(view), WRITE_CHUNK):
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"answer not taken within {self.seconds:g} s")
-            if self.sent >= WRITE_CHUNK:
-                self.let_go()
             self.sock.settimeout(min(self.stall, left))
-            chunk = view[start:start + WRITE_CHUNK]
-            self.sock.sendall(chunk)
-            self.sent += len(chunk)
+            self.sock.sendall(view[start:start + WRITE_CHUNK])
         return len(view)
+
+
+class Share:
+    """The requests outside the lane: `workers` of them compute their answers at once, and
+    each one's CPU time (its thread's, from its start to its end) is charged as a pause the
+    next one waits out, so that together they take at most `share` of the interpreter's time:
+    however many clients hammer the pages and the API, the rest is left to the scrapes and the
+    collection. Clients past the workers wait, holding their connection only."""
+
+    def __init__(self, workers: int, share: float) -> None:
+        self.share = share
+        self._workers = threading.Semaphore(workers)
+        self._lock = threading.Lock()
+        self._not_before = 0.0
+
+    def enter(self) -> None:
+        self._workers.acquire()
+        with self._lock:
+            wait = self._not_before - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+    def leave(self, cpu_seconds: float) -> None:
+        self.charge(cpu_seconds)
+        self._workers.release()
+
+    def charge(self, cpu_seconds: float) -> None:
+        with self._lock:
+            self._not_before = (max(self._not_before, time.monotonic())
+                                + cpu_seconds * (1 / self.share - 1))
 
 
 class _DebugStream(io.TextIOBase):
@@ -219,7 +245,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
                  lane: Collection[str] = ("/metrics", "/-/healthy")) -> None:
         self.tls = tls
         self.lane = frozenset(lane)  # the paths that keep LANE_SLOTS for themselves
-        self.workers = threading.Semaphore(WORKERS)  # for the others
+        self.others = Share(WORKERS, OTHERS_SHARE)
         self.connections = Connections(MAX_CONNECTIONS, HEAD_TIMEOUT, LANE_SLOTS)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
