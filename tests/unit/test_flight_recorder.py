@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
 from libvirt_snapshot_exporter.model.operation import FinishedOperation, operation_id
 from libvirt_snapshot_exporter.model.trace import from_json
 from libvirt_snapshot_exporter.sources.host import HostReader
+from libvirt_snapshot_exporter.sources.qemu_process import QemuThreads
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
@@ -187,3 +189,49 @@ def test_without_a_store_the_trace_goes_to_on_trace_and_recent_shows_the_last_po
     (trace, record), = finished
     assert trace.id == record.id and recorder.get(trace.id) is None  # nothing kept
     assert recorder.recent("vm/1", 2) == ()  # finished
+
+
+def _thread_named(comm: str, stop: threading.Event) -> threading.Thread:
+    """A thread of this process whose kernel name (what QEMU's threads are told by) is comm."""
+    named = threading.Event()
+
+    def run() -> None:
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(comm)
+        named.set()
+        stop.wait()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    named.wait(5)
+    return thread
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_qemu_threads_read_the_writers_alone_from_files_kept_open_until_they_end(tmp_path):
+    stop_worker, stop_other = threading.Event(), threading.Event()
+    worker = _thread_named("worker", stop_worker)
+    other = _thread_named("call_rcu", stop_other)
+    before = open_files()
+    qemu = QemuThreads("/proc", str(tmp_path), "vm", os.getpid())
+    try:
+        counters, states = qemu.read()
+        assert sum(n for k, n in states.items() if k.startswith("main:")) == 1
+        assert sum(n for k, n in states.items() if k.startswith("worker:S:")) == 1
+        assert not any(k.startswith("other:") for k in states)  # the verdict counts no other
+        assert {"run_delay_main_ns", "run_delay_worker_ns"} <= set(counters)
+        assert open_files() == before + 6  # stat, wchan, schedstat of the main thread and worker
+        qemu.read()  # read again from the same files
+        assert open_files() == before + 6
+        stop_worker.set()
+        worker.join()
+        assert not any(k.startswith("worker:") for k in qemu.read()[1])
+        assert open_files() == before + 3  # the ended worker's closed
+    finally:
+        qemu.close()
+        stop_worker.set()
+        stop_other.set()
+        other.join()
+    assert open_files() == before

@@ -2,14 +2,14 @@
 
 While any operation is in flight, and for POST_SECONDS after it, it samples every
 ACTIVE_INTERVAL: host memory, dirty thresholds, reclaim counters and PSI (sources/host.py's
-HostReader, the collection loop's too),
-the block device under the domain's images (psutil's /proc/diskstats), and the domain's QEMU:
-its bytes written (psutil) and the state, wait channel and run delay of each of its threads
-(/proc/PID/task/TID/{stat,wchan,schedstat}). Between operations it reads nothing: the
-collection loop hands it the host sample it takes anyway (note_host(), every cycle, at least
-each poll-interval), kept in a ring from which a new operation's trace takes the PRE_SECONDS
-before its start (an operation is recognised tens of milliseconds after it began: the ring
-covers that). Those samples lack only the device counters.
+HostReader, the collection loop's too), the block device under the domain's images (psutil's
+/proc/diskstats), and the domain's QEMU: its bytes written (psutil) and the state, wait channel
+and run delay of each of its writer threads (/proc/PID/task/TID/{stat,wchan,schedstat};
+sources/qemu_process.py). Between operations it reads nothing: the collection loop hands it
+the host sample it takes anyway (note_host(), every cycle, at least each poll-interval), kept
+in a ring from which a new operation's trace takes the PRE_SECONDS before its start (an
+operation is recognised tens of milliseconds after it began: the ring covers that). Those
+samples lack only the device counters.
 Finished traces go to the TraceStore (the exporter's) and to on_trace (the collection loop
 judges them; bench, which keeps no store, judges and draws them). The collection loop only
 calls begin(), end() and retain(), which read nothing but the images' device numbers:
@@ -144,10 +144,12 @@ class FlightRecorder:
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=2.0)
         with self._lock:
-            done = [r for r in self._recordings.values() if r.record is not None]
+            recordings = list(self._recordings.values())
             self._recordings.clear()
-        for rec in done:
-            self._finish(rec)
+        for rec in recordings:
+            rec.qemu.close()
+            if rec.record is not None:
+                self._finish(rec)
 
     @property
     def native_id(self) -> int | None:
@@ -206,7 +208,7 @@ class FlightRecorder:
         with self._lock:
             for key in [k for k, r in self._recordings.items()
                         if r.record is None and k not in keep]:
-                del self._recordings[key]
+                self._recordings.pop(key).qemu.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -246,6 +248,7 @@ class FlightRecorder:
             if rec.record is not None and reading.time >= rec.record.end + POST_SECONDS:
                 with self._lock:
                     self._recordings.pop(rec.key, None)
+                rec.qemu.close()
                 self._finish(rec)
 
     def _finish(self, rec: _Recording) -> None:
