@@ -112,6 +112,16 @@ def test_the_store_exposition_and_web_never_import_libvirt():
     assert result.returncode == 0, result.stderr
 
 
+def test_a_scrape_while_the_loop_prepares_serves_the_text_it_has_rather_than_wait(frozen_clock):
+    store = handbuilt_view.store(NOW)
+    renderer = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL)
+    before = renderer.render()[0]
+    store.publish(dataclasses.replace(store.view, domains={"vm1": store.view.domains["vm1"]}))
+    with renderer._preparing:  # the collection loop formatting what changed
+        assert renderer.render()[0] == before  # at once, the previous cycle's domain text
+    assert b'libvirt_domain_state{domain="vm2"}' not in renderer.render()[0]
+
+
 def test_changed_and_vanished_domains_leave_the_cached_text(frozen_clock):
     store = handbuilt_view.store(NOW)
     renderer = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL)

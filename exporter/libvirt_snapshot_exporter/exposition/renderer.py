@@ -3,16 +3,19 @@
 Metric families are built with prometheus_client and formatted by its encoders, chosen by its
 content negotiation (choose_encoder: the text format or OpenMetrics) and restricted by its
 registry to `name[]` filters. In the formats Prometheus asks for (the text format and
-OpenMetrics 1.0.0), without a filter, what belongs to one domain is formatted once and cached
-until that domain's data changes (the collection loop prepares it in the background), so a
-scrape of a thousand domains mostly concatenates text; exporter, host, in-flight series and the
-hypervisor's histograms are formatted on every scrape. Filtered scrapes and other formats
-build every family afresh.
+OpenMetrics 1.0.0), without a filter, what belongs to one domain is formatted once, as bytes,
+and kept until that domain's data changes (the collection loop prepares it in the background),
+and each family's block (its header and every domain's lines) is joined once and kept until one
+of its domains changes, so a scrape of a thousand domains joins about a hundred blocks; exporter,
+host, in-flight series and the hypervisor's histograms are formatted on every scrape. A scrape
+that comes while the loop prepares serves the domain text of the loop's previous cycle rather
+than wait. Filtered scrapes and other formats build every family afresh.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -100,10 +103,15 @@ def _format(families: Iterable[Metric], encoder: Encoder
             {k: "".join(v) for k, v in samples.items()}, trailer)
 
 
+Part = tuple[str, str]  # ("domain" or "operations", domain name)
+PartData = DomainView | DomainOperations
+
+
 class MetricsRenderer:
-    """Renders /metrics, caching each domain's text, in each format asked for so far among
-    CACHED_FORMATS, until its DomainView or its operations change (the daemon publishes the
-    same objects again when nothing changed)."""
+    """Renders /metrics, keeping each domain's sample lines as bytes, in each format asked for
+    so far among CACHED_FORMATS, until its DomainView or its operations change (the daemon
+    publishes the same objects again when nothing changed), and each family's block (its
+    header and every domain's lines) until one of those changes."""
 
     def __init__(self, store: StateStore, external_url: str, domain_histograms: bool = False,
                  read_host: Callable[[], HostSample] | None = None) -> None:
@@ -113,62 +121,97 @@ class MetricsRenderer:
         self.store = store
         self.collector = MetricFamilies(external_url, domain_histograms)
         self.read_host = read_host
+        # Held while the index below changes or a scrape reads it: never while formatting.
         self._lock = threading.Lock()
+        # One prepare at a time (the loop's, or a scrape's when the loop is not preparing).
+        self._preparing = threading.Lock()
         self._formats: dict[str, Encoder] = {TEXT_FORMAT[1]: TEXT_FORMAT[0]}
-        # name -> (what was formatted, {format: {family: sample lines}})
-        self._domains: dict[str, tuple[DomainView, dict[str, dict[str, str]]]] = {}
-        self._operations: dict[str, tuple[DomainOperations, dict[str, dict[str, str]]]] = {}
-        self._headers: dict[str, dict[str, str]] = {}  # format -> {family: header lines}
-        # format -> family -> (part, name) -> sample lines, so that a scrape joins each family
-        # without looking through every domain for it
-        self._samples: dict[str, dict[str, dict[tuple[str, str], str]]] = {}
+        # part -> (what was formatted, {format: the families it has lines in})
+        self._parts: dict[Part, tuple[PartData, dict[str, tuple[str, ...]]]] = {}
+        self._headers: dict[str, dict[str, bytes]] = {}  # format -> {family: header lines}
+        # format -> family -> part -> sample lines, so that a family is joined without looking
+        # through every domain for it
+        self._samples: dict[str, dict[str, dict[Part, bytes]]] = {}
+        # format -> family -> header and all its lines, until one of them changes
+        self._blocks: dict[str, dict[str, bytes]] = {}
 
     def prepare(self) -> None:
         """Format what changed since the last call; the collection loop calls it after each
         publish, so a scrape finds the text ready."""
-        view = self.store.view
-        operations = self.store.operations.domains()
+        with self._preparing:
+            self._prepare()
+
+    def _prepare(self) -> None:
+        """Formats outside self._lock (a thousand changed domains take a while), then swaps
+        the new lines in under it. Only a prepare changes self._parts: it reads it unlocked."""
+        current: dict[Part, PartData] = {("domain", name): dom
+                                         for name, dom in self.store.view.domains.items()}
+        current.update((("operations", name), ops)
+                       for name, ops in self.store.operations.domains().items())
         with self._lock:
-            self._refresh("domain", self._domains, view.domains,
-                          self.collector.domain_families)
-            self._refresh("operations", self._operations, operations,
-                          lambda _name, ops: self.collector.operation_families(ops))
-
-    def _refresh(self, part: str, cache: dict[str, tuple[Any, dict[str, dict[str, str]]]],
-                 current: dict[str, Any], families: Callable[[str, Any], Iterable[Metric]]
-                 ) -> None:
-        for name in [n for n in cache if n not in current]:
-            self._unindex((part, name), cache.pop(name)[1])
-        for name, data in current.items():
-            cached = cache.get(name)
+            formats = dict(self._formats)
+        gone = [part for part in self._parts if part not in current]
+        formatted = []
+        for part, data in current.items():
+            cached = self._parts.get(part)
             if cached is None or cached[0] is not data:
-                if cached is not None:
-                    self._unindex((part, name), cached[1])
-                cached = cache[name] = (data, {})
-            for content_type, encoder in self._formats.items():
-                if content_type not in cached[1]:
-                    headers, text, _ = _format(families(name, data), encoder)
-                    self._headers.setdefault(content_type, {}).update(headers)
-                    cached[1][content_type] = text
-                    by_family = self._samples.setdefault(content_type, {})
-                    for family, lines in text.items():
-                        if lines:
-                            by_family.setdefault(family, {})[(part, name)] = lines
+                missing = list(formats)
+            elif len(cached[1]) == len(formats):
+                continue  # unchanged, in every format
+            else:
+                missing = [ct for ct in formats if ct not in cached[1]]
+            formatted.append((part, data, {ct: _format(self._families(part, data), formats[ct])
+                                           for ct in missing}))
+        if not gone and not formatted:
+            return
+        with self._lock:
+            for part in gone:
+                self._unindex(part, self._parts.pop(part)[1])
+            for part, data, texts in formatted:
+                cached = self._parts.get(part)
+                if cached is None or cached[0] is not data:
+                    if cached is not None:
+                        self._unindex(part, cached[1])
+                    cached = self._parts[part] = (data, {})
+                for content_type, (headers, text, _) in texts.items():
+                    self._index(part, cached[1], content_type, headers, text)
 
-    def _unindex(self, key: tuple[str, str], formatted: dict[str, dict[str, str]]) -> None:
+    def _families(self, part: Part, data: PartData) -> Iterable[Metric]:
+        if isinstance(data, DomainView):
+            return self.collector.domain_families(part[1], data)
+        return self.collector.operation_families(data)
+
+    def _index(self, part: Part, families_of: dict[str, tuple[str, ...]], content_type: str,
+               headers: dict[str, str], text: dict[str, str]) -> None:
+        """Add one part's lines in one format; its families' blocks are joined anew."""
+        known = self._headers.setdefault(content_type, {})
+        for family, header in headers.items():
+            known.setdefault(sys.intern(family), header.encode())
+        by_family = self._samples.setdefault(content_type, {})
+        blocks = self._blocks.setdefault(content_type, {})
+        names = []
+        for family, lines in text.items():
+            if lines:
+                family = sys.intern(family)  # one string per family, not one per domain
+                by_family.setdefault(family, {})[part] = lines.encode()
+                blocks.pop(family, None)
+                names.append(family)
+        families_of[content_type] = tuple(names)
+
+    def _unindex(self, part: Part, families_of: dict[str, tuple[str, ...]]) -> None:
         """Take one domain part's sample lines, in every format, out of the by-family index."""
-        for content_type, text in formatted.items():
+        for content_type, families in families_of.items():
             by_family = self._samples.get(content_type, {})
-            for family in text:
-                by_family.get(family, {}).pop(key, None)
+            blocks = self._blocks.get(content_type, {})
+            for family in families:
+                by_family.get(family, {}).pop(part, None)
+                blocks.pop(family, None)
 
     def render(self, accept: str = "", names: Sequence[str] = ()) -> tuple[bytes, str]:
         """The exposition the Accept header asks for, of the families named (all if none),
         and its content type."""
         encoder, content_type = negotiate(accept)
         if not names and content_type in CACHED_FORMATS:
-            with self._lock:
-                self._formats.setdefault(content_type, encoder)
             return self._render_cached(encoder, content_type), content_type
         registry = CollectorRegistry(auto_describe=True)  # names for restricted_registry
         registry.register(_Families(_merged(self._all_families())))
@@ -192,15 +235,28 @@ class MetricsRenderer:
         return self.store.view.host
 
     def _render_cached(self, encoder: Encoder, content_type: str) -> bytes:
-        self.prepare()
+        """Global families formatted now, then each family's block. A scrape brings the
+        domain text up to date itself unless the loop is doing so: then it serves the text of
+        the loop's previous cycle rather than wait (formatting a thousand changed domains takes
+        longer than the scrape)."""
+        if self._preparing.acquire(blocking=content_type not in self._formats):
+            try:
+                with self._lock:
+                    self._formats.setdefault(content_type, encoder)
+                self._prepare()
+            finally:
+                self._preparing.release()
         headers, text, trailer = _format(self.collector.global_families(
             self.store.view, self.store.operations.host, time.time(), self._host_sample()),
             encoder)
-        parts = [headers[f] + text[f] for f in headers]
+        parts = [("".join(headers[f] + text[f] for f in headers)).encode()]
         with self._lock:
             samples = self._samples.get(content_type, {})
+            blocks = self._blocks.setdefault(content_type, {})
             for family, header in self._headers.get(content_type, {}).items():
-                parts.append(header)
-                parts.extend(samples.get(family, {}).values())
-        parts.append(trailer)
-        return "".join(parts).encode()
+                block = blocks.get(family)
+                if block is None:
+                    block = blocks[family] = header + b"".join(samples.get(family, {}).values())
+                parts.append(block)
+        parts.append(trailer.encode())
+        return b"".join(parts)

@@ -149,7 +149,9 @@ class DomainPolls:
     def _start_calls(self, now: float, woken: set[str], interval: float) -> None:
         """A full poll or an idle check of each listed domain that is due one and has none out."""
         for name, state in self._states.items():
-            cache = self.domains.setdefault(name, DomainCache.first_seen(name, now))
+            cache = self.domains.get(name)
+            if cache is None:  # built only when new: a crc32 and a dataclass per domain a round
+                cache = self.domains[name] = DomainCache.first_seen(name, now)
             if name in self._pending:
                 continue
             call = due_call(cache, state, now, name in woken, self.tracker.is_busy(name))
