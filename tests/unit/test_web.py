@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import io
 import logging
 import re
@@ -367,3 +368,15 @@ def test_a_page_is_made_once_for_clients_asking_at_once_and_the_cache_is_bounded
         weighed.get(n, 1, lambda: b"abcd")
     assert len(weighed._values) == 2 and weighed.weight == 8  # 10 bytes hold two of them
     assert weighed.get("big", 1, lambda: b"x" * 50) and list(weighed._values) == ["big"]
+
+
+def test_what_was_built_before_serving_is_out_of_the_collector_s_full_passes():
+    """The log read back (100,000 entries: millions of objects) would be walked by every full
+    collection, pausing every request for most of a second."""
+    gc.unfreeze()
+    try:
+        server = http_server.serve(failing_app, "127.0.0.1", 0)
+        server.server_close()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
