@@ -10,7 +10,9 @@ import pytest
 from libvirt_snapshot_exporter.config import build
 from libvirt_snapshot_exporter.loop.domain_cache import DomainCache, LoopParts
 from libvirt_snapshot_exporter.loop.domain_polls import (
+    CHECK_ROUNDS,
     DomainPolls,
+    check_due,
     check_interval,
     check_saw_change,
     due_call,
@@ -64,6 +66,15 @@ def test_a_check_sees_a_change_in_a_job_a_count_or_an_operation_in_flight():
 def test_the_idle_check_interval_grows_to_stay_within_the_call_budget():
     assert check_interval(1.0, 20, 200) == 1.0
     assert check_interval(1.0, 1000, 200) == 10.0  # 2 calls each: 200 calls a second
+
+
+def test_idle_checks_spread_over_the_interval_share_its_rounds():
+    now, interval = 1796580000.0, 10.0  # 1,000 domains' interval
+    wanted = [now + interval + i / 100 for i in range(1000)]  # one every 10 ms
+    due = [check_due(at, interval) for at in wanted]
+    assert all(at <= when < at + interval / CHECK_ROUNDS for at, when in zip(wanted, due,
+                                                                              strict=True))
+    assert len(set(due)) <= CHECK_ROUNDS + 1
 
 
 class Round:
