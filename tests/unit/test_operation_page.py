@@ -471,3 +471,11 @@ def test_the_page_is_rendered_once_until_its_entry_or_its_trace_changes(app, mon
     monkeypatch.setattr(web_api, "TRACE_RECHECK_SECONDS", 1e-9)  # the next period
     assert b"No trace is kept" in call(app, path)[2] and len(renders) == 3
     assert call(app, "/operations/" + "0" * 16)[0] == "404 Not Found" and len(renders) == 3
+
+
+def test_a_trace_without_points_is_said_not_charted():
+    """The flight recorder keeps the trace of an operation under way when the exporter stops,
+    possibly with no point yet: its page says so (it answered 500)."""
+    empty = dataclasses.replace(slow_trace(), points=())
+    html = page.render(slow_create(), empty, None)
+    assert "Its trace has no points" in html and "trace-data" not in html

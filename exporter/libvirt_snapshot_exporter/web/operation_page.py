@@ -143,21 +143,21 @@ def render(record: FinishedOperation, trace: Trace | None, verdict: Verdict | No
 <p class=pace>{e(pace_sentence(verdict, record))}</p>
 {f'<ul class=present>{present}</ul>' if present else ''}
 <p class=note>Each cause's share {e(shares_of(verdict))}: {shares}.</p></section>"""
-    if trace is None:
-        body = ("<p class=note>No trace is kept for this operation: it was evicted (only the "
-                "last <code>trace.operations</code> traces are kept, within "
-                "<code>trace.max-bytes</code>), it ended before the flight recorder existed, "
-                "or the flight recorder is off (<code>trace.operations</code> 0)."
+    if trace is None or not trace.points:
+        why = ("No trace is kept for this operation: it was evicted (only the last "
+               "<code>trace.operations</code> traces are kept, within "
+               "<code>trace.max-bytes</code>), it ended before the flight recorder existed, or "
+               "the flight recorder is off (<code>trace.operations</code> 0)." if trace is None
+               else "Its trace has no points: the exporter stopped as the operation began.")
+        body = (f"<p class=note>{why}"
                 + ("" if verdict or failed else " Without a trace there is no verdict.") + "</p>")
         head = scripts = ""
     else:
         data = charts(trace)
         missing = (f"<p class=note>Not in this trace: {e(', '.join(data['missing']))}.</p>"
                    if data["missing"] else "")
-        points = len(trace.points)
         first, last = (round(data["x"][i], 1) + 0.0 for i in (0, -1))  # no -0.0
-        span = (f"{points} points from {first:+.1f} s to {last:+.1f} s around "
-                f"the operation" if points else "no points")
+        span = f"{len(trace.points)} points from {first:+.1f} s to {last:+.1f} s around the operation"
         body = f"""<h2>Trace</h2>
 <p class=note>{e(span)}, sampled every {trace.interval_seconds:g} s; the operation is shaded,
 from its start (0 s) to its end ({data['end']:.2f} s). The thread states are shares of the
