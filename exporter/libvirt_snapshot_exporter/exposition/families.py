@@ -44,6 +44,13 @@ class MetricFamilies:
     def global_families(self, view: View, host: HostOperations, now: float,
                         host_sample: HostSample | None) -> Iterator[Metric]:
         """host_sample: the host's figures as read for this scrape (view.host if unread)."""
+        yield from self.scrape_families(view, now, host_sample)
+        yield from self.host_operation_families(host)
+
+    def scrape_families(self, view: View, now: float, host_sample: HostSample | None
+                        ) -> Iterator[Metric]:
+        """The global families that change with every scrape (ages, elapsed times, the host's
+        figures as read for it)."""
         yield from self._self_metrics(view, now)
         url = GaugeMetricFamily(
             "libvirt_snapshot_exporter_url_info",
@@ -53,6 +60,10 @@ class MetricFamilies:
         yield url
         yield from self._node(view, host_sample)
         yield from in_flight_families(view, now)
+
+    @staticmethod
+    def host_operation_families(host: HostOperations) -> Iterator[Metric]:
+        """The hypervisor's histograms and verdict counts: they change with its operations."""
         yield from host_operation_families(host)
 
     def domain_families(self, name: str, dom: DomainView) -> Iterator[Metric]:

@@ -26,7 +26,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
 from ..model.samples import HostSample
-from ..store.view import DomainOperations, DomainView, StateStore
+from ..store.view import DomainOperations, DomainView, HostOperations, StateStore
 from .families import MetricFamilies
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,8 @@ class MetricsRenderer:
         self._samples: dict[str, dict[str, dict[Part, bytes]]] = {}
         # format -> family -> header and all its lines, until one of them changes
         self._blocks: dict[str, dict[str, bytes]] = {}
+        # format -> (the hypervisor's operations, their text)
+        self._host_text: dict[str, tuple[HostOperations, bytes]] = {}
         # the domains, operations and number of formats last prepared
         self._seen: tuple[dict, dict, int] = ({}, {}, 0)
 
@@ -233,6 +235,17 @@ class MetricsRenderer:
         for _, ops in sorted(self.store.operations.domains().items()):
             yield from self.collector.operation_families(ops)
 
+    def _host_operations(self, encoder: Encoder, content_type: str) -> bytes:
+        """The hypervisor's histograms and verdict counts, formatted once per change of them
+        (an operation recorded or judged): 5 ms of a soak's scrape of 4 domains went to them."""
+        host = self.store.operations.host
+        cached = self._host_text.get(content_type)
+        if cached is None or cached[0] is not host:
+            headers, text, _ = _format(self.collector.host_operation_families(host), encoder)
+            cached = self._host_text[content_type] = (
+                host, "".join(headers[f] + text[f] for f in headers).encode())
+        return cached[1]
+
     def _host_sample(self) -> HostSample | None:
         if self.read_host is not None:
             try:
@@ -253,10 +266,10 @@ class MetricsRenderer:
                 self._prepare()
             finally:
                 self._preparing.release()
-        headers, text, trailer = _format(self.collector.global_families(
-            self.store.view, self.store.operations.host, time.time(), self._host_sample()),
-            encoder)
-        parts = [("".join(headers[f] + text[f] for f in headers)).encode()]
+        headers, text, trailer = _format(self.collector.scrape_families(
+            self.store.view, time.time(), self._host_sample()), encoder)
+        parts = [("".join(headers[f] + text[f] for f in headers)).encode(),
+                 self._host_operations(encoder, content_type)]
         with self._lock:
             samples = self._samples.get(content_type, {})
             blocks = self._blocks.setdefault(content_type, {})
