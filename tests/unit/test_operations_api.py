@@ -153,3 +153,14 @@ def test_a_logged_operation_s_trace_is_read_once_per_period_whoever_asks(tmp_pat
     monkeypatch.setattr(web_api, "TRACE_RECHECK_SECONDS", 1e-9)
     api.trace_json(slow_create().id)
     assert len(counting.reads) == 102  # read again in the next period
+
+
+def test_a_trace_of_another_domain_or_operation_under_the_id_is_not_shown():
+    """A trace file is named by the operation's id alone: one whose contents are another
+    domain's or another operation's is not that operation's trace."""
+    entry, trace = slow_create(), slow_trace()
+    body = json.dumps(trace.to_json()).encode()
+    assert web_api.judged(entry, body)[1] is not None
+    for changes in ({"domain": "other"}, {"operation": "delete"}):
+        other = json.dumps(dataclasses.replace(trace, **changes).to_json()).encode()
+        assert web_api.judged(entry, other) == (entry, None, entry.verdict)

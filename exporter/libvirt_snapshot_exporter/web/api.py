@@ -141,6 +141,13 @@ class OperationsApi:
 
 
 def judged(entry: FinishedOperation, body: bytes | None) -> Judged:
-    """The entry with its trace read from its JSON. The verdict is verdict/keeper.py's, given
-    once the trace was complete: none while it is still being sampled."""
-    return entry, from_json(json.loads(body)) if body is not None else None, entry.verdict
+    """The entry with its trace read from its JSON (none unless the trace is of the entry's
+    domain and operation: its id alone names the file). The verdict is verdict/keeper.py's,
+    given once the trace was complete: none while it is still being sampled."""
+    try:
+        trace = from_json(json.loads(body), entry.id) if body is not None else None
+    except ValueError:  # the store checked it when read: another operation's under this id
+        trace = None
+    if trace is not None and (trace.domain, trace.operation) != (entry.domain, entry.operation):
+        trace = None
+    return entry, trace, entry.verdict
