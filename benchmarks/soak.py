@@ -237,6 +237,10 @@ def main() -> int:
     parser.add_argument("--single-snapshots", type=int, default=20,
                         help="internal creates of one guest scraped every 50 ms, before the "
                              "soak (20; 0: none)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="run the exporter with an empty state.directory: the operations "
+                             "log and traces are kept in memory, never written (what writing "
+                             "them costs)")
     args = parser.parse_args()
     if args.minutes <= 0 or args.gap < 0 or args.single_snapshots < 0:
         parser.error("--minutes must be > 0, --gap and --single-snapshots >= 0")
@@ -246,7 +250,8 @@ def main() -> int:
     guests = [testbed.create_guest(conn, f"soak{i}", memory_mib=256, fill_mib=64)
               for i in range(3)]
     guests.append(testbed.create_guest(conn, "soakoff", memory_mib=128, start=False))
-    exporter = ExporterProcess("--operations.log-size=100000", "--log.level=debug")
+    exporter = ExporterProcess("--operations.log-size=100000", "--log.level=debug",
+                               *(["--state.directory="] if args.memory_only else []))
     try:
         for guest in guests:
             guest.wait_ready(timeout=300)
