@@ -219,7 +219,9 @@ def test_qemu_threads_read_the_writers_alone_from_files_kept_open_until_they_end
     try:
         counters, states = qemu.read()
         assert sum(n for k, n in states.items() if k.startswith("main:")) == 1
-        assert sum(n for k, n in states.items() if k.startswith("worker:S:")) == 1
+        # waiting on its event, or running for a moment on a loaded machine (a run of the unit
+        # suite on two workers read it running)
+        assert sum(n for k, n in states.items() if k.startswith("worker:")) == 1
         assert not any(k.startswith("other:") for k in states)  # the verdict counts no other
         assert {"run_delay_main_ns", "run_delay_worker_ns"} <= set(counters)
         assert open_files() == before + 6  # stat, wchan, schedstat of the main thread and worker
