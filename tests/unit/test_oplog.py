@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import stat
 import threading
 
 import pytest
@@ -18,6 +17,7 @@ from libvirt_snapshot_exporter.store.oplog import (
     OperationsLog,
     StateDirectoryInUse,
 )
+from lse_devtools.special_files import make_special
 
 GOOD = {
     "domain": "vm1", "snapshot": "s1", "operation": "create", "kind": "internal",
@@ -118,23 +118,9 @@ def test_skipped_lines_are_gone_after_the_next_write(tmp_path):
     assert [json.loads(line)["snapshot"] for line in written] == ["a", "b"]
 
 
-def _special(tmp_path, kind: str) -> None:
-    path = tmp_path / LOG_NAME
-    if kind == "directory":
-        path.mkdir()
-    elif kind == "fifo":
-        os.mkfifo(path)  # nobody writes to it: a plain open() would wait forever
-    elif kind == "device":
-        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero: endless
-    elif kind == "symlink to a device":
-        path.symlink_to("/dev/zero")
-    elif kind == "dangling symlink":
-        path.symlink_to(tmp_path / "nowhere")
-
-
 @pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
 def test_special_file_in_place_of_the_log_is_reported_not_read(tmp_path, kind, caplog):
-    _special(tmp_path, kind)
+    make_special(tmp_path / LOG_NAME, kind)
     done: list[OperationsLog] = []
     reader = threading.Thread(target=lambda: done.append(OperationsLog(str(tmp_path))),
                               daemon=True)
@@ -152,7 +138,7 @@ def test_special_file_in_place_of_the_log_is_reported_not_read(tmp_path, kind, c
 def test_a_symlink_in_place_of_the_log_is_not_followed(tmp_path, kind, caplog):
     """The exporter writes its log by a rename: a symbolic link there is someone else's, and
     following it would read what it points to (any file, with CAP_DAC_READ_SEARCH)."""
-    _special(tmp_path, kind)
+    make_special(tmp_path / LOG_NAME, kind)
     log = OperationsLog(str(tmp_path))
     assert not log.load_ok and log.page(0, 10) == ([], 0)
     (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

@@ -3,12 +3,11 @@ read once within a bound, never waited on, a symbolic link followed only when as
 
 from __future__ import annotations
 
-import os
-import stat
 import threading
 
 import pytest
 from libvirt_snapshot_exporter.store.safe_file import BadFile, MissingFile, read_bounded
+from lse_devtools.special_files import make_special
 
 
 def test_a_regular_file_is_read_whole_up_to_its_bound(tmp_path):
@@ -25,12 +24,8 @@ def test_a_regular_file_is_read_whole_up_to_its_bound(tmp_path):
 ])
 def test_what_is_no_regular_file_is_refused_at_once(tmp_path, kind, why):
     path = tmp_path / "f"
-    if kind == "directory":
-        path.mkdir()
-    elif kind == "fifo":
-        os.mkfifo(path)  # nobody writes to it: a plain open() would wait forever
-    elif kind == "device":
-        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero: endless
+    if kind != "missing":
+        make_special(path, kind)
     failed: list[BadFile] = []
 
     def read() -> None:
