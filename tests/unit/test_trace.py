@@ -349,3 +349,16 @@ def test_one_entry_that_is_no_trace_hides_no_other_and_all_are_evicted(tmp_path)
     again = TraceStore(str(tmp_path), count=2, max_bytes=2**20)
     assert again.ids() == [f"{2:016x}", f"{3:016x}"]  # the two newest; 0 and 1 evicted
     assert sorted(p.name for p in folder.glob("000*")) == [f"{2:016x}.json", f"{3:016x}.json"]
+
+
+def test_the_rings_sample_a_moment_before_the_first_traced_one_is_replaced_not_merged():
+    """An operation's start wakes the sampler 0.02 s after the 1 Hz ring's last sample: that
+    sample, which read no thread, gives way to the traced one, so each thread share is of
+    samples that read the threads (merged, the point counted 2 samples and 1 main thread)."""
+    builder = TraceBuilder()
+    builder.add(Point(10.0, 1, {"dirty": 5}, {"qemu_write_bytes": 1.0}))
+    builder.add(Point(10.02, 1, {"dirty": 6}, {"qemu_write_bytes": 2.0}, {"main:S:poll": 1}))
+    builder.add(Point(10.03, 1, {"dirty": 7}, {"qemu_write_bytes": 3.0}, {"main:R:": 1}))
+    (only,) = builder.points()
+    assert only.n == 2 and sum(only.threads.values()) == 2  # traced samples merge as before
+    assert only.gauges["dirty"] == 7 and only.counters["qemu_write_bytes"] == 3.0

@@ -127,8 +127,14 @@ class TraceBuilder:
         if self._pending is None and self._points \
                 and point.t - self._points[-1].t < MIN_STEP_SECONDS:
             # too close to the point before to stand apart, or before it (the clock stepped
-            # back): merged into it, so times only increase
-            self._points[-1] = merge(self._points[-1], point)
+            # back): merged into it, so times only increase. The 1 Hz ring's last sample, a
+            # moment before the first one an operation's start woke (which reads QEMU's
+            # threads), is replaced instead: merged, it would count in the threads' shares as a
+            # sample in no state.
+            before = self._points[-1]
+            replaced = before.n == 1 and not before.threads and point.threads
+            self._points[-1] = (Point(max(before.t, point.t), 1, point.gauges, point.counters,
+                                      point.threads) if replaced else merge(before, point))
             return
         self._pending = point if self._pending is None else merge(self._pending, point)
         if self._pending.n < self.stride:
