@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from ..model.operation import ID
+from ..model.operation import ID, FinishedOperation
 from ..model.printable import printable
 from ..model.trace import Trace, from_json
 from .atomic_file import write_atomically
@@ -45,6 +45,16 @@ def parse(body: bytes, trace_id: str | None = None) -> Trace:
     """A trace's JSON as written by the store; ValueError (or RecursionError for nesting too
     deep) for anything else (model/trace.py's from_json says what)."""
     return from_json(json.loads(body, parse_constant=no_constants), trace_id)
+
+
+def logged_trace(entry: FinishedOperation, body: bytes) -> Trace:
+    """The trace of a logged operation, from its JSON: parse's, and of the entry's domain and
+    operation too (a trace file is named by the operation's id alone); ValueError (or
+    RecursionError) for anything else."""
+    trace = parse(body, entry.id)
+    if (trace.domain, trace.operation) != (entry.domain, entry.operation):
+        raise ValueError(f"the trace of {trace.operation} of {printable(trace.domain)}")
+    return trace
 
 
 class TraceStore:

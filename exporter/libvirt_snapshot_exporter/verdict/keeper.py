@@ -17,7 +17,7 @@ from ..model.printable import printable
 from ..model.samples import HostSample
 from ..model.trace import PSI, Point, Trace, counter_growth
 from ..store.oplog import OperationsLog
-from ..store.trace_store import parse
+from ..store.trace_store import logged_trace
 from ..store.view import StateStore
 from .judge import judge, reference
 
@@ -51,10 +51,7 @@ class VerdictKeeper:
             if body is None:
                 continue
             try:
-                trace = parse(body, entry.id)
-                if (trace.domain, trace.operation) != (entry.domain, entry.operation):
-                    raise ValueError(f"the trace of {trace.operation} of "
-                                     f"{printable(trace.domain)}")
+                trace = logged_trace(entry, body)
             except (ValueError, RecursionError) as exc:
                 log.warning("trace %s not judged: %s", entry.id, str(exc)[:200])
                 continue

@@ -15,8 +15,9 @@ import time
 from typing import Any, Protocol
 
 from ..model.operation import FinishedOperation, Verdict
-from ..model.trace import Trace, from_json
+from ..model.trace import Trace
 from ..store.oplog import OperationsLog
+from ..store.trace_store import logged_trace
 from ..store.view import StateStore
 from .page_cache import PageCache
 
@@ -145,9 +146,7 @@ def judged(entry: FinishedOperation, body: bytes | None) -> Judged:
     domain and operation: its id alone names the file). The verdict is verdict/keeper.py's,
     given once the trace was complete: none while it is still being sampled."""
     try:
-        trace = from_json(json.loads(body), entry.id) if body is not None else None
-    except ValueError:  # the store checked it when read: another operation's under this id
-        trace = None
-    if trace is not None and (trace.domain, trace.operation) != (entry.domain, entry.operation):
+        trace = logged_trace(entry, body) if body is not None else None
+    except (ValueError, RecursionError):  # another operation's trace under this id
         trace = None
     return entry, trace, entry.verdict
