@@ -150,7 +150,11 @@ def meminfo(key):
 def pool(pages):
     with open(POOL, "w") as f:
         f.write(str(pages))
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the test process died: put it back
+# The test process died (SIGTERM) or closed stdin: stop and put the pool back. The handler only
+# sets a flag: one that raised could land inside the finally below, when the test process's
+# death closes stdin and signals at once, and skip the write (the pool left taken, seen in CI).
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 saved, page = int(open(POOL).read()), meminfo("Hugepagesize")
 try:
     # The bulk as huge pages of the kernel's pool: taken from free memory at once, never
@@ -161,10 +165,10 @@ try:
         pool(saved + bulk)
     pooled = (int(open(POOL).read()) - saved) * page
     held = []  # the rest anonymous (no swap here), resident at once (MAP_POPULATE)
-    while (size := min(chunk, meminfo(field) - leave)) >= 16 << 20:
+    while not stop and (size := min(chunk, meminfo(field) - leave)) >= 16 << 20:
         held.append(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE))
     print(pooled + sum(len(m) for m in held), flush=True)
-    while True:  # until the test closes stdin (or dies)
+    while not stop:
         if select.select([sys.stdin], [], [], 0.25)[0] and not sys.stdin.read(1):
             break
         if pooled and meminfo("MemAvailable") < 64 << 20:  # others need it: the pool goes

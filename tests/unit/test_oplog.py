@@ -1,6 +1,7 @@
 """The operations log read back from whatever the state directory holds: every record checked,
 bad lines skipped and counted, special files refused without blocking, one lock per directory;
-the index by id and by domain kept in step with adds, amends and evictions."""
+the index by id and by domain kept in step with adds, amends and evictions; what changed appended,
+the file rewritten when it holds twice the entries or anything but clean lines."""
 
 from __future__ import annotations
 
@@ -313,3 +314,61 @@ def test_only_the_tail_a_log_can_hold_is_read(tmp_path, caplog):
     assert log.invalid_entries <= 8 and log.load_ok
     assert any("first" in r.getMessage() and "bytes skipped" in r.getMessage()
                for r in caplog.records)
+
+
+def _lines_on_disk(tmp_path) -> list[str]:
+    return (tmp_path / LOG_NAME).read_text().splitlines()
+
+
+def test_a_flush_appends_what_changed_and_an_amend_wins_when_read_back(tmp_path):
+    log = OperationsLog(str(tmp_path))
+    log.add(_op(1))
+    log.flush()
+    log.add(_op(2))
+    log.flush()
+    judged = _op(1, verdict=VERDICT)
+    log.amend(judged)
+    log.flush()
+    assert [json.loads(line)["snapshot"] for line in _lines_on_disk(tmp_path)] == ["s1", "s2", "s1"]
+    log.close()
+    again = OperationsLog(str(tmp_path))
+    assert again.page(0, 10) == ([_op(2), judged], 2) and again.invalid_entries == 0
+    again.add(_op(3))  # the amended entry read back: the file is rewritten, one line each
+    again.flush()
+    assert [json.loads(line)["snapshot"] for line in _lines_on_disk(tmp_path)] == ["s1", "s2", "s3"]
+
+
+def test_the_file_is_rewritten_once_it_holds_twice_the_entries_kept(tmp_path):
+    log = OperationsLog(str(tmp_path), size=3)
+    for n in range(20):
+        log.add(_op(n))
+        log.flush()
+        assert len(_lines_on_disk(tmp_path)) <= 6
+    log.close()
+    assert OperationsLog(str(tmp_path), size=3).page(0, 10) == ([_op(19), _op(18), _op(17)], 3)
+
+
+def test_a_line_torn_by_a_crash_never_has_the_next_appended_to_it(tmp_path):
+    (tmp_path / LOG_NAME).write_bytes(_good(snapshot="s1") + b"\n" + _good(snapshot="s2")[:40])
+    log = OperationsLog(str(tmp_path))
+    assert log.invalid_entries == 1
+    log.add(_op(3))
+    log.flush()
+    log.close()
+    again = OperationsLog(str(tmp_path))
+    assert [e.snapshot for e in again.page(0, 10)[0]] == ["s3", "s1"] and again.invalid_entries == 0
+
+
+def test_an_append_that_fails_is_kept_and_the_next_flush_replaces_the_file(tmp_path):
+    log = OperationsLog(str(tmp_path))
+    log.add(_op(1))
+    log.flush()
+    path = tmp_path / LOG_NAME
+    path.unlink()
+    os.mkfifo(path)  # no reader: opening it to append fails at once, never waits
+    log.add(_op(2))
+    log.flush()
+    assert log.write_errors == 1 and not log.last_write_ok
+    log.flush()
+    assert log.last_write_ok and path.is_file()
+    assert [json.loads(line)["snapshot"] for line in _lines_on_disk(tmp_path)] == ["s1", "s2"]

@@ -1,23 +1,30 @@
 """The operations log: the last N finished operations, kept in memory and on disk.
 
-The file is JSON lines, rewritten whole through a temporary file and a rename, so a crash leaves
-either the old or the new log, never half of one. A state directory that cannot be read or
-written is reported (one log line and a metric) and serving goes on with the history in memory;
-the write is tried again at the next flush. Whatever the file holds (bytes that are not UTF-8,
-lines that are not entries, a directory, a FIFO or a device in its place), reading it back never
-stops the start: bad lines are skipped and counted. A lock file keeps a second exporter off the
-same directory, which would silently overwrite half of the history.
+The file is JSON lines. A finished operation is appended as one line, and appended again when
+its verdict comes (the later line wins when it is read back): a flush writes what changed, not the
+log (re-serialising the whole log after every change took half the exporter's CPU in a soak of
+continuous snapshots, issue 23). The file is rewritten whole, through a temporary file and a
+rename (a crash leaves the old file or the new one), once it holds twice the lines the log keeps,
+and after a start that read back anything but clean lines or an append that failed: a line torn
+by a crash is skipped when read back, and never has another appended to it. A state directory
+that cannot be read or written is reported (one log line and a metric) and serving goes on with
+the history in memory; the write is tried again at the next flush. Whatever the file holds (bytes
+that are not UTF-8, lines that are not entries, a directory, a FIFO or a device in its place),
+reading it back never stops the start: bad lines are skipped and counted. A lock file keeps a
+second exporter off the same directory, which would silently overwrite half of the history.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import json
 import logging
 import math
 import os
+import stat
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -54,7 +61,9 @@ class OperationsLog:
         self.load_ok = True  # False when the log could not be read back at start
         self.invalid_entries = 0  # lines skipped when it was read back
         self.version = 0  # bumped by every add() and amend(): what was rendered from it can be cached
-        self._dirty = False
+        self._pending: list[FinishedOperation] = []  # added or amended since the last flush
+        self._lines_on_disk = 0  # lines the file holds: rewritten whole past 2 x size
+        self._rewrite = False  # the next flush rewrites the file whole
         self._lock_fd: int | None = None
         self._unwritable: set[str] = set()  # ids of entries not written (said once each)
         if self.directory is not None:
@@ -109,12 +118,14 @@ class OperationsLog:
             return ""
         except BadFile as exc:
             self.load_ok = False
+            self._rewrite = True
             return _unread(str(exc))
         with handle:
             try:
                 self._read(handle)
             except OSError as exc:
                 self.load_ok = False
+                self._rewrite = True
                 return _unread(exc.strerror)
         return ""
 
@@ -141,7 +152,12 @@ class OperationsLog:
                 reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
                 first_error = first_error or f"line {number}: {reason[:80]}"
                 continue
-            self._entries.append(entry)
+            if not self._entries.replace(entry):
+                self._entries.append(entry)
+        self._lines_on_disk = lines
+        # Anything but one clean line per entry is rewritten at the next flush: bad lines,
+        # an entry amended, a skipped head, a torn last line (appending to it would lose the next).
+        self._rewrite = lines != len(self._entries) or skipped > 0 or not _ends_a_line(handle)
         if skipped > 0:
             log.warning("operations log %s: longer than %d entries can be (%d bytes each): its "
                         "first %d bytes skipped", self.path, self.size, MAX_ENTRY_BYTES, skipped)
@@ -155,7 +171,7 @@ class OperationsLog:
         with self._lock:
             self._entries.append(entry)
             self.version += 1
-            self._dirty = True
+            self._pending.append(entry)
 
     def amend(self, entry: FinishedOperation) -> bool:
         """Replace the entry with the same id (its verdict came after it); False when it has
@@ -164,7 +180,7 @@ class OperationsLog:
             if not self._entries.replace(entry):
                 return False
             self.version += 1
-            self._dirty = True
+            self._pending.append(entry)
             return True
 
     def get(self, entry_id: str) -> FinishedOperation | None:
@@ -192,7 +208,7 @@ class OperationsLog:
     def flush(self) -> None:
         """Write the log if anything was added since the last write."""
         with self._lock:
-            if self._dirty:
+            if self._pending:
                 self._flush_locked()
 
     def close(self) -> None:
@@ -205,11 +221,18 @@ class OperationsLog:
 
     def _flush_locked(self) -> None:
         if self.directory is None:
+            self._pending.clear()
             return
-        text = "".join(self._line(e) for e in self._entries)
+        rewrite = self._rewrite or self._lines_on_disk + len(self._pending) > 2 * self.size
+        entries = self._entries if rewrite else self._pending
+        lines = [line for e in entries if (line := self._line(e))]
         try:
-            write_atomically(self.directory, LOG_NAME, text.encode(), fsync=True)
+            if rewrite:
+                write_atomically(self.directory, LOG_NAME, "".join(lines).encode(), fsync=True)
+            else:
+                self._append("".join(lines).encode())
         except OSError as exc:
+            self._rewrite = True  # an append may have left half a line
             self.write_errors += 1
             if self.last_write_ok:
                 log.error("cannot write operations log in %s: %s (history kept in memory)",
@@ -219,7 +242,25 @@ class OperationsLog:
         if not self.last_write_ok:
             log.info("operations log in %s writable again", self.directory)
         self.last_write_ok = True
-        self._dirty = False
+        self._lines_on_disk = len(lines) + (0 if rewrite else self._lines_on_disk)
+        self._rewrite = False
+        self._pending.clear()
+
+    def _append(self, data: bytes) -> None:
+        """At the file's end, on disk before the flush returns (what must survive a power cut);
+        only to a regular file, opened as it is read back: not through a symbolic link, never
+        waited on (OSError otherwise, and the next flush replaces it)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _line(self, entry: FinishedOperation) -> str:
         """An entry's line; '' for one with a figure that is not finite (the writers refuse
@@ -281,9 +322,10 @@ class Entries:
         return None if sequence is None else self._ring[sequence % self.size]
 
     def replace(self, entry: FinishedOperation) -> bool:
-        """The entry with the same id (the same operation, so the same domain) becomes this one."""
+        """The entry with the same id (the same operation, so the same domain) becomes this one;
+        False when there is none (or it is another domain's: an edited file)."""
         sequence = self._by_id.get(entry.id)
-        if sequence is None:
+        if sequence is None or self._ring[sequence % self.size].domain != entry.domain:
             return False
         self._ring[sequence % self.size] = entry
         return True
@@ -319,6 +361,13 @@ def _unlocked(exc: OSError) -> str:
 
 def _unread(why: str) -> str:
     return f"cannot read {LOG_NAME} ({why}): the history starts empty, kept in memory"
+
+
+def _ends_a_line(handle: BinaryIO) -> bool:
+    """Whether the file is empty or ends with a newline (a crash during an append may have left
+    half a line)."""
+    size = os.fstat(handle.fileno()).st_size
+    return size == 0 or os.pread(handle.fileno(), 1, size - 1) == b"\n"
 
 
 def _lines(handle: BinaryIO, budget: float = math.inf) -> Iterator[bytes | None]:
