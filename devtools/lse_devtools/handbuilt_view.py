@@ -1,10 +1,10 @@
 """A state.View built by hand, with every metric of the exposition in it: what the golden tests
 render, and what tests/bundle/test_live_prometheus.py serves to a real Prometheus. No libvirt.
 
-vm1 is a running guest with three internal snapshots, an internal create in flight, and
-`batches` batches of four finished creates (three of 50 s, one of 250 s; 4 s of guest pause
-each); vm2 is shut off, with one failed external disk-only delete and an external memory
-snapshot in flight.
+vm1 is a running guest (OpenStack's instance web-1) with three internal snapshots, an internal
+create in flight, and `batches` batches of four finished creates (three of 50 s, one of 250 s;
+4 s of guest pause each); vm2 is shut off, with one failed external disk-only delete and an
+external memory snapshot in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from libvirt_snapshot_exporter.model.observations import (
     BlockStats,
     DiskInfo,
     GuestStats,
+    OpenStackInstance,
     SnapshotRecord,
     Versions,
 )
@@ -51,6 +52,8 @@ def _vm1(now: float, batches: int) -> DomainView:
         process=ProcessSample(4242, 5 * GIB, 10**9, 5 * 10**6 * batches, "proc_io"),
         snapshots=_snapshots(now), image_size_bytes=20 * GIB,
         filesystems={IMAGES: 5 * GIB},
+        openstack=OpenStackInstance("web-1", "m1.small", "demo", "8d3c1a2b4e5f46a7b8c9d0e1f2a3b4c5",
+                                    "alice", "2f0e1d2c3b4a49586776a5b4c3d2e1f0"),
     )
 
 

@@ -14,8 +14,13 @@ import libvirt
 URI = "test:///default"
 
 
-def guest_xml(name: str, disk: str = "/guest/diskimage1") -> str:
-    return (f"<domain type='test'><name>{name}</name><memory unit='KiB'>1048576</memory>"
+def guest_xml(name: str, disk: str = "/guest/diskimage1", metadata: str = "",
+              domain_uuid: str = "") -> str:
+    """metadata: what the domain's <metadata> holds (OpenStack Nova's <nova:instance>, say);
+    domain_uuid: the UUID of the domain it defines again (libvirt refuses another)."""
+    held = (f"<uuid>{domain_uuid}</uuid>" if domain_uuid else "") + (
+        f"<metadata>{metadata}</metadata>" if metadata else "")
+    return (f"<domain type='test'><name>{name}</name>{held}<memory unit='KiB'>1048576</memory>"
             f"<vcpu>1</vcpu><os><type arch='i686'>hvm</type></os><devices>"
             f"<disk type='file' device='disk'><source file='{disk}'/>"
             f"<target dev='vda' bus='virtio'/><driver name='qemu' cache='none'/></disk>"
@@ -23,12 +28,12 @@ def guest_xml(name: str, disk: str = "/guest/diskimage1") -> str:
 
 
 @contextlib.contextmanager
-def running_guest(disk: str = "/guest/diskimage1") -> Iterator[libvirt.virDomain]:
+def running_guest(disk: str = "/guest/diskimage1", metadata: str = "") -> Iterator[libvirt.virDomain]:
     """A running guest on a read-write connection (dom.connect()), gone afterwards whatever
     the test did to it."""
     conn = libvirt.open(URI)
     name = f"unit-{uuid.uuid4().hex[:8]}"
-    dom = conn.defineXML(guest_xml(name, disk))
+    dom = conn.defineXML(guest_xml(name, disk, metadata))
     dom.create()
     try:
         yield dom

@@ -12,12 +12,13 @@ import psutil
 import pytest
 from libvirt_snapshot_exporter.config import build
 from libvirt_snapshot_exporter.loop.loop import CollectionLoop
+from libvirt_snapshot_exporter.sources.libvirt.nova_metadata import NOVA_NAMESPACE
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TRACE_DIRECTORY, TraceStore
 from libvirt_snapshot_exporter.store.view import StateStore, View
 from libvirt_snapshot_exporter.verdict.recorder import FlightRecorder
 from lse_devtools.handbuilt_trace import history, slow_create, slow_trace
-from lse_devtools.test_driver import URI, running_guest, snapshot
+from lse_devtools.test_driver import URI, guest_xml, running_guest, snapshot
 
 SOURCES = ("domains", "guests", "host", "qemu_process", "images")
 
@@ -156,3 +157,31 @@ def test_the_flight_recorder_and_the_trace_store_report_as_sources(tmp_path, mon
     finally:
         recorder.stop()
         loop.adapter.close()
+
+
+def test_an_openstack_instance_follows_its_redefinition_at_once(loop):
+    """Nova's metadata reaches the view and the log entry of an operation; a shut-off
+    instance defined again with other metadata (Nova undefines and defines its domains) shows
+    it within a few cycles, not at the XML's refresh a minute later, and without metadata it
+    has no instance."""
+
+    def nova(name: str) -> str:
+        return (f'<nova:instance xmlns:nova="{NOVA_NAMESPACE}"><nova:name>{name}</nova:name>'
+                f"</nova:instance>")
+
+    with running_guest(metadata=nova("before")) as dom:
+        name, conn = dom.name(), dom.connect()
+
+        def shown() -> str | None:
+            found = loop.store.view.domains.get(name)
+            return found.openstack.name if found and found.openstack else None
+
+        cycle_until(loop, lambda: shown() == "before")
+        snapshot(dom, "s1")
+        cycle_until(loop, lambda: loop.oplog.page(0, 10)[1] == 1)
+        assert loop.oplog.page(0, 10)[0][0].instance_name == "before"
+        dom.destroy()  # a running domain's definition is the live one until it stops
+        conn.defineXML(guest_xml(name, metadata=nova("after"), domain_uuid=dom.UUIDString()))
+        cycle_until(loop, lambda: shown() == "after", seconds=5)
+        conn.defineXML(guest_xml(name, domain_uuid=dom.UUIDString()))
+        cycle_until(loop, lambda: shown() is None, seconds=5)

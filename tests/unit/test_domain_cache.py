@@ -4,7 +4,13 @@ it changes, so its view (and the text rendered from it) is rebuilt only then."""
 from __future__ import annotations
 
 from libvirt_snapshot_exporter.loop.domain_cache import RESYNC_SECONDS, DomainCache
-from libvirt_snapshot_exporter.model.observations import DiskInfo, DomainPoll, GuestStats, SnapshotRecord
+from libvirt_snapshot_exporter.model.observations import (
+    DiskInfo,
+    DomainPoll,
+    GuestStats,
+    OpenStackInstance,
+    SnapshotRecord,
+)
 from libvirt_snapshot_exporter.model.samples import ProcessSample
 
 NOW = 1_800_000_000.0
@@ -97,3 +103,29 @@ def test_disks_read_under_an_earlier_qemu_are_outdated_and_their_cache_modes_unk
     assert cache.image_paths()[:3] == [d.source for d in DISKS]  # the files are still these
     cache.update_disks(DISKS[1:2], NOW + 6, 5151)
     assert not cache.disks_outdated() and cache.disk_cache_modes() == ("none",)
+
+
+def test_a_redefinition_outdates_the_xml_not_the_cache_modes_of_the_running_qemu():
+    """Nova defines a running instance again in its snapshot: the XML is read anew (its
+    metadata may differ), while the disks' cache modes are still those QEMU runs with."""
+    cache = polled(pid=4242)
+    cache.update_disks(DISKS, NOW, 4242)
+    assert not cache.xml_outdated()
+    cache.defined_at = NOW + 1
+    assert cache.xml_outdated() and not cache.disks_outdated()
+    assert cache.disk_cache_modes() == ("none", "writeback")
+    cache.update_disks(DISKS, NOW + 2, 4242)  # asked for after the definition
+    assert not cache.xml_outdated()
+
+
+def test_an_openstack_instance_is_published_and_a_change_of_it_is_a_new_version():
+    cache = polled()
+    view = cache.view("vm1")
+    assert view.openstack is None
+    cache.update_openstack(None)
+    assert cache.view("vm1") is view
+    cache.update_openstack(OpenStackInstance("web-1", "m1.small"))
+    assert cache.view("vm1").openstack == OpenStackInstance("web-1", "m1.small")
+    again = cache.view("vm1")
+    cache.update_openstack(OpenStackInstance("web-1", "m1.small"))  # read again, the same
+    assert cache.view("vm1") is again

@@ -266,3 +266,18 @@ def test_what_is_in_flight_is_as_it_stands_now_on_a_kept_page():
     store.publish(dataclasses.replace(store.view, in_flight=(in_flight(op, OperationContext()),)))
     html = app.landing()
     assert "<tr class=running>" in html and '<option value="vm9">vm9</option>' in html
+
+
+def test_an_openstack_instance_s_name_is_beside_its_domain():
+    """In grey beside instance-XXXXXXXX, in flight (its domain's, from the API) and finished
+    (kept in its entry); escaped, and cut by its width like the other names; none without."""
+    running = {"id": "a" * 16, "domain": "instance-0000002b", "instance_name": HOSTILE,
+               "operation": "create", "elapsed_seconds": 1.0}
+    done = finished(domain="instance-0000002a", instance_name="web-frontend-1")
+    rows = table_rows(render(view(), [running], [done, finished()], 3, "/metrics"))
+    beside = '<span class="name instance" title="OpenStack instance {0}">{0}</span>'
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;&#x27;"
+    assert cells(rows[0])[0] == "instance-0000002b " + beside.format(escaped)
+    assert cells(rows[1])[0] == (f'<a href="operations/{done.id}">instance-0000002a '
+                                 + beside.format("web-frontend-1") + "</a>")
+    assert "instance" not in cells(rows[2])[0]

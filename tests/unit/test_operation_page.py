@@ -479,3 +479,15 @@ def test_a_trace_without_points_is_said_not_charted():
     empty = dataclasses.replace(slow_trace(), points=())
     html = page.render(slow_create(), empty, None)
     assert "Its trace has no points" in html and "trace-data" not in html
+
+
+def test_an_openstack_instance_s_name_is_beside_its_domain():
+    """Kept in the log entry, it names the page and is one of its facts; escaped. An entry
+    without one (not an OpenStack domain, or logged before names were) has neither."""
+    text = page.render(record(domain="instance-0000002a", instance_name="web-1"), None, None)
+    assert "<h1>create of instance-0000002a (web-1) / s1</h1>" in text
+    assert "<tr><th>domain</th><td>instance-0000002a</td></tr>" \
+           "<tr><th>OpenStack instance</th><td>web-1</td></tr>" in text
+    assert "OpenStack" not in page.render(record(), None, None)
+    hostile = page.render(record(instance_name=HOSTILE), None, None)
+    assert "alert(1)</script>" not in hostile and "<img" not in hostile

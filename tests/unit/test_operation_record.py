@@ -118,3 +118,16 @@ def test_checked_says_whether_a_record_reads_back() -> None:
     assert record.checked() == record
     with pytest.raises(InvalidRecord, match="guest_cpu_ratio"):
         dataclasses.replace(record, guest_cpu_ratio=float("inf")).checked()
+
+
+def test_the_openstack_instance_name_is_kept_with_the_operation() -> None:
+    """The name its domain's Nova metadata gave as it ended (handoff: the domain's cache), read
+    back from the log; an entry without it (older, or no OpenStack domain) reads as None; one
+    of another type is refused."""
+    _, (op, *_), _ = replay(SEQUENCES / "internal_chain_running.jsonl")
+    record = finished_operation(op, _context(None, None), "7.2.0", (), "web-1")
+    assert FinishedOperation.from_json(record.to_json()).instance_name == "web-1"
+    older = {k: v for k, v in record.to_json().items() if k != "instance_name"}
+    assert FinishedOperation.from_json(older).instance_name is None
+    with pytest.raises(InvalidRecord, match="bad 'instance_name'"):
+        FinishedOperation.from_json({**older, "instance_name": ["web-1"]})

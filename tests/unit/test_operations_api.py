@@ -12,10 +12,11 @@ import time
 import pytest
 from libvirt_snapshot_exporter.loop.handoff import in_flight
 from libvirt_snapshot_exporter.model.context import OperationContext
+from libvirt_snapshot_exporter.model.observations import GuestStats, OpenStackInstance
 from libvirt_snapshot_exporter.model.operation import FinishedOperation, Verdict
 from libvirt_snapshot_exporter.store.oplog import OperationsLog
 from libvirt_snapshot_exporter.store.trace_store import TraceStore
-from libvirt_snapshot_exporter.store.view import StateStore, View
+from libvirt_snapshot_exporter.store.view import DomainView, StateStore, View
 from libvirt_snapshot_exporter.tracker.tracker import Operation
 from libvirt_snapshot_exporter.web import api as web_api
 from libvirt_snapshot_exporter.web.api import BadRequest, OperationsApi, int_param
@@ -164,3 +165,22 @@ def test_a_trace_of_another_domain_or_operation_under_the_id_is_not_shown():
     for changes in ({"domain": "other"}, {"operation": "delete"}):
         other = json.dumps(dataclasses.replace(trace, **changes).to_json()).encode()
         assert web_api.judged(entry, other) == (entry, None, entry.verdict)
+
+
+def test_each_operation_has_its_openstack_instance_name():
+    """In flight: its domain's, as the domain's XML last gave it (null for a domain without
+    Nova's metadata); finished: the one kept in its entry, so it outlives the instance, and
+    null in an entry logged before names were (the log reads it without the field)."""
+    old = FinishedOperation.from_json({k: v for k, v in entry(0).to_json().items()
+                                       if k != "instance_name"})
+    api = api_of([old, dataclasses.replace(entry(1), instance_name="web-1")])
+    nova = DomainView("instance-0000002a", "6f1b3a52-8c0e-4d3f-9a7b-2e5c4d6a8b10", 1, 1,
+                      GuestStats(), (), None, (), None, {}, OpenStackInstance("web-2"))
+    running = [in_flight(Operation(domain, "create", time.time() - 1, "control", 0.0), None)
+               for domain in ("instance-0000002a", "vm2")]
+    api.store.publish(dataclasses.replace(api.store.view, in_flight=tuple(running),
+                                          domains={"instance-0000002a": nova}))
+    answer = page(api)
+    assert [(o["domain"], o["instance_name"]) for o in answer["in_flight"]] == [
+        ("instance-0000002a", "web-2"), ("vm2", None)]
+    assert [o["instance_name"] for o in answer["operations"]] == ["web-1", None]

@@ -168,8 +168,15 @@ class MetricFamilies:
 
     @staticmethod
     def _guest_families(domains: dict[str, DomainView]) -> Iterator[Metric]:
-        """What libvirt reports of each guest: identity, state, CPU, memory, disk I/O."""
+        """What libvirt reports of each guest: identity (and its OpenStack instance's), state,
+        CPU, memory, disk I/O."""
         info = _gauge("info", "Domain identity.", ["domain", "uuid"])
+        openstack = _gauge(  # the peers' (inovex's) labels
+            "openstack_info",
+            "The domain's OpenStack instance, from Nova's metadata in its XML (instance_id is the"
+            " domain's UUID).",
+            ["domain", "instance_name", "instance_id", "flavor_name", "project_name",
+             "project_id", "user_name", "user_id"])
         state = _gauge("state", "libvirt state code (1 running, 3 paused, 5 shut off...).")
         reason = _gauge("state_reason", "libvirt reason code of the state.")
         cpu = _counter("cpu_seconds", "Guest CPU time.")
@@ -188,6 +195,9 @@ class MetricFamilies:
         for name, dom in sorted(domains.items()):
             s = dom.stats
             info.add_metric([name, dom.uuid], 1)
+            if (o := dom.openstack) is not None:
+                openstack.add_metric([name, o.name, dom.uuid, o.flavor_name, o.project_name,
+                                      o.project_id, o.user_name, o.user_id], 1)
             state.add_metric([name], dom.state)
             reason.add_metric([name], dom.reason)
             if s.cpu_time_ns is not None:
@@ -211,7 +221,7 @@ class MetricFamilies:
                     block_read.add_metric([name, disk.target], disk.read_bytes)
                 if disk.write_bytes is not None:
                     block_write.add_metric([name, disk.target], disk.write_bytes)
-        yield from (info, state, reason, cpu, vcpus, cur, maxi, *balloon.values(),
+        yield from (info, openstack, state, reason, cpu, vcpus, cur, maxi, *balloon.values(),
                     *guest_counters.values(), used, block_read, block_write)
 
     @staticmethod

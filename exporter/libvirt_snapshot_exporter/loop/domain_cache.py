@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..model.guest import CpuReading, cpu_ratio, cpu_reading, guest_memory_total, guest_memory_used
-from ..model.observations import DiskInfo, DomainPoll, GuestStats
+from ..model.observations import DiskInfo, DomainPoll, GuestStats, OpenStackInstance
 from ..model.samples import ProcessSample
 from ..store.view import DomainView
 from ..tracker.tracker import Tracker
@@ -34,6 +34,8 @@ class DomainCache:
     disks: tuple[DiskInfo, ...] = ()
     disks_read_at: float = 0.0
     disks_pid: int | None = None  # the QEMU process whose disks they are (its cache modes)
+    defined_at: float = 0.0  # when libvirt last said the domain was defined (its XML anew)
+    openstack: OpenStackInstance | None = None
     process: ProcessSample | None = None
     image_size: int | None = None
     filesystems: dict[str, int] = field(default_factory=dict)
@@ -81,6 +83,11 @@ class DomainCache:
             self.disks = disks
             self.version += 1
 
+    def update_openstack(self, instance: OpenStackInstance | None) -> None:
+        if instance != self.openstack:
+            self.openstack = instance
+            self.version += 1
+
     def update_images(self, size_bytes: int | None, free_bytes: dict[str, int]) -> None:
         if (self.image_size, self.filesystems) != (size_bytes, free_bytes):
             self.image_size, self.filesystems = size_bytes, free_bytes
@@ -107,6 +114,11 @@ class DomainCache:
         change the disks and their cache modes (bench switches them so)."""
         return self.disks_pid != self.pid
 
+    def xml_outdated(self) -> bool:
+        """Its XML is to be read again: the disks are outdated, or the domain was defined
+        again (Nova does so in an instance snapshot) since the XML was last asked for."""
+        return self.disks_outdated() or self.defined_at > self.disks_read_at
+
     def disk_cache_modes(self) -> tuple[str, ...]:
         """None known while the disks are outdated: an old mode would mislead the verdict."""
         if self.disks_outdated():
@@ -127,7 +139,7 @@ class DomainCache:
                 name=name, uuid=self.uuid, state=self.poll.state, reason=self.poll.reason,
                 stats=self.stats, disks=self.disks, process=self.process,
                 snapshots=self.poll.snapshots, image_size_bytes=self.image_size,
-                filesystems=self.filesystems,
+                filesystems=self.filesystems, openstack=self.openstack,
             )
             self._view_version = self.version
         return self._view

@@ -43,7 +43,8 @@ class OperationHandoff:
 
     def finished(self, op: Operation, cache: DomainCache, qemu_version: str) -> None:
         record = finished_operation(op, self.contexts.finish(op.id), qemu_version,
-                                    cache.disk_cache_modes())
+                                    cache.disk_cache_modes(),
+                                    cache.openstack.name if cache.openstack else None)
         log.info("%s %s of %s/%s: %.3f s (%s, start by %s, end by %s)", op.outcome,
                  op.operation, printable(op.domain), printable(op.snapshot),
                  record.duration_seconds, op.kind, op.start_source, op.end_source)
@@ -54,12 +55,14 @@ class OperationHandoff:
 
 
 def finished_operation(op: Operation, ctx: OperationContext, qemu_version: str,
-                       disk_cache: tuple[str, ...]) -> FinishedOperation:
+                       disk_cache: tuple[str, ...],
+                       instance_name: str | None = None) -> FinishedOperation:
     """The record of a finished operation, times rounded to the millisecond."""
     duration = op.duration or 0.0
     return FinishedOperation(
         id=op.id,
         domain=op.domain,
+        instance_name=instance_name,
         snapshot=op.snapshot,
         operation=op.operation,
         kind=op.kind,

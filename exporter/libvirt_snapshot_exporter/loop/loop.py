@@ -17,7 +17,15 @@ import time
 from collections.abc import Callable
 
 from ..config import Config
-from ..model.observations import DomainStatusSaved, MetadataWatchState, Observation, Versions, to_record
+from ..model.observations import (
+    EVENT_DEFINED,
+    DomainStatusSaved,
+    LifecycleEvent,
+    MetadataWatchState,
+    Observation,
+    Versions,
+    to_record,
+)
 from ..model.operation import FinishedOperation
 from ..sources.host import HostReader
 from ..sources.libvirt.adapter import LibvirtAdapter
@@ -191,6 +199,9 @@ class CollectionLoop:
             # a poll then could take it for a delete. Nothing to poll for either of these.
             if not isinstance(obs, DomainStatusSaved | MetadataWatchState):
                 self.polls.wake(obs.domain)
+            if (isinstance(obs, LifecycleEvent) and obs.event == EVENT_DEFINED
+                    and (cache := self.domains.get(obs.domain)) is not None):
+                cache.defined_at = obs.time  # its XML, Nova's metadata with it, read anew
             self._observe(obs)
 
     def _observe_answer(self, obs: Observation) -> None:

@@ -65,7 +65,7 @@ class Sampler:
         """Between samplings, the disks of domains whose QEMU changed: a create right after a
         start (bench's cache switch) is to carry the cache modes it runs with."""
         for name, cache in self.domains.items():
-            if cache.disks_outdated():
+            if cache.xml_outdated():
                 self._refresh_disks(name, cache, now)
 
     def sample_busy_processes(self, now: float) -> None:
@@ -106,19 +106,21 @@ class Sampler:
     def _refresh_disks(self, name: str, cache: DomainCache, now: float) -> None:
         """Disk XML only while the domain is idle: from libvirt 11.0 it waits for a snapshot."""
         if self.tracker.is_busy(name) or (now - cache.disks_read_at < DISK_REFRESH_SECONDS
-                                          and not cache.disks_outdated()):
+                                          and not cache.xml_outdated()):
             return
         pid = cache.pid
 
         def got(future: concurrent.futures.Future) -> None:
             try:
-                disks = tuple(future.result())
+                definition = future.result()
             except Exception as exc:  # noqa: BLE001
                 log.debug("disks of %s: %s", printable(name), printable(exc))
                 return
-            cache.update_disks(disks, now, pid)
+            cache.update_disks(definition.disks, now, pid)
+            cache.update_openstack(definition.openstack)
 
-        self.later.start(f"xml:{name}", lambda: self.adapter.domain_disks(name), got, Source.DOMAINS)
+        self.later.start(f"xml:{name}", lambda: self.adapter.domain_definition(name), got,
+                         Source.DOMAINS)
 
     def _read_images(self, name: str, cache: DomainCache) -> None:
         """A file that cannot be read fails the images source; the figures stay as they were."""

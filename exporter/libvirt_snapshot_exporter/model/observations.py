@@ -32,6 +32,30 @@ class DiskInfo:
 
 
 @dataclass(frozen=True)
+class OpenStackInstance:
+    """What OpenStack Nova writes of its instance into the domain XML (<nova:instance>): on an
+    OpenStack host every domain is instance-XXXXXXXX, and a person knows it by this name. Its
+    id is the domain's UUID, which Nova sets to the instance's. "" where Nova wrote nothing."""
+
+    name: str
+    flavor_name: str = ""
+    project_name: str = ""
+    project_id: str = ""
+    user_name: str = ""
+    user_id: str = ""
+
+
+@dataclass(frozen=True)
+class DomainDefinition:
+    """What the exporter takes from a domain's XML, read in one call: its disks and, on an
+    OpenStack host, its instance (None without Nova's metadata or with metadata it could not
+    read)."""
+
+    disks: tuple[DiskInfo, ...]
+    openstack: OpenStackInstance | None = None
+
+
+@dataclass(frozen=True)
 class Versions:
     """Of libvirt's library, of libvirtd and of the hypervisor (QEMU) it runs."""
 

@@ -174,6 +174,7 @@ REQUIRED = {
 }
 OPTIONAL = {
     "snapshot": _optional(_text),
+    "instance_name": _optional(_text),
     "depth": _optional(lambda value: isinstance(value, int) and not isinstance(value, bool)
                        and value >= 0),
     "paused_seconds": _optional(_non_negative),
@@ -206,6 +207,9 @@ class FinishedOperation:
     duration_seconds: float
     outcome: str  # success | failure
     snapshot: str | None = None
+    # the OpenStack instance's name as the domain's Nova metadata gave it when the operation
+    # ended: kept, so a deleted instance's history still reads with its name
+    instance_name: str | None = None
     depth: int | None = None  # in the snapshot tree, the root being 1 (the study's level)
     paused_seconds: float | None = None
     error: str | None = None

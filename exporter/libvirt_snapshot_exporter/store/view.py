@@ -10,7 +10,7 @@ import dataclasses
 import threading
 from dataclasses import dataclass, field
 
-from ..model.observations import DiskInfo, GuestStats, SnapshotRecord, Versions
+from ..model.observations import DiskInfo, GuestStats, OpenStackInstance, SnapshotRecord, Versions
 from ..model.operation import FinishedOperation, InFlight
 from ..model.samples import HostSample, ProcessSample
 
@@ -37,6 +37,7 @@ class DomainView:
     snapshots: tuple[SnapshotRecord, ...]
     image_size_bytes: int | None
     filesystems: dict[str, int]  # mountpoint -> free bytes
+    openstack: OpenStackInstance | None = None  # Nova's instance, on an OpenStack host
 
 
 @dataclass

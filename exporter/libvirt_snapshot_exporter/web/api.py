@@ -66,13 +66,18 @@ class OperationsApi:
             TRACES_KEPT, TRACES_KEPT_BYTES, lambda body: len(body or b""))
 
     def in_flight(self) -> list[dict[str, Any]]:
-        """Operations in flight, as they stand now."""
+        """Operations in flight, as they stand now, with their domain's OpenStack instance name
+        as the domain's XML last gave it (a finished operation's is kept in its entry)."""
         now = time.time()
+        view = self.store.view
         in_flight = []
-        for item in self.store.view.in_flight:
+        for item in view.in_flight:
             op = item.facts
+            domain = view.domains.get(op.domain)
             in_flight.append({
-                "id": item.id, "domain": op.domain, "snapshot": op.snapshot, "operation": op.operation,
+                "id": item.id, "domain": op.domain,
+                "instance_name": domain.openstack.name if domain and domain.openstack else None,
+                "snapshot": op.snapshot, "operation": op.operation,
                 "kind": op.kind, "memory": op.memory, "depth": op.depth,
                 "start": round(op.start, 3), "elapsed_seconds": round(now - op.start, 3),
                 "start_source": op.start_source, "progress_estimate": item.progress_estimate,

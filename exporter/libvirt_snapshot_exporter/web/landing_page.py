@@ -80,9 +80,14 @@ NAMES = ("domain", "snapshot")
 
 
 def _cells(entry: dict[str, Any]) -> list[str]:
+    """The row's cells; an OpenStack instance's name beside its domain (instance-XXXXXXXX)."""
     cells = [html.escape(cell_text(key, entry.get(key))) for _, key in STUDY_COLUMNS]
     for key in NAMES:
         cells[COLUMN[key]] = f'<span class=name title="{cells[COLUMN[key]]}">{cells[COLUMN[key]]}</span>'
+    if entry.get("instance_name"):
+        name = html.escape(entry["instance_name"])
+        cells[COLUMN["domain"]] += (f' <span class="name instance" title="OpenStack instance '
+                                    f'{name}">{name}</span>')
     return cells
 
 
@@ -169,7 +174,7 @@ td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}
 td{white-space:nowrap}th{background:#eee;font-weight:normal}
 td:nth-child(-n+4),th:nth-child(-n+4){text-align:left}
 .name{display:inline-block;max-width:15em;overflow:hidden;text-overflow:ellipsis;
-vertical-align:bottom}
+vertical-align:bottom}.instance{color:#555;max-width:12em}
 td:nth-child(4){font-weight:bold}th:nth-child(4),th:nth-child(5){background:#dde6f3}
 tr.running{background:#fe9}
 tr.failed{background:#fdd}tr.failed td:first-child{box-shadow:inset 4px 0 #b00}
@@ -230,7 +235,8 @@ def render(view: View, in_flight: Sequence[dict[str, Any]], logged: Logged,
 {POLL_SECONDS} s for operations starting, ending or being judged (without JavaScript, it reloads
 every {RELOAD_SECONDS} s while an operation is in flight). Times are the hypervisor's, with
 their offset from UTC. The verdict: what set the pace, and how many times slower than expected
-the operation was; each domain links to its operation's page.
+the operation was; each domain links to its operation's page, an OpenStack instance's name
+in grey beside its domain.
 <span id=checked></span></p>
 <div id=live data-signature="{e(signature(in_flight, logged.newest, logged.total))}">
 <p id=shown>{shown}</p>

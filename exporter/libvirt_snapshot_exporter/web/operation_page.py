@@ -85,7 +85,8 @@ def _seconds(value: float | None) -> str:
 def facts(record: FinishedOperation) -> list[tuple[str, str]]:
     """The operation's facts as (name, text) rows, unescaped."""
     rows = [
-        ("domain", record.domain), ("snapshot", record.snapshot or ""),
+        ("domain", record.domain), ("OpenStack instance", record.instance_name or ""),
+        ("snapshot", record.snapshot or ""),
         ("operation", record.operation), ("kind", record.kind),
         ("memory", "yes" if record.memory else "no"),
         ("duration", _seconds(record.duration_seconds)),
@@ -125,8 +126,9 @@ def render(record: FinishedOperation, trace: Trace | None, verdict: Verdict | No
     verdict would be, never a pace: it is not judged (a verdict logged before that rule is
     not shown either)."""
     e = html.escape
-    name = f"{record.operation} of {record.domain}" + (
-        f" / {record.snapshot}" if record.snapshot else "")
+    name = (f"{record.operation} of {record.domain}"
+            + (f" ({record.instance_name})" if record.instance_name else "")
+            + (f" / {record.snapshot}" if record.snapshot else ""))
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts(record))
     judged = ""
     failed = record.outcome != "success"

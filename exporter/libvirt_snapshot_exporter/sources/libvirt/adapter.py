@@ -22,18 +22,22 @@ import libvirt
 
 from ...model.observations import (
     BlockJobEvent,
+    DomainDefinition,
     DomainPoll,
     GuestStats,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
     Observation,
+    OpenStackInstance,
     SnapshotRecord,
     Versions,
 )
+from ...model.printable import printable
 from ..qemu_process import read_qemu_pid
 from .calls import Deadlines, LibvirtUnavailable
 from .common import guest_stats, parse_domain_disks, read_versions, start_event_loop
+from .nova_metadata import MalformedNovaMetadata, parse_nova_instance
 from .snapshot_xml import parse_snapshot_xml
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ class LibvirtAdapter:
         self._next_attempt = 0.0
         self._snapshot_cache: dict[tuple[str, str], SnapshotRecord] = {}
         self._handles: dict[str, libvirt.virDomain] = {}  # from the last states() call
+        self._nova_complaints: dict[str, str] = {}  # domain -> what was logged of its metadata
         self.reconnects = 0
         self.last_error = ""
         self.events_received: dict[str, int] = {"lifecycle": 0, "job_completed": 0, "block_job": 0}
@@ -324,15 +329,34 @@ class LibvirtAdapter:
 
     def forget_domain(self, name: str) -> None:
         self._handles.pop(name, None)
+        self._nova_complaints.pop(name, None)
         for key in [k for k in self._snapshot_cache if k[0] == name]:
             del self._snapshot_cache[key]
 
-    def domain_disks(self, name: str) -> concurrent.futures.Future:
-        """Disks from the domain XML, started on a worker. From libvirt 11.0 this may wait for
-        a running snapshot: ask only for idle domains."""
-        return self._submit(
-            f"xml:{name}", lambda conn: parse_domain_disks(conn.lookupByName(name).XMLDesc(0))
-        )
+    def domain_definition(self, name: str) -> concurrent.futures.Future:
+        """Disks and OpenStack instance from the domain XML, started on a worker; its result
+        a DomainDefinition. From libvirt 11.0 this may wait for a running snapshot: ask only
+        for idle domains."""
+
+        def read(conn: libvirt.virConnect) -> DomainDefinition:
+            xml = conn.lookupByName(name).XMLDesc(0)
+            return DomainDefinition(tuple(parse_domain_disks(xml)), self._openstack(name, xml))
+
+        return self._submit(f"xml:{name}", read)
+
+    def _openstack(self, name: str, xml: str) -> OpenStackInstance | None:
+        """Nova's instance in the XML; metadata that cannot be read is skipped, logged once per
+        domain (again only when what is wrong with it changes), not at every read."""
+        try:
+            instance = parse_nova_instance(xml)
+        except MalformedNovaMetadata as exc:
+            if self._nova_complaints.get(name) != str(exc):
+                self._nova_complaints[name] = str(exc)
+                log.warning("OpenStack metadata of %s skipped: %s", printable(name),
+                            printable(exc))
+            return None
+        self._nova_complaints.pop(name, None)
+        return instance
 
     def qemu_pid(self, name: str) -> int | None:
         return read_qemu_pid(self._pid_dir, name)
