@@ -62,6 +62,9 @@ TABLE_LINKS = {
 JOIN_OPERATION = "group_left (id, url) libvirt_snapshot_last_operation_info{"
 JOIN_EXPORTER = "group_left (url) libvirt_snapshot_exporter_url_info{"
 RULES_NOTE = "prometheus/rules/recording.yml"
+# The OpenStack instance's name beside each domain; `instance` is the scrape target's label.
+JOIN_INSTANCE_NAME = "group_left (instance_name) (libvirt_domain_openstack_info{"
+DOMAIN_TABLES = ("Operations in flight", LAST_OPERATIONS, "Firing alerts")
 # Grafana's unit ids the linter accepts (packages/grafana-data/src/valueFormats/categories.ts),
 # those of the categories a dashboard of durations, bytes and counts can use.
 VALID_UNITS = {
@@ -180,8 +183,10 @@ def test_verdict_and_guest_pause_near_the_top():
     paused = next(r for r, e in exprs.items()
                   if "libvirt_snapshot_last_operation_guest_paused_seconds" in e)
     index = table["transformations"][-1]["options"]["indexByName"]
-    assert index["pace_setter"] < 8, "the verdict is not among the first columns"
-    assert index[f"Value #{paused}"] < 8, "the guest pause is not among the first columns"
+    # right after what the operation is: hypervisor, instance, domain and its OpenStack name,
+    # operation, when it ended and whether it worked
+    assert index["pace_setter"] < 9, "the verdict is not among the first columns"
+    assert index[f"Value #{paused}"] < 9, "the guest pause is not among the first columns"
     assert f"Value #{verdict}" in table["transformations"][-1]["options"]["excludeByName"]
     assert _panel("Longest guest pause in the last 24 h")["gridPos"]["y"] < table["gridPos"]["y"]
 
@@ -347,6 +352,21 @@ def test_every_table_links_its_rows():
         # The url column is kept for the link (hidden, not removed by the transformations).
         for transformation in panel.get("transformations", []):
             assert "url" not in transformation["options"].get("excludeByName", {}), title
+
+
+def test_domain_tables_show_the_openstack_instance_name_beside_the_domain():
+    """Each table with a domain column joins libvirt_domain_openstack_info's instance_name on
+    the target's labels and the domain, or the domain's own series where it has none (a domain
+    without Nova's metadata keeps its rows), and shows it right after the domain."""
+    for title in DOMAIN_TABLES:
+        panel = _panel(title)
+        (target,) = [t for t in panel["targets"] if JOIN_INSTANCE_NAME in t["expr"]]
+        keys = re.search(r"on \(([^)]*)\) " + re.escape(JOIN_INSTANCE_NAME), target["expr"])[1]
+        assert keys in ("job, hypervisor, instance, domain", "instance, domain"), title
+        assert f"or on ({keys}) group by ({keys}) (" in target["expr"], title
+        options = panel["transformations"][-1]["options"]
+        assert options["indexByName"]["instance_name"] == options["indexByName"]["domain"] + 1
+        assert options["renameByName"]["instance_name"] == "OpenStack instance"
 
 
 def test_guest_pause_panels():
@@ -582,7 +602,7 @@ def test_firing_alerts_rows_link_to_their_page(live):
             f'max by (instance, domain, job) (libvirt_snapshot_last_operation_info{{job="{JOB}"}}))'
             f' or label_replace(vector(1), "alertname", "LibvirtSnapshotExporterAbsent", "", "")')
     firing = re.compile(r'ALERTS\{[^}]*\}')
-    assert len(firing.findall(expr)) == 2
+    assert len(firing.findall(expr)) == 3  # the third: the rows of domains without OpenStack
     answer = live.query(firing.sub(lambda _: f"({fake})", expr))
     by_name = {s["metric"]["alertname"]: s["metric"] for s in answer}
     assert set(by_name) == {"LibvirtSnapshotSlow", "LibvirtSnapshotExporterAbsent"}
@@ -690,3 +710,12 @@ def test_links_lead_to_the_exporters_operation_pages(real):
     (link,) = panel_links(_panel("Operations in flight"))
     assert {resolve_link(link["url"], r["metric"]) for r in in_flight} == {
         f"{handbuilt_view.EXTERNAL_URL}/"}
+
+
+def test_the_domain_tables_carry_the_openstack_instance_name(real):
+    """vm1 is OpenStack's web-1, vm2 no OpenStack domain: both keep their rows."""
+    for title in ("Operations in flight", LAST_OPERATIONS):
+        rows = _ask(real, _target(title, JOIN_INSTANCE_NAME))
+        names = {(r["metric"]["domain"], r["metric"].get("instance_name")) for r in rows}
+        assert {("vm1", "web-1"), ("vm2", None)} <= names, title
+        assert len(names) == len({d for d, _ in names}), title
