@@ -13,10 +13,19 @@ from .. import __version__
 from ..model.guest import guest_memory_used
 from ..model.observations import depth_of
 from ..model.samples import MEMINFO, HostSample
-from ..store.view import DomainOperations, DomainView, HostOperations, View
+from ..store.view import (
+    DomainOperations,
+    DomainView,
+    Histogram,
+    HostOperations,
+    OperationLabels,
+    View,
+)
 from .operation_families import (
     domain_operation_families,
+    host_histogram_family,
     host_operation_families,
+    host_verdict_family,
     in_flight_families,
 )
 
@@ -65,6 +74,17 @@ class MetricFamilies:
     def host_operation_families(host: HostOperations) -> Iterator[Metric]:
         """The hypervisor's histograms and verdict counts: they change with its operations."""
         yield from host_operation_families(host)
+
+    @staticmethod
+    def host_part_families(part: str, key: OperationLabels | str, data: Histogram | dict
+                           ) -> Iterator[Metric]:
+        """One part of host_operation_families, as the exposition keeps it: a series of the
+        table named `part` ("durations", "paused") under the labels `key`, or ("verdicts")
+        the verdict counts."""
+        if part == "verdicts":
+            yield host_verdict_family(data)
+        else:
+            yield host_histogram_family(part, key, data)
 
     def domain_families(self, name: str, dom: DomainView) -> Iterator[Metric]:
         yield from self._domains({name: dom})

@@ -21,7 +21,15 @@ from prometheus_client.core import (
 )
 
 from ..model.operation import LAST_OPERATION_FIGURES
-from ..store.view import DURATION_BUCKETS, DomainOperations, HistogramTable, HostOperations, View
+from ..store.view import (
+    DURATION_BUCKETS,
+    DomainOperations,
+    Histogram,
+    HistogramTable,
+    HostOperations,
+    OperationLabels,
+    View,
+)
 
 OPERATION_LABELS = ["operation", "kind", "memory", "outcome"]
 DO = ["domain", "operation"]
@@ -49,19 +57,35 @@ def _summary(name: str, doc: str, table: HistogramTable, domain: str) -> Metric:
     return family
 
 
+HOST_HISTOGRAMS = {  # HostOperations' tables: (family, help)
+    "durations": ("libvirt_snapshot_operation_duration_seconds", f"{DURATION_DOC}, all domains."),
+    "paused": ("libvirt_snapshot_operation_guest_paused_seconds", f"{PAUSED_DOC}, all domains."),
+}
+
+
 def host_operation_families(host: HostOperations) -> Iterator[Metric]:
-    """The hypervisor's histograms: every domain's operations, buckets 0.1 s to 1 h."""
-    yield _histogram("libvirt_snapshot_operation_duration_seconds",
-                     f"{DURATION_DOC}, all domains.", host.durations)
-    yield _histogram("libvirt_snapshot_operation_guest_paused_seconds",
-                     f"{PAUSED_DOC}, all domains.", host.paused)
-    verdicts = CounterMetricFamily(
+    """The hypervisor's histograms (every domain's operations, buckets 0.1 s to 1 h) and
+    verdict counts."""
+    for table, (name, doc) in HOST_HISTOGRAMS.items():
+        yield _histogram(name, doc, getattr(host, table))
+    yield host_verdict_family(host.verdicts)
+
+
+def host_histogram_family(table: str, labels: OperationLabels, histogram: Histogram) -> Metric:
+    """One series of one of the hypervisor's histograms (HOST_HISTOGRAMS): what the exposition
+    formats anew when an operation changes it, the others kept as they were."""
+    name, doc = HOST_HISTOGRAMS[table]
+    return _histogram(name, doc, {labels: histogram})
+
+
+def host_verdict_family(verdicts: dict[tuple[str, str], int]) -> Metric:
+    family = CounterMetricFamily(
         "libvirt_snapshot_operation_verdicts",
         "Finished operations by what set their pace (their verdict), all domains.",
         labels=["operation", "pace_setter"])
-    for (operation, pace), count in sorted(host.verdicts.items()):
-        verdicts.add_metric([operation, pace], count)
-    yield verdicts
+    for (operation, pace), count in sorted(verdicts.items()):
+        family.add_metric([operation, pace], count)
+    return family
 
 
 def domain_operation_families(ops: DomainOperations, buckets: bool, external_url: str

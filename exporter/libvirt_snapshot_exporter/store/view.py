@@ -89,10 +89,13 @@ HistogramTable = dict[OperationLabels, Histogram]
 
 
 def _observed(table: HistogramTable, labels: OperationLabels, value: float) -> HistogramTable:
-    """A copy of table with value observed under labels (tables are replaced, never changed,
-    so a scrape may read the old one while the next is built)."""
-    table = {k: h.copy() for k, h in table.items()}
-    table.setdefault(labels, Histogram()).observe(value)
+    """A copy of table with value observed under labels (tables and their histograms are
+    replaced, never changed, so a scrape may read the old one while the next is built, and
+    the exposition keeps the text of every histogram that is still the same object)."""
+    table = dict(table)
+    histogram = table[labels].copy() if labels in table else Histogram()
+    histogram.observe(value)
+    table[labels] = histogram
     # The other outcome's series starts at 0 beside it, so that increase() sees the first
     # failure (or success) as one, not as a series appearing.
     table.setdefault((*labels[:3], "failure" if labels[3] == "success" else "success"),
