@@ -5,6 +5,7 @@
 #   qemu+unix:///system?socket=$DIR/run/libvirt/libvirt-sock
 #
 #   scripts/libvirt11-chroot.sh [up]   build once, mount, start the daemons (idempotent)
+#   scripts/libvirt11-chroot.sh build  build once, nothing started (CI builds it during make test)
 #   scripts/libvirt11-chroot.sh env    print the LSE_* variables the tests read (for eval)
 #   scripts/libvirt11-chroot.sh down   stop the chroot's daemons and unmount (host's untouched)
 #
@@ -184,8 +185,9 @@ down() {
 }
 
 case "${1:-up}" in
+  build) build ;;
   up) up ;;
   env) print_env ;;
   down) down ;;
-  *) echo "usage: $0 [up|env|down]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|up|env|down]" >&2; exit 2 ;;
 esac
