@@ -229,6 +229,11 @@ def test_qemu_threads_read_the_writers_alone_from_files_kept_open_until_they_end
         assert open_files() == before + 6
         stop_worker.set()
         worker.join()
+        # join() returns as the Python thread ends; the kernel's task can outlive it a moment
+        # (CI read it once more right after the join)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/self/task/{worker.native_id}").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not any(k.startswith("worker:") for k in qemu.read()[1])
         assert open_files() == before + 3  # the ended worker's closed
     finally:
