@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -107,3 +108,15 @@ class ExporterProcess:
                 raise AssertionError(f"exporter exited ({self.proc.returncode}): {self.log()}")
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.log()[-3000:]}")
+
+
+def logged_entries(path: Path) -> list[dict]:
+    """The entries of an operations log file as the exporter reads it back: an entry appended
+    again (its verdict came later) replaces the earlier line, in the earlier one's place."""
+    from libvirt_snapshot_exporter.model.operation import FinishedOperation
+
+    entries: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        entries[FinishedOperation.from_json(entry).id] = entry
+    return list(entries.values())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import os
 import random
 import re
@@ -29,7 +28,7 @@ import pytest
 from libvirt_snapshot_exporter.web import server as http_server
 from lse_devtools import testbed
 from lse_devtools.driving import Timed, in_flight, operations, wait_operations
-from lse_devtools.exporter_proc import ExporterProcess, free_port
+from lse_devtools.exporter_proc import ExporterProcess, free_port, logged_entries
 
 pytestmark = pytest.mark.libvirt
 
@@ -106,7 +105,7 @@ def test_sigterm_during_a_snapshot_exits_0_promptly_and_keeps_history(libvirtd):
         assert code == 0 and took < 5, (code, took)
         assert still_running, "the snapshot ended before the exporter did: not a test of SIGTERM"
         assert "signal 15: shutting down" in exporter.log()
-        logged = [json.loads(line) for line in state.read_text().splitlines()]
+        logged = logged_entries(state)
         assert [(e["snapshot"], e["start"]) for e in logged
                 if e["domain"] == guest.name] == [("kept", kept["start"])]
 
@@ -191,8 +190,7 @@ def test_state_directory_not_writable(libvirtd, bare, how):
         wait_operations(exporter, bare.name, 2, since)
         exporter.wait_for(lambda: exporter.value(
             "libvirt_snapshot_exporter_state_write_success") == 1, 10, "state_write_success 1")
-        logged = [json.loads(line)["snapshot"]
-                  for line in (state / "operations.jsonl").read_text().splitlines()]
+        logged = [e["snapshot"] for e in logged_entries(state / "operations.jsonl")]
         assert logged == ["unsaved", "saved"]
         assert "writable again" in exporter.log()
     finally:
