@@ -59,13 +59,17 @@ check: venv  ## ruff and the fast unit tests, no libvirt needed
 test: test-deps venv  ## the whole suite, real libvirtd and QEMU guests and the container included
 	bash scripts/libvirtd-up.sh
 	$(VENV)/bin/ruff check exporter devtools tests scripts benchmarks
-	# No libvirtd, no guest: unit and bundle tests on two workers (a file's tests share one),
-	# while the container test's base image is built (half a minute, mostly download).
-	bash scripts/container-base.sh up > $(VENV)/container-base.log 2>&1 & base=$$!; \
+	# Unit and bundle tests (no libvirtd, no guest) on two workers, a file's tests on one; beside
+	# them, the container tests (mostly waiting for podman: its base image built, the compose
+	# services started), their output printed after. Then a real libvirtd and its guests, one
+	# test at a time.
+	{ bash scripts/container-base.sh up && eval "$$(bash scripts/container-base.sh env)" && \
+		$(VENV)/bin/pytest -v -rfEs --durations=10 tests/container; } \
+		> $(VENV)/container-tests.log 2>&1 & containers=$$!; \
 	$(VENV)/bin/pytest -v -rfEs -n 2 --dist loadfile tests/unit tests/bundle; unit=$$?; \
-	wait $$base || { cat $(VENV)/container-base.log; exit 1; }; \
-	[ $$unit = 0 ] && eval "$$(bash scripts/container-base.sh env)" && \
-		$(VENV)/bin/pytest -v -rfEs --durations=25 tests/integration tests/e2e tests/container
+	wait $$containers; container=$$?; cat $(VENV)/container-tests.log; \
+	[ $$unit = 0 ] && [ $$container = 0 ] && \
+		$(VENV)/bin/pytest -v -rfEs --durations=25 tests/integration tests/e2e
 
 demo: deps venv  ## a demo guest, snapshots now and then, the exporter on localhost:9966
 	bash scripts/libvirtd-up.sh

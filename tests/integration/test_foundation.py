@@ -247,6 +247,7 @@ def test_undefined_domain_loses_its_series(exporter, conn):
         15, "its series gone")
 
 
+@pytest.mark.host_only  # the exporter's own shutdown
 def test_sigterm_flushes_and_exits_zero(conn):
     proc = ExporterProcess().start()
     assert proc.stop(signal.SIGTERM) == 0

@@ -139,6 +139,8 @@ def _mount_tmpfs(options: str) -> Path:
     return mount
 
 
+# host_only: the exporter's own writes to its state directory, whatever libvirt it watches.
+@pytest.mark.host_only
 @pytest.mark.parametrize("how", ["file", "read-only", "full"])
 def test_state_directory_not_writable(libvirtd, bare, how):
     """Operations go on being counted and served; the failure is a log line and two metrics;
