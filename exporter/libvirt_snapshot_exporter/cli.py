@@ -6,6 +6,8 @@ Startup errors (bad flag, bad config file, address that cannot be bound) print o
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import logging
 import signal
 import socket
@@ -59,6 +61,40 @@ def load(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         fail(str(exc))
 
 
+# glibc's mallopt parameters (malloc.h), for give_freed_memory_back
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD = 256 * 1024
+ARENAS = 2
+
+
+def give_freed_memory_back() -> None:
+    """glibc's allocator told to give freed memory back to the host; set once at start, before
+    the threads are.
+
+    The exporter's large buffers come and go: each domain's exposition text, the families'
+    joined blocks, every scrape's body (6 MB at 1,000 domains) and its gzip. glibc serves them
+    from per-thread arenas, raising its mmap threshold to the largest block freed so far, and
+    keeps what is freed for the next allocation: at 1,000 domains with history, malloc_trim(0)
+    gave 45 MB back of the 131-136 MB the exporter held. Blocks of MMAP_THRESHOLD and more are
+    mapped and unmapped on their own, and two arenas serve every thread (the exporter's own
+    RSS 103-108 MB then). Without glibc (musl, another libc), nothing is changed."""
+    libc = _glibc()
+    if libc is None:
+        return
+    if not (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_ARENA_MAX, ARENAS)):
+        logging.getLogger(PROG).debug("mallopt refused: glibc's allocator left as it is")
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.gnu_get_libc_version  # noqa: B018 (glibc's own symbol: absent from musl)
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
 class Exporter:
     """The exporter assembled: collection loop, operations log, HTTP server (bound already)."""
 
@@ -72,6 +108,7 @@ class Exporter:
         from .web.routes import App
         from .web.server import serve
 
+        give_freed_memory_back()
         self.config = config
         host, port = config.listen
         try:
