@@ -372,3 +372,20 @@ def test_an_append_that_fails_is_kept_and_the_next_flush_replaces_the_file(tmp_p
     log.flush()
     assert log.last_write_ok and path.is_file()
     assert [json.loads(line)["snapshot"] for line in _lines_on_disk(tmp_path)] == ["s1", "s2"]
+
+
+def test_while_writes_fail_every_entry_waits_for_the_one_rewrite_that_follows(tmp_path):
+    log = OperationsLog(str(tmp_path))
+    log.add(_op(1))
+    log.flush()
+    path = tmp_path / LOG_NAME
+    path.unlink()
+    path.mkdir()  # neither appended to nor renamed over
+    for n in (2, 3):
+        log.add(_op(n))
+        log.flush()
+    assert log.write_errors == 2
+    path.rmdir()
+    log.flush()  # nothing added since: the failed writes alone make it write
+    assert log.last_write_ok
+    assert [json.loads(line)["snapshot"] for line in _lines_on_disk(tmp_path)] == ["s1", "s2", "s3"]

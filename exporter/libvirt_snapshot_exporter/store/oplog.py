@@ -206,9 +206,9 @@ class OperationsLog:
             return self._entries.domains()
 
     def flush(self) -> None:
-        """Write the log if anything was added since the last write."""
+        """Write the log if anything was added since the last write, or the last one failed."""
         with self._lock:
-            if self._pending:
+            if self._pending or not self.last_write_ok:
                 self._flush_locked()
 
     def close(self) -> None:
@@ -232,7 +232,10 @@ class OperationsLog:
             else:
                 self._append("".join(lines).encode())
         except OSError as exc:
-            self._rewrite = True  # an append may have left half a line
+            # An append may have left half a line: the next write is the whole log, so what
+            # is pending need not be kept (while the directory stays unwritable, nor grow).
+            self._rewrite = True
+            self._pending.clear()
             self.write_errors += 1
             if self.last_write_ok:
                 log.error("cannot write operations log in %s: %s (history kept in memory)",
