@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import logging
 import signal
 import socket
@@ -88,7 +87,7 @@ def give_freed_memory_back() -> None:
 
 def _glibc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc = ctypes.CDLL(None)  # the interpreter's own symbols, its C library's among them
         libc.gnu_get_libc_version  # noqa: B018 (glibc's own symbol: absent from musl)
     except (OSError, AttributeError, TypeError):
         return None
