@@ -12,9 +12,9 @@ most 1 in 10), the exporter's RSS at start and end, the CPU seconds it used, and
 a scrape every second (p50/p99/max; scraped from a process of its own, as Prometheus would:
 a thread of this process waits for its interpreter lock behind the four drivers). Before the
 soak, --single-snapshots internal creates of one guest, one at a time, scraped every 50 ms while
-each runs. Each target of issue 23 is
-printed with "met" or "missed": soak scrape p99 at most 10 ms, the exporter's CPU at most 5 %
-of a core, no operation lost; during single snapshots scrape p99 at most 5 ms.
+each runs. Each target of issue 23 is printed with "met" or "missed": soak scrape p99 at most
+10 ms, the exporter's CPU at most 5 % of a core, no operation lost; during single snapshots
+scrape p99 at most 5 ms.
 
 Run as root with libvirtd up:  .venv/bin/python benchmarks/soak.py [--minutes 10]
 """

@@ -8,9 +8,9 @@ hypervisor's histograms) is formatted once, as bytes, and kept until that domain
 series) changes (the collection loop prepares it in the background), and each family's block
 (its header and every domain's lines) is joined once and kept until one of its domains changes,
 so a scrape of a thousand domains joins about a hundred blocks; exporter, host and in-flight
-series are formatted on every scrape. A scrape
-that comes while the loop prepares serves the domain text of the loop's previous cycle rather
-than wait. Filtered scrapes and other formats build every family afresh.
+series are formatted on every scrape. A scrape that comes while the loop prepares serves the
+domain text of the loop's previous cycle rather than wait. Filtered scrapes and other formats
+build every family afresh.
 """
 
 from __future__ import annotations
