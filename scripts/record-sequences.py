@@ -229,10 +229,11 @@ def _destroy_mid_create(conn: libvirt.virConnect) -> tuple[bool, Recorder]:
         testbed.destroy_guest(conn, guest)
 
 
-def scenario_managed_save(conn: libvirt.virConnect) -> None:
-    """No snapshot operation: a managed save and the start from it (bench switches cache modes
-    so), then a plain save and restore, between a create, a revert and a delete. libvirt sends
-    a restore's resume as RESUMED/FROM_SNAPSHOT, as it does a revert's."""
+def scenario_saves(conn: libvirt.virConnect) -> None:
+    """Saves and their restores between a create, a revert and a delete: three managed saves
+    each with the start that restores it (bench switches cache modes so), then three saves to
+    a file each with its restore. libvirt sends a restore's resume as RESUMED/FROM_SNAPSHOT,
+    as it does a revert's."""
     guest = testbed.create_guest(conn, "rec", memory_mib=256, fill_mib=64)
     image = Path(tempfile.mkdtemp(prefix="lse-save-")) / "saved"
     try:
@@ -240,17 +241,16 @@ def scenario_managed_save(conn: libvirt.virConnect) -> None:
         dom = guest.domain(conn)
         with Recorder(guest.name) as rec:
             rec.call("create", lambda: dom.snapshotCreateXML(internal_xml("m1")))
-            dom.managedSave()
-            time.sleep(1.0)
-            dom.create()
-            time.sleep(1.0)
-            dom.save(str(image))
-            time.sleep(1.0)
-            conn.restore(str(image))
-            time.sleep(1.0)
+            for _ in range(3):
+                rec.call("save", dom.managedSave, pause=1.0)
+                rec.call("restore", dom.create, pause=1.0)
+            for _ in range(3):
+                rec.call("save", lambda: dom.save(str(image)), pause=1.0)
+                rec.call("restore", lambda: conn.restore(str(image)), pause=1.0)
+                image.unlink()
             rec.call("revert", lambda: dom.revertToSnapshot(dom.snapshotLookupByName("m1")))
             rec.call("delete", lambda: dom.snapshotLookupByName("m1").delete())
-        rec.save("managed_save")
+        rec.save("saves")
     finally:
         testbed.destroy_guest(conn, guest)
         image.unlink(missing_ok=True)
@@ -297,7 +297,7 @@ SCENARIOS = {
     "failure_disk_full": scenario_failure_disk_full,
     "killed_mid_create": scenario_killed_mid_create,
     "destroyed_mid_create": scenario_destroyed_mid_create,
-    "managed_save": scenario_managed_save,
+    "saves": scenario_saves,
     "deletes_middle_and_leaf": scenario_deletes,
     "external_quick": scenario_external_quick,
 }

@@ -76,12 +76,12 @@ def test_nothing_seen_yet():
 def test_the_verdict_and_the_pause_come_right_after_what_the_operation_is():
     html = render(view(), [], [finished()], 1, "/metrics")
     head = re.findall(r"<th[^>]*>(.*?)</th>", html)
-    assert head[:8] == ["domain", "snapshot", "operation", "verdict", "guest paused",
-                        "duration", "outcome", "ended"]
-    assert len(head) == len(set(head)) == 21  # the study's other columns after them
-    assert head[8:11] == ["kind", "memory", "depth"] and head[-1] == "QEMU wrote"
+    assert head[:9] == ["domain", "snapshot", "operation", "verdict", "guest paused",
+                        "guest down", "duration", "outcome", "ended"]
+    assert len(head) == len(set(head)) == 22  # the study's other columns after them
+    assert head[9:12] == ["kind", "memory", "depth"] and head[-1] == "QEMU wrote"
     row = cells(table_rows(html)[0])
-    assert row[3:6] == ["", "40.50 s", "40.50 s"] and row[6] == "success"
+    assert row[3:7] == ["", "40.50 s", "", "40.50 s"] and row[7] == "success"
 
 
 def test_in_flight_on_top_then_finished_rows_linking_to_their_page():
@@ -98,8 +98,8 @@ def test_in_flight_on_top_then_finished_rows_linking_to_their_page():
     assert cells(rows[0])[:4] == ["vm2", "big", "create", ""]
     assert rows[1].startswith("<tr><td>")  # a success: no mark
     assert cells(rows[1])[0] == f'<a href="operations/{done.id}">vm1</a>'
-    assert cells(rows[0])[7].startswith('started <time datetime="2027-01-1')
-    assert cells(rows[1])[3:7] == ["storage-slow, 3.0x", "40.50 s", "40.50 s", "success"]
+    assert cells(rows[0])[8].startswith('started <time datetime="2027-01-1')
+    assert cells(rows[1])[3:8] == ["storage-slow, 3.0x", "40.50 s", "", "40.50 s", "success"]
     assert "<td>yes</td>" in rows[1] and "True" not in rows[1]  # memory
     assert "<td>yes</td>" in rows[0] and "True" not in rows[0]
     assert "(up)" in html and "QEMU 7.2.0" in html and "newest of" not in html
@@ -119,11 +119,11 @@ def test_a_failed_operation_is_marked_and_has_no_verdict():
     rows = table_rows(html)
     assert [r.startswith("<tr class=failed>") for r in rows] == [True, True, False]
     row = cells(rows[0])
-    assert row[3] == "failed: no verdict" and row[9] == "no"  # memory
-    assert row[6] == '<span class=bad title="No space left on device">&#x2717; failed</span>'
+    assert row[3] == "failed: no verdict" and row[10] == "no"  # memory
+    assert row[7] == '<span class=bad title="No space left on device">&#x2717; failed</span>'
     assert "unknown" not in rows[1] and "failed: no verdict" in rows[1]
     assert 'title="&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;&#x27;"' in rows[1]
-    assert cells(rows[2])[6] == "success"
+    assert cells(rows[2])[7] == "success"
     # visibly: the row's colour and a bar on its left, the outcome in bold red
     assert "tr.failed{background:" in html and "tr.failed td:first-child{box-shadow" in html
     assert ".bad{color:#b00;font-weight:bold" in html
@@ -134,7 +134,7 @@ def test_times_have_their_zone(zone):
     assert landing_page.cell_text("end", START) == "2027-01-15 09:00:00 +01:00"
     html = render(view(), [], [finished()], 1, "/metrics")
     ended = START + 40.5
-    assert cells(table_rows(html)[0])[7] == (
+    assert cells(table_rows(html)[0])[8] == (
         f'<time datetime="2027-01-15T09:00:{ended % 60:02.0f}+01:00">'
         f"2027-01-15 09:00:{ended % 60:02.0f} +01:00</time>")
     assert "Times are the hypervisor's, with\ntheir offset from UTC" in html

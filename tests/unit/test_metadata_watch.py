@@ -101,6 +101,27 @@ def test_status_saves_of_running_domains(dirs, watched) -> None:
     assert watched.events.empty()
 
 
+# The head of a status XML as libvirt 9.0 saves it during a save (measured 2026-12-06; 11.3's
+# is alike): the async job and its start in ms, before the domain's own XML, which has
+# elements of its own.
+SAVING = """<domstatus state='paused' reason='save' pid='9601'>
+  <taint flag='high-privileges'/>
+  <job type='none' async='save' flags='0x0' asyncStarted='1796600724190'/>
+  <domain type='qemu'>
+    <name>vm1</name>
+"""
+
+
+def test_status_saves_name_the_async_job_and_its_start(dirs, watched) -> None:
+    _, status = dirs
+    write(status / "vm1.xml", SAVING)
+    assert watched.next() == DomainStatusSaved(pytest.approx(time.time(), abs=1), "vm1",
+                                               "save", 1796600724.19)
+    write(status / "vm1.xml", "<domstatus state='running' reason='restored'>\n"
+                              "<job type='destroy' async='none'/>\n<domain><job async='x'/>")
+    assert watched.next().job == ""  # a sync job alone, and none in the domain's own XML
+
+
 def test_missing_directory_is_reported_and_watched_once_it_exists(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("libvirt_snapshot_exporter.sources.metadata_watch.RETRY_SECONDS", 0.1)
     top = tmp_path / "snapshot"

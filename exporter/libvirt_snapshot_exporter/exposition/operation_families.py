@@ -1,5 +1,5 @@
-"""Metric families of snapshot operations: finished ones (histograms, per-domain counts and sums,
-the last operation's figures) and those in flight.
+"""Metric families of operations (a snapshot's, a save's, a restore's): finished ones
+(histograms, per-domain counts and sums, the last operation's figures) and those in flight.
 
 Histogram buckets live where they are aggregated: per hypervisor, without a domain label
 (`libvirt_snapshot_operation_*`). Each domain has a count and a sum of the same observations
@@ -116,6 +116,9 @@ def _last_operations(ops: DomainOperations, external_url: str) -> Iterator[Metri
     last_end = gauge("last_operation_end_timestamp_seconds", "When it ended.")
     last_success = gauge("last_operation_success", "1 if it succeeded, 0 if it failed.")
     last_paused = gauge("last_operation_guest_paused_seconds", "How long it kept the guest paused.")
+    last_down = gauge("last_operation_guest_down_seconds",
+                      "A restore's: how long the guest was stopped, from its save's start "
+                      "until this restore resumed it.")
     last_depth = gauge("last_operation_depth",
                        "Depth (the study's level) of the snapshot it created, deleted or reverted to.")
     context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_OPERATION_FIGURES}
@@ -138,6 +141,8 @@ def _last_operations(ops: DomainOperations, external_url: str) -> Iterator[Metri
         last_success.add_metric(labels, 1 if entry.outcome == "success" else 0)
         if entry.paused_seconds is not None:
             last_paused.add_metric(labels, entry.paused_seconds)
+        if entry.down_seconds is not None:
+            last_down.add_metric(labels, entry.down_seconds)
         if entry.depth is not None:
             last_depth.add_metric(labels, entry.depth)
         for key, family in context.items():
@@ -152,8 +157,8 @@ def _last_operations(ops: DomainOperations, external_url: str) -> Iterator[Metri
                 expected.add_metric(labels, verdict.expected_seconds)
             if verdict.slowdown is not None:
                 slowdown.add_metric(labels, verdict.slowdown)
-    yield from (info, last_duration, last_end, last_success, last_paused, last_depth, *context.values(), pace,
-                conditions, expected, slowdown)
+    yield from (info, last_duration, last_end, last_success, last_paused, last_down, last_depth,
+                *context.values(), pace, conditions, expected, slowdown)
 
 
 def in_flight_families(view: View, now: float) -> Iterator[Metric]:

@@ -18,9 +18,10 @@ EVENT_SUSPENDED, EVENT_RESUMED, EVENT_STOPPED = 3, 4, 5
 DETAIL_SUSPENDED_PAUSED, DETAIL_SUSPENDED_FROM_SNAPSHOT = 0, 5
 DETAIL_SUSPENDED_API_ERROR = 6  # an API call failed while the guest was paused
 DETAIL_RESUMED_UNPAUSED, DETAIL_RESUMED_FROM_SNAPSHOT = 0, 2
-DETAIL_STARTED_RESTORED, DETAIL_STARTED_FROM_SNAPSHOT, DETAIL_STOPPED_FROM_SNAPSHOT = 2, 3, 6
+DETAIL_STARTED_RESTORED, DETAIL_STARTED_FROM_SNAPSHOT = 2, 3
+DETAIL_STOPPED_SAVED, DETAIL_STOPPED_FROM_SNAPSHOT = 4, 6
 DETAIL_DEFINED_FROM_SNAPSHOT = 3
-JOB_OPERATION_SNAPSHOT, JOB_OPERATION_SNAPSHOT_REVERT = 6, 7
+JOB_OPERATION_SAVE, JOB_OPERATION_SNAPSHOT, JOB_OPERATION_SNAPSHOT_REVERT = 2, 6, 7
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,9 @@ class DomainPoll:
     control_time_ms: int  # milliseconds spent in control_state so far
     snapshots: tuple[SnapshotRecord, ...]
     pid: int | None = None
+    # a shut-off domain with a managed save image: what tells a managed save from a save to
+    # a file (both stop the domain with STOPPED/SAVED) and the start that restores it
+    managed_save: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,10 +215,14 @@ class DomainStatusSaved:
     """libvirt renamed a running domain's status XML into place (`<pid-directory>/<domain>.xml`,
     metadata_watch). Measured on libvirt 9.0 and 11.3: 2-4 ms after a snapshot call begins, and
     again as it ends (11.3 also mid-job); the start of a delete that no poll caught is the first
-    one after whatever ran before it."""
+    one after whatever ran before it. It names the domain's async job as saved (`<job
+    async='save' asyncStarted='ms'>`: save, start, snapshot...; "" once none runs) and when
+    libvirt began it: a save's exact start, and a restore's end (its job gone)."""
 
     time: float
     domain: str
+    job: str = ""
+    job_started: float | None = None
 
 
 @dataclass(frozen=True)

@@ -162,10 +162,15 @@ def figure(help_text: str = "") -> Any:
     return field(default=None, metadata={"figure": True, "help": help_text})
 
 
+# a snapshot's operations, and a save with the restore that starts the domain from it
+OPERATIONS = ("create", "delete", "revert", "save", "restore")
+# a snapshot's: internal | external; a save's and a restore's: managed (libvirt keeps the
+# image, the next start restores it) | file (virsh save FILE, virsh restore FILE)
+KINDS = ("internal", "external", "managed", "file")
 REQUIRED = {
     "domain": _text,
-    "operation": _one_of("create", "delete", "revert"),
-    "kind": _one_of("internal", "external"),
+    "operation": _one_of(*OPERATIONS),
+    "kind": _one_of(*KINDS),
     "memory": lambda value: isinstance(value, bool),
     "start": _timestamp,
     "end": _timestamp,
@@ -178,6 +183,7 @@ OPTIONAL = {
     "depth": _optional(lambda value: isinstance(value, int) and not isinstance(value, bool)
                        and value >= 0),
     "paused_seconds": _optional(_non_negative),
+    "down_seconds": _optional(_non_negative),
     "error": _optional(_text),
     "start_source": _optional(_text),
     "end_source": _optional(_text),
@@ -199,8 +205,8 @@ class FinishedOperation:
     that may be absent are None (an entry written by an older exporter, a figure not read)."""
 
     domain: str
-    operation: str  # create | delete | revert
-    kind: str  # internal | external
+    operation: str  # one of OPERATIONS
+    kind: str  # one of KINDS
     memory: bool
     start: float
     end: float
@@ -212,6 +218,8 @@ class FinishedOperation:
     instance_name: str | None = None
     depth: int | None = None  # in the snapshot tree, the root being 1 (the study's level)
     paused_seconds: float | None = None
+    # a restore's: the guest stopped from its save's start until this restore resumed it
+    down_seconds: float | None = None
     error: str | None = None
     start_source: str | None = None
     end_source: str | None = None
@@ -308,12 +316,12 @@ class OperationFacts:
     refines) these; the view publishes a copy of them in each InFlight."""
 
     domain: str
-    operation: str  # create | delete | revert
+    operation: str  # one of OPERATIONS
     start: float
-    start_source: str  # control | event | job_completed | poll | creation_time
+    start_source: str  # control | event | job_completed | poll | creation_time | status
     start_uncertainty: float
     snapshot: str = ""
-    kind: str = "internal"
+    kind: str = "internal"  # one of KINDS; "" for a save in flight (its end tells which)
     memory: bool = False
     depth: int = 0
     memory_processed_bytes: int | None = None  # an external memory snapshot's, from its job

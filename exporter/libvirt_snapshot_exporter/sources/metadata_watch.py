@@ -8,7 +8,9 @@ file appears at its end, a revert rewrites the files whose current flag changed,
 the start of anything. A thread reads inotify and puts one SnapshotFileEvent per file change into
 the collection loop's inbox. It also watches libvirt's status directory (the pid directory,
 `<domain>.xml` of each running domain), saved as every job begins and ends: the start of a delete
-that no poll caught. No libvirt here: this source works beside the adapter, not through it.
+that no poll caught. Each saved status is read for the domain's async job (a save's start,
+a restore's end: status_job). No libvirt here: this source works beside the adapter, not
+through it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import select
 import stat
 import threading
@@ -43,6 +46,36 @@ _TOP_MASK = (flags.CREATE | flags.MOVED_TO | flags.DELETE_SELF | flags.MOVE_SELF
 _DOMAIN_MASK = (flags.MOVED_TO | flags.DELETE | flags.MOVED_FROM | flags.DELETE_SELF
                 | flags.MOVE_SELF | flags.ONLYDIR)
 _GONE = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED
+
+
+STATUS_HEAD = 64 * 1024  # the <job> element comes before the domain's own XML (libvirt 9.0, 11.3)
+_JOB = re.compile(r"<job\s([^>]*)>")
+_ATTRIBUTE = re.compile(r"(\w+)='([^']*)'")
+
+
+def status_job(path: str) -> tuple[str, float | None]:
+    """The async job a status XML names and when it began (its asyncStarted, ms): ("", None)
+    for none, and for a file gone (renamed over again) or unreadable. Read without following a
+    link or waiting on a FIFO, and only its head."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return "", None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "", None
+        head = os.read(fd, STATUS_HEAD).decode("utf-8", "replace")
+    except OSError:
+        return "", None
+    finally:
+        os.close(fd)
+    match = _JOB.search(head.split("<domain ", 1)[0])
+    attributes = dict(_ATTRIBUTE.findall(match.group(1))) if match else {}
+    job = attributes.get("async", "none")
+    started = attributes.get("asyncStarted", "")
+    if job == "none":
+        return "", None
+    return job, int(started) / 1000.0 if started.isdigit() else None
 
 
 def default_directory(uri: str) -> str:
@@ -181,7 +214,8 @@ class MetadataWatch:
             return True
         if event.wd == self._status_wd:
             if event.name.endswith(SUFFIX):
-                self._put(DomainStatusSaved(now, event.name[: -len(SUFFIX)]))
+                job, started = status_job(os.path.join(self.status_directory, event.name))
+                self._put(DomainStatusSaved(now, event.name[: -len(SUFFIX)], job, started))
             return True
         domain = self._dirs.get(event.wd)
         if domain is None:

@@ -14,7 +14,8 @@ Start = tuple[float, str, float]  # an operation's start, start_source, start_un
 
 @dataclass
 class Operation(OperationFacts):
-    """One snapshot operation, in flight (end is None) or finished."""
+    """One operation (a snapshot's create, delete or revert; a save or a restore), in flight
+    (end is None) or finished."""
 
     end: float | None = None
     end_source: str = ""
@@ -22,6 +23,7 @@ class Operation(OperationFacts):
     outcome: str = ""  # success | failure, once finished
     error: str = ""
     paused_seconds: float = 0.0
+    down_seconds: float | None = None  # a restore's: the guest stopped since its save began
     job: dict[str, Any] = field(default_factory=dict)
     # internal bookkeeping while in flight
     paused_since: float | None = None
@@ -56,6 +58,9 @@ class TrackedDomain:
     revert_event: float | None = None
     revert_defined_at: float | None = None
     restored_at: float | None = None  # STARTED/RESTORED: started from a saved image, no revert
+    managed_save: bool = False  # the last poll of the shut-off domain found a managed save image
+    saved_at: float | None = None  # start of the save that stopped the domain: its down time
+    start_job: Start | None = None  # a start of the domain began (status XML, controlInfo)
     defined_due: float | None = None  # end of a revert finished before its DEFINED event came
     state: int = 0
     failed: set[str] = field(default_factory=set)  # snapshots of failed creates, still listed

@@ -1,6 +1,7 @@
 """What libvirt's domain events do to a domain's tracked state: a create's guest pause, a
-revert's events, an external snapshot's job, an external delete's block jobs (what each means:
-the tracker's docstring). Pure functions, no I/O."""
+revert's events, an external snapshot's job, an external delete's block jobs, a save and the
+restore that starts the domain from it (what each means: the tracker's docstring). Pure
+functions, no I/O."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..model.observations import (
     DETAIL_STARTED_FROM_SNAPSHOT,
     DETAIL_STARTED_RESTORED,
     DETAIL_STOPPED_FROM_SNAPSHOT,
+    DETAIL_STOPPED_SAVED,
     DETAIL_SUSPENDED_API_ERROR,
     DETAIL_SUSPENDED_FROM_SNAPSHOT,
     EVENT_DEFINED,
@@ -17,13 +19,14 @@ from ..model.observations import (
     EVENT_STARTED,
     EVENT_STOPPED,
     EVENT_SUSPENDED,
+    JOB_OPERATION_SAVE,
     JOB_OPERATION_SNAPSHOT,
     BlockJobEvent,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
 )
-from .domain import Operation, TrackedDomain, finish
+from .domain import Operation, Start, TrackedDomain, finish
 
 REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
 REVERT_EVENTS = {
@@ -60,9 +63,18 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
         # A start from a saved image (restore, managed save): libvirt sends its resume as
         # RESUMED/FROM_SNAPSHOT, as it does a revert's (it maps RUNNING_RESTORED so).
         d.restored_at = ev.time
+        if op is None:
+            d.active = op = Operation(ev.domain, "restore", *_restore_start(d, ev.time),
+                                      kind="managed" if d.managed_save else "file", memory=True)
+            op.paused_since = op.start  # the guest runs only once it resumes
+        d.start_job = None
         return []
+    if ev.event == EVENT_STARTED:
+        d.saved_at = d.start_job = None  # booted or reverted: no saved image restored
     restore_resumed = (pair == (EVENT_RESUMED, DETAIL_RESUMED_FROM_SNAPSHOT)
                        and d.restored_at is not None)
+    if restore_resumed and op is not None and op.operation == "restore":
+        return _restored(d, ev.time)
     if pair in REVERT_EVENTS and not restore_resumed:
         if op is None or op.operation != "revert":
             if op is not None and op.operation == "delete" and not op.snapshot:
@@ -94,6 +106,11 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
         else:
             d.suspend_at = ev.time
     elif ev.event == EVENT_RESUMED:
+        if op is not None and op.operation == "save":
+            # A save that failed after it paused the guest (not measured here: libvirt
+            # resumes the guest then)
+            d.paused_since = None
+            return finish(d, ev.time, "event", 0.0, "failure", "the guest resumed: not saved")
         if op is not None and op.paused_since is not None:
             op.paused_seconds += ev.time - op.paused_since
             op.paused_since = None
@@ -103,7 +120,12 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
             d.resume_at = ev.time
         d.paused_since = None
     elif ev.event == EVENT_STOPPED:
-        d.restored_at = None
+        d.restored_at = d.start_job = None
+        if ev.detail == DETAIL_STOPPED_SAVED:
+            _saved(d, ev)
+            return []
+        if op is not None and op.operation == "restore":
+            return finish(d, ev.time, "event", 0.0, "failure", "domain stopped during the restore")
         if op is None or op.operation != "create":
             return []
         # Not necessarily a failure: virsh destroy waits for the create's job, which may
@@ -114,9 +136,62 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
     return []
 
 
+def _saved(d: TrackedDomain, ev: LifecycleEvent) -> None:
+    """STOPPED/SAVED: the save's end (before its call returns; measured). Its kind comes from
+    the poll this event brings: a managed save leaves its image, a save to a file none."""
+    op = d.active
+    if op is None:
+        # Neither its status save nor its JOB_COMPLETED seen (no watch, and the exporter
+        # started during it or lost the event): it began at its pause, if that was seen.
+        start = (d.suspend_at, "event", 0.0) if d.suspend_at is not None else _unseen(d, ev.time)
+        d.active = op = Operation(ev.domain, "save", *start, kind="", memory=True)
+        op.paused_since = d.paused_since
+    if op.operation != "save":
+        return
+    op.end, op.end_source = ev.time, "event"
+    d.saved_at = op.start
+    d.paused_since = d.suspend_at = None  # stopped now, no longer paused
+
+
+def _restored(d: TrackedDomain, at: float) -> list[Operation]:
+    """RESUMED after STARTED/RESTORED: the guest runs again, down since its save began (when
+    the exporter saw that save). The restore's job ends 0-53 ms later (libvirt 9.0; a managed
+    save's image is removed meanwhile): its end is the status save without it, which may
+    also come first by a millisecond; the poll ends it at the resume without the watch."""
+    op = d.active
+    assert op is not None
+    op.resumed_at = at
+    op.paused_seconds, op.paused_since = at - op.start, None
+    if d.saved_at is not None and d.saved_at <= op.start:
+        op.down_seconds = at - d.saved_at
+    d.saved_at = None
+    if op.end is not None:
+        return finish(d, max(op.end, at), op.end_source, 0.0, "success")
+    return []
+
+
+def _restore_start(d: TrackedDomain, at: float) -> Start:
+    """A restore began with its start job (the status XML's, or controlInfo's where a poll
+    caught it), else with any job a poll caught, else after the last poll."""
+    if d.start_job is not None and d.start_job[0] <= at:
+        return d.start_job
+    if d.job_start is not None and d.job_start <= at:
+        return d.job_start, "control", 0.0
+    return _unseen(d, at)
+
+
+def _unseen(d: TrackedDomain, at: float) -> Start:
+    last = d.last_poll if d.last_poll is not None and d.last_poll <= at else at
+    return last, "poll", at - last
+
+
 def _job_completed(d: TrackedDomain, ev: JobCompletedEvent) -> None:
-    if ev.params.get("operation") != JOB_OPERATION_SNAPSHOT:
-        return  # save, dump, migration...
+    operation = ev.params.get("operation")
+    if operation == JOB_OPERATION_SAVE:
+        _save_completed(d, ev)
+        return
+    if operation != JOB_OPERATION_SNAPSHOT:
+        return  # dump, migration...
     elapsed = ev.params.get("time_elapsed")
     op = d.active
     if op is not None and op.operation == "create":
@@ -125,3 +200,24 @@ def _job_completed(d: TrackedDomain, ev: JobCompletedEvent) -> None:
             op.start, op.start_source, op.start_uncertainty = (
                 ev.time - elapsed / 1000.0, "job_completed", 0.0
             )
+
+
+def _save_completed(d: TrackedDomain, ev: JobCompletedEvent) -> None:
+    """A save's guest memory is written (virsh save, managed save): the first sign that tells
+    it from a snapshot's pause; time_elapsed gives its start. The domain stops after it."""
+    op = d.active
+    if op is not None and op.operation == "save":
+        op.job = dict(ev.params)  # begun at its status save: libvirt's figures of its memory
+        return
+    if op is not None and not (op.operation == "delete" and not op.snapshot):
+        return  # a job taken for a delete before anything went was this save's
+    elapsed = ev.params.get("time_elapsed")
+    start: Start = (
+        (ev.time - elapsed / 1000.0, "job_completed", 0.0) if elapsed is not None
+        else (d.suspend_at, "event", 0.0) if d.suspend_at is not None
+        else _unseen(d, ev.time)
+    )
+    d.active = op = Operation(ev.domain, "save", *start, kind="", memory=True)
+    op.job = dict(ev.params)
+    op.paused_since = d.paused_since
+    d.suspend_at = None

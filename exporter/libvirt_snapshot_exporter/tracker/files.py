@@ -24,8 +24,7 @@ STATUS_LAG = 0.005  # the status XML is saved 2-4 ms after a snapshot call begin
 def take_file_event(d: TrackedDomain, ev: SnapshotFileEvent | DomainStatusSaved) -> list[Operation]:
     """Kept for the poll that finds the operation; an operation in flight takes its end."""
     if isinstance(ev, DomainStatusSaved):
-        d.status_saved.append(ev.time)
-        return []
+        return _status_saved(d, ev)
     created = d.files.get(ev.snapshot, (0.0, ""))
     d.files[ev.snapshot] = (ev.time, ev.change)
     op = d.active
@@ -41,6 +40,29 @@ def take_file_event(d: TrackedDomain, ev: SnapshotFileEvent | DomainStatusSaved)
         # it is closed by DEFINED/FROM_SNAPSHOT or the settle time as before, since libvirt
         # sends the revert's last events after that.
         op.rewritten_at = ev.time
+    return []
+
+
+def _status_saved(d: TrackedDomain, ev: DomainStatusSaved) -> list[Operation]:
+    """The async job a status save names: a save's start as libvirt began its job, a start
+    of the shut-off domain beginning (a restore's, if STARTED/RESTORED follows), and a
+    restore's end once its job is gone."""
+    d.status_saved.append(ev.time)
+    op = d.active
+    began = ((ev.job_started, "status", 0.0) if ev.job_started is not None
+             else saved_start(ev.time))
+    # Not the job of the operation in flight, nor of one that ended (11.3 saves it again
+    # just before a save's STOPPED).
+    new_job = op is None and (d.last_end is None or began[0] >= d.last_end)
+    if new_job and ev.job == "save":
+        d.active = Operation(ev.domain, "save", *began, kind="", memory=True)
+        d.active.paused_since = d.paused_since
+    elif new_job and ev.job == "start" and d.start_job is None:
+        d.start_job = began  # a start (or 9.0's revert) began: a restore's if STARTED/RESTORED
+    elif not ev.job and op is not None and op.operation == "restore" and op.end is None:
+        op.end, op.end_source = ev.time, "status"
+        if op.resumed_at is not None:
+            return finish(d, max(op.end, op.resumed_at), "status", 0.0, "success")
     return []
 
 
@@ -61,7 +83,7 @@ def _unpolled_pair(d: TrackedDomain, domain: str, name: str, created: float,
         starts = [t for t in saves if after + (CLOSING_SAVE if operation == "delete" else 0)
                   <= t < end]
         if starts:
-            start, source, unc = _saved_start(starts[0])
+            start, source, unc = saved_start(starts[0])
         else:
             start, source, unc = after, "poll", end - after
         d.active = Operation(domain, operation, start, source, unc, snapshot=name, kind=kind)
@@ -115,7 +137,7 @@ def create_saved_start(d: TrackedDomain, creation_time: float, before: float) ->
     """The first status XML save of the create's job, after whatever ran before it."""
     after = max(creation_time, _after_last_end(d))
     saves = [t for t in d.status_saved if after <= t <= before]
-    return _saved_start(min(saves)) if saves else None
+    return saved_start(min(saves)) if saves else None
 
 
 def unseen_saved_start(d: TrackedDomain, last_poll: float, end: float) -> Start | None:
@@ -125,7 +147,7 @@ def unseen_saved_start(d: TrackedDomain, last_poll: float, end: float) -> Start 
     answer waits."""
     after = max(last_poll - POLL_SLACK, _after_last_end(d))
     saves = [t for t in d.status_saved if after < t < end]
-    return _saved_start(min(saves)) if saves else None
+    return saved_start(min(saves)) if saves else None
 
 
 def forget_old_files(d: TrackedDomain, p: DomainPoll) -> None:
@@ -134,7 +156,7 @@ def forget_old_files(d: TrackedDomain, p: DomainPoll) -> None:
     d.status_saved = [t for t in d.status_saved if t > p.time - FILE_MEMORY]
 
 
-def _saved_start(saved: float) -> Start:
+def saved_start(saved: float) -> Start:
     return saved - STATUS_LAG, "status", STATUS_LAG
 
 

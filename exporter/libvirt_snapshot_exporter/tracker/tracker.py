@@ -1,4 +1,4 @@
-"""The snapshot operation tracker: a pure state machine.
+"""The operation tracker (snapshots, saves and restores): a pure state machine.
 
 Observations go in (events and polls, each stamped with its wall-clock time), operations come
 out. No I/O and no clock of its own, so it is tested by replaying sequences recorded from a
@@ -14,7 +14,10 @@ Signals and what they mean (measured on libvirt 9.0 / QEMU 7.2, see README "Prec
 - a snapshot that vanishes is a delete (block-job events accompany an external one);
 - libvirt's snapshot metadata files (metadata_watch): a create's file appearing, a revert's
   rewritten current flags and a delete's file removed are each exact ends; the domain's status
-  XML saved as a job begins is the start of a delete no poll caught.
+  XML saved as a job begins is the start of a delete no poll caught;
+- a save (no snapshot operation): its status XML's `save` job, JOB_COMPLETED (operation 2) and
+  STOPPED/SAVED; the restore that starts the domain from it: a `start` job, STARTED/RESTORED,
+  RESUMED/FROM_SNAPSHOT (no revert) and the status saved without the job.
 When a start or end was not seen directly it is bracketed by polls and the bracket is recorded
 as the uncertainty.
 
@@ -134,6 +137,11 @@ class Tracker:
         d = self._domains.pop(obs.domain, None)
         if d is None or d.active is None:
             return []
+        if d.active.operation == "save" and d.active.end is not None:
+            # A transient domain saved to a file is undefined by its save (a managed save
+            # refuses one).
+            d.active.kind = "file"
+            return finish(d, d.active.end, d.active.end_source, 0.0, "success")
         bracket = obs.time - d.last_poll if d.last_poll is not None else 0.0
         return finish(d, obs.time, "poll", bracket, "failure", "domain undefined")
 
@@ -156,6 +164,11 @@ class Tracker:
                 d.next_job_start = job_start
             elif d.job_start is None or abs(job_start - d.job_start) > 0.05:
                 d.job_start = job_start if d.job_start is None else min(d.job_start, job_start)
+            if (d.active is None and d.start_job is None and p.state == STATE_PAUSED
+                    and p.reason == PAUSED_STARTING_UP):
+                # A start's job, which controlInfo may read OK between its steps: kept for
+                # the restore STARTED/RESTORED may make of it.
+                d.start_job = job_start, "control", 0.0
         if (wait_for_files and not first and self._watching
                 and ahead_of_files(d, before, now)):
             # libvirt answered before its file event reached us (it renames or removes the
@@ -174,6 +187,8 @@ class Tracker:
         if current is not None:
             d.current = current
         d.state = p.state
+        if p.state == STATE_SHUTOFF:  # what a start will restore; polls while it runs say none
+            d.managed_save = p.managed_save
         d.last_poll = p.time
         forget_old_files(d, p)
         if p.control_state != CONTROL_JOB:
@@ -224,6 +239,10 @@ class Tracker:
         elif op is not None and op.operation == "delete":
             finished = self._advance_delete(d, p, before, new, gone)
             gone = []  # the delete in flight and those after it took them all
+        elif op is not None and op.operation == "save":
+            finished = _advance_save(d, p)
+        elif op is not None and op.operation == "restore":
+            finished = self._advance_restore(d, p)
         if d.active is None:
             finished += self._detect(d, p, before, now, new, gone, current, moved)
         return finished
@@ -278,6 +297,18 @@ class Tracker:
             op.end, op.end_source = op.idle_since, "poll"
             op.end_uncertainty = op.idle_since - (d.last_poll or op.idle_since)
         _describe_revert(op, now, current)
+        return finish_polled(d, p, "success")
+
+    def _advance_restore(self, d: TrackedDomain, p: DomainPoll) -> list[Operation]:
+        """The restore in flight: its job's end is awaited from the status saves (FILE_GRACE)
+        after the guest resumed; one to a paused guest (virsh restore --paused: no RESUMED;
+        not measured here) ends at that save once a poll shows the guest paused."""
+        op = d.active
+        assert op is not None
+        if op.end is not None and p.state == STATE_PAUSED and p.reason != PAUSED_STARTING_UP:
+            return finish_polled(d, p, "success")
+        if op.resumed_at is None or (self._watching and p.time - op.resumed_at < FILE_GRACE):
+            return []
         return finish_polled(d, p, "success")
 
     def _advance_delete(self, d: TrackedDomain, p: DomainPoll, before: Snapshots,
@@ -368,6 +399,16 @@ class Tracker:
             end_at_removal(d, op)
             finished += finish_polled(d, p, "success")
         return finished
+
+
+def _advance_save(d: TrackedDomain, p: DomainPoll) -> list[Operation]:
+    """The save in flight ended at STOPPED/SAVED; the poll that event brings tells its kind."""
+    op = d.active
+    assert op is not None
+    if op.end is None or p.state != STATE_SHUTOFF:
+        return []
+    op.kind = "managed" if p.managed_save else "file"
+    return finish_polled(d, p, "success")
 
 
 def _redefined(d: TrackedDomain, snap: SnapshotRecord) -> bool:

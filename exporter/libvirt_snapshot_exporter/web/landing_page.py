@@ -37,7 +37,8 @@ SIGNATURE_NEWEST = 3  # the newest operations whose verdict the signature follow
 STUDY_COLUMNS = (
     ("domain", "domain"), ("snapshot", "snapshot"), ("operation", "operation"),
     ("verdict", "verdict"), ("guest paused", "paused_seconds"),
-    ("duration", "duration_seconds"), ("outcome", "outcome"), ("ended", "end"),
+    ("guest down", "down_seconds"), ("duration", "duration_seconds"), ("outcome", "outcome"),
+    ("ended", "end"),
     ("kind", "kind"), ("memory", "memory"), ("depth", "depth"),
     ("guest memory used", "guest_memory_used_bytes"), ("guest CPU", "guest_cpu_ratio"),
     ("QEMU", "qemu_version"), ("disk cache", "disk_cache"),
@@ -52,6 +53,8 @@ HINTS = {  # the header's tooltip
     "verdict": "what set the pace, and how many times slower than expected it was "
                "(the operation's page says why)",
     "paused_seconds": "how long the guest was paused by the operation",
+    "down_seconds": "a restore's: how long the guest was stopped, from its save's start "
+                    "until this restore resumed it",
     "end": "the hypervisor's local time, with its offset from UTC",
 }
 

@@ -91,6 +91,7 @@ def facts(record: FinishedOperation) -> list[tuple[str, str]]:
         ("memory", "yes" if record.memory else "no"),
         ("duration", _seconds(record.duration_seconds)),
         ("guest paused", _seconds(record.paused_seconds)),
+        ("guest down", _seconds(record.down_seconds)),
         ("outcome", record.outcome + (f": {record.error}" if record.error else "")),
         ("start", f"{when(record.start, True)} (seen by {record.start_source or '?'})"),
         ("end", f"{when(record.end, True)} (seen by {record.end_source or '?'})"),

@@ -293,6 +293,8 @@ class LibvirtAdapter:
                 control_time_ms=control[2],
                 snapshots=snapshots,
                 pid=self.qemu_pid(name) if state != libvirt.VIR_DOMAIN_SHUTOFF else None,
+                # under the domain's lock, no job: never waits for one
+                managed_save=state == libvirt.VIR_DOMAIN_SHUTOFF and bool(dom.hasManagedSaveImage()),
             )
 
         return self._submit(f"poll:{name}", read)
