@@ -27,6 +27,15 @@ def wait_operations(exporter: ExporterProcess, domain: str, count: int, since: f
         f"{count} operations of {domain}")
 
 
+def wait_idle(exporter: ExporterProcess, domain: str) -> None:
+    """Until the exporter knows the domain and has nothing in flight for it."""
+    def idle() -> bool:
+        data = json.loads(exporter.get("/api/operations"))
+        return (exporter.value("libvirt_domain_info", domain=domain) is not None
+                and not [o for o in data["in_flight"] if o["domain"] == domain])
+    exporter.wait_for(idle, 20, f"{domain} known and idle")
+
+
 def in_flight(exporter: ExporterProcess, domain: str, snapshot: str | None = None) -> list[dict]:
     """In flight as last published. An operation that just ended can still be listed there
     for up to one collection cycle (the log shows it at once): name the snapshot to wait for

@@ -21,7 +21,7 @@ import libvirt
 import pytest
 from libvirt_snapshot_exporter.model.operation import PACE_SETTERS
 from lse_devtools import testbed
-from lse_devtools.driving import wait_operations
+from lse_devtools.driving import operations
 
 pytestmark = pytest.mark.libvirt
 
@@ -420,12 +420,19 @@ def test_cache_modes_compared_then_put_back_and_the_commands_left_after_a_second
     assert [row[:3] for row in comparison_rows(result.stdout)] == [
         ["internal", "none", "1"], ["internal", "writeback", "1"]], result.stdout
     # The exporter beside it: the starts from the managed saves are no reverts (libvirt
-    # resumes a restored guest with RESUMED/FROM_SNAPSHOT), and each create has the cache
-    # mode its QEMU ran with, read again after each start.
-    ops = sorted(wait_operations(exporter, small.name, 4, since), key=lambda o: o["start"])
+    # resumes a restored guest with RESUMED/FROM_SNAPSHOT) but restores, each after its save,
+    # and each create has the cache mode its QEMU ran with, read again after each start.
+    def snapshot_operations() -> list[dict]:
+        return [o for o in operations(exporter, small.name, since)
+                if o["operation"] in ("create", "delete", "revert")]
+    ops = exporter.wait_for(lambda: len(found := snapshot_operations()) >= 4 and found, 20,
+                            "4 snapshot operations")
     assert [(o["operation"], o["disk_cache"]) for o in ops] == [
         ("create", ["none"]), ("delete", ["none"]), ("create", ["writeback"]),
         ("delete", ["writeback"])], ops
+    saves = [(o["operation"], o["kind"]) for o in operations(exporter, small.name, since)
+             if o["operation"] in ("save", "restore")]
+    assert saves and saves == [("save", "managed"), ("restore", "managed")] * (len(saves) // 2)
 
     # Ctrl-C twice while a create runs under cache=none: bench leaves at once and prints the
     # commands that delete the snapshot and put the definition back; they do

@@ -3,7 +3,6 @@ from libvirt's own files, timed against the API call's return; the directory unr
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import libvirt
 import pytest
 from lse_devtools import testbed
-from lse_devtools.driving import Timed, wait_operations
+from lse_devtools.driving import Timed, wait_idle, wait_operations
 from lse_devtools.exporter_proc import ExporterProcess
 
 pytestmark = pytest.mark.libvirt
@@ -26,15 +25,6 @@ EDGE = 0.1
 
 def _edges(op: dict, call: Timed) -> tuple[float, float]:
     return abs(op["start"] - call.start), abs(op["end"] - call.end)
-
-
-def _wait_idle(exporter: ExporterProcess, domain: str) -> None:
-    """Until the exporter knows the domain and has nothing in flight for it."""
-    def idle() -> bool:
-        data = json.loads(exporter.get("/api/operations"))
-        return (exporter.value("libvirt_domain_info", domain=domain) is not None
-                and not [o for o in data["in_flight"] if o["domain"] == domain])
-    exporter.wait_for(idle, 20, f"{domain} known and idle")
 
 
 @pytest.fixture
@@ -51,7 +41,7 @@ def test_metadata_source_works(exporter):
 
 def test_create_revert_and_deletes_end_when_the_call_returns(exporter, guest, conn):
     dom = guest.domain(conn)
-    _wait_idle(exporter, guest.name)
+    wait_idle(exporter, guest.name)
     calls = []
     for name in ("m1", "m2", "m3"):
         calls.append(("create", name, Timed(lambda n=name: testbed.create_snapshot(
@@ -83,7 +73,7 @@ def test_create_revert_and_deletes_end_when_the_call_returns(exporter, guest, co
 
 def test_external_disk_only_create_and_delete_within_a_second_are_both_seen(exporter, guest, conn):
     dom = guest.domain(conn)
-    _wait_idle(exporter, guest.name)
+    wait_idle(exporter, guest.name)
     since = time.time()
     calls = []
     for n in range(5):
@@ -116,7 +106,7 @@ def test_unreadable_directory_is_success_0_and_operations_still_tracked(libvirtd
         exporter.wait_for(lambda: exporter.value("libvirt_snapshot_exporter_collector_success",
                                                  collector="metadata") == 0, 10, "metadata 0")
         assert "Permission denied" in exporter.log()
-        _wait_idle(exporter, guest.name)
+        wait_idle(exporter, guest.name)
         since = time.time()
         testbed.create_snapshot(conn, guest, "blind")
         time.sleep(1.5)
