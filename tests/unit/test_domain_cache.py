@@ -47,11 +47,16 @@ def test_the_view_is_the_same_object_until_something_changes():
     assert cache.view("vm1").image_size_bytes == 3 * GIB
 
 
-def test_a_poll_is_a_new_version_and_puts_off_the_resync():
+def test_a_poll_that_shows_a_change_is_a_new_version_and_every_poll_puts_off_the_resync():
     cache = polled()
     assert cache.next_resync == NOW + RESYNC_SECONDS and cache.pid == 4242
-    version = cache.version
-    cache.update_poll(DomainPoll(NOW + 1, "vm1", "uuid-1", 3, 9, 1, 5, (), None), NOW + 1)
+    version, view = cache.version, cache.view("vm1")
+    # The periodic full poll of an idle domain: a new object, nothing shown changed.
+    cache.update_poll(DomainPoll(NOW + 60, "vm1", "uuid-1", 1, 1, 0, 0, (SNAPSHOT,), 4242),
+                      NOW + 60)
+    assert cache.version == version and cache.view("vm1") is view
+    assert cache.next_resync == NOW + 60 + RESYNC_SECONDS and cache.poll.time == NOW + 60
+    cache.update_poll(DomainPoll(NOW + 61, "vm1", "uuid-1", 3, 9, 1, 5, (), None), NOW + 61)
     assert cache.version == version + 1 and cache.view("vm1").reason == 9 and cache.pid is None
 
 

@@ -4,9 +4,13 @@ they do not, never twice, and a handler that raises fails its own source only.""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
+
+import pytest
 
 from libvirt_snapshot_exporter.loop.source_health import LaterCalls, SourceHealth
-from libvirt_snapshot_exporter.sources.libvirt.calls import LibvirtUnavailable
+from libvirt_snapshot_exporter.sources.libvirt.calls import Deadlines, LibvirtUnavailable
 
 
 def answered(value: object) -> concurrent.futures.Future:
@@ -65,3 +69,18 @@ def test_clear_forgets_the_calls_of_an_old_connection():
     later.clear()
     later.finish(0.0)
     assert handled == [] and not later.calls_out
+
+
+def test_deadlines_refuse_a_key_while_its_call_runs_and_forget_it_once_returned():
+    deadlines, release = Deadlines(workers=1), threading.Event()
+    running = deadlines.submit("poll:vm1", release.wait)
+    with pytest.raises(LibvirtUnavailable):
+        deadlines.submit("poll:vm1", lambda: None)
+    release.set()
+    assert running.result(5) is True
+    again = deadlines.submit("poll:vm1", lambda: "answer")  # the key is free again
+    assert again.result(5) == "answer"
+    deadline = time.monotonic() + 5  # the callback runs on the worker, just after the result
+    while deadlines._pending and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert deadlines._pending == {}  # nothing kept per domain once its calls returned

@@ -52,8 +52,11 @@ class DomainCache:
         return cls(next_resync=now + zlib.crc32(name.encode()) % 1000 / 1000 * RESYNC_SECONDS)
 
     def update_poll(self, poll: DomainPoll, now: float) -> None:
-        self.poll, self.uuid = poll, poll.uuid
-        self.version += 1
+        """A new version only when what the view shows changed: the periodic full polls of
+        idle domains then leave their views, and so their rendered text, as they were."""
+        old, self.poll, self.uuid = self.poll, poll, poll.uuid
+        if old is None or _shown(old) != _shown(poll):
+            self.version += 1
         self.next_resync = now + RESYNC_SECONDS
 
     def update_stats(self, now: float, stats: GuestStats) -> None:
@@ -143,6 +146,11 @@ class DomainCache:
             )
             self._view_version = self.version
         return self._view
+
+
+def _shown(poll: DomainPoll) -> tuple:
+    """What a domain's view takes from its poll."""
+    return poll.uuid, poll.state, poll.reason, poll.snapshots
 
 
 @dataclass(frozen=True)

@@ -213,15 +213,19 @@ class CollectionLoop:
     def _observe(self, obs: Observation) -> None:
         if log.isEnabledFor(logging.DEBUG):  # one replayable line (observations.from_record)
             log.debug("observation %s", json.dumps(to_record(obs)))
-        before = {op.id for op in self.tracker.in_flight()}
+        # One domain's operations, not every domain's: an observation changes only its own
+        # (all in flight, twice per observation, was quadratic in domains at every idle check).
+        domain = getattr(obs, "domain", None)
+        before = self.tracker.in_flight_on(domain) if domain is not None else None
+        begun_before = before.id if before is not None else None
         finished = self.tracker.observe(obs)
-        for op in self.tracker.in_flight():
-            if op.id not in before:
-                self.handoff.begun(op, self.domains.get(op.domain, DomainCache()))
+        after = self.tracker.in_flight_on(domain) if domain is not None else None
+        if after is not None and after.id != begun_before:
+            self.handoff.begun(after, self.domains.get(after.domain, DomainCache()))
         qemu = self._versions.hypervisor if self._versions else ""
         for op in finished:
             cache = self.domains.get(op.domain, DomainCache())
-            if op.id not in before:
+            if op.id != begun_before:
                 self.handoff.begun(op, cache)
             self.handoff.finished(op, cache, qemu)
 

@@ -40,21 +40,19 @@ class DomainView:
     openstack: OpenStackInstance | None = None  # Nova's instance, on an OpenStack host
 
 
-@dataclass
+@dataclass(frozen=True)
 class Histogram:
-    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    """Replaced, never changed. Its buckets are a tuple of ints, which the garbage collector
+    stops tracking: at 1,000 domains, lists of them were a third of what a full pass visited."""
+
+    buckets: tuple[int, ...] = (0,) * len(DURATION_BUCKETS)
     count: int = 0
     total: float = 0.0
 
-    def observe(self, value: float) -> None:
-        for i, bound in enumerate(DURATION_BUCKETS):
-            if value <= bound:
-                self.buckets[i] += 1
-        self.count += 1
-        self.total += value
-
-    def copy(self) -> Histogram:
-        return Histogram(list(self.buckets), self.count, self.total)
+    def observed(self, value: float) -> Histogram:
+        counts = zip(self.buckets, DURATION_BUCKETS, strict=True)
+        return Histogram(tuple(n + (value <= bound) for n, bound in counts),
+                         self.count + 1, self.total + value)
 
 
 @dataclass(frozen=True)
@@ -93,9 +91,7 @@ def _observed(table: HistogramTable, labels: OperationLabels, value: float) -> H
     replaced, never changed, so a scrape may read the old one while the next is built, and
     the exposition keeps the text of every histogram that is still the same object)."""
     table = dict(table)
-    histogram = table[labels].copy() if labels in table else Histogram()
-    histogram.observe(value)
-    table[labels] = histogram
+    table[labels] = table.get(labels, Histogram()).observed(value)
     # The other outcome's series starts at 0 beside it, so that increase() sees the first
     # failure (or success) as one, not as a series appearing.
     table.setdefault((*labels[:3], "failure" if labels[3] == "success" else "success"),

@@ -78,6 +78,11 @@ class Tracker:
     def in_flight(self) -> list[Operation]:
         return [d.active for d in self._domains.values() if d.active is not None]
 
+    def in_flight_on(self, domain: str) -> Operation | None:
+        """The operation in flight on one domain, if any (observe() changes no other)."""
+        d = self._domains.get(domain)
+        return d.active if d is not None else None
+
     def is_busy(self, domain: str) -> bool:
         """True while something suggests an operation may be running: poll this domain fast."""
         d = self._domains.get(domain)
