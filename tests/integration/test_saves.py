@@ -4,8 +4,10 @@ call's own times, the guest's down time on the restore, and nothing else logged.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ pytestmark = pytest.mark.libvirt
 # 9.0 and 11.3): within 1 ms for starts (the status XML's asyncStarted), 0-2 ms for ends
 # (STOPPED/SAVED; the status saved as a restore's job ends). Room for a loaded machine.
 EDGE = 0.1
+POST_SECONDS = 3.0  # the flight recorder's after part (verdict/recorder.py)
 
 
 def test_saves_and_restores_are_logged_once_each(exporter, conn):
@@ -64,7 +67,22 @@ def test_saves_and_restores_are_logged_once_each(exporter, conn):
         page = exporter.get(f"/operations/{last_restore['id']}")
         assert "guest down" in page and "restore" in page
         assert f"operations/{last_restore['id']}" in exporter.get("/")
+        for op in ops:  # each traced like a snapshot, and the trace served
+            trace = exporter.wait_for(lambda op=op: _trace(exporter, op["id"]), 15,
+                                      f"the trace of the {op['operation']}")
+            assert (trace["operation"], trace["domain"]) == (op["operation"], guest.name)
+            assert trace["t"][0] <= op["start"] and trace["t"][-1] >= op["end"] + POST_SECONDS - 0.5
     finally:
         testbed.destroy_guest(conn, guest)
         image.unlink(missing_ok=True)
         image.parent.rmdir()
+
+
+def _trace(exporter, operation_id: str) -> dict | None:
+    """The operation's trace once the recorder has kept it; None while it is still due."""
+    try:
+        return json.loads(exporter.get(f"/api/operations/{operation_id}/trace"))
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from libvirt_snapshot_exporter.model.operation import operation_id
+from libvirt_snapshot_exporter.model.operation import OPERATIONS, operation_id
 from libvirt_snapshot_exporter.model.trace import (
     MAX_POINTS,
     MAX_POINTS_PER_SECOND,
@@ -113,6 +113,16 @@ def test_from_json_refuses_what_is_not_a_trace(change):
     change(data)
     with pytest.raises(ValueError):
         from_json(data)
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_every_operation_s_trace_is_kept(tmp_path, operation):
+    """A save's and a restore's trace too: the store keeps only what reads back."""
+    store = TraceStore(str(tmp_path), count=2, max_bytes=2**20)
+    kept = Trace("0123456789abcdef", "vm", "", operation, 10.0, 10.2, 0.125, "vda",
+                 trace().points)
+    store.add(kept)
+    assert from_json(json.loads(store.get(kept.id))) == kept
 
 
 def test_from_json_refuses_a_list():

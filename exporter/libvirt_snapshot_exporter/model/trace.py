@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .operation import ID, MAX_MAGNITUDE, MAX_TIMESTAMP, number
+from .operation import ID, MAX_MAGNITUDE, MAX_TIMESTAMP, OPERATIONS, number
 
 GAUGES_MIN = ("free", "available")
 GAUGES_MAX = ("cached", "dirty", "writeback")
@@ -64,7 +64,6 @@ COUNTER_NAME = re.compile(r"[a-z0-9_]{1,64}")
 # kernel symbol or nothing
 THREAD_KEY = re.compile(r"(main|worker|migration|iothread|vcpu|other):[A-Za-z]:[A-Za-z0-9_.$]{0,128}")
 NOT_IN_WCHAN = re.compile(r"[^A-Za-z0-9_.$]")
-OPERATIONS = ("create", "delete", "revert")
 
 
 def thread_role(pid: int, tid: int, name: str) -> str:
