@@ -257,6 +257,31 @@ def scenario_saves(conn: libvirt.virConnect) -> None:
         image.parent.rmdir()
 
 
+def scenario_failed_saves(conn: libvirt.virConnect) -> None:
+    """Saves libvirt fails (to a file in a directory that does not exist) of a running guest
+    and of one its user paused, between the user's pause and resume; then a save of the paused
+    guest that succeeds and its restore, which leaves it paused."""
+    guest = testbed.create_guest(conn, "rec", memory_mib=256, fill_mib=64)
+    image = Path(tempfile.mkdtemp(prefix="lse-save-")) / "saved"
+    nowhere = str(image.parent / "missing" / "saved")
+    try:
+        guest.wait_ready()
+        dom = guest.domain(conn)
+        with Recorder(guest.name) as rec:
+            rec.call("save", lambda: dom.save(nowhere), pause=1.0)
+            dom.suspend()
+            time.sleep(1.0)
+            rec.call("save", lambda: dom.save(nowhere), pause=1.0)
+            rec.call("save", lambda: dom.save(str(image)), pause=1.0)
+            rec.call("restore", lambda: conn.restore(str(image)), pause=1.0)
+            dom.resume()
+        rec.save("failed_saves")
+    finally:
+        testbed.destroy_guest(conn, guest)
+        image.unlink(missing_ok=True)
+        image.parent.rmdir()
+
+
 def scenario_deletes(conn: libvirt.virConnect) -> None:
     """A chain of three internal snapshots; the middle one deleted, then the leaf, then the root."""
     guest = testbed.create_guest(conn, "rec", memory_mib=512, fill_mib=256)
@@ -298,6 +323,7 @@ SCENARIOS = {
     "killed_mid_create": scenario_killed_mid_create,
     "destroyed_mid_create": scenario_destroyed_mid_create,
     "saves": scenario_saves,
+    "failed_saves": scenario_failed_saves,
     "deletes_middle_and_leaf": scenario_deletes,
     "external_quick": scenario_external_quick,
 }

@@ -8,10 +8,15 @@ exporter's adapter saw, polling every 0.1 s, plus the client's own wall-clock ti
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from libvirt_snapshot_exporter.model.observations import (
+    DETAIL_STARTED_RESTORED,
+    DETAIL_STOPPED_SAVED,
+    EVENT_STARTED,
+    EVENT_STOPPED,
     DomainGone,
     DomainPoll,
     LifecycleEvent,
@@ -19,6 +24,7 @@ from libvirt_snapshot_exporter.model.observations import (
     depth_of,
     from_record,
 )
+from libvirt_snapshot_exporter.model.operation import KINDS
 from libvirt_snapshot_exporter.tracker.tracker import Operation, Tracker
 from lse_devtools.replay import assert_matches_client, records
 from lse_devtools.replay import replay as replay_file
@@ -154,6 +160,112 @@ def test_saves_and_restores_without_the_metadata_watch(directory: str) -> None:
             assert op.end_source == "event" and 0 <= call["end"] - op.end < 0.1
 
 
+@pytest.mark.parametrize("directory", ["sequences", "sequences-libvirt11"])
+def test_saves_that_fail_end_and_what_follows_is_logged(directory: str) -> None:
+    """A save to a directory that does not exist, of a running guest (libvirt resumes it) and
+    of one its user paused (no event: its job ends, the guest still paused); then a save of
+    the paused guest and its restore, which leaves it paused. Each failure ends as its job
+    ends, and what follows is logged."""
+    calls, ops, tracker = replay_file(SEQUENCES.parent / directory / "failed_saves.jsonl")
+    assert_matches_client(calls, ops, tolerance=0.05)
+    assert tracker.in_flight() == []
+    assert [(o.operation, o.kind, o.outcome) for o in ops] == [
+        ("save", "unknown", "failure"), ("save", "unknown", "failure"),
+        ("save", "file", "success"), ("restore", "file", "success")]
+    for call, op in zip(calls, ops, strict=True):
+        assert abs(op.start - call["start"]) < 0.005 and abs(op.end - call["end"]) < 0.005, op
+
+
+def _until_restored(lines: list[dict]) -> list[dict]:
+    """No poll from each save's STOPPED/SAVED until its restore's STARTED/RESTORED: the
+    restore began before any poll saw the domain shut off (or its polls came late)."""
+    kept, stopped = [], False
+    for record in lines:
+        if record["type"] == "LifecycleEvent":
+            pair = (record["event"], record["detail"])
+            stopped = (stopped or pair == (EVENT_STOPPED, DETAIL_STOPPED_SAVED)) and pair != (
+                EVENT_STARTED, DETAIL_STARTED_RESTORED)
+        if not (stopped and record["type"] in ("DomainPoll", "DomainUnchanged")):
+            kept.append(record)
+    return kept
+
+
+@pytest.mark.parametrize("directory", ["sequences", "sequences-libvirt11"])
+def test_a_restore_begun_before_a_poll_saw_its_save_ends_the_save(directory: str) -> None:
+    """Each save ends at its STOPPED/SAVED and is closed as its restore begins; with no poll
+    of the shut-off domain, neither a managed save image nor its absence was seen: both are
+    of kind unknown, never "" and never the kind of an earlier save."""
+    lines = _until_restored(records(SEQUENCES.parent / directory / "saves.jsonl"))
+    calls = [r for r in lines if r["type"] == "ClientCall"]
+    tracker, ops = Tracker(), []
+    for record in lines:
+        if record["type"] != "ClientCall":
+            ops += tracker.observe(from_record(record))
+    assert_matches_client(calls, ops)
+    assert tracker.in_flight() == []
+    assert [(o.operation, o.kind) for o in ops[1:-2]] == [
+        ("save", "unknown"), ("restore", "unknown")] * 6
+    for call, op in zip(calls, ops, strict=True):
+        assert abs(op.start - call["start"]) < 0.005 and abs(op.end - call["end"]) < 0.005, op
+        assert op.kind in KINDS
+
+
+def _old_snapshot(record: dict) -> dict:
+    """A poll that also lists a snapshot taken years ago, not current (reverted from)."""
+    if record["type"] != "DomainPoll":
+        return record
+    old = {"name": "old", "parent": None, "creation_time": 1.7e9, "state": "running",
+           "memory": True, "kind": "internal", "current": False, "memory_file": None}
+    return {**record, "snapshots": [*record["snapshots"], old]}
+
+
+@pytest.mark.parametrize("directory", ["sequences", "sequences-libvirt11"])
+@pytest.mark.parametrize("into", [0.1, 0.3])
+@pytest.mark.parametrize("older", [False, True], ids=["", "older-snapshot"])
+def test_exporter_started_mid_save(directory: str, into: float, older: bool) -> None:
+    """Replayed from `into` s into the first save (its status saves and pause missed; on
+    11.3 its JOB_COMPLETED comes later, on 9.0 before 0.3 s): the save is logged from libvirt's
+    own time_elapsed, or not at all where nothing bounds its start, never as a create of a
+    listed snapshot; the snapshots the first poll lists are no creates."""
+    lines = records(SEQUENCES.parent / directory / "saves.jsonl")
+    calls = [r for r in lines if r["type"] == "ClientCall"]
+    since = calls[1]["start"] + into
+    tracker, ops = Tracker(), []
+    for record in lines:
+        if record["type"] != "ClientCall" and record["time"] >= since:
+            ops += tracker.observe(from_record(_old_snapshot(record) if older else record))
+    assert tracker.in_flight() == []
+    first_save = [o for o in ops if o.end < calls[2]["start"]]
+    assert [o.operation for o in ops if o.snapshot] == ["revert", "delete"]
+    assert all(o.start_uncertainty > 0 or o.start_source != "poll" for o in ops)
+    for op in first_save:
+        assert op.operation == "save" and op.start_source == "job_completed"
+        assert abs(op.start - calls[1]["start"]) < 0.005
+    assert_matches_client(calls[2 - len(first_save):], ops)
+
+
+@pytest.mark.parametrize("directory", ["sequences", "sequences-libvirt11"])
+def test_a_poll_catching_a_save_s_job_before_its_status_save(directory: str) -> None:
+    """A poll reads the save's job while the guest still runs, before the status save that
+    names it reaches the tracker (built by hand into the recorded sequence): the job is the
+    save's, from libvirt's own start, and no delete."""
+    lines = records(SEQUENCES.parent / directory / "saves.jsonl")
+    call = next(r for r in lines if r["type"] == "ClientCall" and r["operation"] == "save")
+    poll = next(r for r in lines if r["type"] == "DomainPoll" and r["time"] < call["start"]
+                and r["time"] > call["start"] - 0.2)
+    caught = {**poll, "time": call["start"] + 0.0005, "control_state": 1, "control_time_ms": 1}
+    index = next(i for i, r in enumerate(lines) if r.get("time", 0) > caught["time"])
+    lines = [*lines[:index], caught, *lines[index:]]
+    calls = [r for r in lines if r["type"] == "ClientCall"]
+    tracker, ops = Tracker(), []
+    for record in lines:
+        if record["type"] != "ClientCall":
+            ops += tracker.observe(from_record(record))
+    assert_matches_client(calls, ops)
+    assert ops[1].operation == "save" and ops[1].start_source == "status"
+    assert abs(ops[1].start - call["start"]) < 0.005
+
+
 def _snap(name: str, parent: str | None, current: bool, t: float = 100.0) -> SnapshotRecord:
     return SnapshotRecord(name, parent, t, "running", True, "internal", current)
 
@@ -171,6 +283,19 @@ def test_exporter_started_mid_create_adopts_it_with_the_exact_start() -> None:
     assert (op.operation, op.snapshot, op.start, op.start_source) == ("create", "b", 197.0, "control")
     (done,) = tracker.observe(_poll(205.0, (_snap("a", None, False, 50.0), _snap("b", "a", True, 197.0))))
     assert done.outcome == "success" and done.depth == 2
+
+
+def test_exporter_started_mid_save_adopts_a_save_not_a_create_of_an_older_snapshot() -> None:
+    """Paused for a job (PAUSED/SAVE, as for an internal create) that made no snapshot: the
+    snapshot not current, taken long before the job, was reverted from; this is a save."""
+    tracker = Tracker()
+    listed = (_snap("a", None, True, 150.0), _snap("b", None, False, 50.0))
+    assert tracker.observe(_poll(200.0, listed, 1, 3000, 3, 3)) == []
+    (op,) = tracker.in_flight()
+    assert (op.operation, op.start, op.start_source) == ("save", 197.0, "control")
+    assert tracker.observe(LifecycleEvent(201.0, "vm", EVENT_STOPPED, DETAIL_STOPPED_SAVED)) == []
+    (done,) = tracker.observe(replace(_poll(201.001, listed, state=5), managed_save=True))
+    assert (done.operation, done.kind, done.outcome, done.end) == ("save", "managed", "success", 201.0)
 
 
 def test_domain_undefined_mid_operation_leaves_nothing_in_flight() -> None:

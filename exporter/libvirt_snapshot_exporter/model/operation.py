@@ -165,8 +165,10 @@ def figure(help_text: str = "") -> Any:
 # a snapshot's operations, and a save with the restore that starts the domain from it
 OPERATIONS = ("create", "delete", "revert", "save", "restore")
 # a snapshot's: internal | external; a save's and a restore's: managed (libvirt keeps the
-# image, the next start restores it) | file (virsh save FILE, virsh restore FILE)
-KINDS = ("internal", "external", "managed", "file")
+# image, the next start restores it) | file (virsh save FILE, virsh restore FILE) | unknown
+# (the restore began before any poll saw the saved domain shut off: nothing else tells)
+KIND_UNKNOWN = "unknown"
+KINDS = ("internal", "external", "managed", "file", KIND_UNKNOWN)
 REQUIRED = {
     "domain": _text,
     "operation": _one_of(*OPERATIONS),
@@ -321,7 +323,7 @@ class OperationFacts:
     start_source: str  # control | event | job_completed | poll | creation_time | status
     start_uncertainty: float
     snapshot: str = ""
-    kind: str = "internal"  # one of KINDS; "" for a save in flight (its end tells which)
+    kind: str = "internal"  # one of KINDS; a save's in flight: unknown until its end tells
     memory: bool = False
     depth: int = 0
     memory_processed_bytes: int | None = None  # an external memory snapshot's, from its job

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..model.observations import DomainPoll, SnapshotRecord
-from ..model.operation import OperationFacts, new_operation_id
+from ..model.operation import KIND_UNKNOWN, OperationFacts, new_operation_id
 
 Start = tuple[float, str, float]  # an operation's start, start_source, start_uncertainty
 
@@ -58,17 +58,43 @@ class TrackedDomain:
     revert_event: float | None = None
     revert_defined_at: float | None = None
     restored_at: float | None = None  # STARTED/RESTORED: started from a saved image, no revert
-    managed_save: bool = False  # the last poll of the shut-off domain found a managed save image
+    # a poll of the domain shut off since it last stopped found a managed save image (True) or
+    # none (False); None before such a poll
+    managed_save: bool | None = None
     saved_at: float | None = None  # start of the save that stopped the domain: its down time
     start_job: Start | None = None  # a start of the domain began (status XML, controlInfo)
     defined_due: float | None = None  # end of a revert finished before its DEFINED event came
     state: int = 0
+    reason: int = 0  # of the state, as the last poll read them
     failed: set[str] = field(default_factory=set)  # snapshots of failed creates, still listed
     files: dict[str, tuple[float, str]] = field(default_factory=dict)  # snapshot -> last change
     status_saved: list[float] = field(default_factory=list)  # recent status XML saves
     last_end: float | None = None  # end of the last operation finished here
     ahead_since: float | None = None  # polls have shown an end whose file event is still due
     held: DomainPoll | None = None  # the latest such poll, applied once its file event comes
+
+
+def save_kind(d: TrackedDomain) -> str:
+    """A save's kind, and its restore's: a managed save leaves the shut-off domain a managed
+    save image, a save to a file none. KIND_UNKNOWN where the restore began before any poll
+    saw the domain shut off."""
+    if d.managed_save is None:
+        return KIND_UNKNOWN
+    return "managed" if d.managed_save else "file"
+
+
+def claims_job(op: Operation | None) -> bool:
+    """No operation in flight, or a job taken for a delete before any snapshot went: what
+    names the job (a revert's events, a save's status save or JOB_COMPLETED) takes it."""
+    return op is None or (op.operation == "delete" and not op.snapshot)
+
+
+def finish_save(d: TrackedDomain) -> list[Operation]:
+    """Close the save in flight, a success, at its STOPPED/SAVED; of the kind known by now."""
+    op = d.active
+    assert op is not None and op.operation == "save" and op.end is not None
+    op.kind = save_kind(d)
+    return finish(d, op.end, op.end_source, 0.0, "success")
 
 
 def finish_polled(d: TrackedDomain, p: DomainPoll, outcome: str, error: str = "") -> list[Operation]:

@@ -21,12 +21,16 @@ from ..model.observations import (
     EVENT_SUSPENDED,
     JOB_OPERATION_SAVE,
     JOB_OPERATION_SNAPSHOT,
+    PAUSED_SAVE,
+    PAUSED_STARTING_UP,
+    STATE_PAUSED,
     BlockJobEvent,
     JobCompletedEvent,
     JobProgress,
     LifecycleEvent,
 )
-from .domain import Operation, Start, TrackedDomain, finish
+from ..model.operation import KIND_UNKNOWN
+from .domain import Operation, Start, TrackedDomain, claims_job, finish, finish_save, save_kind
 
 REVERT_SETTLE = 2.0  # seconds a revert may look finished before its last event is given up on
 REVERT_EVENTS = {
@@ -63,12 +67,17 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
         # A start from a saved image (restore, managed save): libvirt sends its resume as
         # RESUMED/FROM_SNAPSHOT, as it does a revert's (it maps RUNNING_RESTORED so).
         d.restored_at = ev.time
-        if op is None:
-            d.active = op = Operation(ev.domain, "restore", *_restore_start(d, ev.time),
-                                      kind="managed" if d.managed_save else "file", memory=True)
+        finished = []
+        if op is not None and op.operation == "save" and op.end is not None:
+            # Its restore began before a poll of the shut-off domain ended it.
+            finished, op = finish_save(d), None
+        start = _restore_start(d, ev.time)
+        if op is None and start is not None:
+            d.active = op = Operation(ev.domain, "restore", *start, kind=save_kind(d),
+                                      memory=True)
             op.paused_since = op.start  # the guest runs only once it resumes
         d.start_job = None
-        return []
+        return finished
     if ev.event == EVENT_STARTED:
         d.saved_at = d.start_job = None  # booted or reverted: no saved image restored
     restore_resumed = (pair == (EVENT_RESUMED, DETAIL_RESUMED_FROM_SNAPSHOT)
@@ -77,9 +86,8 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
         return _restored(d, ev.time)
     if pair in REVERT_EVENTS and not restore_resumed:
         if op is None or op.operation != "revert":
-            if op is not None and op.operation == "delete" and not op.snapshot:
-                # A job taken for a delete before anything went: it was this revert's.
-                d.active = op = None
+            if op is not None and claims_job(op):
+                d.active = op = None  # a job taken for a delete: this revert's
             finished = finish(d, ev.time, "event", 0.0, "success") if op else []
             d.active = Operation(ev.domain, "revert", ev.time, "event", 0.0)
             d.revert_event = ev.time
@@ -106,9 +114,9 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
         else:
             d.suspend_at = ev.time
     elif ev.event == EVENT_RESUMED:
-        if op is not None and op.operation == "save":
-            # A save that failed after it paused the guest (not measured here: libvirt
-            # resumes the guest then)
+        if op is not None and op.operation == "save" and op.end is None:
+            # A save that failed after it paused the guest: libvirt resumes it (9.0: 1 ms
+            # before the call returns, a save to a directory that does not exist)
             d.paused_since = None
             return finish(d, ev.time, "event", 0.0, "failure", "the guest resumed: not saved")
         if op is not None and op.paused_since is not None:
@@ -121,6 +129,7 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
         d.paused_since = None
     elif ev.event == EVENT_STOPPED:
         d.restored_at = d.start_job = None
+        d.managed_save = None  # a poll of the shut-off domain tells anew
         if ev.detail == DETAIL_STOPPED_SAVED:
             _saved(d, ev)
             return []
@@ -142,9 +151,13 @@ def _saved(d: TrackedDomain, ev: LifecycleEvent) -> None:
     op = d.active
     if op is None:
         # Neither its status save nor its JOB_COMPLETED seen (no watch, and the exporter
-        # started during it or lost the event): it began at its pause, if that was seen.
+        # started during it or lost the event): it began at its pause, if that was seen;
+        # nothing bounds a start no poll and no event saw (none logged then).
         start = (d.suspend_at, "event", 0.0) if d.suspend_at is not None else _unseen(d, ev.time)
-        d.active = op = Operation(ev.domain, "save", *start, kind="", memory=True)
+        if start is None:
+            d.paused_since = d.suspend_at = None
+            return
+        d.active = op = Operation(ev.domain, "save", *start, kind=KIND_UNKNOWN, memory=True)
         op.paused_since = d.paused_since
     if op.operation != "save":
         return
@@ -170,7 +183,7 @@ def _restored(d: TrackedDomain, at: float) -> list[Operation]:
     return []
 
 
-def _restore_start(d: TrackedDomain, at: float) -> Start:
+def _restore_start(d: TrackedDomain, at: float) -> Start | None:
     """A restore began with its start job (the status XML's, or controlInfo's where a poll
     caught it), else with any job a poll caught, else after the last poll."""
     if d.start_job is not None and d.start_job[0] <= at:
@@ -180,9 +193,14 @@ def _restore_start(d: TrackedDomain, at: float) -> Start:
     return _unseen(d, at)
 
 
-def _unseen(d: TrackedDomain, at: float) -> Start:
-    last = d.last_poll if d.last_poll is not None and d.last_poll <= at else at
-    return last, "poll", at - last
+def _unseen(d: TrackedDomain, at: float) -> Start | None:
+    """A start no event saw: after the last poll, unless that poll found the domain paused
+    by the job already (a save's, a start's) or there was none (the exporter started during
+    it): None, nothing bounds it."""
+    if d.last_poll is None or d.last_poll > at or (
+            d.state == STATE_PAUSED and d.reason in (PAUSED_SAVE, PAUSED_STARTING_UP)):
+        return None
+    return d.last_poll, "poll", at - d.last_poll
 
 
 def _job_completed(d: TrackedDomain, ev: JobCompletedEvent) -> None:
@@ -209,15 +227,17 @@ def _save_completed(d: TrackedDomain, ev: JobCompletedEvent) -> None:
     if op is not None and op.operation == "save":
         op.job = dict(ev.params)  # begun at its status save: libvirt's figures of its memory
         return
-    if op is not None and not (op.operation == "delete" and not op.snapshot):
-        return  # a job taken for a delete before anything went was this save's
+    if not claims_job(op):
+        return
     elapsed = ev.params.get("time_elapsed")
-    start: Start = (
+    start: Start | None = (
         (ev.time - elapsed / 1000.0, "job_completed", 0.0) if elapsed is not None
         else (d.suspend_at, "event", 0.0) if d.suspend_at is not None
         else _unseen(d, ev.time)
     )
-    d.active = op = Operation(ev.domain, "save", *start, kind="", memory=True)
+    if start is None:
+        return
+    d.active = op = Operation(ev.domain, "save", *start, kind=KIND_UNKNOWN, memory=True)
     op.job = dict(ev.params)
     op.paused_since = d.paused_since
     d.suspend_at = None

@@ -12,7 +12,8 @@ status XML is saved as a running domain's job begins, and again as it ends (11.3
 from __future__ import annotations
 
 from ..model.observations import DomainPoll, DomainStatusSaved, SnapshotFileEvent, SnapshotRecord
-from .domain import Operation, Start, TrackedDomain, finish
+from ..model.operation import KIND_UNKNOWN
+from .domain import Operation, Start, TrackedDomain, claims_job, finish, finish_save
 
 FILE_GRACE = 0.5  # seconds a poll ahead of the file events waits for them (they take ms)
 FILE_MEMORY = 10.0  # seconds file and status events are kept for the polls that explain them
@@ -44,26 +45,40 @@ def take_file_event(d: TrackedDomain, ev: SnapshotFileEvent | DomainStatusSaved)
 
 
 def _status_saved(d: TrackedDomain, ev: DomainStatusSaved) -> list[Operation]:
-    """The async job a status save names: a save's start as libvirt began its job, a start
-    of the shut-off domain beginning (a restore's, if STARTED/RESTORED follows), and a
-    restore's end once its job is gone."""
+    """The async job a status save names: a save's start as libvirt began its job (also of a
+    job a poll caught first), a start of the shut-off domain beginning (a restore's, if
+    STARTED/RESTORED follows), a save's end once its job is gone, and a restore's."""
     d.status_saved.append(ev.time)
+    finished = _save_over(d, ev) if ev.job != "save" else []
     op = d.active
     began = ((ev.job_started, "status", 0.0) if ev.job_started is not None
              else saved_start(ev.time))
     # Not the job of the operation in flight, nor of one that ended (11.3 saves it again
     # just before a save's STOPPED).
-    new_job = op is None and (d.last_end is None or began[0] >= d.last_end)
+    new_job = claims_job(op) and (d.last_end is None or began[0] >= d.last_end)
     if new_job and ev.job == "save":
-        d.active = Operation(ev.domain, "save", *began, kind="", memory=True)
+        d.active = Operation(ev.domain, "save", *began, kind=KIND_UNKNOWN, memory=True)
         d.active.paused_since = d.paused_since
-    elif new_job and ev.job == "start" and d.start_job is None:
+    elif new_job and op is None and ev.job == "start" and d.start_job is None:
         d.start_job = began  # a start (or 9.0's revert) began: a restore's if STARTED/RESTORED
     elif not ev.job and op is not None and op.operation == "restore" and op.end is None:
         op.end, op.end_source = ev.time, "status"
         if op.resumed_at is not None:
-            return finish(d, max(op.end, op.resumed_at), "status", 0.0, "success")
-    return []
+            finished += finish(d, max(op.end, op.resumed_at), "status", 0.0, "success")
+    return finished
+
+
+def _save_over(d: TrackedDomain, ev: DomainStatusSaved) -> list[Operation]:
+    """A status save naming no save job while one is in flight: it stopped the domain (its
+    restore begins before a poll of the shut-off domain ended it), or it failed without
+    resuming the guest (libvirt 9.0: a save of a paused guest refused 1.6 ms into its job,
+    the guest still paused; a running guest's is resumed first, which ends it)."""
+    op = d.active
+    if op is None or op.operation != "save":
+        return []
+    if op.end is not None:
+        return finish_save(d)
+    return finish(d, ev.time, "status", 0.0, "failure", "not saved: its job ended")
 
 
 def _unpolled_pair(d: TrackedDomain, domain: str, name: str, created: float,

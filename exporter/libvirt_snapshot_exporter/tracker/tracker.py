@@ -46,7 +46,8 @@ from ..model.observations import (
     SnapshotRecord,
     depth_of,
 )
-from .domain import Operation, TrackedDomain, finish, finish_polled
+from ..model.operation import KIND_UNKNOWN
+from .domain import Operation, TrackedDomain, finish, finish_polled, finish_save
 from .events import REVERT_SETTLE, take_event
 from .files import (
     FILE_GRACE,
@@ -153,8 +154,8 @@ class Tracker:
     # --- polls ------------------------------------------------------------------------------
 
     def _poll(self, p: DomainPoll, wait_for_files: bool = True) -> list[Operation]:
-        first = p.domain not in self._domains
         d = self._domains.setdefault(p.domain, TrackedDomain())
+        first = d.last_poll is None  # events may have come before it
         before = d.snapshots
         now = {s.name: s for s in p.snapshots}
         current = next((s.name for s in p.snapshots if s.current), None)
@@ -191,7 +192,7 @@ class Tracker:
         d.snapshots = {k: v for k, v in now.items() if k not in d.failed}
         if current is not None:
             d.current = current
-        d.state = p.state
+        d.state, d.reason = p.state, p.reason
         if p.state == STATE_SHUTOFF:  # what a start will restore; polls while it runs say none
             d.managed_save = p.managed_save
         d.last_poll = p.time
@@ -204,18 +205,30 @@ class Tracker:
 
     def _adopt(self, d: TrackedDomain, p: DomainPoll, now: Snapshots,
                current: str | None) -> list[Operation]:
-        """First sight of a domain (exporter start, reconnect): pick up an operation in flight."""
+        """First sight of a domain (exporter start, reconnect): pick up an operation in flight,
+        or end a save its events found before this poll."""
+        if d.active is not None:
+            return _advance_save(d, p) if d.active.operation == "save" else []
         busy = p.control_state == CONTROL_JOB or (
             p.state == STATE_PAUSED and p.reason in (PAUSED_SAVE, PAUSED_SNAPSHOT)
         )
-        candidates = [s for s in now.values() if not s.current]
-        if busy and candidates:
-            newest = max(candidates, key=lambda s: s.creation_time)
+        # A create in flight lists the newest snapshot, not current yet (begun with its job,
+        # when a poll read it); an older one not current is a snapshot reverted from.
+        newest = max(now.values(), key=lambda s: (s.creation_time, not s.current), default=None)
+        creating = newest is not None and not newest.current and (
+            d.job_start is None or newest.creation_time >= d.job_start - 1.0)
+        if busy and creating:
+            assert newest is not None
             if d.job_start is not None:
                 start, source, unc = d.job_start, "control", 0.0
             else:
                 start, source, unc = newest.creation_time + 0.5, "creation_time", 0.5
             d.active = _describe(Operation(p.domain, "create", start, source, unc), newest, now)
+        elif busy and p.state == STATE_PAUSED and p.reason == PAUSED_SAVE and d.job_start:
+            # Paused for a job that made no snapshot: a save, begun as its job (one whose job
+            # no poll reads has no known start, and is not logged: docs/detection.md).
+            d.active = Operation(p.domain, "save", d.job_start, "control", 0.0,
+                                 kind=KIND_UNKNOWN, memory=True)
         elif busy and p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP:
             d.active = Operation(p.domain, "revert", d.job_start or p.time, "control", 0.0)
         return []
@@ -412,8 +425,8 @@ def _advance_save(d: TrackedDomain, p: DomainPoll) -> list[Operation]:
     assert op is not None
     if op.end is None or p.state != STATE_SHUTOFF:
         return []
-    op.kind = "managed" if p.managed_save else "file"
-    return finish_polled(d, p, "success")
+    d.managed_save = p.managed_save
+    return finish_save(d)
 
 
 def _redefined(d: TrackedDomain, snap: SnapshotRecord) -> bool:
