@@ -8,12 +8,14 @@ To accept a deliberate change of the exposition, write the golden files anew wit
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import types
+import zlib
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,21 @@ def test_host_figures_are_read_when_scraped_else_the_loops_are_served(frozen_clo
         raise OSError(2, "No such file or directory")
     served = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL, read_host=unreadable).render()
     assert served == MetricsRenderer(store, handbuilt_view.EXTERNAL_URL).render()
+
+
+@pytest.mark.parametrize("accept,names", [("", ()), (OPENMETRICS, ()),
+                                          ("", ("libvirt_domain_state",))])
+def test_gzip_is_the_same_text_and_follows_a_changed_domain(frozen_clock, accept, names):
+    store = handbuilt_view.store(NOW)
+    renderer = MetricsRenderer(store, handbuilt_view.EXTERNAL_URL)
+    for _ in range(2):  # the second from the blocks compressed by the first
+        packed, ctype = renderer.render(accept, names, compressed=True)
+        assert (gzip.decompress(packed), ctype) == renderer.render(accept, names)
+    store.publish(dataclasses.replace(store.view, domains={"vm1": store.view.domains["vm1"]}))
+    packed = renderer.render(accept, names, compressed=True)[0]
+    assert gzip.decompress(packed) == renderer.render(accept, names)[0]
+    assert b'libvirt_domain_state{domain="vm2"}' not in gzip.decompress(packed)
+    # one member, as readers that take only the first (curl, some browsers) need
+    reader = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    assert reader.decompress(packed) == renderer.render(accept, names)[0]
+    assert reader.eof and not reader.unused_data

@@ -15,6 +15,7 @@ build every family afresh.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import sys
 import threading
@@ -35,6 +36,7 @@ from ..store.view import (
     OperationLabels,
     StateStore,
 )
+from . import gzip_blocks
 from .families import MetricFamilies
 from .operation_families import HOST_HISTOGRAMS
 
@@ -144,6 +146,8 @@ class MetricsRenderer:
         self._samples: dict[str, dict[str, dict[Part, bytes]]] = {}
         # format -> family -> header and all its lines, until one of them changes
         self._blocks: dict[str, dict[str, bytes]] = {}
+        # format -> id of a block -> (the block, its raw deflate data), the last gzip scrape's
+        self._packed: dict[str, dict[int, tuple[bytes, bytes]]] = {}
         # the domains, operations, the hypervisor's operations and number of formats last prepared
         self._seen: tuple[dict, dict, HostOperations | None, int] = ({}, {}, None, 0)
 
@@ -233,15 +237,17 @@ class MetricsRenderer:
                 by_family.get(family, {}).pop(part, None)
                 blocks.pop(family, None)
 
-    def render(self, accept: str = "", names: Sequence[str] = ()) -> tuple[bytes, str]:
+    def render(self, accept: str = "", names: Sequence[str] = (), compressed: bool = False
+               ) -> tuple[bytes, str]:
         """The exposition the Accept header asks for, of the families named (all if none),
-        and its content type."""
+        gzip-compressed if asked, and its content type."""
         encoder, content_type = negotiate(accept)
         if not names and content_type in CACHED_FORMATS:
-            return self._render_cached(encoder, content_type), content_type
+            return self._render_cached(encoder, content_type, compressed), content_type
         registry = CollectorRegistry(auto_describe=True)  # names for restricted_registry
         registry.register(_Families(_merged(self._all_families())))
-        return encoder(registry.restricted_registry(names) if names else registry), content_type
+        body = encoder(registry.restricted_registry(names) if names else registry)
+        return (gzip.compress(body, gzip_blocks.LEVEL) if compressed else body), content_type
 
     def _all_families(self) -> Iterator[Metric]:
         view = self.store.view
@@ -260,7 +266,7 @@ class MetricsRenderer:
                 log.debug("host figures not read at scrape, the loop's are served: %s", exc)
         return self.store.view.host
 
-    def _render_cached(self, encoder: Encoder, content_type: str) -> bytes:
+    def _render_cached(self, encoder: Encoder, content_type: str, compressed: bool) -> bytes:
         """Global families formatted now, then each family's block. A scrape brings the
         domain text up to date itself unless the loop is doing so: then it serves the text of
         the loop's previous cycle rather than wait (formatting a thousand changed domains takes
@@ -284,4 +290,22 @@ class MetricsRenderer:
                     block = blocks[family] = header + b"".join(samples.get(family, {}).values())
                 parts.append(block)
         parts.append(trailer.encode())
-        return b"".join(parts)
+        if not compressed:
+            return b"".join(parts)
+        return gzip_blocks.member(zip(parts, self._deflated(content_type, parts), strict=True))
+
+    def _deflated(self, content_type: str, parts: list[bytes]) -> list[bytes]:
+        """Each part compressed: a family's block once while it is the same object (kept by
+        its identity, outside the lock: compressing a block takes a while), the parts
+        formatted for this scrape (global figures, the trailer) now."""
+        kept = self._packed.setdefault(content_type, {})
+        packed = []
+        for part in parts:
+            found = kept.get(id(part))
+            if found is None or found[0] is not part:
+                found = (part, gzip_blocks.deflated(part))
+            packed.append(found)
+        # The blocks of this scrape replace the old: a changed block's compressed data goes.
+        self._packed[content_type] = {id(part): found for part, found in
+                                      zip(parts[1:-1], packed[1:-1], strict=True)}
+        return [data for _, data in packed]
