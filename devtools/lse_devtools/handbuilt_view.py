@@ -139,8 +139,8 @@ def store(now: float, batches: int = 1) -> StateStore:
         qemu_write_rate_bytes_per_second=None, guest_memory_used_bytes=None,
         guest_cpu_ratio=None))
     # vm2's managed save and the start that restored it: the guest down 12.5 s
-    result.operations.record(_entry("vm2", "save", 2.5, now - 2010, kind="managed", depth=0,
+    result.operations.record(_entry("vm2", "save", 2.5, now - 2010, kind="managed", depth=None,
                                     paused_seconds=2.5))
-    result.operations.record(_entry("vm2", "restore", 1.0, now - 2000, kind="managed", depth=0,
+    result.operations.record(_entry("vm2", "restore", 1.0, now - 2000, kind="managed", depth=None,
                                     paused_seconds=1.0, down_seconds=12.5))
     return result

@@ -134,6 +134,7 @@ def test_saves_and_restores_are_logged_once_each_and_no_snapshot_operation(direc
         assert restore.down_seconds is not None
         assert save.end - save.start < restore.down_seconds <= restore.end - save.start
         assert save.job["operation"] == 2 and save.job["downtime"] > 0  # libvirt's own figures
+        assert save.depth is None and restore.depth is None  # no snapshot: no depth series
 
 
 @pytest.mark.parametrize("directory", ["sequences", "sequences-libvirt11"])

@@ -33,8 +33,9 @@ from ..store.view import (
 
 OPERATION_LABELS = ["operation", "kind", "memory", "outcome"]
 DO = ["domain", "operation"]
-DURATION_DOC = "Duration of each finished snapshot operation"
-PAUSED_DOC = "How long each snapshot operation kept the guest paused"
+DURATION_DOC = ("Duration of each finished operation (a snapshot's create, delete or revert, a save, "
+                "a restore)")
+PAUSED_DOC = "How long each operation kept the guest paused"
 
 
 def _histogram(name: str, doc: str, table: HistogramTable, domain: str | None = None
@@ -120,7 +121,8 @@ def _last_operations(ops: DomainOperations, external_url: str) -> Iterator[Metri
                       "A restore's: how long the guest was stopped, from its save's start "
                       "until this restore resumed it.")
     last_depth = gauge("last_operation_depth",
-                       "Depth (the study's level) of the snapshot it created, deleted or reverted to.")
+                       "Depth (the study's level) of the snapshot it created, deleted or reverted "
+                       "to; none for a save or a restore.")
     context = {key: gauge(f"last_operation_{key}", doc) for key, doc in LAST_OPERATION_FIGURES}
     pace = GaugeMetricFamily(
         "libvirt_snapshot_last_operation_verdict_info",
@@ -166,7 +168,7 @@ def in_flight_families(view: View, now: float) -> Iterator[Metric]:
     def gauge(name: str, doc: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(f"libvirt_snapshot_{name}", doc, labels=DO)
 
-    running = gauge("operation_in_progress", "1 while a snapshot operation runs.")
+    running = gauge("operation_in_progress", "1 while an operation runs.")
     running_id = GaugeMetricFamily(
         "libvirt_snapshot_operation_in_progress_info",
         "The running operation's id: its page, once it has ended, is /operations/<id>.",

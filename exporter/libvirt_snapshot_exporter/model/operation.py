@@ -163,7 +163,8 @@ def figure(help_text: str = "") -> Any:
 
 
 # a snapshot's operations, and a save with the restore that starts the domain from it
-OPERATIONS = ("create", "delete", "revert", "save", "restore")
+SNAPSHOT_OPERATIONS = ("create", "delete", "revert")
+OPERATIONS = (*SNAPSHOT_OPERATIONS, "save", "restore")
 # a snapshot's: internal | external; a save's and a restore's: managed (libvirt keeps the
 # image, the next start restores it) | file (virsh save FILE, virsh restore FILE) | unknown
 # (the restore began before any poll saw the saved domain shut off: nothing else tells)
@@ -325,9 +326,13 @@ class OperationFacts:
     snapshot: str = ""
     kind: str = "internal"  # one of KINDS; a save's in flight: unknown until its end tells
     memory: bool = False
-    depth: int = 0
+    depth: int | None = 0  # None for a save or a restore: no snapshot, no depth series
     memory_processed_bytes: int | None = None  # an external memory snapshot's, from its job
     memory_remaining_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.operation not in SNAPSHOT_OPERATIONS:
+            self.depth = None
 
 
 @dataclass(frozen=True)
