@@ -164,3 +164,20 @@ def test_a_reset_polls_every_domain_afresh(rounds):
         assert rounds.domains[dom.name()].poll is None
         rounds.polls.poll(now + 0.01)
         assert [type(o) for o in rounds.of(dom.name())] == [DomainPoll, DomainPoll]
+
+
+def test_a_poll_keeps_the_records_of_its_own_domain_snapshots_only(rounds):
+    with running_guest() as dom, running_guest() as other:
+        snapshot(dom, "s1")
+        deleted = snapshot(dom, "s2")
+        snapshot(other, "o1")
+        now = time.time()
+        rounds.polls.poll(now)
+        cache = rounds.adapter._snapshot_cache
+        parsed = cache[dom.name()]["s1"]
+        deleted.delete()
+        rounds.polls.wake(dom.name())
+        rounds.polls.poll(now + 0.01)
+        assert [s.name for s in rounds.of(dom.name())[-1].snapshots] == ["s1"]
+        assert list(cache[dom.name()]) == ["s1"] and list(cache[other.name()]) == ["o1"]
+        assert cache[dom.name()]["s1"] is parsed  # its XML parsed once

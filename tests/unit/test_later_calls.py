@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-
 from libvirt_snapshot_exporter.loop.source_health import LaterCalls, SourceHealth
 from libvirt_snapshot_exporter.sources.libvirt.calls import Deadlines, LibvirtUnavailable
 

@@ -71,7 +71,9 @@ class LibvirtAdapter:
         self._deadlines = Deadlines()
         self._backoff = 0.0
         self._next_attempt = 0.0
-        self._snapshot_cache: dict[tuple[str, str], SnapshotRecord] = {}
+        # domain -> snapshot name -> its record: a poll replaces its own domain's, without
+        # looking through every domain's (at 1,000 domains, 1-2 % of a core at idle)
+        self._snapshot_cache: dict[str, dict[str, SnapshotRecord]] = {}
         self._handles: dict[str, libvirt.virDomain] = {}  # from the last states() call
         self._nova_complaints: dict[str, str] = {}  # domain -> what was logged of its metadata
         self.reconnects = 0
@@ -309,13 +311,10 @@ class LibvirtAdapter:
             # None, or a create is setting it up: libvirt then answers with a nameless
             # snapshot; ask each snapshot instead.
             current = next((s.getName() for s in listed if _is_current(s)), None)
-        records = []
-        seen = set()
+        known, kept = self._snapshot_cache.get(name, {}), {}
         for snap in listed:
             snap_name = snap.getName()
-            key = (name, snap_name)
-            seen.add(key)
-            cached = self._snapshot_cache.get(key)
+            cached = known.get(snap_name)
             if cached is None:
                 try:
                     cached = parse_snapshot_xml(snap.getXMLDesc(0), current=False)
@@ -323,17 +322,15 @@ class LibvirtAdapter:
                     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
                         continue  # deleted between the listing and now
                     raise
-                self._snapshot_cache[key] = cached
-            records.append(_with_current(cached, snap_name == current))
-        for key in [k for k in self._snapshot_cache if k[0] == name and k not in seen]:
-            del self._snapshot_cache[key]
-        return tuple(records)
+            kept[snap_name] = cached
+        self._snapshot_cache[name] = kept
+        return tuple(_with_current(record, snap_name == current)
+                     for snap_name, record in kept.items())
 
     def forget_domain(self, name: str) -> None:
         self._handles.pop(name, None)
         self._nova_complaints.pop(name, None)
-        for key in [k for k in self._snapshot_cache if k[0] == name]:
-            del self._snapshot_cache[key]
+        self._snapshot_cache.pop(name, None)
 
     def domain_definition(self, name: str) -> concurrent.futures.Future:
         """Disks and OpenStack instance from the domain XML, started on a worker; its result
