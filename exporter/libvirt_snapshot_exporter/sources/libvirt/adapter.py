@@ -322,10 +322,10 @@ class LibvirtAdapter:
                     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
                         continue  # deleted between the listing and now
                     raise
-            kept[snap_name] = cached
+            # the same record at every poll until its flag changes
+            kept[snap_name] = _with_current(cached, snap_name == current)
         self._snapshot_cache[name] = kept
-        return tuple(_with_current(record, snap_name == current)
-                     for snap_name, record in kept.items())
+        return tuple(kept.values())
 
     def forget_domain(self, name: str) -> None:
         self._handles.pop(name, None)
