@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from libvirt_snapshot_exporter.model.observations import (
     DomainStatusSaved,
+    ManagedSaveImage,
     MetadataWatchState,
     SnapshotFileEvent,
 )
@@ -120,6 +121,24 @@ def test_status_saves_name_the_async_job_and_its_start(dirs, watched) -> None:
     write(status / "vm1.xml", "<domstatus state='running' reason='restored'>\n"
                               "<job type='destroy' async='none'/>\n<domain><job async='x'/>")
     assert watched.next().job == ""  # a sync job alone, and none in the domain's own XML
+
+
+def test_a_managed_save_image_created_beside_the_snapshot_directory(dirs) -> None:
+    """libvirt's save directory is the snapshot directory's sibling: a managed save creates
+    <domain>.save there as it begins writing it (a save to a file writes elsewhere)."""
+    top, status = dirs
+    (top.parent / "save").mkdir()
+    w = Watched(top, status)
+    w.watch.start()
+    try:
+        w.wait_ok()
+        (top.parent / "save" / "vm1.save").write_bytes(b"LibvirtQemudSave")
+        (top.parent / "save" / "notes.txt").write_text("not an image")
+        assert w.next() == ManagedSaveImage(pytest.approx(time.time(), abs=1), "vm1")
+        time.sleep(0.1)
+        assert w.events.empty()
+    finally:
+        w.watch.stop()
 
 
 def test_missing_directory_is_reported_and_watched_once_it_exists(tmp_path, monkeypatch) -> None:

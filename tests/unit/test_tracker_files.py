@@ -23,7 +23,7 @@ from lse_devtools.replay import assert_matches_client, records
 
 UNIT = Path(__file__).parent
 EVENT_SHUTDOWN = 6
-FILES = ("SnapshotFileEvent", "DomainStatusSaved")
+FILES = ("SnapshotFileEvent", "DomainStatusSaved", "ManagedSaveImage")  # the inotify thread's
 SEQUENCES = sorted(
     path for directory in ("sequences", "sequences-libvirt11")
     for path in (UNIT / directory).glob("*.jsonl")

@@ -226,6 +226,16 @@ class DomainStatusSaved:
 
 
 @dataclass(frozen=True)
+class ManagedSaveImage:
+    """libvirt created a domain's managed save image (`<domain>.save` in its save directory,
+    beside the snapshot directory; metadata_watch) as a managed save began writing it: what
+    tells a managed save from a save to a file before the domain stops."""
+
+    time: float
+    domain: str
+
+
+@dataclass(frozen=True)
 class MetadataWatchState:
     """The metadata watch started or stopped seeing libvirt's files: while it sees them, a poll
     that shows an operation ended before its file event arrived waits for that event."""
@@ -236,7 +246,7 @@ class MetadataWatchState:
 
 Observation = (
     DomainPoll | DomainUnchanged | DomainGone | LifecycleEvent | JobCompletedEvent
-    | BlockJobEvent | JobProgress | SnapshotFileEvent | DomainStatusSaved
+    | BlockJobEvent | JobProgress | SnapshotFileEvent | DomainStatusSaved | ManagedSaveImage
     | MetadataWatchState
 )
 
@@ -244,7 +254,7 @@ _TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (DomainPoll, DomainUnchanged, DomainGone, LifecycleEvent, JobCompletedEvent,
                 BlockJobEvent, JobProgress, SnapshotFileEvent, DomainStatusSaved,
-                MetadataWatchState)
+                ManagedSaveImage, MetadataWatchState)
 }
 
 

@@ -9,8 +9,9 @@ the start of anything. A thread reads inotify and puts one SnapshotFileEvent per
 the collection loop's inbox. It also watches libvirt's status directory (the pid directory,
 `<domain>.xml` of each running domain), saved as every job begins and ends: the start of a delete
 that no poll caught. Each saved status is read for the domain's async job (a save's start,
-a restore's end: status_job). No libvirt here: this source works beside the adapter, not
-through it.
+a restore's end: status_job). And libvirt's save directory beside `<top>`, where a managed
+save creates `<domain>.save` as it begins writing: a managed save, not one to a file. No
+libvirt here: this source works beside the adapter, not through it.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from inotify_simple import INotify, flags
 
-from ..model.observations import DomainStatusSaved, MetadataWatchState, SnapshotFileEvent
+from ..model.observations import (
+    DomainStatusSaved,
+    ManagedSaveImage,
+    MetadataWatchState,
+    SnapshotFileEvent,
+)
 from ..model.printable import printable
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".xml"
+SAVE_SUFFIX = ".save"  # a managed save image, <save directory>/<domain>.save
 RETRY_SECONDS = 10.0  # a missing or unreadable directory is tried again this often
 # Sockets of the system daemon: a qemu:///system URI naming another socket is another libvirtd
 # (the 11.3 chroot), whose directory cannot be guessed.
@@ -98,11 +105,15 @@ class MetadataWatch:
     """inotify on `<top>/<domain>/` of every domain; `ok` and `reason` say whether it works."""
 
     def __init__(self, top: str, status_directory: str,
-                 put: Callable[[SnapshotFileEvent | DomainStatusSaved | MetadataWatchState], None],
+                 put: Callable[[SnapshotFileEvent | DomainStatusSaved | ManagedSaveImage
+                                | MetadataWatchState], None],
                  ) -> None:
         self.top = top
         self.status_directory = status_directory
+        # libvirt's qemu driver keeps its save directory beside its snapshot directory
+        self.save_directory = os.path.join(os.path.dirname(top.rstrip("/")), "save") if top else ""
         self._status_wd: int | None = None
+        self._save_wd: int | None = None
         self._put = put
         self.ok = False
         self.reason = "not started"
@@ -173,6 +184,12 @@ class MetadataWatch:
         except OSError as exc:  # delete starts stay bracketed by polls
             log.warning("cannot watch libvirt's status directory %s: %s; the start of a "
                         "delete no poll catches is bracketed", self.status_directory, exc.strerror)
+        try:
+            self._save_wd = self._inotify.add_watch(self.save_directory,
+                                                    flags.CREATE | flags.ONLYDIR)
+        except OSError as exc:  # a save's kind then waits for a poll of the stopped domain
+            log.warning("cannot watch libvirt's save directory %s: %s; a save's kind comes "
+                        "from polls", self.save_directory, exc.strerror)
         if not self.ok and self.reason != "not started":
             log.info("snapshot metadata directory %s watched again", self.top)
         self.ok, self.reason = True, ""
@@ -217,6 +234,10 @@ class MetadataWatch:
                 job, started = status_job(os.path.join(self.status_directory, event.name))
                 self._put(DomainStatusSaved(now, event.name[: -len(SUFFIX)], job, started))
             return True
+        if event.wd == self._save_wd:
+            if event.name.endswith(SAVE_SUFFIX):
+                self._put(ManagedSaveImage(now, event.name[: -len(SAVE_SUFFIX)]))
+            return True
         domain = self._dirs.get(event.wd)
         if domain is None:
             return True
@@ -248,6 +269,6 @@ class MetadataWatch:
             with contextlib.suppress(OSError):
                 self._inotify.close()
         self._inotify = None
-        self._status_wd = None
+        self._status_wd = self._save_wd = None
         self._dirs.clear()
         self._files.clear()

@@ -62,6 +62,7 @@ class TrackedDomain:
     # none (False); None before such a poll
     managed_save: bool | None = None
     saved_at: float | None = None  # start of the save that stopped the domain: its down time
+    saved_kind: str = KIND_UNKNOWN  # of the save that stopped the domain: its restore's
     start_job: Start | None = None  # a start of the domain began (status XML, controlInfo)
     defined_due: float | None = None  # end of a revert finished before its DEFINED event came
     state: int = 0
@@ -75,9 +76,9 @@ class TrackedDomain:
 
 
 def save_kind(d: TrackedDomain) -> str:
-    """A save's kind, and its restore's: a managed save leaves the shut-off domain a managed
-    save image, a save to a file none. KIND_UNKNOWN where the restore began before any poll
-    saw the domain shut off."""
+    """A save's kind where its image was not seen created, and a restore's: a managed save
+    leaves the shut-off domain a managed save image, a save to a file none. KIND_UNKNOWN
+    where no poll saw the domain shut off before its restore began."""
     if d.managed_save is None:
         return KIND_UNKNOWN
     return "managed" if d.managed_save else "file"
@@ -90,10 +91,13 @@ def claims_job(op: Operation | None) -> bool:
 
 
 def finish_save(d: TrackedDomain) -> list[Operation]:
-    """Close the save in flight, a success, at its STOPPED/SAVED; of the kind known by now."""
+    """Close the save in flight, a success, at its STOPPED/SAVED; of the kind known by now,
+    which its restore takes."""
     op = d.active
     assert op is not None and op.operation == "save" and op.end is not None
-    op.kind = save_kind(d)
+    if op.kind == KIND_UNKNOWN:
+        op.kind = save_kind(d)
+    d.saved_kind = op.kind
     return finish(d, op.end, op.end_source, 0.0, "success")
 
 

@@ -22,8 +22,11 @@ from ..model.observations import (
     JOB_OPERATION_SAVE,
     JOB_OPERATION_SNAPSHOT,
     PAUSED_SAVE,
+    PAUSED_SNAPSHOT,
     PAUSED_STARTING_UP,
     STATE_PAUSED,
+    STATE_RUNNING,
+    STATE_SHUTOFF,
     BlockJobEvent,
     JobCompletedEvent,
     JobProgress,
@@ -73,13 +76,15 @@ def _lifecycle(d: TrackedDomain, ev: LifecycleEvent) -> list[Operation]:
             finished, op = finish_save(d), None
         start = _restore_start(d, ev.time)
         if op is None and start is not None:
-            d.active = op = Operation(ev.domain, "restore", *start, kind=save_kind(d),
-                                      memory=True)
+            kind = d.saved_kind if d.saved_kind != KIND_UNKNOWN else save_kind(d)
+            d.active = op = Operation(ev.domain, "restore", *start, kind=kind, memory=True)
+            d.saved_kind = KIND_UNKNOWN
             op.paused_since = op.start  # the guest runs only once it resumes
         d.start_job = None
         return finished
     if ev.event == EVENT_STARTED:
         d.saved_at = d.start_job = None  # booted or reverted: no saved image restored
+        d.saved_kind = KIND_UNKNOWN
     restore_resumed = (pair == (EVENT_RESUMED, DETAIL_RESUMED_FROM_SNAPSHOT)
                        and d.restored_at is not None)
     if restore_resumed and op is not None and op.operation == "restore":
@@ -194,11 +199,13 @@ def _restore_start(d: TrackedDomain, at: float) -> Start | None:
 
 
 def _unseen(d: TrackedDomain, at: float) -> Start | None:
-    """A start no event saw: after the last poll, unless that poll found the domain paused
-    by the job already (a save's, a start's) or there was none (the exporter started during
-    it): None, nothing bounds it."""
-    if d.last_poll is None or d.last_poll > at or (
-            d.state == STATE_PAUSED and d.reason in (PAUSED_SAVE, PAUSED_STARTING_UP)):
+    """A start no event saw: after the last poll, if that poll found the domain idle (running,
+    shut off, paused by its user). None where it found it in a job already (paused for it,
+    or 11.3's SHUTDOWN state as a save stops it) or there was none (the exporter started
+    during it): nothing bounds it."""
+    idle = d.state in (STATE_RUNNING, STATE_SHUTOFF) or (
+        d.state == STATE_PAUSED and d.reason not in (PAUSED_SAVE, PAUSED_SNAPSHOT, PAUSED_STARTING_UP))
+    if d.last_poll is None or d.last_poll > at or not idle:
         return None
     return d.last_poll, "poll", at - d.last_poll
 

@@ -11,7 +11,13 @@ status XML is saved as a running domain's job begins, and again as it ends (11.3
 
 from __future__ import annotations
 
-from ..model.observations import DomainPoll, DomainStatusSaved, SnapshotFileEvent, SnapshotRecord
+from ..model.observations import (
+    DomainPoll,
+    DomainStatusSaved,
+    ManagedSaveImage,
+    SnapshotFileEvent,
+    SnapshotRecord,
+)
 from ..model.operation import KIND_UNKNOWN
 from .domain import Operation, Start, TrackedDomain, claims_job, finish, finish_save
 
@@ -22,10 +28,17 @@ POLL_SLACK = 0.25  # a poll is stamped when read, up to this long after libvirt 
 STATUS_LAG = 0.005  # the status XML is saved 2-4 ms after a snapshot call begins (9.0 and 11.3)
 
 
-def take_file_event(d: TrackedDomain, ev: SnapshotFileEvent | DomainStatusSaved) -> list[Operation]:
+FileEvent = SnapshotFileEvent | DomainStatusSaved | ManagedSaveImage
+
+
+def take_file_event(d: TrackedDomain, ev: FileEvent) -> list[Operation]:
     """Kept for the poll that finds the operation; an operation in flight takes its end."""
     if isinstance(ev, DomainStatusSaved):
         return _status_saved(d, ev)
+    if isinstance(ev, ManagedSaveImage):
+        if d.active is not None and d.active.operation == "save":
+            d.active.kind = "managed"  # its image, begun after its status save (same thread)
+        return []
     created = d.files.get(ev.snapshot, (0.0, ""))
     d.files[ev.snapshot] = (ev.time, ev.change)
     op = d.active

@@ -38,7 +38,6 @@ from ..model.observations import (
     STATE_SHUTOFF,
     DomainGone,
     DomainPoll,
-    DomainStatusSaved,
     DomainUnchanged,
     MetadataWatchState,
     Observation,
@@ -51,6 +50,7 @@ from .domain import Operation, TrackedDomain, finish, finish_polled, finish_save
 from .events import REVERT_SETTLE, take_event
 from .files import (
     FILE_GRACE,
+    FileEvent,
     ahead_of_files,
     create_start,
     end_at_removal,
@@ -113,7 +113,7 @@ class Tracker:
             return self._gone(obs)
         if isinstance(obs, DomainUnchanged):
             return self._unchanged(obs)
-        if isinstance(obs, SnapshotFileEvent | DomainStatusSaved):
+        if isinstance(obs, FileEvent):
             d = self._domains.get(obs.domain)
             if d is None or d.last_poll is None:  # the first poll adopts what it shows
                 return []
