@@ -432,7 +432,11 @@ def test_cache_modes_compared_then_put_back_and_the_commands_left_after_a_second
         ("delete", ["writeback"])], ops
     saves = [(o["operation"], o["kind"]) for o in operations(exporter, small.name, since)
              if o["operation"] in ("save", "restore")]
-    assert saves and saves == [("save", "managed"), ("restore", "managed")] * (len(saves) // 2)
+    # one managed save and start to switch to cache=none, one to switch back for writeback
+    # (the mode it was found in): nothing to put back after. bench starts the domain within
+    # milliseconds of its save, often before a poll sees it shut off: each save is known as
+    # managed by its image, created as it begins.
+    assert saves == [("save", "managed"), ("restore", "managed")] * 2, saves
 
     # Ctrl-C twice while a create runs under cache=none: bench leaves at once and prints the
     # commands that delete the snapshot and put the definition back; they do
