@@ -84,8 +84,8 @@ def _status_saved(d: TrackedDomain, ev: DomainStatusSaved) -> list[Operation]:
 def _save_over(d: TrackedDomain, ev: DomainStatusSaved) -> list[Operation]:
     """A status save naming no save job while one is in flight: it stopped the domain (its
     restore begins before a poll of the shut-off domain ended it), or it failed without
-    resuming the guest (libvirt 9.0: a save of a paused guest refused 1.6 ms into its job,
-    the guest still paused; a running guest's is resumed first, which ends it)."""
+    resuming the guest (9.0 and 11.3: a save of a guest its user paused, refused 1.6-2.1 ms
+    into its job, the guest still paused; a running guest's is resumed first, which ends it)."""
     op = d.active
     if op is None or op.operation != "save":
         return []
