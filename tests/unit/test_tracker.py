@@ -199,16 +199,12 @@ def test_a_restore_begun_before_a_poll_saw_its_save_ends_the_save(directory: str
     poll of the shut-off domain a save to a file is not: it and its restore are of kind
     unknown, never "" and never the kind of an earlier save."""
     lines = _until_restored(records(SEQUENCES.parent / directory / "saves.jsonl"))
-    calls = [r for r in lines if r["type"] == "ClientCall"]
-    tracker, ops = Tracker(), []
-    for record in lines:
-        if record["type"] != "ClientCall":
-            ops += tracker.observe(from_record(record))
-    assert_matches_client(calls, ops)
+    tracker, ops = _replayed_against_client(lines)
     assert tracker.in_flight() == []
     assert [(o.operation, o.kind) for o in ops[1:-2]] == (
         [("save", "managed"), ("restore", "managed")] * 3
         + [("save", "unknown"), ("restore", "unknown")] * 3)
+    calls = [r for r in lines if r["type"] == "ClientCall"]
     for call, op in zip(calls, ops, strict=True):
         assert abs(op.start - call["start"]) < 0.005 and abs(op.end - call["end"]) < 0.005, op
         assert op.kind in KINDS
@@ -261,12 +257,7 @@ def test_a_poll_catching_a_save_s_job_before_its_status_save(directory: str) -> 
     caught = {**poll, "time": call["start"] + 0.0005, "control_state": 1, "control_time_ms": 1}
     index = next(i for i, r in enumerate(lines) if r.get("time", 0) > caught["time"])
     lines = [*lines[:index], caught, *lines[index:]]
-    calls = [r for r in lines if r["type"] == "ClientCall"]
-    tracker, ops = Tracker(), []
-    for record in lines:
-        if record["type"] != "ClientCall":
-            ops += tracker.observe(from_record(record))
-    assert_matches_client(calls, ops)
+    tracker, ops = _replayed_against_client(lines)
     assert ops[1].operation == "save" and ops[1].start_source == "status"
     assert abs(ops[1].start - call["start"]) < 0.005
 
@@ -405,3 +396,14 @@ def test_with_polls_a_second_apart_no_operation_starts_before_the_last_one_ended
     assert len(ops) >= 4
     for before, after in itertools.pairwise(ops):
         assert after.start >= before.end, (before, after)
+
+
+def _replayed_against_client(lines: list[dict]) -> tuple[Tracker, list]:
+    """The tracker fed every recorded observation; its operations checked against the client's
+    calls recorded beside them."""
+    tracker, ops = Tracker(), []
+    for record in lines:
+        if record["type"] != "ClientCall":
+            ops += tracker.observe(from_record(record))
+    assert_matches_client([r for r in lines if r["type"] == "ClientCall"], ops)
+    return tracker, ops
