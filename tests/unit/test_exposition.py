@@ -174,6 +174,8 @@ def test_gzip_is_the_same_text_and_follows_a_changed_domain(frozen_clock, accept
     for _ in range(2):  # the second from the blocks compressed by the first
         packed, ctype = renderer.render(accept, names, compressed=True)
         assert (gzip.decompress(packed), ctype) == renderer.render(accept, names)
+    kept = renderer._blocks.get(ctype, {}).values()
+    assert bool(kept) != bool(names) and all(data is not None for _, data in kept)
     store.publish(dataclasses.replace(store.view, domains={"vm1": store.view.domains["vm1"]}))
     packed = renderer.render(accept, names, compressed=True)[0]
     assert gzip.decompress(packed) == renderer.render(accept, names)[0]

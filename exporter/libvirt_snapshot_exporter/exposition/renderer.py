@@ -117,6 +117,7 @@ def _format(families: Iterable[Metric], encoder: Encoder
 # ("domain" or "operations", domain name), ("durations" or "paused", labels), ("verdicts", "")
 Part = tuple[str, str | OperationLabels]
 PartData = DomainView | DomainOperations | Histogram | dict
+Block = tuple[bytes, bytes | None]  # a family's header and lines; compressed, once asked for
 
 
 class MetricsRenderer:
@@ -145,9 +146,8 @@ class MetricsRenderer:
         # through every domain for it
         self._samples: dict[str, dict[str, dict[Part, bytes]]] = {}
         # format -> family -> header and all its lines, until one of them changes
-        self._blocks: dict[str, dict[str, bytes]] = {}
-        # format -> id of a block -> (the block, its raw deflate data), the last gzip scrape's
-        self._packed: dict[str, dict[int, tuple[bytes, bytes]]] = {}
+        # and its raw deflate data once a gzip scrape asked for it (both go when it changes)
+        self._blocks: dict[str, dict[str, Block]] = {}
         # the domains, operations, the hypervisor's operations and number of formats last prepared
         self._seen: tuple[dict, dict, HostOperations | None, int] = ({}, {}, None, 0)
 
@@ -281,31 +281,37 @@ class MetricsRenderer:
         headers, text, trailer = _format(self.collector.scrape_families(
             self.store.view, time.time(), self._host_sample()), encoder)
         parts = [("".join(headers[f] + text[f] for f in headers)).encode()]
+        families, packed = [], [None]
         with self._lock:
             samples = self._samples.get(content_type, {})
             blocks = self._blocks.setdefault(content_type, {})
             for family, header in self._headers.get(content_type, {}).items():
                 block = blocks.get(family)
                 if block is None:
-                    block = blocks[family] = header + b"".join(samples.get(family, {}).values())
-                parts.append(block)
+                    lines = header + b"".join(samples.get(family, {}).values())
+                    block = blocks[family] = (lines, None)
+                families.append(family)
+                parts.append(block[0])
+                packed.append(block[1])
         parts.append(trailer.encode())
         if not compressed:
             return b"".join(parts)
-        return gzip_blocks.member(zip(parts, self._deflated(content_type, parts), strict=True))
+        packed.append(None)
+        return gzip_blocks.member(zip(parts, self._deflated(content_type, families, parts, packed),
+                                      strict=True))
 
-    def _deflated(self, content_type: str, parts: list[bytes]) -> list[bytes]:
-        """Each part compressed: a family's block once while it is the same object (kept by
-        its identity, outside the lock: compressing a block takes a while), the parts
-        formatted for this scrape (global figures, the trailer) now."""
-        kept = self._packed.setdefault(content_type, {})
-        packed = []
-        for part in parts:
-            found = kept.get(id(part))
-            if found is None or found[0] is not part:
-                found = (part, gzip_blocks.deflated(part))
-            packed.append(found)
-        # The blocks of this scrape replace the old: a changed block's compressed data goes.
-        self._packed[content_type] = {id(part): found for part, found in
-                                      zip(parts[1:-1], packed[1:-1], strict=True)}
-        return [data for _, data in packed]
+    def _deflated(self, content_type: str, families: list[str], parts: list[bytes],
+                  packed: list[bytes | None]) -> list[bytes]:
+        """Each part compressed: a family's block once, kept beside it until it changes (done
+        outside the lock: compressing a block takes a while); the parts formatted for this
+        scrape (global figures, the trailer) now."""
+        done = [data if data is not None else gzip_blocks.deflated(part)
+                for part, data in zip(parts, packed, strict=True)]
+        with self._lock:
+            blocks = self._blocks.get(content_type, {})
+            for family, lines, data, was in zip(families, parts[1:-1], done[1:-1], packed[1:-1],
+                                                 strict=True):
+                block = blocks.get(family)
+                if was is None and block is not None and block[0] is lines:
+                    blocks[family] = (lines, data)
+        return done
