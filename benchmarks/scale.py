@@ -185,6 +185,28 @@ def make_history(conn, domains: int, settle: float) -> None:
         time.sleep(settle)
 
 
+def _wait_for_history(url: str, operations: int, still: float = 30.0) -> tuple[int, int]:
+    """Idle means the history is behind: every operation of it logged and judged (the last
+    deletes are seen up to a check interval after they were made, then judged), or nothing
+    more for `still` seconds. Returns the operations logged and judged, which the benchmark
+    prints: a history with operations missed is a finding of its own."""
+    def total(body: str, family: str) -> int:
+        return round(sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                         if line.startswith(family + "{")))
+
+    seen, since = (-1, -1), time.time()
+    while True:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body = response.read().decode()
+        now = (total(body, "libvirt_snapshot_operation_duration_seconds_count"),
+               total(body, "libvirt_snapshot_operation_verdicts_total"))
+        if min(now) >= operations or (now == seen and time.time() - since > still):
+            return now
+        if now != seen:
+            seen, since = now, time.time()
+        time.sleep(2)
+
+
 def driver_rss_mb(path: Path, domains: int) -> float:
     """What libvirt's test driver alone holds for this node and history: the RSS a bare Python
     process gains by opening it and making the same creates and deletes."""
@@ -247,6 +269,7 @@ def run_history(domains: int, snapshots: int, domain_histograms: bool, idle_seco
         url = f"http://127.0.0.1:{port}/metrics"
         _wait_for_domain(url, f"scale-{domains - 1:04d}")
         make_history(opened[0], domains, 2 * (2 * domains / 200.0) + 3)
+        logged, judged = _wait_for_history(url, 2 * HISTORY_ROUNDS * domains)
         cpu = cpu_share(psutil.Process(), idle_seconds)
         stats = scrape_elsewhere(url)
         rss = psutil.Process().memory_info().rss / 1e6
@@ -255,7 +278,8 @@ def run_history(domains: int, snapshots: int, domain_histograms: bool, idle_seco
         app.shutdown()
     option = "with" if domain_histograms else "without"
     print(f"\n(history: {stats['counted']} per-domain duration series after "
-          f"{HISTORY_ROUNDS * domains} creates and {HISTORY_ROUNDS * domains} deletes)")
+          f"{HISTORY_ROUNDS * domains} creates and {HISTORY_ROUNDS * domains} deletes; "
+          f"{logged} operations logged, {judged} judged)")
     report(f"test driver with history: {domains} domains, in-process, {option} "
            "collector.domain-histograms", stats["latencies"], None, cpu, rss - driver,
            stats["series"], TARGETS["history_scrape_p99_ms"], TARGETS["history_rss_mb"])
