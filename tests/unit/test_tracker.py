@@ -304,6 +304,21 @@ def test_domain_undefined_mid_operation_leaves_nothing_in_flight() -> None:
     assert op.outcome == "failure" and tracker.in_flight() == []
 
 
+def test_a_domain_started_while_watched_is_no_revert_but_one_found_starting_up_is() -> None:
+    """A first poll that finds a domain paused for its start-up with a job: a revert when the
+    domain was not watched before (the exporter starts mid-revert), a boot when its start's
+    events came first (a guest started while the exporter runs: the container test saw one
+    taken for a revert). Reason 11: PAUSED/STARTING_UP."""
+    starting = _poll(20.3, (), 1, 150, 3, 11)
+    watched = Tracker()
+    watched.observe(LifecycleEvent(20.2, "vm", 2, 0))  # STARTED/BOOTED
+    assert watched.observe(starting) == [] and watched.in_flight() == []
+    assert watched.observe(_poll(21.0, ())) == [] and watched.in_flight() == []
+    unwatched = Tracker()
+    unwatched.observe(starting)
+    assert [op.operation for op in unwatched.in_flight()] == ["revert"]
+
+
 def test_redefined_snapshot_is_inventory_not_a_create() -> None:
     tracker = Tracker()
     tracker.observe(_poll(1000.0, ()))

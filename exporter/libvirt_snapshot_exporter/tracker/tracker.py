@@ -154,8 +154,9 @@ class Tracker:
     # --- polls ------------------------------------------------------------------------------
 
     def _poll(self, p: DomainPoll, wait_for_files: bool = True) -> list[Operation]:
+        announced = p.domain in self._domains  # its events came before its first poll
         d = self._domains.setdefault(p.domain, TrackedDomain())
-        first = d.last_poll is None  # events may have come before it
+        first = d.last_poll is None
         before = d.snapshots
         now = {s.name: s for s in p.snapshots}
         current = next((s.name for s in p.snapshots if s.current), None)
@@ -185,7 +186,7 @@ class Tracker:
                 return []
         d.ahead_since = d.held = None
         if first:
-            finished += self._adopt(d, p, now, current)
+            finished += self._adopt(d, p, now, current, announced)
         else:
             finished += self._advance(d, p, before, now, current)
         d.failed &= set(now)
@@ -204,7 +205,7 @@ class Tracker:
         return finished
 
     def _adopt(self, d: TrackedDomain, p: DomainPoll, now: Snapshots,
-               current: str | None) -> list[Operation]:
+               current: str | None, announced: bool) -> list[Operation]:
         """First sight of a domain (exporter start, reconnect): pick up an operation in flight,
         or end a save its events found before this poll."""
         if d.active is not None:
@@ -229,7 +230,10 @@ class Tracker:
             # no poll reads has no known start, and is not logged: docs/detection.md).
             d.active = Operation(p.domain, "save", d.job_start, "control", 0.0,
                                  kind=KIND_UNKNOWN, memory=True)
-        elif busy and p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP:
+        elif (busy and p.state == STATE_PAUSED and p.reason == PAUSED_STARTING_UP
+              and not announced):
+            # A revert announces itself by its events: a domain whose events came before its
+            # first poll (one started while the exporter runs) and made none is starting up.
             d.active = Operation(p.domain, "revert", d.job_start or p.time, "control", 0.0)
         return []
 
