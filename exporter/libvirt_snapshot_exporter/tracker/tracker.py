@@ -213,13 +213,12 @@ class Tracker:
         busy = p.control_state == CONTROL_JOB or (
             p.state == STATE_PAUSED and p.reason in (PAUSED_SAVE, PAUSED_SNAPSHOT)
         )
-        # A create in flight lists the newest snapshot, not current yet (begun with its job,
-        # when a poll read it); an older one not current is a snapshot reverted from.
-        newest = max(now.values(), key=lambda s: (s.creation_time, not s.current), default=None)
-        creating = newest is not None and not newest.current and (
-            d.job_start is None or newest.creation_time >= d.job_start - 1.0)
-        if busy and creating:
-            assert newest is not None
+        # A create in flight lists its snapshot, not current yet. (An older snapshot not
+        # current, one reverted from, is taken for it too: requiring the snapshot to be newer
+        # than the job, as controlInfo dates it, lost a create adopted mid-way on libvirt 11.3.)
+        candidates = [s for s in now.values() if not s.current]
+        if busy and candidates:
+            newest = max(candidates, key=lambda s: s.creation_time)
             if d.job_start is not None:
                 start, source, unc = d.job_start, "control", 0.0
             else:
