@@ -280,8 +280,8 @@ class MetricsRenderer:
                 self._preparing.release()
         headers, text, trailer = _format(self.collector.scrape_families(
             self.store.view, time.time(), self._host_sample()), encoder)
-        parts = [("".join(headers[f] + text[f] for f in headers)).encode()]
-        families, packed = [], [None]
+        head, tail = ("".join(headers[f] + text[f] for f in headers)).encode(), trailer.encode()
+        used: list[tuple[str, Block]] = []
         with self._lock:
             samples = self._samples.get(content_type, {})
             blocks = self._blocks.setdefault(content_type, {})
@@ -290,28 +290,22 @@ class MetricsRenderer:
                 if block is None:
                     lines = header + b"".join(samples.get(family, {}).values())
                     block = blocks[family] = (lines, None)
-                families.append(family)
-                parts.append(block[0])
-                packed.append(block[1])
-        parts.append(trailer.encode())
+                used.append((family, block))
         if not compressed:
-            return b"".join(parts)
-        packed.append(None)
-        return gzip_blocks.member(zip(parts, self._deflated(content_type, families, parts, packed),
-                                      strict=True))
+            return b"".join([head, *(lines for _, (lines, _) in used), tail])
+        return gzip_blocks.member([(head, gzip_blocks.deflated(head)),
+                                   *self._packed(content_type, used),
+                                   (tail, gzip_blocks.deflated(tail))])
 
-    def _deflated(self, content_type: str, families: list[str], parts: list[bytes],
-                  packed: list[bytes | None]) -> list[bytes]:
-        """Each part compressed: a family's block once, kept beside it until it changes (done
-        outside the lock: compressing a block takes a while); the parts formatted for this
-        scrape (global figures, the trailer) now."""
-        done = [data if data is not None else gzip_blocks.deflated(part)
-                for part, data in zip(parts, packed, strict=True)]
+    def _packed(self, content_type: str, used: list[tuple[str, Block]]
+                ) -> list[tuple[bytes, bytes]]:
+        """Each family's block with its raw deflate data: compressed once, outside the lock
+        (compressing a block takes a while), and kept beside it until the block changes."""
+        packed = [(lines, data if data is not None else gzip_blocks.deflated(lines))
+                  for _, (lines, data) in used]
         with self._lock:
             blocks = self._blocks.get(content_type, {})
-            for family, lines, data, was in zip(families, parts[1:-1], done[1:-1], packed[1:-1],
-                                                 strict=True):
-                block = blocks.get(family)
-                if was is None and block is not None and block[0] is lines:
-                    blocks[family] = (lines, data)
-        return done
+            for (family, block), kept in zip(used, packed, strict=True):
+                if block[1] is None and blocks.get(family) is block:
+                    blocks[family] = kept
+        return packed
